@@ -1,0 +1,242 @@
+"""Single source of truth for the pair, signal strings, feature names, price ranges and paths.
+
+Every other module asks this one for tickers, signal text and file locations; nothing else spells a
+ticker, a signal string or a path literally. Environment variables are read when a function is
+called (not at import), so `.env` loaded by `main.py` and `TRADING_HOME` set by tests both apply.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from error_handling import ConfigurationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+# --- The pair -------------------------------------------------------------------------------------
+DEFAULT_TICKER_LONG = "AAPL"
+DEFAULT_TICKER_SHORT = "MSFT"
+#: Defaults of the pair; `resolve_pair()` applies the env vars and `--long/--short` on top.
+TICKER_LONG = DEFAULT_TICKER_LONG
+TICKER_SHORT = DEFAULT_TICKER_SHORT
+ENV_TICKER_LONG = "TICKER_LONG"
+ENV_TICKER_SHORT = "TICKER_SHORT"
+
+# US equity symbols: 1-10 characters, letters first, then letters, digits, '.' or '-' (BRK.B, BF-B).
+_SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+
+HOLD_SIGNAL = "Hold"
+
+
+def validate_symbol(symbol: str) -> str:
+    """Return `symbol` upper-cased and stripped, or raise ConfigurationError if it is not a symbol."""
+    cleaned = str(symbol).strip().upper()
+    if not _SYMBOL_RE.match(cleaned):
+        raise ConfigurationError(
+            f"invalid ticker symbol {symbol!r}: expected 1-10 characters, a letter first, "
+            "then letters, digits, '.' or '-' (e.g. AAPL, BRK.B)"
+        )
+    return cleaned
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The traded pair: buy `long` and sell `short` on an entry signal."""
+
+    long: str
+    short: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "long", validate_symbol(self.long))
+        object.__setattr__(self, "short", validate_symbol(self.short))
+        if self.long == self.short:
+            raise ConfigurationError(f"the long and short legs must differ (both are {self.long})")
+
+    @property
+    def tickers(self) -> tuple[str, str]:
+        """(long, short), the order used for price columns everywhere."""
+        return (self.long, self.short)
+
+    @property
+    def key(self) -> str:
+        """File-name-safe identifier, e.g. 'AAPL_MSFT'."""
+        return f"{self.long}_{self.short}"
+
+    @property
+    def buy_signal(self) -> str:
+        """Entry: long the long leg, short the short leg."""
+        return f"Buy {self.long}, Sell {self.short}"
+
+    @property
+    def sell_signal(self) -> str:
+        """Reverse: short the long leg, long the short leg."""
+        return f"Sell {self.long}, Buy {self.short}"
+
+    @property
+    def signals(self) -> tuple[str, str, str]:
+        """All signal strings for this pair: (buy, sell, hold)."""
+        return (self.buy_signal, self.sell_signal, HOLD_SIGNAL)
+
+
+def resolve_pair(long: str | None = None, short: str | None = None) -> Pair:
+    """The pair in force: command-line values, else TICKER_LONG/TICKER_SHORT env vars, else AAPL/MSFT."""
+    return Pair(
+        long or os.environ.get(ENV_TICKER_LONG) or DEFAULT_TICKER_LONG,
+        short or os.environ.get(ENV_TICKER_SHORT) or DEFAULT_TICKER_SHORT,
+    )
+
+
+# --- Features -------------------------------------------------------------------------------------
+#: Look-back windows of the features, in bars (trading days). process_stock_data uses these.
+RETURN_SHORT_BARS = 5
+VOLATILITY_BARS = 20
+RSI_BARS = 14
+MACD_FAST_BARS, MACD_SLOW_BARS, MACD_SIGNAL_BARS = 12, 26, 9
+BOLLINGER_BARS, BOLLINGER_STD = 20, 2.0
+MOMENTUM_BARS = 10
+SMA_FAST_BARS, SMA_SLOW_BARS = 10, 50
+PRICE_ZSCORE_BARS = 60
+HEDGE_RATIO_BARS = 60
+SPREAD_ZSCORE_BARS = 20
+CORRELATION_BARS = 60
+VOLUME_BARS = 20
+TRADING_DAYS_PER_YEAR = 252
+
+#: Per-leg feature suffixes, in column order. Column name is f"{ticker}_{suffix}".
+LEG_FEATURES: tuple[str, ...] = (
+    "price_z60",  # normalized price: z-score of the close over 60 bars
+    "ret_1d",  # log return over 1 bar
+    "ret_5d",  # log return over 5 bars
+    "vol_20d",  # annualized std of 1-bar log returns over 20 bars
+    "rsi_14",  # Wilder RSI, 0..100
+    "macd",  # (EMA12 - EMA26) / close
+    "macd_signal",  # EMA9 of macd
+    "bb_pctb",  # Bollinger %B (20 bars, 2 std): 0 at the lower band, 1 at the upper
+    "mom_10",  # close / close 10 bars ago - 1
+    "sma_ratio",  # SMA10 / SMA50 - 1
+)
+#: Pair feature prefixes. Column name is f"{prefix}_{long}_{short}".
+PAIR_FEATURES: tuple[str, ...] = (
+    "spread",  # log(long) - hedge_ratio * log(short), hedge ratio from a 60-bar rolling OLS
+    "spread_z",  # z-score of the spread over 20 bars
+    "corr_60d",  # correlation of 1-bar log returns over 60 bars
+)
+#: Extra per-leg feature when the source has volume: volume / its 20-bar mean.
+VOLUME_FEATURE = "volume_ratio"
+LABEL_COLUMN = "label"
+NEXT_SPREAD_RETURN_COLUMN = "next_spread_return"
+
+
+def feature_names(long: str, short: str, *, with_volume: bool = False) -> list[str]:
+    """Feature column names for a pair: 23 (10 per leg + 3 pair), 25 when the source has volume."""
+    long, short = validate_symbol(long), validate_symbol(short)
+    names = [f"{t}_{s}" for t in (long, short) for s in LEG_FEATURES]
+    names += [f"{p}_{long}_{short}" for p in PAIR_FEATURES]
+    if with_volume:
+        names += [f"{t}_{VOLUME_FEATURE}" for t in (long, short)]
+    return names
+
+
+# --- Price sanity (live use only: history is split-adjusted, AAPL was $0.26 in 1990) -------------
+#: Plausible live price range in USD per symbol. Review these when a stock splits.
+PRICE_SANITY_RANGES: dict[str, tuple[float, float]] = {
+    "AAPL": (50.0, 1_000.0),
+    "MSFT": (100.0, 2_000.0),
+    "JPM": (50.0, 1_000.0),
+    "BAC": (10.0, 200.0),
+    "KO": (20.0, 300.0),
+    "PEP": (50.0, 600.0),
+    "XOM": (30.0, 400.0),
+    "CVX": (50.0, 600.0),
+}
+#: Unknown symbols: within this factor of the last accepted price, else an absolute fallback.
+GENERIC_PRICE_FACTOR = 3.0
+GENERIC_PRICE_RANGE = (0.01, 1_000_000.0)
+
+
+def price_sanity_range(symbol: str, reference_price: float | None = None) -> tuple[float, float]:
+    """(low, high) USD range a live price of `symbol` must lie in.
+
+    Known symbols use PRICE_SANITY_RANGES; an unknown symbol with a reference (the last accepted
+    price) must stay within GENERIC_PRICE_FACTOR of it; otherwise GENERIC_PRICE_RANGE applies.
+    """
+    symbol = validate_symbol(symbol)
+    if symbol in PRICE_SANITY_RANGES:
+        return PRICE_SANITY_RANGES[symbol]
+    if reference_price is not None and reference_price > 0:
+        return (reference_price / GENERIC_PRICE_FACTOR, reference_price * GENERIC_PRICE_FACTOR)
+    return GENERIC_PRICE_RANGE
+
+
+# --- Data sources and validation ------------------------------------------------------------------
+ENV_DATA_SOURCE = "DATA_SOURCE"
+DEFAULT_DATA_SOURCE = "bundled"
+#: Online sources must fail within this many seconds when there is no network.
+ONLINE_TIMEOUT_S = 15.0
+#: Validation: more than this many NYSE sessions missing between two bars is a gap.
+MAX_GAP_SESSIONS = 5
+#: Live validation: the last bar may be at most this many sessions old.
+MAX_STALE_SESSIONS = 1
+
+
+def data_source_name(cli_value: str | None = None) -> str:
+    """The data source in force: `--source`, else DATA_SOURCE, else 'bundled'."""
+    return cli_value or os.environ.get(ENV_DATA_SOURCE) or DEFAULT_DATA_SOURCE
+
+
+# --- Paths ----------------------------------------------------------------------------------------
+ENV_TRADING_HOME = "TRADING_HOME"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the application keeps its files, all under one root (`TRADING_HOME`)."""
+
+    home: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.home / "results"
+
+    @property
+    def positions_file(self) -> Path:
+        return self.home / "positions.json"
+
+    @property
+    def app_log(self) -> Path:
+        return self.logs_dir / "trading.log"
+
+    @property
+    def alerts_log(self) -> Path:
+        return self.logs_dir / "alerts.log"
+
+    def processed_file(self, pair: Pair) -> Path:
+        """Processed features of a pair (parquet); its metadata sits beside it as .json."""
+        return self.data_dir / f"processed_{pair.key}.parquet"
+
+    def ensure(self) -> Paths:
+        """Create the directories (not the files); returns self."""
+        for d in (self.data_dir, self.models_dir, self.logs_dir, self.results_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def paths(home: str | os.PathLike[str] | None = None) -> Paths:
+    """Paths under `home`, else `TRADING_HOME`, else the project directory."""
+    root = home or os.environ.get(ENV_TRADING_HOME) or PROJECT_ROOT
+    return Paths(Path(root).expanduser().resolve())
