@@ -192,8 +192,8 @@ def _check_gaps(
         i = int(np.argmax(too_big)) + 1
         raise ValidationError(
             "session_gap",
-            f"{missing[i - 1]} NYSE sessions missing since {days[i - 1].date()} "
-            f"(more than {max_gap_sessions} allowed)",
+            f"{missing[i - 1]} session{'s' if missing[i - 1] != 1 else ''} missing since "
+            f"{days[i - 1].date()} (more than {max_gap_sessions} allowed)",
             ticker=",".join(tickers),
             date=dates[i],
         )

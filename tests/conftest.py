@@ -1,0 +1,29 @@
+"""Shared fixtures: a temporary TRADING_HOME per test and the bundled prices loaded once."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import constants as C
+import process_stock_data as psd
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> C.Paths:
+    """An empty TRADING_HOME so no test touches the project's data/, logs/ or models/."""
+    monkeypatch.setenv(C.ENV_TRADING_HOME, str(tmp_path))
+    for var in (C.ENV_TICKER_LONG, C.ENV_TICKER_SHORT, C.ENV_DATA_SOURCE):
+        monkeypatch.delenv(var, raising=False)
+    return C.paths()
+
+
+@pytest.fixture(scope="session")
+def bundled() -> psd.PriceData:
+    """All 20 bundled tickers (real adjusted closes 1990-2022)."""
+    return psd.load_bundled()
+
+
+@pytest.fixture(scope="session")
+def aapl_msft(bundled) -> pd.DataFrame:
+    return bundled.close[["AAPL", "MSFT"]]
