@@ -7,6 +7,7 @@ and shows a traceback only with `--debug`. This module imports nothing from the 
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -49,8 +50,12 @@ class ValidationError(DataError):
 
     def __init__(self, rule: str, message: str, ticker: str | None = None, date: Any = None):
         self.rule, self.ticker, self.date = rule, ticker, date
+        self.detail = message
         where = " ".join(str(x) for x in (ticker, _fmt_date(date)) if x is not None)
         super().__init__(f"[{rule}] {where + ': ' if where else ''}{message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # survive pickling (e.g. across worker processes)
+        return (type(self), (self.rule, self.detail, self.ticker, self.date))
 
 
 class RiskViolation(TradingError):
@@ -59,8 +64,11 @@ class RiskViolation(TradingError):
     exit_code = 5
 
     def __init__(self, reason: str, message: str):
-        self.reason = reason
+        self.reason, self.detail = reason, message
         super().__init__(f"risk check failed [{reason}]: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, self.detail))
 
 
 class BrokerError(TradingError):
@@ -176,6 +184,9 @@ class CircuitBreaker:
         except Exception as exc:
             self._record_failure(exc)
             raise
+        except BaseException:  # KeyboardInterrupt etc.: not a verdict, but free the trial slot
+            self._end_trial()
+            raise
         self._record_success()
         return result
 
@@ -212,9 +223,16 @@ class CircuitBreaker:
             return
         self._state = new
         if self.on_state_change is not None:
-            self.on_state_change(
-                BreakerTransition(self.name, old, new, self._failures, self._last_error)
-            )
+            # A failing callback (e.g. an alert webhook) must not turn a call's success or
+            # failure into its own exception: a placed order would look failed and be retried.
+            try:
+                self.on_state_change(
+                    BreakerTransition(self.name, old, new, self._failures, self._last_error)
+                )
+            except Exception:
+                logging.getLogger(__name__).exception(
+                    "on_state_change of circuit %r failed", self.name
+                )
 
 
 # --- Retry ----------------------------------------------------------------------------------------
@@ -235,12 +253,12 @@ def retry_with_backoff(
     """
     if attempts < 1:
         raise ConfigurationError("retry attempts must be >= 1")
-    condition = tenacity.retry_if_exception_type(retry_on)
+    condition: tenacity.retry_base = tenacity.retry_if_exception_type(retry_on)
     if retry_if is not None:
         condition = condition & tenacity.retry_if_exception(retry_if)
     return tenacity.retry(
         stop=tenacity.stop_after_attempt(attempts),
-        wait=tenacity.wait_exponential_jitter(initial=initial_s, max=max_s, jitter=jitter_s),
+        wait=tenacity.wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=jitter_s),
         retry=condition,
         reraise=True,
         sleep=sleep,

@@ -106,29 +106,25 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
+    """Plain text on purpose: this must run before anything (rich included) is installed."""
     statuses = check_profiles()
-    table = Table(title="Install profiles")
-    for col in ("profile", "status", "what is missing"):
-        table.add_column(col)
+    print(f"{'profile':<10} {'status':<11} what is missing")
+    core_gaps = set(statuses[0].missing) | {n for n, _, _ in statuses[0].mismatched}
     for st in statuses:
-        state = "[green]installed" if st.complete else "[red]incomplete"
-        missing = ", ".join(st.missing + [f"{n} (have {h}, want {w})" for n, h, w in st.mismatched])
-        table.add_row(st.profile, state, missing or "-")
-    console.print(table)
+        missing = st.missing + [f"{n} (have {h}, want {w})" for n, h, w in st.mismatched]
+        if st.profile != "core" and core_gaps:
+            missing = ["what core lacks"] + [m for m in missing if m.split(" ")[0] not in core_gaps]
+        state = "installed" if st.complete else "incomplete"
+        print(f"{st.profile:<10} {state:<11} {', '.join(missing) or '-'}")
     incomplete = [st for st in statuses if not st.complete]
     if not incomplete:
-        console.print("All profiles are installed.")
+        print("All profiles are installed.")
         return 0
     target = covering_profile(incomplete)
     command = f"./install.sh {target}"
     if args.yes or (sys.stdin.isatty() and _confirm(f"Install profile '{target}' now ({command})? [y/N] ")):
-        result = subprocess.run([os.path.join(PROJECT_DIR, "install.sh"), target], check=False)  # noqa: S603
-        return result.returncode
-    console.print(f"To install what is missing, run: [bold]{command}[/bold]")
+        return subprocess.run([os.path.join(PROJECT_DIR, "install.sh"), target], check=False).returncode  # noqa: S603
+    print(f"To install what is missing, run: {command}")
     core_ok = next(st for st in statuses if st.profile == "core").complete
     return 0 if core_ok else 1
 
@@ -231,10 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _load_env()
     debug = bool(getattr(args, "debug", False))
+    if args.func is cmd_check:  # needs nothing installed
+        return cmd_check(args)
     try:
         from error_handling import TradingError
-    except ImportError as exc:  # tenacity missing: the environment is not installed
-        print(f"error: {exc}; run ./install.sh", file=sys.stderr)
+    except ImportError as exc:  # the environment is not installed
+        print(f"error: {exc}; run ./install.sh (see `python main.py check`)", file=sys.stderr)
         return 2
     try:
         _setup_logging(debug)
