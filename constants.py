@@ -32,7 +32,7 @@ HOLD_SIGNAL = "Hold"
 
 
 def validate_symbol(symbol: str) -> str:
-    """Return `symbol` upper-cased and stripped, or raise ConfigurationError if it is not a symbol."""
+    """`symbol` upper-cased and stripped; ConfigurationError if it is not a ticker symbol."""
     cleaned = str(symbol).strip().upper()
     if not _SYMBOL_RE.match(cleaned):
         raise ConfigurationError(
@@ -82,7 +82,7 @@ class Pair:
 
 
 def resolve_pair(long: str | None = None, short: str | None = None) -> Pair:
-    """The pair in force: command-line values, else TICKER_LONG/TICKER_SHORT env vars, else AAPL/MSFT."""
+    """The pair in force: command-line values, else TICKER_LONG/TICKER_SHORT, else AAPL/MSFT."""
     return Pair(
         long or os.environ.get(ENV_TICKER_LONG) or DEFAULT_TICKER_LONG,
         short or os.environ.get(ENV_TICKER_SHORT) or DEFAULT_TICKER_SHORT,

@@ -75,7 +75,7 @@ def validate_prices(
     max_stale_sessions: int = MAX_STALE_SESSIONS,
     reference_prices: dict[str, float] | None = None,
 ) -> ValidationReport:
-    """Check `close` (DatetimeIndex of session dates, one column per ticker); raise on the first rule broken.
+    """Check `close` (session-date index, a column per ticker); raise on the first broken rule.
 
     `sessions=None` skips the gap rule. `live=True` adds the price sanity and stale-bar rules;
     `now` is the current time (America/New_York or tz-naive) for the stale rule.
@@ -161,7 +161,8 @@ def validate_prices(
 def _numeric(column: pd.Series, ticker: str) -> np.ndarray:
     """Column as float64, or a non_numeric error naming the first bad cell."""
     if pd.api.types.is_bool_dtype(column) or not (
-        pd.api.types.is_numeric_dtype(column) or pd.api.types.is_object_dtype(column)
+        pd.api.types.is_numeric_dtype(column)
+        or pd.api.types.is_object_dtype(column)
         or pd.api.types.is_string_dtype(column)
     ):
         raise ValidationError("non_numeric", f"column has type {column.dtype}", ticker)
@@ -219,13 +220,7 @@ def split_artefact_mask(prices: np.ndarray) -> np.ndarray:
         return mask
     log_p = np.log(p)
     log_ret = np.diff(log_p)
-    sigma = (
-        pd.Series(log_ret)
-        .rolling(SPLIT_SIGMA_BARS, min_periods=20)
-        .std()
-        .shift(1)
-        .to_numpy()
-    )
+    sigma = pd.Series(log_ret).rolling(SPLIT_SIGMA_BARS, min_periods=20).std().shift(1).to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.abs(log_ret) / sigma
     outlier = ~(z < SPLIT_MIN_SIGMAS)  # NaN (short or flat history) counts as an outlier
@@ -267,7 +262,11 @@ def _check_stale(
     calendar = (sessions or nyse_sessions)(last, now.normalize())
     # Sessions after the last bar that have started by `now` (today counts once it is 09:30).
     elapsed = calendar[calendar > last]
-    if len(elapsed) and elapsed[-1] == now.normalize() and now.time() < pd.Timestamp("09:30").time():
+    if (
+        len(elapsed)
+        and elapsed[-1] == now.normalize()
+        and now.time() < pd.Timestamp("09:30").time()
+    ):
         elapsed = elapsed[:-1]
     if len(elapsed) > max_stale_sessions:
         raise ValidationError(

@@ -1,7 +1,7 @@
 """The project's exceptions, a circuit breaker and retry with backoff.
 
-`main.py` maps every `TradingError` to a one-line message and its `exit_code`; anything else is a bug
-and shows a traceback only with `--debug`. This module imports nothing from the project.
+`main.py` maps every `TradingError` to a one-line message and its `exit_code`; anything else is a
+bug and shows a traceback only with `--debug`. This module imports nothing from the project.
 """
 
 from __future__ import annotations

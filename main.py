@@ -19,11 +19,12 @@ EPILOG = """\
 examples:
   python main.py process                         features for AAPL/MSFT from the bundled data
   python main.py process --long JPM --short BAC  any bundled pair
-  python main.py process --source csv:my.csv     your own prices (date + one close column per ticker)
+  python main.py process --source csv:my.csv     your own prices (a date + a close per ticker)
   python main.py check                           which install profiles are present
 
 configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL (environment or .env;
-command-line flags win). Exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation.
+command-line flags win).
+exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation.
 """
 
 
@@ -31,9 +32,17 @@ def _common_options() -> argparse.ArgumentParser:
     """Options accepted by every command (after the command name)."""
     common = argparse.ArgumentParser(add_help=False)
     pair = common.add_argument_group("pair")
-    pair.add_argument("--long", metavar="SYMBOL", help="ticker to buy on an entry (default: $TICKER_LONG or AAPL)")
-    pair.add_argument("--short", metavar="SYMBOL", help="ticker to sell on an entry (default: $TICKER_SHORT or MSFT)")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    pair.add_argument(
+        "--long", metavar="SYMBOL", help="ticker to buy on an entry (default: $TICKER_LONG or AAPL)"
+    )
+    pair.add_argument(
+        "--short",
+        metavar="SYMBOL",
+        help="ticker to sell on an entry (default: $TICKER_SHORT or MSFT)",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     return common
 
 
@@ -44,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks on errors")
+    parser.add_argument(
+        "--debug", action="store_true", default=False, help="show tracebacks on errors"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_options()
 
@@ -95,7 +106,10 @@ def cmd_process(args: argparse.Namespace) -> int:
     table.add_row("source", s.source)
     table.add_row("rows", f"{s.rows:,} (of {s.input_rows:,} bars loaded)")
     table.add_row("date range", f"{s.start} .. {s.end}")
-    table.add_row("features", f"{len(s.features)}{' (with volume)' if s.has_volume else ' (no volume in source)'}")
+    table.add_row(
+        "features",
+        f"{len(s.features)}{' (with volume)' if s.has_volume else ' (no volume in source)'}",
+    )
     table.add_row("warm-up dropped", f"{s.warmup_rows} rows: {s.warmup_reason}")
     table.add_row("unlabeled", f"{s.unlabeled_rows} row (the last bar; its next bar is unknown)")
     table.add_row("validation", ", ".join(s.rules))
@@ -122,8 +136,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     target = covering_profile(incomplete)
     command = f"./install.sh {target}"
-    if args.yes or (sys.stdin.isatty() and _confirm(f"Install profile '{target}' now ({command})? [y/N] ")):
-        return subprocess.run([os.path.join(PROJECT_DIR, "install.sh"), target], check=False).returncode  # noqa: S603
+    if args.yes or (
+        sys.stdin.isatty() and _confirm(f"Install profile '{target}' now ({command})? [y/N] ")
+    ):
+        installer = [os.path.join(PROJECT_DIR, "install.sh"), target]  # fixed path, known profile
+        return subprocess.run(installer, check=False).returncode  # noqa: S603
     print(f"To install what is missing, run: {command}")
     core_ok = next(st for st in statuses if st.profile == "core").complete
     return 0 if core_ok else 1

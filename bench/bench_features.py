@@ -44,7 +44,9 @@ def best_of(fn, repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
@@ -54,12 +56,18 @@ def main() -> None:
     print(f"numpy {np.__version__}, pandas {pd.__version__}, best of {args.repeat}")
     for name, prices in (("bundled AAPL/MSFT", base), (f"tiled {args.rows:,}", big)):
         seconds = best_of(lambda p=prices: psd.compute_features(p, "AAPL", "MSFT"), args.repeat)
-        print(f"{name:>22}: {len(prices):>9,} rows  {seconds:7.3f} s  {len(prices) / seconds:>12,.0f} rows/s")
+        print(
+            f"{name:>22}: {len(prices):>9,} rows  {seconds:7.3f} s  "
+            f"{len(prices) / seconds:>12,.0f} rows/s"
+        )
     labeled = best_of(
         lambda: psd.add_label(psd.compute_features(big, "AAPL", "MSFT"), big, "AAPL", "MSFT"),
         args.repeat,
     )
-    print(f"{'features + label':>22}: {len(big):>9,} rows  {labeled:7.3f} s  {len(big) / labeled:>12,.0f} rows/s")
+    print(
+        f"{'features + label':>22}: {len(big):>9,} rows  {labeled:7.3f} s  "
+        f"{len(big) / labeled:>12,.0f} rows/s"
+    )
 
 
 if __name__ == "__main__":

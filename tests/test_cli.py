@@ -1,4 +1,4 @@
-"""main.py as a user runs it: a subprocess, a temporary TRADING_HOME, exit codes and one-line errors."""
+"""main.py as a user runs it: subprocess, temporary TRADING_HOME, exit codes, one-line errors."""
 
 from __future__ import annotations
 
@@ -15,10 +15,24 @@ import main as cli
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str, home: Path, extra_env: dict[str, str] | None = None, python: str = sys.executable) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("TICKER_LONG", "TICKER_SHORT", "DATA_SOURCE")}
+def run(
+    *args: str, home: Path, extra_env: dict[str, str] | None = None, python: str = sys.executable
+) -> subprocess.CompletedProcess:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TICKER_LONG", "TICKER_SHORT", "DATA_SOURCE")
+    }
     env.update({"TRADING_HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})})
-    return subprocess.run([python, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [python, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -33,13 +47,20 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> 
 
 @pytest.mark.parametrize(
     "args,shown",
-    [(["main.py", "--help"], ["process", "check", "examples:"]), (["main.py", "process", "--help"], ["--long", "--source", "csv:PATH"])],
+    [
+        (["main.py", "--help"], ["process", "check", "examples:"]),
+        (["main.py", "process", "--help"], ["--long", "--source", "csv:PATH"]),
+    ],
 )
 def test_help_imports_no_tensorflow(tmp_path, args, shown):
     proc = run("-X", "importtime", *args, home=tmp_path)
     assert proc.returncode == 0
     assert all(s in proc.stdout for s in shown)
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if "|" in line
+    }
     assert "encodings" in imported  # the import log really was captured
     assert not {"tensorflow", "keras", "pandas", "xgboost"} & imported
 
@@ -101,7 +122,14 @@ def test_process_offline_on_bundled_data_prints_summary(tmp_path):
 
 
 def test_pair_from_env_and_flags(tmp_path):
-    proc = run("main.py", "process", "--short", "BAC", home=tmp_path, extra_env={"TICKER_LONG": "JPM", "TICKER_SHORT": "KO"})
+    proc = run(
+        "main.py",
+        "process",
+        "--short",
+        "BAC",
+        home=tmp_path,
+        extra_env={"TICKER_LONG": "JPM", "TICKER_SHORT": "KO"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "data" / "processed_JPM_BAC.parquet").exists()
 
@@ -146,7 +174,14 @@ def test_check_interactive_asks_before_installing(tmp_path):
     bare = tmp_path / "bare"
     venv.EnvBuilder(with_pip=False).create(bare)
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([str(bare / "bin" / "python"), "main.py", "check"], cwd=ROOT, stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(bare / "bin" / "python"), "main.py", "check"],
+        cwd=ROOT,
+        stdin=follower,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     os.write(leader, b"n\n")
     out, _ = proc.communicate(timeout=60)
     os.close(leader)

@@ -99,6 +99,7 @@ def test_no_module_spells_a_signal_string_literally():
     offenders = [
         f.name
         for f in root.glob("*.py")
-        if f.name != "constants.py" and ('"Buy AAPL' in f.read_text() or "'Buy AAPL" in f.read_text())
+        if f.name != "constants.py"
+        and ('"Buy AAPL' in f.read_text() or "'Buy AAPL" in f.read_text())
     ]
     assert offenders == []

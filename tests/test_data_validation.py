@@ -1,4 +1,4 @@
-"""data_validation.py: the bundled history passes; every rule rejects bad input naming rule, ticker, date."""
+"""data_validation: bundled history passes; each rule rejects bad input naming rule, ticker, date"""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ def prices(aapl_msft) -> pd.DataFrame:
     return aapl_msft.loc["2019-01-01":"2019-12-31"].copy()
 
 
-def _expect(rule: str, ticker: str | None, date: str | None, fn, *args, **kwargs) -> ValidationError:
+def _expect(
+    rule: str, ticker: str | None, date: str | None, fn, *args, **kwargs
+) -> ValidationError:
     with pytest.raises(ValidationError) as info:
         fn(*args, **kwargs)
     err = info.value
@@ -98,7 +100,15 @@ def test_holidays_are_not_gaps(prices):
 def test_gap_within_the_allowed_number_passes(prices):
     holed = prices.drop(prices.loc["2019-06-03":"2019-06-05"].index)  # 3 sessions missing
     dv.validate_prices(holed, ["AAPL", "MSFT"], max_gap_sessions=3)
-    _expect("session_gap", None, "2019-06-06", dv.validate_prices, holed, ["AAPL", "MSFT"], max_gap_sessions=2)
+    _expect(
+        "session_gap",
+        None,
+        "2019-06-06",
+        dv.validate_prices,
+        holed,
+        ["AAPL", "MSFT"],
+        max_gap_sessions=2,
+    )
 
 
 def test_weekday_fallback_calendar_counts_holidays_as_sessions(prices):
@@ -106,7 +116,16 @@ def test_weekday_fallback_calendar_counts_holidays_as_sessions(prices):
     # 2019-07-04 is a holiday: against plain weekdays the 07-03 -> 07-05 step misses one session.
     summer = prices.loc["2019-06-01":"2019-07-31"]
     dv.validate_prices(summer, ["AAPL", "MSFT"], max_gap_sessions=0)
-    _expect("session_gap", None, "2019-07-05", dv.validate_prices, summer, ["AAPL", "MSFT"], max_gap_sessions=0, sessions=weekdays)
+    _expect(
+        "session_gap",
+        None,
+        "2019-07-05",
+        dv.validate_prices,
+        summer,
+        ["AAPL", "MSFT"],
+        max_gap_sessions=0,
+        sessions=weekdays,
+    )
 
 
 @pytest.mark.parametrize("factor", [2.0, 3.0, 4.0, 0.5, 0.1])
@@ -114,7 +133,9 @@ def test_unadjusted_split_is_flagged(aapl_msft, factor):
     """An unadjusted split (prices after the date divided by the factor) is caught on its date."""
     prices = aapl_msft.loc["2018-01-01":"2019-12-31"].copy()
     prices.loc["2019-03-15":, "AAPL"] /= factor
-    err = _expect("split_artefact", "AAPL", "2019-03-15", dv.validate_prices, prices, ["AAPL", "MSFT"])
+    err = _expect(
+        "split_artefact", "AAPL", "2019-03-15", dv.validate_prices, prices, ["AAPL", "MSFT"]
+    )
     assert "unadjusted split" in str(err)
 
 
@@ -130,7 +151,9 @@ def test_price_sanity_applies_only_to_live_use(prices):
     dv.validate_prices(old, ["AAPL", "MSFT"])
     now = pd.Timestamp("2019-12-31 12:00", tz="America/New_York")
     day = str(prices.index[-1].date())
-    _expect("price_sanity", "AAPL", day, dv.validate_prices, old, ["AAPL", "MSFT"], live=True, now=now)
+    _expect(
+        "price_sanity", "AAPL", day, dv.validate_prices, old, ["AAPL", "MSFT"], live=True, now=now
+    )
 
 
 def test_price_sanity_unknown_symbol_uses_the_reference_price(prices):
@@ -138,7 +161,17 @@ def test_price_sanity_unknown_symbol_uses_the_reference_price(prices):
     now = pd.Timestamp("2019-12-31 12:00", tz="America/New_York")
     last = float(live["ZZZZ"].iloc[-1])
     dv.validate_prices(live, ["ZZZZ", "MSFT"], live=True, now=now, reference_prices={"ZZZZ": last})
-    _expect("price_sanity", "ZZZZ", None, dv.validate_prices, live, ["ZZZZ", "MSFT"], live=True, now=now, reference_prices={"ZZZZ": last * 10})
+    _expect(
+        "price_sanity",
+        "ZZZZ",
+        None,
+        dv.validate_prices,
+        live,
+        ["ZZZZ", "MSFT"],
+        live=True,
+        now=now,
+        reference_prices={"ZZZZ": last * 10},
+    )
 
 
 def test_stale_last_bar_in_live_use(prices):
@@ -146,7 +179,9 @@ def test_stale_last_bar_in_live_use(prices):
     fresh = pd.Timestamp("2020-01-02 10:00", tz="America/New_York")  # one session (01-02) since
     dv.validate_prices(prices, ["AAPL", "MSFT"], live=True, now=fresh)
     stale = pd.Timestamp("2020-01-03 10:00", tz="America/New_York")  # two sessions since
-    err = _expect("stale_bar", "AAPL", day, dv.validate_prices, prices, ["AAPL", "MSFT"], live=True, now=stale)
+    err = _expect(
+        "stale_bar", "AAPL", day, dv.validate_prices, prices, ["AAPL", "MSFT"], live=True, now=stale
+    )
     assert "2 sessions old" in str(err)
     before_open = pd.Timestamp("2020-01-03 08:00", tz="America/New_York")  # 01-03 not started yet
     dv.validate_prices(prices, ["AAPL", "MSFT"], live=True, now=before_open)

@@ -467,12 +467,22 @@ def test_retry_rejects_zero_attempts():
 
 
 def test_errors_with_extra_fields_survive_pickling():
-    """A ValidationError or RiskViolation raised in a worker process must reach the parent intact."""
+    """A ValidationError or RiskViolation raised in a worker process reaches the parent intact."""
     import pickle
 
     from error_handling import RiskViolation, ValidationError
 
-    err = pickle.loads(pickle.dumps(ValidationError("non_positive", "close is -1", "AAPL", "2020-01-02")))
-    assert (err.rule, err.ticker, str(err)) == ("non_positive", "AAPL", "[non_positive] AAPL 2020-01-02: close is -1")
-    risk = pickle.loads(pickle.dumps(RiskViolation("leg_notional", "AAPL leg $60,000 > $50,000")))
-    assert risk.reason == "leg_notional" and str(risk).startswith("risk check failed [leg_notional]")
+    err = pickle.loads(  # noqa: S301 - our own bytes
+        pickle.dumps(ValidationError("non_positive", "close is -1", "AAPL", "2020-01-02"))
+    )
+    assert (err.rule, err.ticker, str(err)) == (
+        "non_positive",
+        "AAPL",
+        "[non_positive] AAPL 2020-01-02: close is -1",
+    )
+    risk = pickle.loads(  # noqa: S301 - our own bytes
+        pickle.dumps(RiskViolation("leg_notional", "AAPL leg $60,000 > $50,000"))
+    )
+    assert risk.reason == "leg_notional" and str(risk).startswith(
+        "risk check failed [leg_notional]"
+    )

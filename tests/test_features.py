@@ -1,4 +1,4 @@
-"""Features: strictly causal (truncation invariance), correct against independent numpy code, any pair."""
+"""Features: strictly causal (truncation invariance), equal to independent numpy code, any pair."""
 
 from __future__ import annotations
 
@@ -19,28 +19,40 @@ def full(aapl_msft) -> pd.DataFrame:
 
 
 def test_truncation_invariance_of_all_23_features(aapl_msft, full):
-    """Lookahead guard: row t computed on prices[:t+1] equals row t computed on the whole history."""
+    """Lookahead guard: row t computed on prices[:t+1] equals row t computed on all history."""
     rng = np.random.default_rng(20261124)
-    cut_points = sorted({0, 1, 59, 77, 78, 79, len(aapl_msft) - 2, *rng.integers(0, len(aapl_msft), 60)})
+    cut_points = sorted(
+        {0, 1, 59, 77, 78, 79, len(aapl_msft) - 2, *rng.integers(0, len(aapl_msft), 60)}
+    )
     assert len(full.columns) == 23
     for t in cut_points:
         truncated = psd.compute_features(aapl_msft.iloc[: t + 1], "AAPL", "MSFT")
         expected, got = full.iloc[t], truncated.iloc[-1]
         np.testing.assert_allclose(
-            got.to_numpy(), expected.to_numpy(), rtol=1e-9, atol=1e-12, equal_nan=True,
+            got.to_numpy(),
+            expected.to_numpy(),
+            rtol=1e-9,
+            atol=1e-12,
+            equal_nan=True,
             err_msg=f"row {t} ({aapl_msft.index[t].date()}) changed when later bars were removed",
         )
 
 
 def test_truncation_invariance_with_volume(aapl_msft):
     rng = np.random.default_rng(7)
-    volume = pd.DataFrame(rng.integers(1_000, 10_000, size=aapl_msft.shape), index=aapl_msft.index, columns=aapl_msft.columns).astype(float)
+    volume = pd.DataFrame(
+        rng.integers(1_000, 10_000, size=aapl_msft.shape),
+        index=aapl_msft.index,
+        columns=aapl_msft.columns,
+    ).astype(float)
     prices = aapl_msft.iloc[:600]
     full = psd.compute_features(prices, "AAPL", "MSFT", volume.iloc[:600])
     assert list(full.columns) == C.feature_names("AAPL", "MSFT", with_volume=True)
     for t in rng.integers(0, 600, 20):
         part = psd.compute_features(prices.iloc[: t + 1], "AAPL", "MSFT", volume.iloc[: t + 1])
-        np.testing.assert_allclose(part.iloc[-1].to_numpy(), full.iloc[t].to_numpy(), rtol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(
+            part.iloc[-1].to_numpy(), full.iloc[t].to_numpy(), rtol=1e-9, equal_nan=True
+        )
 
 
 def test_a_future_shock_does_not_move_past_features(aapl_msft, full):
@@ -52,7 +64,9 @@ def test_a_future_shock_does_not_move_past_features(aapl_msft, full):
     pd.testing.assert_frame_equal(again.iloc[: t + 1], full.iloc[: t + 1])
 
 
-@pytest.mark.parametrize("long,short", [("JPM", "BAC"), ("KO", "PEP"), ("XOM", "CVX"), ("RRC", "AMD")])
+@pytest.mark.parametrize(
+    "long,short", [("JPM", "BAC"), ("KO", "PEP"), ("XOM", "CVX"), ("RRC", "AMD")]
+)
 def test_any_bundled_pair_produces_the_named_columns(bundled, long, short):
     close = bundled.close[[long, short]]
     features = psd.compute_features(close, long, short)
@@ -62,7 +76,7 @@ def test_any_bundled_pair_produces_the_named_columns(bundled, long, short):
     assert not features.iloc[first:].isna().any().any()
 
 
-# --- Independent re-implementations at a few bars ---------------------------------------------------
+# --- Independent re-implementations at a few bars ------------------------------------------------
 T_CHECK = [100, 2500, 8000]
 
 
@@ -75,7 +89,9 @@ def test_returns_volatility_momentum_match_numpy(aapl_msft, full, t):
     assert row["AAPL_ret_5d"] == pytest.approx(np.log(p[t] / p[t - 5]))
     assert row["AAPL_vol_20d"] == pytest.approx(np.std(lr[t - 20 : t], ddof=1) * np.sqrt(252))
     assert row["AAPL_mom_10"] == pytest.approx(p[t] / p[t - 10] - 1)
-    assert row["AAPL_sma_ratio"] == pytest.approx(p[t - 9 : t + 1].mean() / p[t - 49 : t + 1].mean() - 1)
+    assert row["AAPL_sma_ratio"] == pytest.approx(
+        p[t - 9 : t + 1].mean() / p[t - 49 : t + 1].mean() - 1
+    )
     w60 = p[t - 59 : t + 1]
     assert row["AAPL_price_z60"] == pytest.approx((p[t] - w60.mean()) / w60.std(ddof=1))
     w20 = p[t - 19 : t + 1]
@@ -126,7 +142,9 @@ def test_pair_features_match_numpy(aapl_msft, full, t):
     row = full.iloc[t]
     assert row["spread_AAPL_MSFT"] == pytest.approx(y[t] - beta(t) * x[t], rel=1e-8)
     spreads = np.array([y[s] - beta(s) * x[s] for s in range(t - 19, t + 1)])
-    assert row["spread_z_AAPL_MSFT"] == pytest.approx((spreads[-1] - spreads.mean()) / spreads.std(ddof=1), rel=1e-6)
+    assert row["spread_z_AAPL_MSFT"] == pytest.approx(
+        (spreads[-1] - spreads.mean()) / spreads.std(ddof=1), rel=1e-6
+    )
     ry, rx = np.diff(y)[t - 60 : t], np.diff(x)[t - 60 : t]
     assert row["corr_60d_AAPL_MSFT"] == pytest.approx(np.corrcoef(ry, rx)[0, 1])
 
@@ -168,7 +186,9 @@ def test_process_writes_parquet_and_metadata_with_hash(home):
 
 
 def test_process_respects_start_and_end(home):
-    _, s = psd.process("bundled", C.Pair("AAPL", "MSFT"), start="2015-01-01", end="2015-12-31", home=home)
+    _, s = psd.process(
+        "bundled", C.Pair("AAPL", "MSFT"), start="2015-01-01", end="2015-12-31", home=home
+    )
     assert s.input_rows == 252 and s.rows == 252 - 78
     assert s.end == "2015-12-31"
 
@@ -177,4 +197,6 @@ def test_too_little_history_is_a_clear_error(home):
     from error_handling import DataError
 
     with pytest.raises(DataError, match="not enough history"):
-        psd.process("bundled", C.Pair("AAPL", "MSFT"), start="2015-01-01", end="2015-02-15", home=home)
+        psd.process(
+            "bundled", C.Pair("AAPL", "MSFT"), start="2015-01-01", end="2015-02-15", home=home
+        )

@@ -15,7 +15,9 @@ def test_bundled_dataset_is_the_real_20_ticker_history(bundled):
     close = bundled.close
     assert close.shape == (8313, 20)
     assert {"AAPL", "MSFT", "JPM", "BAC", "RRC"} <= set(close.columns)
-    assert close.index[0] == pd.Timestamp("1990-01-02") and close.index[-1] == pd.Timestamp("2022-12-28")
+    assert close.index[0] == pd.Timestamp("1990-01-02") and close.index[-1] == pd.Timestamp(
+        "2022-12-28"
+    )
     assert bundled.volume is None  # closes only: no volume features
     # AAPL's 2000-09-29 drop, split-adjusted history near $0.26 in 1990
     day = close.index.get_loc(pd.Timestamp("2000-09-29"))
@@ -51,7 +53,19 @@ def test_csv_long_ohlcv_format_gives_volume_features(tmp_path, aapl_msft, home):
     rows = []
     for ticker in ("AAPL", "MSFT"):
         s = aapl_msft[ticker].iloc[:400]
-        rows.append(pd.DataFrame({"date": s.index.strftime("%Y-%m-%d"), "symbol": ticker.lower(), "open": s, "high": s, "low": s, "close": s, "volume": 1e6 + np.arange(400)}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "date": s.index.strftime("%Y-%m-%d"),
+                    "symbol": ticker.lower(),
+                    "open": s,
+                    "high": s,
+                    "low": s,
+                    "close": s,
+                    "volume": 1e6 + np.arange(400),
+                }
+            )
+        )
     file = tmp_path / "long.csv"
     pd.concat(rows).to_csv(file, index=False)
     table, summary = psd.process(f"csv:{file}", C.Pair("AAPL", "MSFT"), home=home)
@@ -84,7 +98,9 @@ def test_csv_non_numeric_value_names_ticker_and_date(tmp_path, home, aapl_msft):
     frame.iloc[150, 1] = "12,5O"
     _write_wide(file, frame)
     day = str(aapl_msft.index[150].date())
-    with pytest.raises(ValidationError, match=rf"\[non_numeric\] MSFT {day}: close '12,5O' is not a number"):
+    with pytest.raises(
+        ValidationError, match=rf"\[non_numeric\] MSFT {day}: close '12,5O' is not a number"
+    ):
         psd.process(f"csv:{file}", C.Pair("AAPL", "MSFT"), home=home)
     assert not home.processed_file(C.Pair("AAPL", "MSFT")).exists()  # nothing half-written
 
@@ -92,4 +108,3 @@ def test_csv_non_numeric_value_names_ticker_and_date(tmp_path, home, aapl_msft):
 def test_csv_source_needs_a_path():
     with pytest.raises(ConfigurationError, match="needs a path"):
         psd.load_prices("csv:", ["AAPL", "MSFT"])
-
