@@ -103,6 +103,8 @@ def cmd_process(args: argparse.Namespace) -> int:
     with err.status(f"processing {pair.long}/{pair.short} from {source} ..."):
         _, s = psd.process(source, pair, start=args.start, end=args.end)
     table = Table(title=f"Processed {s.long}/{s.short}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")  # keep the full path and SHA-256 visible
     table.add_row("source", s.source)
     table.add_row("rows", f"{s.rows:,} (of {s.input_rows:,} bars loaded)")
     table.add_row("date range", f"{s.start} .. {s.end}")

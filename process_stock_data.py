@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from data_validation import ValidationReport, validate_prices
 from error_handling import ConfigurationError, DataError, DataSourceUnavailable, ValidationError
 
 ONLINE_SOURCES = ("yfinance", "alpaca")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -480,6 +482,11 @@ def process(
     )
     atomic_write_bytes(out, blob)
     atomic_write_json(out.with_suffix(".json"), asdict(summary))
+    log.info(
+        "processed %s/%s from %s: %d rows %s..%s -> %s",
+        pair.long, pair.short, summary.source, summary.rows, summary.start, summary.end, out,
+        extra={"sha256": summary.sha256, "warmup_rows": warmup_rows},
+    )
     return table, summary
 
 
