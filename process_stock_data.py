@@ -1,18 +1,23 @@
 """Prices in, validated strictly-causal features out.
 
-Sources (`--source` / DATA_SOURCE): `bundled` (real adjusted daily closes 1990-2022 for 20 US stocks,
-shipped inside skfolio; offline), `yfinance`, `alpaca` (need a network; fail fast otherwise) and
-`csv:PATH`. Features are a pure function of the closes: row t uses rows <= t only. The label of row
-t is whether the long leg beats the short leg over the NEXT bar, so the last row has none.
+Sources (`--source` / DATA_SOURCE): `bundled` (real adjusted daily closes 1990-2022 for 20 US
+stocks, shipped inside skfolio; offline), `yfinance`, `alpaca` (need a network; fail fast
+otherwise) and `csv:PATH`. Features are a pure function of the closes: row t uses rows <= t only.
+The label of row t is whether the long leg beats the short leg over the NEXT bar, so the last row
+has none.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PriceData:
-    """Daily bars: `close` (and `volume` when the source has it), index = session date (tz-naive)."""
+    """Daily bars: `close` (and `volume` when the source has it), index: session date."""
 
     close: pd.DataFrame
     source: str
@@ -61,9 +66,7 @@ def load_bundled() -> PriceData:
     try:
         from skfolio.datasets import load_sp500_dataset
     except ImportError as exc:  # pragma: no cover - core profile installs skfolio
-        raise ConfigurationError(
-            "the bundled data needs skfolio; run ./install.sh core"
-        ) from exc
+        raise ConfigurationError("the bundled data needs skfolio; run ./install.sh core") from exc
     close = load_sp500_dataset()
     close.index = pd.DatetimeIndex(close.index).normalize().rename("date")
     close.columns = [str(c) for c in close.columns]
@@ -72,7 +75,8 @@ def load_bundled() -> PriceData:
 
 def load_csv(path: str | os.PathLike[str]) -> PriceData:
     """A user's CSV: wide (a date column + one close column per ticker) or long OHLCV
-    (date, symbol/ticker, close[, open, high, low, volume]). Values are validated later, not coerced.
+    (date, symbol/ticker, close[, open, high, low, volume]). Values are validated later, not
+    coerced.
     """
     file = Path(path).expanduser()
     if not file.is_file():
@@ -84,7 +88,9 @@ def load_csv(path: str | os.PathLike[str]) -> PriceData:
         raise DataError(f"cannot parse CSV {file}: {first}") from None
     source = f"csv:{file}"
     lower = {c.lower().strip(): c for c in raw.columns}
-    date_col = next((lower[k] for k in ("date", "timestamp", "datetime", "time") if k in lower), None)
+    date_col = next(
+        (lower[k] for k in ("date", "timestamp", "datetime", "time") if k in lower), None
+    )
     if date_col is None:
         raise ValidationError(
             "missing_column",
@@ -96,7 +102,9 @@ def load_csv(path: str | os.PathLike[str]) -> PriceData:
     symbol_col = next((lower[k] for k in ("symbol", "ticker") if k in lower), None)
     if symbol_col is not None:  # long format
         if "close" not in lower:
-            raise ValidationError("missing_column", f"{file} is long-format but has no close column")
+            raise ValidationError(
+                "missing_column", f"{file} is long-format but has no close column"
+            )
         raw = raw.assign(_date=dates, _symbol=raw[symbol_col].str.strip().str.upper())
         dup = raw.duplicated(["_date", "_symbol"])
         if dup.any():
@@ -132,15 +140,287 @@ def _parse_dates(column: pd.Series, file: Path) -> pd.DatetimeIndex:
     return index.normalize()
 
 
+# --- Online sources: yfinance and Alpaca ----------------------------------------------------------
+_NEW_YORK = "America/New_York"
+_OFFLINE_HINT = "use --source bundled (offline, 1990-2022) or --source csv:PATH"
+_ENV_ALPACA_API_KEY = "ALPACA_API_KEY"
+_ENV_ALPACA_SECRET_KEY = "ALPACA_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
+_ENV_ALPACA_DATA_URL = "ALPACA_DATA_URL"  # base URL without /v2; unset: alpaca-py's default
+_ENV_ALPACA_DATA_FEED = "ALPACA_DATA_FEED"  # iex (free, the default) or sip
+#: yfinance keeps one process-wide session and error setting: one fetch_yfinance at a time.
+_YFINANCE_LOCK = threading.Lock()
+
+
+def _session_day(ts: pd.Timestamp | str) -> pd.Timestamp:
+    """`ts` as a tz-naive midnight: its New York date when tz-aware, its own date otherwise."""
+    ts = pd.Timestamp(ts)
+    if ts.tz is not None:
+        ts = ts.tz_convert(_NEW_YORK).tz_localize(None)
+    return ts.normalize()
+
+
+def _unreachable(source: str, what: str, reason: str) -> DataSourceUnavailable:
+    return DataSourceUnavailable(
+        f"{source}: could not reach {what} (no network?): {reason}; {_OFFLINE_HINT}"
+    )
+
+
+def _network_reason(exc: BaseException, timeout_s: float) -> str:
+    """One short line saying why a requests or curl_cffi request failed in transport."""
+    if "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    text = " ".join(str(exc).split())
+    for pattern in (
+        r"\[Errno -?\d+\] ([^'\")\]]+)",  # requests: ...[Errno 111] Connection refused'))
+        r"curl: \(\d+\) (.+?)(?:\. See https?://.*)?$",  # curl_cffi: curl: (7) Failed to ...
+        r"\w+\('([^']+)'\)\)?$",  # requests: ('Connection aborted.', RemoteDisconnected('...'))
+    ):
+        match = re.search(pattern, text)
+        if match:
+            return match.group(1).strip()
+    return text[:160] or type(exc).__name__
+
+
+def _bounded_timeout(timeout: Any, deadline: float, timeout_error: type[Exception]) -> Any:
+    """`timeout` (seconds, a (connect, read) pair or None) cut to the time left until `deadline`
+    (time.monotonic() seconds); raises `timeout_error` when none is left."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise timeout_error("Timeout: the time allowed for this fetch has run out")
+    if isinstance(timeout, tuple):
+        return tuple(left if t is None else min(t, left) for t in timeout)
+    if isinstance(timeout, int | float):
+        return min(timeout, left)
+    return left
+
+
+def _online_prices(
+    source: str,
+    tickers: Sequence[str],
+    close: dict[str, pd.Series],
+    volume: dict[str, pd.Series],
+    first: pd.Timestamp,
+    last: pd.Timestamp,
+    why: str,
+) -> PriceData:
+    """PriceData of `tickers` over first..last (session dates) from per-ticker close and volume
+    series; DataError naming every ticker without a bar in that range."""
+
+    def window(series: pd.Series) -> pd.Series:
+        series = series[~series.index.duplicated(keep="last")].sort_index()
+        return series[(series.index >= first) & (series.index <= last)].astype("float64")
+
+    closes = {t: window(close[t]) for t in tickers if t in close}
+    missing = [t for t in tickers if t not in closes or closes[t].dropna().empty]
+    if missing:
+        raise DataError(
+            f"{source}: no bars for {', '.join(missing)} between {first.date()} and "
+            f"{last.date()}{why}"
+        )
+    close_frame = pd.concat(closes, axis=1).sort_index()
+    volume_frame = pd.concat({t: window(volume[t]) for t in tickers}, axis=1)
+    volume_frame = volume_frame.reindex(close_frame.index)
+    dates = pd.DatetimeIndex(close_frame.index).as_unit("us").rename("date")
+    close_frame.index = volume_frame.index = dates
+    return PriceData(close_frame, source, volume_frame)
+
+
+@functools.cache
+def _yahoo_session_class() -> type[Any]:
+    """yfinance's default kind of session (curl_cffi with Chrome's TLS fingerprint) whose every
+    request ends by `deadline`: yfinance's cookie and crumb requests would wait up to 30 s each."""
+    from curl_cffi import requests as curl_requests
+
+    class YahooSession(curl_requests.Session):
+        deadline: float | None = None  # time.monotonic() seconds; None: no limit
+
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("impersonate", "chrome")
+            super().__init__(**kwargs)
+
+        def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.deadline is not None:
+                kwargs["timeout"] = _bounded_timeout(
+                    kwargs.get("timeout"), self.deadline, curl_requests.exceptions.Timeout
+                )
+            return super().request(method, url, *args, **kwargs)
+
+    return YahooSession
+
+
+def _yfinance_error(
+    exc: Exception, ticker: str, first: pd.Timestamp, last: pd.Timestamp, timeout_s: float
+) -> DataError:
+    """The project's error for what yfinance raised while fetching `ticker`."""
+    from yfinance.exceptions import YFRateLimitError, YFTickerMissingError, YFTzMissingError
+
+    if isinstance(exc, YFRateLimitError):
+        return DataSourceUnavailable(
+            f"yfinance: Yahoo Finance is rate-limiting this machine (HTTP 429); try again later "
+            f"or {_OFFLINE_HINT}"
+        )
+    if isinstance(exc, YFTzMissingError):
+        return DataError(
+            f"yfinance: Yahoo Finance does not know {ticker} (no exchange timezone found: "
+            "misspelt or delisted?)"
+        )
+    if isinstance(exc, YFTickerMissingError):
+        reason = " ".join(str(exc).split()).removeprefix(f"${ticker.replace('.', '-')}: ")
+        return DataError(
+            f"yfinance: no bars for {ticker} between {first.date()} and {last.date()} "
+            f"(Yahoo: {reason[:160]})"
+        )
+    # An HTTP error answer; curl_cffi's transport errors carry a response with status 0.
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int) and status >= 100:
+        if status == 404:
+            return DataError(f"yfinance: Yahoo Finance does not know {ticker} (HTTP 404)")
+        if status == 429 or status >= 500:
+            return DataSourceUnavailable(
+                f"yfinance: Yahoo Finance is unavailable (HTTP {status}); try again later or "
+                f"{_OFFLINE_HINT}"
+            )
+        return DataError(
+            f"yfinance: Yahoo Finance refused the request for {ticker} (HTTP {status})"
+        )
+    if isinstance(exc, json.JSONDecodeError):
+        return _unreachable("yfinance", "Yahoo Finance", "the answer is not JSON (a proxy page?)")
+    if isinstance(exc, OSError):
+        return _unreachable("yfinance", "Yahoo Finance", _network_reason(exc, timeout_s))
+    return DataError(f"yfinance: {ticker}: {' '.join(str(exc).split())[:200]}")
+
+
 def fetch_yfinance(
     tickers: Sequence[str],
     start: pd.Timestamp,
     end: pd.Timestamp,
     *,
     timeout_s: float = C.ONLINE_TIMEOUT_S,
+    session: Any = None,
 ) -> PriceData:
-    """Daily adjusted OHLCV from Yahoo Finance via yfinance (needs a network)."""
-    raise DataSourceUnavailable("yfinance adapter not implemented yet")  # HELPER-YFINANCE
+    """Daily split- and dividend-adjusted closes and volume from Yahoo Finance via yfinance.
+
+    Rows are session dates (tz-naive midnight, the exchange's own date), `start`..`end` inclusive.
+    DataSourceUnavailable within about `timeout_s` when Yahoo cannot be reached; DataError naming a
+    ticker Yahoo does not know or has no bars for. `session` is yfinance's own `session=` option (a
+    curl_cffi or requests Session, e.g. with a proxy); the default is yfinance's kind of session,
+    bounded by `timeout_s`. A session of another kind must bound its own requests (yfinance's
+    cookie requests wait up to 30 s).
+    """
+    try:
+        import yfinance as yf
+        from yfinance.exceptions import YFException
+    except ImportError as exc:  # pragma: no cover - the live profile installs yfinance
+        raise ConfigurationError("--source yfinance needs yfinance; run ./install.sh live") from exc
+    first, last = _session_day(start), _session_day(end)
+    bounded = _yahoo_session_class()
+    http = session if session is not None else bounded()
+    close: dict[str, pd.Series] = {}
+    volume: dict[str, pd.Series] = {}
+    with _YFINANCE_LOCK:
+        hide_exceptions = yf.config.debug.hide_exceptions
+        # By default yfinance logs an error and returns an empty frame, offline or not: raise.
+        yf.config.debug.hide_exceptions = False
+        deadline = time.monotonic() + timeout_s
+        if isinstance(http, bounded):
+            http.deadline = deadline
+        try:
+            for ticker in tickers:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _unreachable(
+                        "yfinance", "Yahoo Finance", f"no answer within {timeout_s:g} s"
+                    )
+                try:
+                    frame = yf.Ticker(ticker.replace(".", "-"), session=http).history(
+                        start=first.strftime("%Y-%m-%d"),
+                        end=(last + pd.Timedelta(days=1)).strftime("%Y-%m-%d"),  # exclusive
+                        interval="1d",
+                        auto_adjust=True,
+                        actions=False,
+                        timeout=left,
+                    )
+                except (YFException, OSError, json.JSONDecodeError) as exc:
+                    raise _yfinance_error(exc, ticker, first, last, timeout_s) from exc
+                if frame.empty:
+                    continue
+                dates = pd.DatetimeIndex(frame.index)
+                if dates.tz is not None:  # midnight in the exchange's timezone: keep its date
+                    dates = dates.tz_localize(None)
+                dates = dates.normalize()
+                close[ticker] = pd.Series(frame["Close"].to_numpy("float64"), index=dates)
+                volume[ticker] = pd.Series(frame["Volume"].to_numpy("float64"), index=dates)
+        finally:
+            yf.config.debug.hide_exceptions = hide_exceptions
+            if isinstance(http, bounded):
+                http.deadline = None  # yfinance keeps this session for its later calls
+    return _online_prices("yfinance", tickers, close, volume, first, last, "")
+
+
+@functools.cache
+def _alpaca_session_class() -> type[Any]:
+    """A requests session whose every request has a timeout and ends by `deadline`: alpaca-py
+    passes no timeout (a stalled server blocks forever) and sleeps 3 s before retrying HTTP
+    429/504; when that sleep would pass the deadline, this raises RetryError at once instead."""
+    import requests
+    from alpaca.common.constants import DEFAULT_RETRY_EXCEPTION_CODES, DEFAULT_RETRY_WAIT_SECONDS
+
+    class AlpacaSession(requests.Session):
+        deadline: float | None = None  # time.monotonic() seconds; None: no limit
+
+        def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.deadline is None:
+                return super().request(method, url, *args, **kwargs)
+            kwargs["timeout"] = _bounded_timeout(
+                kwargs.get("timeout"), self.deadline, requests.exceptions.Timeout
+            )
+            response = super().request(method, url, *args, **kwargs)
+            if (
+                response.status_code in DEFAULT_RETRY_EXCEPTION_CODES
+                and time.monotonic() + DEFAULT_RETRY_WAIT_SECONDS >= self.deadline
+            ):
+                raise requests.exceptions.RetryError(
+                    f"HTTP {response.status_code} and no time left to retry", response=response
+                )
+            return response
+
+    return AlpacaSession
+
+
+def _alpaca_message(body: str) -> str:
+    """The `message` of an Alpaca error body, else its text: APIError.message raises when the body
+    is not JSON (an HTML page from a proxy)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and payload.get("message"):
+        return " ".join(str(payload["message"]).split())[:160]
+    return " ".join(re.sub(r"<[^>]*>", " ", body).split())[:120]
+
+
+def _alpaca_http_error(
+    status: int | None, body: str, symbols: Sequence[str], feed: str
+) -> ConfigurationError | DataError:
+    """The project's error for an HTTP error answer from Alpaca."""
+    detail = _alpaca_message(body)
+    label = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
+    if status in (401, 403):
+        plan = (
+            f"; or your plan lacks the '{feed}' feed ({_ENV_ALPACA_DATA_FEED}; iex is free)"
+            if status == 403
+            else ""
+        )
+        return ConfigurationError(
+            f"alpaca: Alpaca rejected the API keys ({label}); check {_ENV_ALPACA_API_KEY} and "
+            f"{_ENV_ALPACA_SECRET_KEY} in .env{plan}"
+        )
+    if status is None or status == 429 or status >= 500:
+        return DataSourceUnavailable(
+            f"alpaca: Alpaca market data is unavailable ({label}); try again later or "
+            f"{_OFFLINE_HINT}"
+        )
+    return DataError(f"alpaca: Alpaca refused the bars request for {', '.join(symbols)} ({label})")
 
 
 def fetch_alpaca(
@@ -149,9 +429,96 @@ def fetch_alpaca(
     end: pd.Timestamp,
     *,
     timeout_s: float = C.ONLINE_TIMEOUT_S,
+    api_key: str | None = None,
+    secret_key: str | None = None,
+    base_url: str | None = None,
+    feed: str | None = None,
 ) -> PriceData:
-    """Daily split-adjusted bars from Alpaca's market data API via alpaca-py (needs a network)."""
-    raise DataSourceUnavailable("alpaca adapter not implemented yet")  # HELPER-ALPACA
+    """Daily split- and dividend-adjusted bars from Alpaca's market data API via alpaca-py.
+
+    Rows are New York session dates (tz-naive midnight), `start`..`end` inclusive. The keys, base
+    URL and feed default to ALPACA_API_KEY, ALPACA_SECRET_KEY, ALPACA_DATA_URL (unset: alpaca-py's
+    default) and ALPACA_DATA_FEED (unset: iex, the free feed). Within about `timeout_s`:
+    DataSourceUnavailable when Alpaca cannot be reached or answers 429/5xx; ConfigurationError for
+    missing or rejected keys; DataError naming a symbol without bars.
+    """
+    try:
+        import requests
+        from alpaca.common.enums import BaseURL
+        from alpaca.common.exceptions import APIError
+        from alpaca.data.enums import Adjustment, DataFeed
+        from alpaca.data.historical import StockHistoricalDataClient
+        from alpaca.data.requests import StockBarsRequest
+        from alpaca.data.timeframe import TimeFrame
+    except ImportError as exc:  # pragma: no cover - the live profile installs alpaca-py
+        raise ConfigurationError("--source alpaca needs alpaca-py; run ./install.sh live") from exc
+    api_key = api_key or os.environ.get(_ENV_ALPACA_API_KEY)
+    secret_key = secret_key or os.environ.get(_ENV_ALPACA_SECRET_KEY)
+    if not api_key or not secret_key:
+        raise ConfigurationError(
+            f"--source alpaca needs {_ENV_ALPACA_API_KEY} and {_ENV_ALPACA_SECRET_KEY}: set both "
+            "in .env or the environment (paper keys from app.alpaca.markets)"
+        )
+    base_url = (base_url or os.environ.get(_ENV_ALPACA_DATA_URL) or "").strip().rstrip("/")
+    base_url = base_url.removesuffix("/v2") or None  # alpaca-py appends /v2 itself
+    feed_name = (feed or os.environ.get(_ENV_ALPACA_DATA_FEED) or "iex").strip().lower()
+    try:
+        data_feed = DataFeed(feed_name)
+    except ValueError:
+        raise ConfigurationError(
+            f"unknown Alpaca data feed {feed_name!r} ({_ENV_ALPACA_DATA_FEED}); choose one of "
+            f"{', '.join(f.value for f in DataFeed)}"
+        ) from None
+    first, last = _session_day(start), _session_day(end)
+    symbols = {t.upper(): t for t in tickers}
+    where = base_url or BaseURL.DATA.value
+    request = StockBarsRequest(
+        symbol_or_symbols=list(symbols),
+        timeframe=TimeFrame.Day,
+        start=first.tz_localize(_NEW_YORK).to_pydatetime(),
+        end=(last + pd.Timedelta(days=1, seconds=-1)).tz_localize(_NEW_YORK).to_pydatetime(),
+        adjustment=Adjustment.ALL,
+        feed=data_feed,
+    )
+    client = StockHistoricalDataClient(api_key, secret_key, url_override=base_url)
+    http = _alpaca_session_class()()
+    http.deadline = time.monotonic() + timeout_s
+    client._session = http  # RESTClient._one_request sends every request through this attribute
+    try:
+        barset = client.get_stock_bars(request)
+    except APIError as exc:
+        raise _alpaca_http_error(exc.status_code, str(exc), list(symbols), feed_name) from exc
+    except requests.exceptions.RetryError as exc:  # AlpacaSession gave up on a 429/504
+        response = exc.response
+        raise _alpaca_http_error(
+            getattr(response, "status_code", None),
+            getattr(response, "text", ""),
+            list(symbols),
+            feed_name,
+        ) from exc
+    except requests.exceptions.RequestException as exc:
+        reason = _network_reason(exc, timeout_s)
+        raise _unreachable("alpaca", f"Alpaca market data at {where}", reason) from exc
+    except ValueError as exc:  # a 200 answer that is not a bars page: a wrong ALPACA_DATA_URL?
+        detail = " ".join(str(exc).split())[:160]
+        raise DataError(f"alpaca: unexpected answer from {where}: {detail}") from exc
+    finally:
+        http.close()
+    close: dict[str, pd.Series] = {}
+    volume: dict[str, pd.Series] = {}
+    for symbol, ticker in symbols.items():
+        bars = barset.data.get(symbol) or []  # type: ignore[union-attr]  # not raw_data
+        if not bars:
+            continue
+        stamps = pd.DatetimeIndex([bar.timestamp for bar in bars])
+        if stamps.tz is None:
+            stamps = stamps.tz_localize("UTC")
+        # A daily bar is stamped at midnight New York (04:00 or 05:00 UTC): take the New York date.
+        dates = stamps.tz_convert(_NEW_YORK).normalize().tz_localize(None)
+        close[ticker] = pd.Series([bar.close for bar in bars], index=dates, dtype="float64")
+        volume[ticker] = pd.Series([bar.volume for bar in bars], index=dates, dtype="float64")
+    why = f" on the '{feed_name}' feed (unknown symbol, or no session in that range)"
+    return _online_prices("alpaca", tickers, close, volume, first, last, why)
 
 
 # --- Price cache for online sources ---------------------------------------------------------------
@@ -167,26 +534,52 @@ def load_online_cached(
     *,
     home: C.Paths,
 ) -> PriceData:
-    """Online prices with an incremental cache: only bars after the cached ones are fetched.
+    """Online prices with an incremental cache: only bars from the last cached ones on are fetched.
 
-    The cache (data/prices_<source>.parquet) holds close and volume in long form per ticker; a
-    ticker not cached yet is fetched over the whole range.
+    The cache (data/prices_<source>.parquet) holds close and volume in long form per ticker. An
+    update re-fetches the last two cached bars: the last may have been a partial (intraday) bar and
+    is replaced; the one before must come back unchanged, else the source has re-adjusted its
+    history (a split or dividend since) and the ticker is fetched again in full, so old and new
+    bars never mix adjustment bases. A ticker not cached yet, or cached from a later start, is
+    fetched in full.
     """
-    fetch = {"yfinance": fetch_yfinance, "alpaca": fetch_alpaca}[source]
+    fetchers: dict[str, Callable[..., PriceData]] = {
+        "yfinance": fetch_yfinance,
+        "alpaca": fetch_alpaca,
+    }
+    fetch = fetchers[source]
     file = _price_cache_file(home, source)
     cached = pd.read_parquet(file) if file.exists() else _empty_cache()
     frames = [cached]
+    refetched: set[str] = set()
     for ticker in tickers:
-        have = cached[cached["symbol"] == ticker]
-        fetch_from = start
-        if len(have):
-            first, last = have["date"].min(), have["date"].max()
-            if first <= start:
-                fetch_from = last + pd.Timedelta(days=1)
-        if fetch_from > end:
-            continue
-        fresh = fetch([ticker], fetch_from, end)
-        frames.append(_to_cache_rows(fresh, ticker))
+        have = cached[cached["symbol"] == ticker].sort_values("date")
+        if len(have) and have["date"].iloc[0] <= start:
+            if end < have["date"].iloc[-1]:
+                continue  # every requested bar is cached and final
+            anchor = have.iloc[-2] if len(have) >= 2 else have.iloc[-1]
+            fresh = fetch([ticker], anchor["date"], end)
+            fresh_close = fresh.close[ticker]
+            if anchor["date"] in fresh_close.index and np.isclose(
+                fresh_close[anchor["date"]], anchor["close"], rtol=1e-6, atol=0.0
+            ):
+                frames.append(_to_cache_rows(fresh, ticker))
+                continue
+            log.warning(
+                "%s: %s changed its %s close since it was cached (re-adjusted history); "
+                "re-fetching from %s",
+                ticker,
+                source,
+                anchor["date"].date(),
+                have["date"].iloc[0].date(),
+            )
+            start_full = have["date"].iloc[0]
+        else:
+            start_full = start
+        refetched.add(ticker)
+        frames.append(_to_cache_rows(fetch([ticker], start_full, end), ticker))
+    if refetched:
+        frames[0] = cached[~cached["symbol"].isin(refetched)]
     merged = (
         pd.concat(frames, ignore_index=True)
         .drop_duplicates(["symbol", "date"], keep="last")
@@ -246,7 +639,7 @@ def load_prices(
     end: str | pd.Timestamp | None = None,
     home: C.Paths | None = None,
 ) -> PriceData:
-    """Prices of `tickers` from `source` ('bundled', 'yfinance', 'alpaca' or 'csv:PATH'), start..end."""
+    """Prices of `tickers` from `source` (bundled, yfinance, alpaca or csv:PATH), start..end."""
     home = home or C.paths()
     start_ts = pd.Timestamp(start) if start is not None else None
     end_ts = pd.Timestamp(end) if end is not None else None
@@ -336,7 +729,9 @@ def _leg_features(close: pd.Series) -> dict[str, pd.Series]:
     }
 
 
-def hedge_ratio(log_long: pd.Series, log_short: pd.Series, bars: int = C.HEDGE_RATIO_BARS) -> pd.Series:
+def hedge_ratio(
+    log_long: pd.Series, log_short: pd.Series, bars: int = C.HEDGE_RATIO_BARS
+) -> pd.Series:
     """Rolling OLS slope of log(long) on log(short) over `bars` bars ending at t (inclusive).
 
     A flat short leg has no slope; the last known ratio is carried forward (still causal).
@@ -372,7 +767,9 @@ def compute_features(
     cols[f"spread_z_{pair}"] = _safe_div(spread - spread_mean, spread_std, 0.0)
     # A flat leg makes the correlation undefined: 0 says "no information".
     corr_valid = corr.where(np.isfinite(corr), 0.0)
-    cols[f"corr_60d_{pair}"] = corr_valid.where(legs[long]["ret_1d"].rolling(C.CORRELATION_BARS).count() >= C.CORRELATION_BARS)
+    cols[f"corr_60d_{pair}"] = corr_valid.where(
+        legs[long]["ret_1d"].rolling(C.CORRELATION_BARS).count() >= C.CORRELATION_BARS
+    )
     if volume is not None:
         for t in (long, short):
             v = volume[t].astype("float64")
@@ -484,17 +881,28 @@ def process(
     atomic_write_json(out.with_suffix(".json"), asdict(summary))
     log.info(
         "processed %s/%s from %s: %d rows %s..%s -> %s",
-        pair.long, pair.short, summary.source, summary.rows, summary.start, summary.end, out,
+        pair.long,
+        pair.short,
+        summary.source,
+        summary.rows,
+        summary.start,
+        summary.end,
+        out,
         extra={"sha256": summary.sha256, "warmup_rows": warmup_rows},
     )
     return table, summary
 
 
-def load_processed(pair: C.Pair, home: C.Paths | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+def load_processed(
+    pair: C.Pair, home: C.Paths | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The processed table and its metadata; DataError saying how to create it when absent."""
     home = home or C.paths()
     file = home.processed_file(pair)
     if not file.exists():
-        raise DataError(f"{file} not found; run `python main.py process --long {pair.long} --short {pair.short}`")
+        raise DataError(
+            f"{file} not found; run "
+            f"`python main.py process --long {pair.long} --short {pair.short}`"
+        )
     meta = json.loads(file.with_suffix(".json").read_text())
     return pd.read_parquet(file), meta

@@ -20,7 +20,6 @@ def test_write_replaces_content_and_sets_mode(tmp_path):
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
 
 
-
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     target = tmp_path / "positions.json"
     target.write_text("old")
