@@ -103,9 +103,21 @@ _KEY_VALUE_RE = re.compile(
 )
 
 
+#: `name: value` is also how prose reads ("ALPACA_SECRET_KEY: set both in .env"): after a colon an
+#: unquoted value counts as a secret when it has a digit or this many characters (words in prose
+#: have neither; env values are redacted literally anyway).
+MIN_COLON_WORD_SECRET_LENGTH = 16
+_AUTH_SCHEME_END_RE = re.compile(r"(?:bearer|basic|token)\s+$", re.IGNORECASE)
+
+
 def _replace_key_value(match: re.Match[str]) -> str:
     value = match.group("value")
     quote_char = value[0] if value[0] in "\"'" else ""
+    keep = match.group("keep")
+    prose_word = len(value) < MIN_COLON_WORD_SECRET_LENGTH and not any(c.isdigit() for c in value)
+    after_scheme = _AUTH_SCHEME_END_RE.search(keep) is not None  # "Authorization: Basic <creds>"
+    if not quote_char and "=" not in keep and prose_word and not after_scheme:
+        return match.group(0)
     return f"{match.group('keep')}{quote_char}{REDACTED}{quote_char}"
 
 
@@ -370,6 +382,7 @@ def setup_logging(
         console_handler = logging.StreamHandler(sys.stderr)
         console_handler.setLevel(stderr_level)
         console_handler.setFormatter(ConsoleFormatter())
+        console_handler.addFilter(_quiet_libraries)
         installed.append(console_handler)
 
     for handler in installed:
@@ -379,6 +392,17 @@ def setup_logging(
     # The root must let through the most verbose level any of its handlers wants.
     root.setLevel(min((h.level for h in installed), default=file_level))
     return root
+
+
+#: Libraries whose warnings we turn into our own one-line errors (yfinance offline says "Cookie
+#: fetch failed" before we say "could not reach Yahoo Finance"): below ERROR, to the file only.
+QUIET_ON_CONSOLE: tuple[str, ...] = ("yfinance", "alpaca", "urllib3", "curl_cffi", "peewee")
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    """Console filter: drop a QUIET_ON_CONSOLE library's records below ERROR."""
+    top = record.name.split(".", 1)[0]
+    return record.levelno >= logging.ERROR or top not in QUIET_ON_CONSOLE
 
 
 # --- Drift alerts ---------------------------------------------------------------------------------

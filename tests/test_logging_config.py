@@ -444,3 +444,32 @@ def test_concurrent_drift_alerts_produce_exactly_one_valid_line_each(tmp_path):
     assert sorted(line["details"]["feature"] for line in lines) == sorted(
         f"f{i}" for i in range(writers)
     )
+
+
+def test_prose_with_a_colon_after_a_key_name_is_not_redacted():
+    """Error messages name variables ("ALPACA_SECRET_KEY: set both"); only secret-like values go."""
+    from logging_config import redact
+
+    text = "--source alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY: set both in .env"
+    assert redact(text) == text
+    assert redact("ALPACA_SECRET_KEY: PKx9Qa77sTr0uVw1") == "ALPACA_SECRET_KEY: ***REDACTED***"
+    assert redact("ALPACA_API_KEY: required") == "ALPACA_API_KEY: required"
+    assert redact("password: hunter2") == "password: ***REDACTED***"  # has a digit
+    assert redact("password=abc") == "password=***REDACTED***"  # '=' form: any value
+
+
+def test_library_warnings_stay_off_the_console_but_reach_the_file(tmp_path, capsys):
+    import json
+    import logging
+
+    from logging_config import setup_logging
+
+    setup_logging("INFO", home=tmp_path, console_level="WARNING")
+    logging.getLogger("yfinance.data").warning("Cookie fetch failed")
+    logging.getLogger("yfinance").error("real yfinance error")
+    logging.getLogger("process_stock_data").warning("our warning")
+    err = capsys.readouterr().err
+    assert "Cookie fetch failed" not in err
+    assert "real yfinance error" in err and "our warning" in err
+    lines = [json.loads(x) for x in (tmp_path / "logs" / "trading.log").read_text().splitlines()]
+    assert "Cookie fetch failed" in [x["message"] for x in lines]
