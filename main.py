@@ -235,10 +235,10 @@ def _load_env() -> None:
 def _one_line(text: str) -> str:
     line = " ".join(str(text).split())
     try:
-        from logging_config import redact
+        from logging_config import known_secrets, redact
     except ImportError:
         return line
-    return redact(line)
+    return redact(line, known_secrets())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -105,6 +105,21 @@ def test_csv_with_text_in_a_price_names_rule_ticker_date(tmp_path):
     assert proc.returncode == 4
 
 
+def test_error_messages_never_print_a_secret_from_the_environment(tmp_path):
+    """A key that ends up in an error message (here: in a file path) is redacted on stderr."""
+    secret = "PKTESTSECRETVALUE123"
+    proc = run(
+        "main.py",
+        "process",
+        "--source",
+        f"csv:/no/such/{secret}.csv",
+        home=tmp_path,
+        extra_env={"ALPACA_SECRET_KEY": secret},
+    )
+    _assert_one_line_error(proc, "CSV file not found", "***REDACTED***")
+    assert secret not in proc.stderr
+
+
 def test_debug_shows_the_traceback(tmp_path):
     proc = run("main.py", "process", "--long", "TSLA", "--debug", home=tmp_path)
     assert proc.returncode == 3 and "Traceback" in proc.stderr
