@@ -396,7 +396,16 @@ def setup_logging(
 
 #: Libraries whose warnings we turn into our own one-line errors (yfinance offline says "Cookie
 #: fetch failed" before we say "could not reach Yahoo Finance"): below ERROR, to the file only.
-QUIET_ON_CONSOLE: tuple[str, ...] = ("yfinance", "alpaca", "urllib3", "curl_cffi", "peewee")
+QUIET_ON_CONSOLE: tuple[str, ...] = (
+    "yfinance",
+    "alpaca",
+    "urllib3",
+    "curl_cffi",
+    "peewee",
+    "tensorflow",
+    "absl",
+    "keras",
+)
 
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:

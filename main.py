@@ -20,6 +20,8 @@ examples:
   python main.py process                         features for AAPL/MSFT from the bundled data
   python main.py process --long JPM --short BAC  any bundled pair
   python main.py process --source csv:my.csv     your own prices (a date + a close per ticker)
+  python main.py train                           walk-forward validate, fit and register models
+  python main.py models                          registered versions, status, integrity
   python main.py check                           which install profiles are present
 
 configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL (environment or .env;
@@ -76,6 +78,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", metavar="YYYY-MM-DD", help="last date to load (default: all)")
     p.set_defaults(func=cmd_process)
 
+    t = commands.add_parser(
+        "train",
+        parents=[common],
+        help="train XGBoost and the LSTM, validate walk-forward, register the models",
+        description="Process the data, run expanding-window walk-forward validation, fit the "
+        "final models on the training part (LSTM: early stopping on the validation part), score "
+        "the holdout once beside two baselines, and register the models under models/. Splits "
+        "are chronological; nothing is shuffled across time.",
+    )
+    t.add_argument("--model", default="all", choices=["lstm", "xgb", "all"], help="default: all")
+    t.add_argument("--epochs", type=int, default=15, metavar="N", help="LSTM epochs at most (15)")
+    t.add_argument("--folds", type=int, default=4, metavar="K", help="walk-forward folds (4)")
+    t.add_argument("--lookback", type=int, default=20, metavar="BARS", help="LSTM window (20)")
+    t.add_argument("--seed", type=int, default=42, help="random seed (42)")
+    t.add_argument("--source", metavar="S", help="data source, as for `process`")
+    t.set_defaults(func=cmd_train)
+
+    m = commands.add_parser(
+        "models",
+        parents=[common],
+        help="list registered model versions, or promote/rollback/retire one",
+        description="List model versions (status, holdout metrics, artifact integrity). "
+        "`models promote VERSION` makes a version active; `models rollback` withdraws the "
+        "canary (or the active model, restoring the previous one); `models retire VERSION`.",
+    )
+    m.add_argument(
+        "action", nargs="?", default="list", choices=["list", "promote", "rollback", "retire"]
+    )
+    m.add_argument("version", nargs="?", help="model version (promote, retire)")
+    m.add_argument("--kind", default="xgb", choices=["xgb", "lstm"], help="for rollback (xgb)")
+    m.set_defaults(func=cmd_models)
+
     c = commands.add_parser(
         "check",
         parents=[common],
@@ -118,6 +152,124 @@ def cmd_process(args: argparse.Namespace) -> int:
     table.add_row("written", s.path)
     table.add_row("sha256", s.sha256)
     Console().print(table)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    import constants as C
+    import train_model as tm
+
+    pair = C.resolve_pair(args.long, args.short)
+    config = tm.TrainConfig(
+        models=tm.parse_models(args.model),
+        epochs=args.epochs,
+        folds=args.folds,
+        lookback=args.lookback,
+        seed=args.seed,
+    )
+    console = Console()
+    if "lstm" in config.models and not tm.tensorflow_available():
+        console.print(f"[yellow]{tm.LSTM_PROFILE_HINT}; training XGBoost only[/yellow]")
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"training {pair.long}/{pair.short}", total=None)
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        report = tm.train(pair, config, source=args.source, progress=progress)
+
+    folds = Table(title="Walk-forward validation (out of sample, gross rule return)")
+    for col in (
+        "model",
+        "fold",
+        "trained to",
+        "tested",
+        "accuracy",
+        "log-loss",
+        "AUC",
+        "rule return",
+    ):
+        folds.add_column(col)
+    for r in report.models:
+        for f in r.folds:
+            folds.add_row(
+                r.kind,
+                str(f["fold"]),
+                f["train_end"],
+                f"{f['test_start']} .. {f['test_end']}",
+                f"{f['accuracy']:.3f}",
+                f"{f['log_loss']:.4f}",
+                f"{f['roc_auc']:.3f}",
+                f"{f['rule_return']:+.3f}",
+            )
+    console.print(folds)
+    start, end = report.ranges["holdout"]
+    holdout = Table(title=f"Holdout {start} .. {end} (never seen in training or model selection)")
+    for col in ("model", "accuracy", "log-loss", "AUC", "rule return"):
+        holdout.add_column(col)
+    for row in tm.summary_rows(report):
+        holdout.add_row(*row)
+    console.print(holdout)
+    tr, va = report.ranges["train"], report.ranges["validation"]
+    console.print(f"train {tr[0]} .. {tr[1]}, validation {va[0]} .. {va[1]}")
+    for note in report.skipped:
+        console.print(f"[yellow]skipped {note}[/yellow]")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from model_management import ModelRegistry
+    from rich.console import Console
+    from rich.table import Table
+
+    import constants as C
+    from error_handling import ConfigurationError
+
+    registry = ModelRegistry()
+    console = Console()
+    if args.action in ("promote", "retire"):
+        if not args.version:
+            raise ConfigurationError(
+                f"`models {args.action}` needs a VERSION (see `python main.py models`)"
+            )
+        getattr(registry, args.action)(args.version)
+        console.print(f"{args.action}d {args.version}")
+        return 0
+    if args.action == "rollback":
+        registry.rollback(args.kind, C.resolve_pair(args.long, args.short))
+        console.print(f"rolled back {args.kind}")
+        return 0
+    records = registry.list()
+    if not records:
+        console.print("No models registered yet: run `python main.py train`.")
+        return 0
+    table = Table(title=f"Models in {registry.root}")
+    for col in ("name", "version", "status", "created", "pair", "holdout acc", "AUC", "integrity"):
+        table.add_column(col, overflow="fold")
+    for rec in records:
+        metrics = rec.metadata.get("holdout_metrics", {})
+        broken = registry.verify(rec.version)
+        table.add_row(
+            rec.name,
+            rec.version,
+            rec.status.value,
+            rec.created[:19],
+            f"{rec.long}/{rec.short}",
+            f"{metrics.get('accuracy', float('nan')):.3f}",
+            f"{metrics.get('roc_auc', float('nan')):.3f}",
+            "[green]OK" if not broken else f"[red]FAILED ({', '.join(broken)})",
+        )
+    console.print(table)
     return 0
 
 

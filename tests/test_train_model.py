@@ -1,0 +1,139 @@
+"""train_model: chronological splits, walk-forward dates, real tiny XGBoost and LSTM models."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import constants as C
+import process_stock_data as psd
+import train_model as tm
+
+PAIR = C.Pair("AAPL", "MSFT")
+TINY = tm.TrainConfig(folds=2, epochs=2, lstm_units=4, xgb_trees=20, batch_size=128, patience=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tm.TrainingData:
+    """Real AAPL/MSFT features 2012-2019 (about 1,950 labeled rows)."""
+    home = C.paths(tmp_path_factory.mktemp("home"))
+    table, summary = psd.process("bundled", PAIR, start="2012-01-01", end="2019-12-31", home=home)
+    return tm.TrainingData.from_processed(table, PAIR, summary.sha256)
+
+
+def test_chronological_split_orders_parts_with_a_label_gap():
+    train, val, holdout = tm.chronological_split(1000, 0.15, 0.15)
+    assert train.start == 0 and holdout.stop == 1000
+    assert train.stop + tm.LABEL_HORIZON_BARS <= val.start
+    assert val.stop + tm.LABEL_HORIZON_BARS <= holdout.start
+    assert len(holdout) == 150 and len(val) == 150
+
+
+def test_walk_forward_folds_never_train_on_or_after_their_test_start(data):
+    """On real dates: each fold's last training label is realized strictly before its test start."""
+    folds = tm.walk_forward_folds(len(data.y), 5)
+    assert [f.number for f in folds] == [1, 2, 3, 4, 5]
+    for prev, fold in itertools.pairwise(folds):
+        assert fold.train.stop > prev.train.stop  # expanding window
+        assert fold.test.start == prev.test.stop  # consecutive test blocks
+    for fold in folds:
+        last_label_realized = data.dates[fold.train.stop - 1 + tm.LABEL_HORIZON_BARS]
+        assert data.dates[fold.train.stop - 1] < last_label_realized < data.dates[fold.test.start]
+
+
+def test_walk_forward_reports_dates_and_metrics_per_fold(data):
+    dev = tm.Split(0, len(data.y) - 200)
+    folds = tm.walk_forward("xgb", data, dev, TINY)
+    assert len(folds) == 2
+    for f in folds:
+        assert f["train_end"] < f["test_start"] <= f["test_end"]
+        assert 0 <= f["accuracy"] <= 1 and f["log_loss"] > 0 and 0 <= f["roc_auc"] <= 1
+    assert folds[0]["test_end"] < folds[1]["test_start"]
+
+
+def test_windows_end_at_their_row():
+    x = np.arange(30, dtype=float).reshape(10, 3)
+    w = tm.windows(x, 4)
+    assert w.shape == (7, 4, 3)
+    np.testing.assert_array_equal(w[0], x[0:4])
+    np.testing.assert_array_equal(w[-1], x[6:10])
+
+
+def test_scaler_is_fit_on_the_training_part_only(data):
+    train, _, _ = tm.chronological_split(len(data.y), 0.15, 0.15)
+    scaler = tm.Scaler.fit(data.x[train.rows])
+    np.testing.assert_allclose(scaler.mean, data.x[train.rows].mean(axis=0))
+    assert not np.allclose(scaler.mean, data.x.mean(axis=0))
+
+
+def test_xgb_saved_and_reloaded_predicts_identically(data, tmp_path):
+    train, val, holdout = tm.chronological_split(len(data.y), 0.15, 0.15)
+    model, scaler, prob, covered = tm._fit_predict("xgb", data, train, val, holdout, TINY)
+    tm.save_artifacts("xgb", model, scaler, tmp_path)
+    again, scaler2 = tm.load_artifacts("xgb", tmp_path)
+    prob2 = tm.xgb_predict(again, scaler2.transform(data.x[covered.rows]))
+    np.testing.assert_array_equal(prob, prob2)
+    assert covered == holdout
+
+
+def test_xgb_training_is_deterministic_for_a_seed(data):
+    train, val, holdout = tm.chronological_split(len(data.y), 0.15, 0.15)
+    a = tm._fit_predict("xgb", data, train, val, holdout, TINY)[2]
+    b = tm._fit_predict("xgb", data, train, val, holdout, TINY)[2]
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def lstm(data):
+    pytest.importorskip("tensorflow", reason="the lstm profile is not installed")
+    train, val, holdout = tm.chronological_split(len(data.y), 0.15, 0.15)
+    return tm._fit_predict("lstm", data, train, val, holdout, TINY), holdout
+
+
+def test_lstm_holdout_predictions_cover_every_holdout_row(lstm):
+    (_, _, prob, covered), holdout = lstm
+    assert covered == holdout  # windows reach back into past rows, never forward
+    assert prob.shape == (len(holdout),) and np.all((prob > 0) & (prob < 1))
+
+
+def test_lstm_saved_and_reloaded_predicts_identically(lstm, data, tmp_path):
+    (model, scaler, prob, covered), _ = lstm
+    tm.save_artifacts("lstm", model, scaler, tmp_path)
+    again, scaler2 = tm.load_artifacts("lstm", tmp_path)
+    x = scaler2.transform(data.x)
+    ctx = covered.start - (TINY.lookback - 1)
+    np.testing.assert_array_equal(
+        tm.lstm_predict(again, x[ctx : covered.stop], TINY.lookback), prob
+    )
+
+
+def test_lstm_prediction_for_a_bar_ignores_later_bars(lstm, data):
+    """Causality of the windows: predicting row t from rows up to t only gives the same number."""
+    (model, scaler, prob, covered), _ = lstm
+    x = scaler.transform(data.x)
+    t = covered.start + 37
+    alone = tm.lstm_predict(model, x[t - TINY.lookback + 1 : t + 1], TINY.lookback)
+    assert alone[0] == pytest.approx(prob[37], abs=1e-6)
+
+
+def test_train_reports_holdout_beside_baselines_on_the_same_rows(tmp_path):
+    report = tm.train(
+        PAIR,
+        tm.TrainConfig(models=("xgb",), folds=2, xgb_trees=20),
+        home=C.paths(tmp_path),
+        register=False,
+    )
+    (xgb,) = report.models
+    assert set(report.baselines) == {"majority_class", "zscore_mean_reversion"}
+    assert {m["rows"] for m in report.baselines.values()} == {xgb.holdout["rows"]}
+    assert report.ranges["validation"][1] < report.ranges["holdout"][0]
+    assert report.baselines["majority_class"]["roc_auc"] == 0.5  # a constant score ranks nothing
+    rows = tm.summary_rows(report)
+    assert rows[0][0].startswith("xgb") and rows[-1][0] == "baseline: zscore_mean_reversion"
+
+
+def test_unknown_model_kind_is_refused():
+    with pytest.raises(Exception, match="unknown --model 'rnn'"):
+        tm.parse_models("rnn")
