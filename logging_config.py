@@ -34,6 +34,7 @@ from error_handling import ConfigurationError
 __all__ = [
     "REDACTED",
     "RedactingFilter",
+    "append_alert",
     "known_secrets",
     "log_drift_alert",
     "redact",
@@ -414,41 +415,29 @@ def _quiet_libraries(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR or top not in QUIET_ON_CONSOLE
 
 
-# --- Drift alerts ---------------------------------------------------------------------------------
-def log_drift_alert(
-    feature: str,
-    statistic: float,
-    threshold: float,
-    *,
-    model: str | None = None,
+# --- Alerts -------------------------------------------------------------------------------------
+def append_alert(
+    severity: str,
+    source: str,
+    title: str,
+    message: str,
     details: dict[str, Any] | None = None,
-    severity: str = "HIGH",
+    *,
     home: Path | None = None,
 ) -> dict[str, Any]:
-    """Append one redacted JSON line to `paths(home).alerts_log` and return it as written.
+    """Append one redacted JSON alert line to `paths(home).alerts_log` and return it as written.
 
-    `statistic` is the drift measure of `feature` (e.g. PSI or a KS statistic) and `threshold` the
-    value it crossed. The line is written with a single write on an O_APPEND descriptor and
+    Stand-in for the alert dispatcher: fields time (UTC, 'Z'), severity (upper-case), source,
+    title, message, details. The line is written with a single write on an O_APPEND descriptor and
     fsync-ed, so concurrent writers never interleave partial lines. Also logged at WARNING.
     """
-    merged: dict[str, Any] = {
-        "feature": feature,
-        "statistic": statistic,
-        "threshold": threshold,
-        "model": model,
-    }
-    merged.update({k: v for k, v in (details or {}).items() if k not in merged})
-    of_model = f" of model {model}" if model else ""
     record: dict[str, Any] = {
         "time": _utc_iso(),
         "severity": str(severity).upper(),
-        "source": DRIFT_ALERT_SOURCE,
-        "title": f"Feature drift: {feature}",
-        "message": (
-            f"Feature {feature}{of_model} drifted: statistic {statistic:.4g} "
-            f"crossed threshold {threshold:.4g}"
-        ),
-        "details": merged,
+        "source": source,
+        "title": title,
+        "message": message,
+        "details": dict(details or {}),
     }
     # Redact the structure, not the JSON text, so the line stays valid JSON whatever is hidden.
     written = _json_safe(_redact_value("alert", record, known_secrets()))
@@ -469,3 +458,40 @@ def log_drift_alert(
 
     _log.warning("%s", written["message"], extra={"alert": written})
     return written
+
+
+# --- Drift alerts ---------------------------------------------------------------------------------
+def log_drift_alert(
+    feature: str,
+    statistic: float,
+    threshold: float,
+    *,
+    model: str | None = None,
+    details: dict[str, Any] | None = None,
+    severity: str = "HIGH",
+    home: Path | None = None,
+) -> dict[str, Any]:
+    """Append one redacted drift alert line to `paths(home).alerts_log` (via `append_alert`).
+
+    `statistic` is the drift measure of `feature` (e.g. PSI or a KS statistic) and `threshold` the
+    value it crossed. Returns the record as written; also logged at WARNING.
+    """
+    merged: dict[str, Any] = {
+        "feature": feature,
+        "statistic": statistic,
+        "threshold": threshold,
+        "model": model,
+    }
+    merged.update({k: v for k, v in (details or {}).items() if k not in merged})
+    of_model = f" of model {model}" if model else ""
+    return append_alert(
+        severity,
+        DRIFT_ALERT_SOURCE,
+        f"Feature drift: {feature}",
+        (
+            f"Feature {feature}{of_model} drifted: statistic {statistic:.4g} "
+            f"crossed threshold {threshold:.4g}"
+        ),
+        merged,
+        home=home,
+    )

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 LABEL_HORIZON_BARS = 1  # the label of row t is known at the close of t+1
 MODEL_KINDS = ("xgb", "lstm")
 LSTM_PROFILE_HINT = "the LSTM needs TensorFlow: run ./install.sh lstm (or full)"
+DRIFT_REFERENCE_FILE = "drift_reference.json"
 
 
 @dataclass(frozen=True)
@@ -372,7 +373,9 @@ def walk_forward(
         f_val = Split(fold.train.stop - n_val, fold.train.stop)
         train_part = fold.train if kind == "xgb" else f_train
         _, _, prob, covered = _fit_predict(kind, data, train_part, f_val, fold.test, config)
-        m = classification_metrics(data.y[covered.rows], prob, data.next_return[covered.rows])
+        m: dict[str, Any] = dict(
+            classification_metrics(data.y[covered.rows], prob, data.next_return[covered.rows])
+        )
         train_end = data.dates[train_part.stop - 1]
         m.update(
             fold=fold.number,
@@ -524,10 +527,13 @@ def _register(
         "config": asdict(config),
         "library_versions": library_versions(),
         "data_sha256": data.data_sha256,
-        "drift_reference": reference_statistics(reference),
+        "drift_reference_file": DRIFT_REFERENCE_FILE,
     }
     with tempfile.TemporaryDirectory(prefix=f"train-{kind}-") as tmp:
         save_artifacts(kind, model, scaler, Path(tmp))
+        # Per-feature reference statistics of the training part (~0.5 MB): an artifact, so its
+        # SHA-256 is checked with the model's, and the registry index stays small.
+        (Path(tmp) / DRIFT_REFERENCE_FILE).write_text(json.dumps(reference_statistics(reference)))
         record = ModelRegistry(home.models_dir).register(
             kind,
             Path(tmp),
@@ -560,6 +566,8 @@ def summary_rows(report: TrainingReport) -> list[Sequence[str]]:
             f"{m['rule_return']:+.3f}",
         ]
 
-    rows = [[f"{r.kind} ({r.version or 'not registered'})", *fmt(r.holdout)] for r in report.models]
+    rows: list[Sequence[str]] = [
+        [f"{r.kind} ({r.version or 'not registered'})", *fmt(r.holdout)] for r in report.models
+    ]
     rows += [[f"baseline: {name}", *fmt(m)] for name, m in report.baselines.items()]
     return rows

@@ -137,3 +137,39 @@ def test_train_reports_holdout_beside_baselines_on_the_same_rows(tmp_path):
 def test_unknown_model_kind_is_refused():
     with pytest.raises(Exception, match="unknown --model 'rnn'"):
         tm.parse_models("rnn")
+
+
+def test_train_then_models_from_the_command_line(tmp_path):
+    """`train` registers an active model; `models` lists it, and shows a tampered one FAILED."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(tm.__file__).resolve().parent
+    env = {**os.environ, "TRADING_HOME": str(tmp_path), "COLUMNS": "250"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "main.py", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+
+    trained = cli("train", "--model", "xgb", "--folds", "2")
+    assert trained.returncode == 0, trained.stderr
+    assert "Holdout 2018-02-01 .. 2022-12-27" in trained.stdout
+    assert "baseline: zscore_mean_reversion" in trained.stdout
+    listed = cli("models")
+    assert listed.returncode == 0
+    assert "active" in listed.stdout and "OK" in listed.stdout and "FAILED" not in listed.stdout
+    (model_file,) = (tmp_path / "models").glob("xgb-*/model.json")
+    blob = bytearray(model_file.read_bytes())
+    blob[100] ^= 0x01
+    model_file.write_bytes(bytes(blob))
+    tampered = cli("models")
+    assert "FAILED (model.json)" in tampered.stdout

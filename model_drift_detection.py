@@ -1,0 +1,584 @@
+"""Drift detection: has the data (or the model's output, or its hit rate) moved since training?
+
+Why: a model is only as good as the resemblance of today's features to the features it was trained
+on. At training time `reference_statistics` condenses the training features into a small
+JSON-serializable dict (stored in the model's metadata); later `feature_drift` compares the latest
+features against it, `prediction_drift` compares predicted probabilities and `performance_drift`
+the recent hit rate. `emit_alerts` is the only function with a side effect (alerts.log).
+
+Measures:
+- PSI (population stability index) over the reference's quantile bins: the size of a shift.
+  Bands: < 0.1 stable, 0.1-0.25 moderate, >= 0.25 significant (the industry-standard cut-offs).
+- Two-sample Kolmogorov-Smirnov test against a stored subsample of the reference: whether a shift
+  is more than sampling noise. scipy is used when installed (the "advanced" profile); otherwise
+  the statistic is computed with numpy and the p-value with the asymptotic Kolmogorov law.
+
+Drift rule (feature and prediction): drifted when PSI >= 0.25, or when PSI >= 0.1 and the KS
+p-value < ks_alpha. A large PSI is a large shift on its own; a moderate PSI also arises by chance
+in small windows (E[PSI | no drift] is about (bins - 1) / n_current), so it counts only when KS
+says it is not noise; and a KS rejection with PSI < 0.1 is a real but harmless shift (KS rejects
+trivially small shifts once n is in the thousands), so it is not an alert.
+
+A foundation-level module: imports numpy, pandas and `logging_config`; scipy optionally.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from logging_config import log_drift_alert
+
+try:  # scipy is in the "advanced" profile, not core: fall back to numpy without it.
+    from scipy import stats as _scipy_stats
+except ImportError:  # pragma: no cover - exercised only where scipy is absent
+    _scipy_stats = None
+
+__all__ = [
+    "DEFAULT_BINS",
+    "DEFAULT_KS_ALPHA",
+    "DEFAULT_SAMPLE_SIZE",
+    "PSI_EPS",
+    "PSI_MODERATE",
+    "PSI_SIGNIFICANT",
+    "TABLE_HEADER",
+    "DriftBand",
+    "DriftKind",
+    "DriftReport",
+    "DriftResult",
+    "emit_alerts",
+    "feature_drift",
+    "is_drifted",
+    "ks_2samp_numpy",
+    "ks_two_sample",
+    "performance_drift",
+    "population_stability_index",
+    "prediction_drift",
+    "psi",
+    "psi_band",
+    "reference_statistics",
+]
+
+#: PSI at or above this is a moderate shift (MEDIUM alert when KS confirms it).
+PSI_MODERATE = 0.1
+#: PSI at or above this is a significant shift (HIGH alert on its own).
+PSI_SIGNIFICANT = 0.25
+#: Proportions are clipped to this before the log in PSI, so an empty bin gives a finite PSI.
+PSI_EPS = 1e-4
+#: Quantile bins of the reference (deciles).
+DEFAULT_BINS = 10
+#: Values kept per feature for the KS test; bounds the metadata to ~20 KB per feature.
+DEFAULT_SAMPLE_SIZE = 1000
+#: KS p-value under which a moderate PSI counts as drift.
+DEFAULT_KS_ALPHA = 0.01
+#: Name of the `prediction_drift` result.
+PREDICTION_NAME = "predicted_probability"
+#: Name of the `performance_drift` result.
+PERFORMANCE_NAME = "hit_rate"
+#: Performance drift is HIGH (significant) when the one-sided binomial p-value is below this.
+PERFORMANCE_SIGNIFICANT_P = 0.05
+#: Columns of `DriftReport.to_table_rows()`.
+TABLE_HEADER: tuple[str, ...] = (
+    "kind",
+    "name",
+    "statistic",
+    "threshold",
+    "band",
+    "KS",
+    "p-value",
+    "drifted",
+)
+
+
+class DriftKind(StrEnum):
+    """What was compared: input features, predicted probabilities or realised hit rate."""
+
+    FEATURE = "feature"
+    PREDICTION = "prediction"
+    PERFORMANCE = "performance"
+
+
+class DriftBand(StrEnum):
+    """How far the statistic moved; a StrEnum, so it equals and serializes as its string."""
+
+    STABLE = "stable"  # PSI < 0.1, or hit rate not below reference - margin
+    MODERATE = "moderate"  # 0.1 <= PSI < 0.25 (MEDIUM severity)
+    SIGNIFICANT = "significant"  # PSI >= 0.25 (HIGH severity)
+    MISSING = "missing"  # the feature is not in the current data
+    INSUFFICIENT = "insufficient"  # no finite values to compare, or the window is not yet full
+
+
+#: Alert severity per band of a drifted result.
+SEVERITY_BY_BAND: dict[DriftBand, str] = {
+    DriftBand.SIGNIFICANT: "HIGH",
+    DriftBand.MODERATE: "MEDIUM",
+}
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """One comparison. `statistic` is PSI (feature, prediction) or the hit rate (performance).
+
+    `threshold` is the value `statistic` is judged against: PSI_SIGNIFICANT when PSI reached it,
+    else PSI_MODERATE; for performance, reference hit rate - margin. Non-computable statistics are
+    NaN. `details` holds plain JSON values (counts, means) for alerts and the CLI.
+    """
+
+    kind: DriftKind
+    name: str
+    statistic: float
+    threshold: float
+    band: DriftBand
+    ks_statistic: float
+    p_value: float
+    drifted: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def severity(self) -> str | None:
+        """Alert severity ("HIGH" / "MEDIUM") when drifted, else None."""
+        return SEVERITY_BY_BAND.get(self.band, "HIGH") if self.drifted else None
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """The results of one drift check, for the CLI table and for alerting."""
+
+    results: tuple[DriftResult, ...]
+
+    @property
+    def drifted(self) -> tuple[DriftResult, ...]:
+        """The drifted results (empty, hence falsy, when nothing drifted)."""
+        return tuple(r for r in self.results if r.drifted)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Names of reference features absent from the current data."""
+        return tuple(r.name for r in self.results if r.band == DriftBand.MISSING)
+
+    def to_table_rows(self) -> list[tuple[str, ...]]:
+        """One row of strings per result, in TABLE_HEADER order; drifted rows first."""
+        ordered = sorted(self.results, key=lambda r: (not r.drifted, r.kind, r.name))
+        return [
+            (
+                str(r.kind),
+                r.name,
+                _fmt(r.statistic),
+                _fmt(r.threshold),
+                str(r.band),
+                _fmt(r.ks_statistic),
+                _fmt(r.p_value, p_value=True),
+                "YES" if r.drifted else "no",
+            )
+            for r in ordered
+        ]
+
+
+def _fmt(value: float, *, p_value: bool = False) -> str:
+    if not math.isfinite(value):
+        return "-"
+    if p_value and value < 1e-4:
+        return f"{value:.1e}"
+    return f"{value:.4f}"
+
+
+# --- Reference statistics -------------------------------------------------------------------------
+def _finite(values: Iterable[float] | np.ndarray | pd.Series) -> np.ndarray:
+    """`values` as float64 with NaN and ±inf dropped (they have no bin and break mean/std)."""
+    arr = np.asarray(values, dtype="float64").ravel()
+    return arr[np.isfinite(arr)]
+
+
+def _inner_edges(reference: np.ndarray, bins: int) -> np.ndarray:
+    """Interior quantile edges of `reference`, duplicates removed (ties collapse bins).
+
+    The outer edges are -inf/+inf implicitly, so values outside the reference range still count.
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    if reference.size == 0 or bins == 1:
+        return np.empty(0)
+    return np.unique(np.quantile(reference, np.arange(1, bins) / bins))
+
+
+def _proportions(values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
+    """Share of `values` per bin (-inf, e1), [e1, e2), ..., [ek, +inf)."""
+    counts = np.bincount(
+        np.searchsorted(inner_edges, values, side="right"), minlength=inner_edges.size + 1
+    )
+    return counts / max(values.size, 1)
+
+
+def reference_statistics(
+    features: pd.DataFrame,
+    *,
+    bins: int = DEFAULT_BINS,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Per-feature reference statistics, JSON-serializable, for the model's metadata.
+
+    `{feature: {"edges": [...], "proportions": [...], "mean", "std", "count", "sample": [...]}}`.
+    `edges` are the interior quantile edges (the outer -inf/+inf are implied, since JSON has no
+    infinity); `proportions` has len(edges) + 1 entries; `sample` is a sorted random subsample
+    of at most `sample_size` values, the same for the same data and `seed`. NaN/±inf are ignored;
+    `mean`/`std` are None for a feature without finite values.
+    """
+    if sample_size < 1:
+        raise ValueError(f"sample_size must be >= 1, got {sample_size}")
+    out: dict[str, dict[str, Any]] = {}
+    for column in features.columns:
+        values = _finite(features[column])
+        edges = _inner_edges(values, bins)
+        if values.size > sample_size:
+            # One generator per feature: the subsample of a column does not depend on its position.
+            rng = np.random.default_rng(seed)
+            sample = np.sort(values[rng.choice(values.size, size=sample_size, replace=False)])
+        else:
+            sample = np.sort(values)
+        out[str(column)] = {
+            "edges": [float(e) for e in edges],
+            "proportions": [float(p) for p in _proportions(values, edges)],
+            "mean": float(values.mean()) if values.size else None,
+            "std": float(values.std(ddof=1)) if values.size > 1 else (0.0 if values.size else None),
+            "count": int(values.size),
+            "sample": [float(v) for v in sample],
+        }
+    return out
+
+
+# --- PSI ------------------------------------------------------------------------------------------
+def population_stability_index(
+    expected_props: Sequence[float] | np.ndarray,
+    actual_props: Sequence[float] | np.ndarray,
+    eps: float = PSI_EPS,
+) -> float:
+    """PSI = sum((actual - expected) * ln(actual / expected)) over bins; 0 when equal, >= 0.
+
+    Proportions are clipped to `eps` first so that an empty bin contributes a large but finite
+    term. Both must have one entry per bin, in the same bin order.
+    """
+    expected = np.asarray(expected_props, dtype="float64")
+    actual = np.asarray(actual_props, dtype="float64")
+    if expected.shape != actual.shape or expected.ndim != 1 or expected.size == 0:
+        raise ValueError(
+            f"PSI needs two equal-length 1-d proportion vectors, got {expected.shape} "
+            f"and {actual.shape}"
+        )
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    expected, actual = np.clip(expected, eps, None), np.clip(actual, eps, None)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def psi(
+    reference_values: Sequence[float] | np.ndarray | pd.Series,
+    current_values: Sequence[float] | np.ndarray | pd.Series,
+    bins: int = DEFAULT_BINS,
+) -> float:
+    """PSI of `current_values` on the quantile bins of `reference_values` (NaN ignored)."""
+    reference, current = _finite(reference_values), _finite(current_values)
+    if reference.size == 0 or current.size == 0:
+        raise ValueError("PSI needs at least one finite reference value and one current value")
+    edges = _inner_edges(reference, bins)
+    return population_stability_index(_proportions(reference, edges), _proportions(current, edges))
+
+
+def psi_band(value: float) -> DriftBand:
+    """STABLE below PSI_MODERATE, MODERATE below PSI_SIGNIFICANT, else SIGNIFICANT."""
+    if value >= PSI_SIGNIFICANT:
+        return DriftBand.SIGNIFICANT
+    if value >= PSI_MODERATE:
+        return DriftBand.MODERATE
+    return DriftBand.STABLE
+
+
+def is_drifted(psi_value: float, ks_p_value: float, ks_alpha: float = DEFAULT_KS_ALPHA) -> bool:
+    """The drift rule: PSI >= PSI_SIGNIFICANT, or PSI >= PSI_MODERATE and KS p < `ks_alpha`."""
+    if psi_value >= PSI_SIGNIFICANT:
+        return True
+    return psi_value >= PSI_MODERATE and ks_p_value < ks_alpha
+
+
+# --- Kolmogorov-Smirnov ---------------------------------------------------------------------------
+def _kolmogorov_sf(x: float) -> float:
+    """P(K > x) for the Kolmogorov distribution: 2 * sum_k (-1)^(k-1) exp(-2 k^2 x^2)."""
+    if x < 0.2:  # the series converges slowly here, and P(K > 0.2) > 1 - 1e-12
+        return 1.0
+    total = 0.0
+    for k in range(1, 101):
+        term = math.exp(-2.0 * k * k * x * x)
+        total += term if k % 2 else -term
+        if term < 1e-16:
+            break
+    return min(max(2.0 * total, 0.0), 1.0)
+
+
+def ks_2samp_numpy(
+    sample_a: Sequence[float] | np.ndarray, sample_b: Sequence[float] | np.ndarray
+) -> tuple[float, float]:
+    """Two-sided two-sample KS (statistic, p-value) without scipy.
+
+    The statistic is scipy's exactly (max |ECDF_a - ECDF_b| over the pooled values, snapped to a
+    multiple of 1 / lcm(n_a, n_b) as scipy's exact mode does); the p-value
+    is the asymptotic Kolmogorov law with Stephens' small-sample correction, close to scipy's for
+    samples of a few dozen or more.
+    """
+    a, b = np.sort(_finite(sample_a)), np.sort(_finite(sample_b))
+    if a.size == 0 or b.size == 0:
+        raise ValueError("KS needs at least one finite value in each sample")
+    pooled = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, pooled, side="right") / a.size
+    cdf_b = np.searchsorted(b, pooled, side="right") / b.size
+    # D is a multiple of 1/lcm(n_a, n_b); snapping to it removes the ECDFs' rounding error (as
+    # scipy does), so equal samples in a different order give the identical statistic.
+    lcm = math.lcm(a.size, b.size)
+    statistic = round(float(np.max(np.abs(cdf_a - cdf_b))) * lcm) / lcm
+    n_eff = math.sqrt(a.size * b.size / (a.size + b.size))
+    p_value = _kolmogorov_sf((n_eff + 0.12 + 0.11 / n_eff) * statistic)
+    return statistic, p_value
+
+
+def ks_two_sample(
+    sample_a: Sequence[float] | np.ndarray, sample_b: Sequence[float] | np.ndarray
+) -> tuple[float, float]:
+    """Two-sided two-sample KS (statistic, p-value): scipy when installed, else `ks_2samp_numpy`."""
+    if _scipy_stats is None:  # pragma: no cover - exercised only where scipy is absent
+        return ks_2samp_numpy(sample_a, sample_b)
+    a, b = _finite(sample_a), _finite(sample_b)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("KS needs at least one finite value in each sample")
+    result = _scipy_stats.ks_2samp(a, b)
+    return float(result.statistic), float(result.pvalue)
+
+
+# --- Drift checks ---------------------------------------------------------------------------------
+def _distribution_result(
+    kind: DriftKind,
+    name: str,
+    inner_edges: np.ndarray,
+    expected_props: np.ndarray,
+    ks_reference: np.ndarray,
+    current: np.ndarray,
+    ks_alpha: float,
+    details: dict[str, Any],
+) -> DriftResult:
+    """PSI on the given bins + KS against `ks_reference`, judged by `is_drifted`."""
+    psi_value = population_stability_index(expected_props, _proportions(current, inner_edges))
+    ks_stat, p_value = ks_two_sample(ks_reference, current)
+    bins = inner_edges.size + 1
+    return DriftResult(
+        kind=kind,
+        name=name,
+        statistic=psi_value,
+        threshold=PSI_SIGNIFICANT if psi_value >= PSI_SIGNIFICANT else PSI_MODERATE,
+        band=psi_band(psi_value),
+        ks_statistic=ks_stat,
+        p_value=p_value,
+        drifted=is_drifted(psi_value, p_value, ks_alpha),
+        details={
+            **details,
+            "current_count": int(current.size),
+            "current_mean": float(current.mean()),
+            # Sampling noise: PSI expected with no drift at all, ~ (bins - 1) / n_current.
+            "psi_expected_without_drift": (bins - 1) / current.size,
+        },
+    )
+
+
+def _not_comparable(kind: DriftKind, name: str, band: DriftBand, reason: str) -> DriftResult:
+    nan = float("nan")
+    return DriftResult(kind, name, nan, PSI_MODERATE, band, nan, nan, False, {"reason": reason})
+
+
+def feature_drift(
+    reference_stats: Mapping[str, Mapping[str, Any]],
+    current: pd.DataFrame,
+    *,
+    ks_alpha: float = DEFAULT_KS_ALPHA,
+) -> list[DriftResult]:
+    """One result per reference feature: PSI on its stored bins, KS against its stored sample.
+
+    `reference_stats` is what `reference_statistics` returned (also after a JSON round trip).
+    A feature absent from `current` gives band MISSING, one without finite values on either side
+    INSUFFICIENT; neither counts as drifted. Columns of `current` not in the reference are ignored.
+    """
+    results: list[DriftResult] = []
+    for name, ref in reference_stats.items():
+        if name not in current.columns:
+            results.append(
+                _not_comparable(
+                    DriftKind.FEATURE, name, DriftBand.MISSING, "feature not in current data"
+                )
+            )
+            continue
+        values = _finite(current[name])
+        sample = np.asarray(ref["sample"], dtype="float64")
+        if values.size == 0 or sample.size == 0:
+            side = "current data" if values.size == 0 else "reference"
+            results.append(
+                _not_comparable(
+                    DriftKind.FEATURE, name, DriftBand.INSUFFICIENT, f"no finite values in {side}"
+                )
+            )
+            continue
+        results.append(
+            _distribution_result(
+                DriftKind.FEATURE,
+                name,
+                np.asarray(ref["edges"], dtype="float64"),
+                np.asarray(ref["proportions"], dtype="float64"),
+                sample,
+                values,
+                ks_alpha,
+                {"reference_mean": ref["mean"], "reference_std": ref["std"]},
+            )
+        )
+    return results
+
+
+def prediction_drift(
+    reference_probs: Sequence[float] | np.ndarray,
+    current_probs: Sequence[float] | np.ndarray,
+    *,
+    bins: int = DEFAULT_BINS,
+    ks_alpha: float = DEFAULT_KS_ALPHA,
+) -> DriftResult:
+    """Drift of predicted probabilities: PSI on `bins` equal-width bins of [0, 1] plus KS.
+
+    Fixed bins rather than quantiles: a confident model's probabilities pile up near 0 and 1 and
+    their quantiles would tie. Same drift rule as features. NaN are ignored.
+    """
+    reference, current = _finite(reference_probs), _finite(current_probs)
+    if reference.size == 0 or current.size == 0:
+        return _not_comparable(
+            DriftKind.PREDICTION, PREDICTION_NAME, DriftBand.INSUFFICIENT, "no finite probabilities"
+        )
+    for what, probs in (("reference", reference), ("current", current)):
+        if probs.min() < 0.0 or probs.max() > 1.0:
+            raise ValueError(f"{what} probabilities must lie in [0, 1]")
+    inner_edges = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    return _distribution_result(
+        DriftKind.PREDICTION,
+        PREDICTION_NAME,
+        inner_edges,
+        _proportions(reference, inner_edges),
+        reference,
+        current,
+        ks_alpha,
+        {"reference_count": int(reference.size), "reference_mean": float(reference.mean())},
+    )
+
+
+def _binomial_cdf(successes: int, trials: int, rate: float) -> float:
+    """P(X <= successes) for X ~ Binomial(trials, rate), summed in log space (no overflow)."""
+    if rate <= 0.0:
+        return 1.0
+    if rate >= 1.0:
+        return 1.0 if successes >= trials else 0.0
+    log_rate, log_miss = math.log(rate), math.log1p(-rate)
+    log_n = math.lgamma(trials + 1)
+    total = sum(
+        math.exp(
+            log_n
+            - math.lgamma(k + 1)
+            - math.lgamma(trials - k + 1)
+            + k * log_rate
+            + (trials - k) * log_miss
+        )
+        for k in range(successes + 1)
+    )
+    return min(total, 1.0)
+
+
+def performance_drift(
+    hits: Sequence[bool] | np.ndarray,
+    reference_hit_rate: float,
+    *,
+    window: int = 50,
+    margin: float = 0.05,
+) -> DriftResult:
+    """Hit rate of the last `window` outcomes against the reference (e.g. the holdout's).
+
+    Drifted when the window is full and its hit rate < reference - margin. `p_value` is the
+    one-sided exact binomial P(hits <= observed | reference rate): SIGNIFICANT (HIGH) when it is
+    below PERFORMANCE_SIGNIFICANT_P, else MODERATE. A window not yet full is INSUFFICIENT.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if not 0.0 <= reference_hit_rate <= 1.0:
+        raise ValueError(f"reference_hit_rate must lie in [0, 1], got {reference_hit_rate}")
+    recent = np.asarray(hits, dtype=bool).ravel()[-window:]
+    n, successes = int(recent.size), int(recent.sum())
+    rate = successes / n if n else float("nan")
+    threshold = reference_hit_rate - margin
+    p_value = _binomial_cdf(successes, n, reference_hit_rate) if n else float("nan")
+    details = {
+        "window": window,
+        "outcomes": n,
+        "hits": successes,
+        "reference_hit_rate": reference_hit_rate,
+        "margin": margin,
+    }
+    full = n >= window
+    drifted = full and rate < threshold
+    if not full:
+        band = DriftBand.INSUFFICIENT
+    elif not drifted:
+        band = DriftBand.STABLE
+    elif p_value < PERFORMANCE_SIGNIFICANT_P:
+        band = DriftBand.SIGNIFICANT
+    else:
+        band = DriftBand.MODERATE
+    return DriftResult(
+        DriftKind.PERFORMANCE,
+        PERFORMANCE_NAME,
+        rate,
+        threshold,
+        band,
+        float("nan"),
+        p_value,
+        drifted,
+        details,
+    )
+
+
+# --- Alerts (the only side effect) ----------------------------------------------------------------
+def emit_alerts(
+    results: Iterable[DriftResult],
+    *,
+    model_version: str | None = None,
+    home: Path | None = None,
+) -> int:
+    """Write one alerts.log line per drifted result (HIGH if significant, else MEDIUM).
+
+    Returns the number of alerts written. `home` is the TRADING_HOME (default: the usual one).
+    """
+    written = 0
+    for result in results:
+        if not result.drifted:
+            continue
+        log_drift_alert(
+            result.name,
+            result.statistic,
+            result.threshold,
+            model=model_version,
+            details={
+                "kind": str(result.kind),
+                "band": str(result.band),
+                "ks_statistic": result.ks_statistic,
+                "p_value": result.p_value,
+                **result.details,
+            },
+            severity=result.severity or "HIGH",
+            home=home,
+        )
+        written += 1
+    return written
