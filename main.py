@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lookback", type=int, default=20, metavar="BARS", help="LSTM window (20)")
     t.add_argument("--seed", type=int, default=42, help="random seed (42)")
     t.add_argument("--source", metavar="S", help="data source, as for `process`")
+    t.add_argument(
+        "--tune-ensemble",
+        action="store_true",
+        help="pick the LSTM/XGBoost ensemble weights on the validation part (default 0.6/0.4)",
+    )
     t.set_defaults(func=cmd_train)
 
     m = commands.add_parser(
@@ -170,6 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         folds=args.folds,
         lookback=args.lookback,
         seed=args.seed,
+        tune_ensemble=args.tune_ensemble,
     )
     console = Console()
     if "lstm" in config.models and not tm.tensorflow_available():
@@ -228,12 +234,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from model_management import ModelRegistry
     from rich.console import Console
     from rich.table import Table
 
     import constants as C
     from error_handling import ConfigurationError
+    from model_management import ModelRegistry
 
     registry = ModelRegistry()
     console = Console()

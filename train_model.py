@@ -51,6 +51,7 @@ class TrainConfig:
     xgb_trees: int = 200
     xgb_depth: int = 4
     xgb_learning_rate: float = 0.05
+    tune_ensemble: bool = False  # pick (lstm, xgb) weights on the validation part
 
 
 # --- Splits ---------------------------------------------------------------------------------------
@@ -465,7 +466,10 @@ def train(
         if progress:
             progress(task, done, total)
 
+    if config.tune_ensemble and set(kinds) != set(MODEL_KINDS):
+        raise ConfigurationError("--tune-ensemble needs both models (--model all) and TensorFlow")
     reports = []
+    fitted: dict[str, tuple[Any, Scaler]] = {}
     for kind in kinds:
         report = ModelReport(kind)
         report.folds = walk_forward(kind, data, dev, config, progress=step)
@@ -488,11 +492,19 @@ def train(
         report.holdout = classification_metrics(
             data.y[covered.rows], prob, data.next_return[covered.rows]
         )
-        if register:
-            report.version = _register(
-                kind, model, scaler, data, config, ranges, report, home, pair
-            )
+        fitted[kind] = (model, scaler)
         reports.append(report)
+
+    extra: dict[str, Any] = {}
+    if config.tune_ensemble:
+        extra["ensemble_weights"] = list(_tune_on_validation(fitted, data, val_part, config))
+        log.info("ensemble weights (lstm, xgb) tuned on validation: %s", extra["ensemble_weights"])
+    if register:
+        for report in reports:
+            model, scaler = fitted[report.kind]
+            report.version = _register(
+                report.kind, model, scaler, data, config, ranges, report, home, pair, extra
+            )
 
     base_probs = baseline_predictions(data.y[train_part.rows], data.spread_z[holdout.rows])
     baselines = {
@@ -500,6 +512,21 @@ def train(
         for name, p in base_probs.items()
     }
     return TrainingReport(pair, ranges, reports, baselines, skipped)
+
+
+def _tune_on_validation(
+    fitted: dict[str, tuple[Any, Scaler]], data: TrainingData, val: Split, config: TrainConfig
+) -> tuple[float, float]:
+    """Ensemble weights from the final models' predictions on the validation rows only."""
+    from signals import tune_ensemble_weights
+
+    xgb, xgb_scaler = fitted["xgb"]
+    lstm, lstm_scaler = fitted["lstm"]
+    p_xgb = xgb_predict(xgb, xgb_scaler.transform(data.x[val.rows]))
+    lb = config.lookback
+    x = lstm_scaler.transform(data.x)
+    p_lstm = lstm_predict(lstm, x[val.start - lb + 1 : val.stop], lb)
+    return tune_ensemble_weights(data.y[val.rows], p_lstm, p_xgb)
 
 
 def _register(
@@ -512,6 +539,7 @@ def _register(
     report: ModelReport,
     home: C.Paths,
     pair: C.Pair,
+    extra: dict[str, Any],
 ) -> str:
     from model_drift_detection import reference_statistics
     from model_management import ModelRegistry
@@ -528,6 +556,7 @@ def _register(
         "library_versions": library_versions(),
         "data_sha256": data.data_sha256,
         "drift_reference_file": DRIFT_REFERENCE_FILE,
+        **extra,
     }
     with tempfile.TemporaryDirectory(prefix=f"train-{kind}-") as tmp:
         save_artifacts(kind, model, scaler, Path(tmp))
