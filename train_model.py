@@ -455,7 +455,7 @@ def train(
     if "lstm" in kinds and not tensorflow_available():
         kinds.remove("lstm")
         skipped.append(f"lstm: {LSTM_PROFILE_HINT}")
-        log.warning("skipping the LSTM: %s", LSTM_PROFILE_HINT)
+        log.info("skipping the LSTM: %s", LSTM_PROFILE_HINT)  # the CLI tells the user
 
     total = sum(config.folds + (config.epochs if k == "lstm" else 1) for k in kinds)
     done = 0

@@ -173,3 +173,39 @@ def test_train_then_models_from_the_command_line(tmp_path):
     model_file.write_bytes(bytes(blob))
     tampered = cli("models")
     assert "FAILED (model.json)" in tampered.stdout
+
+
+def test_without_tensorflow_train_names_the_profile_and_trains_xgboost(tmp_path):
+    """Core profile: site-packages without tensorflow/keras (symlinks to everything else)."""
+    import os
+    import site
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(tm.__file__).resolve().parent
+    view = tmp_path / "site-packages-without-tf"
+    view.mkdir()
+    (venv_site,) = [Path(p) for p in site.getsitepackages() if p.endswith("site-packages")]
+    for entry in venv_site.iterdir():
+        if not entry.name.lower().startswith(("tensorflow", "keras", "tf_keras")):
+            (view / entry.name).symlink_to(entry)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(view), "TRADING_HOME": str(tmp_path / "h")}
+    check = [
+        sys._base_executable,
+        "-s",
+        "-c",
+        "import importlib.util as u; print(u.find_spec('tensorflow'))",
+    ]
+    assert subprocess.run(check, env=env, capture_output=True, text=True).stdout.strip() == "None"
+    proc = subprocess.run(
+        [sys._base_executable, "-s", "main.py", "train", "--folds", "2"],
+        cwd=root,
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert tm.LSTM_PROFILE_HINT in proc.stdout
+    assert "xgb (xgb-AAPL_MSFT-" in proc.stdout and "lstm (lstm-" not in proc.stdout
