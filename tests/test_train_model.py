@@ -209,3 +209,36 @@ def test_without_tensorflow_train_names_the_profile_and_trains_xgboost(tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert tm.LSTM_PROFILE_HINT in proc.stdout
     assert "xgb (xgb-AAPL_MSFT-" in proc.stdout and "lstm (lstm-" not in proc.stdout
+
+
+def test_models_promote_rollback_retire_from_the_command_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from model_management import ModelRegistry, ModelStatus
+
+    home = C.paths(tmp_path)
+    cfg = tm.TrainConfig(models=("xgb",), folds=2, xgb_trees=10)
+    first = tm.train(PAIR, cfg, home=home).models[0].version
+    second = tm.train(PAIR, cfg, home=home).models[0].version
+    registry = ModelRegistry(home.models_dir)
+    assert registry.get(second).status is ModelStatus.CANARY
+    root = Path(tm.__file__).resolve().parent
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "TRADING_HOME": str(tmp_path), "COLUMNS": "250"}
+        cmd = [sys.executable, "main.py", "models", *args]
+        return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+    assert cli("promote", second).returncode == 0
+    assert registry.get(second).status is ModelStatus.ACTIVE
+    assert registry.get(first).status is ModelStatus.RETIRED
+    assert cli("rollback", "--kind", "xgb").returncode == 0
+    assert registry.get_active_model("xgb", PAIR).version == first
+    bad = cli("retire", "xgb-NOPE")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown model version xgb-NOPE")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    missing = cli("promote")
+    assert missing.returncode == 2 and "needs a VERSION" in missing.stderr
