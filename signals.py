@@ -58,7 +58,7 @@ class Signal:
     """What to do at the close of `bar_time`; `probability` is P(long leg beats short next bar)."""
 
     action: Action
-    text: str  # from constants.Pair: "Buy AAPL, Sell MSFT", "Sell AAPL, Buy MSFT" or "Hold"
+    text: str  # Pair.buy_signal, Pair.sell_signal or constants.HOLD_SIGNAL
     buy_leg: str | None  # ticker to buy (None on Hold)
     sell_leg: str | None  # ticker to sell (None on Hold)
     probability: float
