@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -240,6 +241,44 @@ class SignalGenerator:
         prob, versions = self.score(table, len(table) - 1, len(table))
         bar_time = pd.Timestamp(table.index[-1])
         return make_signal(self.pair, float(prob[-1]), versions[-1], bar_time, self.thresholds)
+
+    def record_outcome(self, signal: Signal, next_spread_return: float) -> list[Any]:
+        """Score a signal once its next bar is known, and act on the canary test automatically.
+
+        A buy is a hit when the spread then rose, a sell when it fell; a hold is not scored. Each
+        deciding model (both, for the ensemble) gets the outcome; when a controller's test says
+        promote or roll back, it is applied at once (and logged by the registry). Returns the
+        decisions that were applied.
+        """
+        import logging
+
+        from model_management import PromotionAction
+
+        if signal.action is Action.HOLD or not np.isfinite(next_spread_return):
+            return []
+        hit = (next_spread_return > 0) == (signal.action is Action.BUY_SPREAD)
+        # "v" or "ensemble(v_lstm,v_xgb;w=...)": the exact versions that decided
+        deciders = set(re.split(r"[(),;]", signal.model_version))
+        applied = []
+        for kind, controller in self.controllers.items():
+            state = controller.state()
+            for rec in (state.champion, state.challenger):
+                if rec is not None and rec.version in deciders:
+                    controller.record_outcome(rec.version, hit)
+            decision = controller.evaluate()
+            if decision.action is not PromotionAction.CONTINUE:
+                controller.apply(decision)
+                self._loaded.clear()
+                logging.getLogger(__name__).warning(
+                    "A/B %s %s: %s %s (%s)",
+                    kind,
+                    self.pair.key,
+                    decision.action.value,
+                    decision.challenger_version,
+                    decision.reason,
+                )
+                applied.append(decision)
+        return applied
 
     def in_sample_until(self) -> pd.Timestamp:
         """Last date any deciding model saw in training or validation."""

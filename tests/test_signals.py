@@ -179,3 +179,37 @@ def test_tune_ensemble_needs_both_models(tmp_path):
             dataclasses.replace(TINY, models=("xgb",), tune_ensemble=True),
             home=C.paths(tmp_path),
         )
+
+
+@pytest.mark.parametrize("canary_hit_rate,expected", [(0.40, "rollback"), (0.70, "promote")])
+def test_recorded_outcomes_roll_back_or_promote_the_canary_automatically(
+    home, tmp_path, canary_hit_rate, expected
+):
+    import shutil
+
+    from model_management import ModelRegistry, ModelStatus
+
+    ab_home = C.paths(tmp_path)
+    shutil.copytree(home.home, ab_home.home, dirs_exist_ok=True)
+    tm.train(PAIR, tm.TrainConfig(models=("xgb",), folds=2, xgb_trees=10, seed=9), home=ab_home)
+    registry = ModelRegistry(ab_home.models_dir)
+    champion = registry.get_active_model("xgb", PAIR).version
+    canary = registry.get_canary("xgb", PAIR).version
+    gen = S.SignalGenerator(PAIR, home=ab_home, ensemble=False)
+    rng = np.random.default_rng(1)
+    applied = []
+    bar = pd.Timestamp("2022-01-03")
+    for i in range(400):
+        for version, rate in ((champion, 0.55), (canary, canary_hit_rate)):
+            sig = S.make_signal(PAIR, 0.9, version, bar + pd.Timedelta(days=i), S.Thresholds())
+            applied += gen.record_outcome(sig, 0.01 if rng.random() < rate else -0.01)
+        if applied:
+            break
+    assert [d.action.value for d in applied] == [expected]
+    if expected == "rollback":
+        assert registry.get(canary).status is ModelStatus.RETIRED
+        assert registry.get_active_model("xgb", PAIR).version == champion
+    else:
+        assert registry.get_active_model("xgb", PAIR).version == canary
+    hold = S.make_signal(PAIR, 0.5, champion, bar, S.Thresholds())
+    assert gen.record_outcome(hold, 0.05) == []  # holds are not scored
