@@ -22,6 +22,7 @@ examples:
   python main.py process --source csv:my.csv     your own prices (a date + a close per ticker)
   python main.py train                           walk-forward validate, fit and register models
   python main.py models                          registered versions, status, integrity
+  python main.py drift                           latest data vs the active models' training data
   python main.py check                           which install profiles are present
 
 configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL (environment or .env;
@@ -114,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("version", nargs="?", help="model version (promote, retire)")
     m.add_argument("--kind", default="xgb", choices=["xgb", "lstm"], help="for rollback (xgb)")
     m.set_defaults(func=cmd_models)
+
+    d = commands.add_parser(
+        "drift",
+        parents=[common],
+        help="drift of the latest processed data against the active models",
+        description="Compare the last WINDOW rows of data/processed_<LONG>_<SHORT>.parquet with "
+        "the training-part statistics stored with each active model: PSI per feature (0.1 "
+        "moderate, 0.25 significant) with a KS test, and prediction drift. Drifted features are "
+        "written to logs/alerts.log. Run `python main.py process` first for fresh data. Exits 1 "
+        "when anything drifted.",
+    )
+    d.add_argument("--window", type=int, default=60, metavar="BARS", help="latest bars (60)")
+    d.add_argument("--no-alerts", action="store_true", help="report only, write no alert lines")
+    d.set_defaults(func=cmd_drift)
 
     c = commands.add_parser(
         "check",
@@ -277,6 +292,31 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     console.print(table)
     return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    import constants as C
+    from model_drift_detection import MODEL_TABLE_HEADER, drift_report
+
+    pair = C.resolve_pair(args.long, args.short)
+    report = drift_report(pair, window=args.window, emit=not args.no_alerts)
+    table = Table(title=f"Drift of the last {args.window} bars, {pair.long}/{pair.short}")
+    for col in MODEL_TABLE_HEADER:
+        table.add_column(col, overflow="fold")
+    for row in report.to_table_rows():
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    n = len(report.drifted)
+    console.print(
+        f"{n} drifted result{'s' if n != 1 else ''}; {report.alerts_written} alert line(s) written"
+        if n
+        else "No drift."
+    )
+    return 1 if n else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:

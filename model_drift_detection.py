@@ -19,22 +19,30 @@ in small windows (E[PSI | no drift] is about (bins - 1) / n_current), so it coun
 says it is not noise; and a KS rejection with PSI < 0.1 is a real but harmless shift (KS rejects
 trivially small shifts once n is in the thousands), so it is not an alert.
 
-A foundation-level module: imports numpy, pandas and `logging_config`; scipy optionally.
+A foundation-level module: imports numpy, pandas, `constants`, `error_handling` and
+`logging_config`; scipy optionally. `drift_report` imports the registry, the processed data
+and the trainer's artifact loader inside the function (never TensorFlow).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from constants import Pair, Paths, feature_names, paths
+from error_handling import ConfigurationError
 from logging_config import log_drift_alert
+
+if TYPE_CHECKING:  # the registry is imported inside `drift_report` only
+    from model_management import ModelRecord, ModelRegistry
 
 try:  # scipy is in the "advanced" profile, not core: fall back to numpy without it.
     from scipy import stats as _scipy_stats
@@ -45,6 +53,8 @@ __all__ = [
     "DEFAULT_BINS",
     "DEFAULT_KS_ALPHA",
     "DEFAULT_SAMPLE_SIZE",
+    "MIN_DRIFT_ROWS",
+    "MODEL_TABLE_HEADER",
     "PSI_EPS",
     "PSI_MODERATE",
     "PSI_SIGNIFICANT",
@@ -53,6 +63,9 @@ __all__ = [
     "DriftKind",
     "DriftReport",
     "DriftResult",
+    "ModelDriftReport",
+    "PairDriftReport",
+    "drift_report",
     "emit_alerts",
     "feature_drift",
     "is_drifted",
@@ -582,3 +595,176 @@ def emit_alerts(
         )
         written += 1
     return written
+
+
+# --- Drift report of the registered models --------------------------------------------------------
+#: With fewer current rows than this, PSI is mostly sampling noise: results are INSUFFICIENT.
+MIN_DRIFT_ROWS = 30
+#: Columns of `PairDriftReport.to_table_rows()`: the model version, then TABLE_HEADER.
+MODEL_TABLE_HEADER: tuple[str, ...] = ("model", *TABLE_HEADER)
+
+
+@dataclass(frozen=True)
+class ModelDriftReport:
+    """Drift of one registered model's inputs (and, for XGB, its predictions).
+
+    `window_start`/`window_end` are the dates (YYYY-MM-DD) of the first and last current row;
+    `rows` is how many current rows were compared; `alerts_written` the alerts.log lines emitted.
+    """
+
+    kind: str
+    version: str
+    window_start: str | None
+    window_end: str | None
+    rows: int
+    report: DriftReport
+    alerts_written: int = 0
+
+    @property
+    def drifted(self) -> tuple[DriftResult, ...]:
+        """The drifted results of this model."""
+        return self.report.drifted
+
+
+@dataclass(frozen=True)
+class PairDriftReport:
+    """One `ModelDriftReport` per model kind with an ACTIVE model for `pair`."""
+
+    pair: Pair
+    models: tuple[ModelDriftReport, ...]
+
+    @property
+    def drifted(self) -> tuple[DriftResult, ...]:
+        """Every drifted result over all models (empty, hence falsy, when nothing drifted)."""
+        return tuple(r for m in self.models for r in m.drifted)
+
+    @property
+    def alerts_written(self) -> int:
+        """alerts.log lines written by this check."""
+        return sum(m.alerts_written for m in self.models)
+
+    def to_table_rows(self) -> list[tuple[str, ...]]:
+        """Rows in MODEL_TABLE_HEADER order: per model, its drifted results first."""
+        return [(m.version, *row) for m in self.models for row in m.report.to_table_rows()]
+
+
+def _insufficient(names: Iterable[str], kind: DriftKind, rows: int) -> list[DriftResult]:
+    reason = f"{rows} current rows; at least {MIN_DRIFT_ROWS} are needed"
+    return [_not_comparable(kind, name, DriftBand.INSUFFICIENT, reason) for name in names]
+
+
+def _rows_between(table: pd.DataFrame, part: Sequence[str] | None) -> pd.DataFrame:
+    """Rows of `table` dated within the inclusive [start, end] date strings of `part`."""
+    if not part or len(part) != 2:
+        return table.iloc[0:0]
+    start, end = pd.Timestamp(part[0]), pd.Timestamp(part[1])
+    dates = pd.DatetimeIndex(table.index).normalize()
+    return table[(dates >= start) & (dates <= end)]
+
+
+def drift_report(
+    pair: Pair,
+    *,
+    home: Paths | None = None,
+    window: int = 60,
+    kinds: Sequence[str] = ("xgb", "lstm"),
+    emit: bool = True,
+    predictions: bool = True,
+) -> PairDriftReport:
+    """Drift of the last `window` processed rows against each ACTIVE model's training reference.
+
+    For every kind in `kinds` with an ACTIVE model of `pair`: verify and load its artifact
+    directory (ModelIntegrityError on a changed file), read its drift reference (statistics of
+    the training part), and run `feature_drift` on the window. With `predictions`, an XGB model
+    also gets `prediction_drift` of its probabilities on the window against those on the
+    validation part (skipped when the processed data no longer covers it; never for the LSTM,
+    which would need TensorFlow). With `emit`, drifted results go to alerts.log with the model
+    version. A window under MIN_DRIFT_ROWS rows gives INSUFFICIENT results and no alerts.
+    DataError when the processed file is missing; ConfigurationError when no model is active.
+    """
+    from model_management import ModelRegistry
+    from process_stock_data import load_processed
+
+    if window < 1:
+        raise ConfigurationError(f"the drift window must be at least 1 row, got {window}")
+    home = home or paths()
+    registry = ModelRegistry(home.models_dir, home=home.home)
+    active = [(kind, registry.get_active_model(kind, pair)) for kind in dict.fromkeys(kinds)]
+    records = [(kind, record) for kind, record in active if record is not None]
+    if not records:
+        raise ConfigurationError(
+            f"no active model for {pair.long}/{pair.short}; run "
+            f"`python main.py train --long {pair.long} --short {pair.short}`"
+        )
+    table, _ = load_processed(pair, home)
+    reports = [
+        _model_drift(kind, record, registry, table, pair, home, window, emit, predictions)
+        for kind, record in records
+    ]
+    return PairDriftReport(pair, tuple(reports))
+
+
+def _model_drift(
+    kind: str,
+    record: ModelRecord,
+    registry: ModelRegistry,
+    table: pd.DataFrame,
+    pair: Pair,
+    home: Paths,
+    window: int,
+    emit: bool,
+    predictions: bool,
+) -> ModelDriftReport:
+    """`drift_report` for one ACTIVE model `record`."""
+    # `load` also refuses a model trained on other features than the processed data has.
+    data_features = feature_names(
+        pair.long, pair.short, with_volume=f"{pair.long}_volume_ratio" in table.columns
+    )
+    directory = registry.load(record.version, pair=pair, feature_names=data_features)
+    features = list(record.feature_names)
+    reference_name = record.metadata.get("drift_reference_file")
+    if not reference_name or reference_name not in record.artifacts:
+        raise ConfigurationError(
+            f"model {record.version} has no drift reference among its verified artifacts; "
+            f"retrain with `python main.py train --long {pair.long} --short {pair.short}`"
+        )
+    reference = json.loads((directory / reference_name).read_text(encoding="utf-8"))
+
+    current = table[features].iloc[-window:]
+    dates = pd.DatetimeIndex(current.index)
+    window_start = str(dates[0].date()) if len(dates) else None
+    window_end = str(dates[-1].date()) if len(dates) else None
+    with_predictions = predictions and kind == "xgb"
+    if len(current) < MIN_DRIFT_ROWS:
+        results = _insufficient(reference, DriftKind.FEATURE, len(current))
+        if with_predictions:
+            results += _insufficient([PREDICTION_NAME], DriftKind.PREDICTION, len(current))
+        report = DriftReport(tuple(results))
+        return ModelDriftReport(
+            kind, record.version, window_start, window_end, len(current), report
+        )
+
+    results = feature_drift(reference, current)
+    if with_predictions:
+        validation = _rows_between(table, record.metadata.get("ranges", {}).get("validation"))
+        if len(validation) >= MIN_DRIFT_ROWS:
+            results.append(_xgb_prediction_drift(directory, validation[features], current))
+    report = DriftReport(tuple(results))
+    written = (
+        emit_alerts(report.results, model_version=record.version, home=home.home) if emit else 0
+    )
+    return ModelDriftReport(
+        kind, record.version, window_start, window_end, len(current), report, written
+    )
+
+
+def _xgb_prediction_drift(
+    directory: Path, validation: pd.DataFrame, current: pd.DataFrame
+) -> DriftResult:
+    """XGB probabilities on `current` against those on the validation rows (same scaler)."""
+    from train_model import load_artifacts, xgb_predict
+
+    model, scaler = load_artifacts("xgb", directory)
+    reference_probs = xgb_predict(model, scaler.transform(validation.to_numpy("float64")))
+    current_probs = xgb_predict(model, scaler.transform(current.to_numpy("float64")))
+    return prediction_drift(reference_probs, current_probs)

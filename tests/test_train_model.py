@@ -167,6 +167,11 @@ def test_train_then_models_from_the_command_line(tmp_path):
     listed = cli("models")
     assert listed.returncode == 0
     assert "active" in listed.stdout and "OK" in listed.stdout and "FAILED" not in listed.stdout
+    drift = cli("drift")  # late 2022 against a 1990-2013 training reference: drifted
+    assert drift.returncode == 1, drift.stderr
+    assert "drifted result" in drift.stdout
+    alerts = (tmp_path / "logs" / "alerts.log").read_text().splitlines()
+    assert alerts and all('"source": "drift_detection"' in line for line in alerts)
     (model_file,) = (tmp_path / "models").glob("xgb-*/model.json")
     blob = bytearray(model_file.read_bytes())
     blob[100] ^= 0x01
