@@ -471,3 +471,19 @@ def test_emit_alerts_writes_nothing_when_nothing_drifted(tmp_path, features, ear
 
     assert D.emit_alerts(results, home=tmp_path) == 0
     assert not C.paths(tmp_path).alerts_log.exists()
+
+
+def test_reference_statistics_carry_the_in_training_psi_quantiles():
+    rng = np.random.default_rng(5)
+    trending = pd.DataFrame(
+        {"slow": np.cumsum(rng.normal(size=3000)), "fast": rng.normal(size=3000)}
+    )
+    ref = D.reference_statistics(trending)
+    for name in ("slow", "fast"):
+        assert set(ref[name]["null_psi"]) == {"30", "60", "120", "250", "500", "1000"}
+    # A random walk's windows differ far more from its whole history than white noise's do.
+    assert ref["slow"]["null_psi"]["250"] > 1.0 > D.PSI_SIGNIFICANT > ref["fast"]["null_psi"]["250"]
+    assert D.calibrated_threshold(ref["fast"], 250) == D.PSI_SIGNIFICANT  # the floor
+    assert D.calibrated_threshold(ref["slow"], 70) == ref["slow"]["null_psi"]["60"]
+    assert D.calibrated_threshold(ref["slow"], 10) == ref["slow"]["null_psi"]["30"]
+    assert D.calibrated_threshold({"edges": []}, 60) is None

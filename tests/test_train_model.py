@@ -167,9 +167,15 @@ def test_train_then_models_from_the_command_line(tmp_path):
     listed = cli("models")
     assert listed.returncode == 0
     assert "active" in listed.stdout and "OK" in listed.stdout and "FAILED" not in listed.stdout
-    drift = cli("drift")  # late 2022 against a 1990-2013 training reference: drifted
+    import pandas as pd
+
+    processed = tmp_path / "data" / "processed_AAPL_MSFT.parquet"
+    table = pd.read_parquet(processed)
+    table.iloc[-60:, table.columns.get_loc("AAPL_rsi_14")] += 40  # a genuine shift
+    table.to_parquet(processed)
+    drift = cli("drift")
     assert drift.returncode == 1, drift.stderr
-    assert "drifted result" in drift.stdout
+    assert "drifted result" in drift.stdout and "AAPL_rsi_14" in drift.stdout
     alerts = (tmp_path / "logs" / "alerts.log").read_text().splitlines()
     assert alerts and all('"source": "drift_detection"' in line for line in alerts)
     (model_file,) = (tmp_path / "models").glob("xgb-*/model.json")
