@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import venv
-from pathlib import Path
 
 import pytest
 
 import main as cli
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(
-    *args: str, home: Path, extra_env: dict[str, str] | None = None, python: str = sys.executable
-) -> subprocess.CompletedProcess:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("TICKER_LONG", "TICKER_SHORT", "DATA_SOURCE")
-    }
-    env.update({"TRADING_HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})})
-    return subprocess.run(
-        [python, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+from tests.helpers import ROOT, run
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import constants as C
 import process_stock_data as psd
 import train_model as tm
+from tests.helpers import run
 
 PAIR = C.Pair("AAPL", "MSFT")
 TINY = tm.TrainConfig(folds=2, epochs=2, lstm_units=4, xgb_trees=20, batch_size=128, patience=1)
@@ -141,24 +143,9 @@ def test_unknown_model_kind_is_refused():
 
 def test_train_then_models_from_the_command_line(tmp_path):
     """`train` registers an active model; `models` lists it, and shows a tampered one FAILED."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(tm.__file__).resolve().parent
-    env = {**os.environ, "TRADING_HOME": str(tmp_path), "COLUMNS": "250"}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "main.py", *args],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            stdin=subprocess.DEVNULL,
-        )
+        return run("main.py", *args, home=tmp_path, extra_env={"COLUMNS": "250"})
 
     trained = cli("train", "--model", "xgb", "--folds", "2")
     assert trained.returncode == 0, trained.stderr
@@ -223,10 +210,6 @@ def test_without_tensorflow_train_names_the_profile_and_trains_xgboost(tmp_path)
 
 
 def test_models_promote_rollback_retire_from_the_command_line(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from model_management import ModelRegistry, ModelStatus
 
@@ -236,12 +219,9 @@ def test_models_promote_rollback_retire_from_the_command_line(tmp_path):
     second = tm.train(PAIR, cfg, home=home).models[0].version
     registry = ModelRegistry(home.models_dir)
     assert registry.get(second).status is ModelStatus.CANARY
-    root = Path(tm.__file__).resolve().parent
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "TRADING_HOME": str(tmp_path), "COLUMNS": "250"}
-        cmd = [sys.executable, "main.py", "models", *args]
-        return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+        return run("main.py", "models", *args, home=tmp_path, extra_env={"COLUMNS": "250"})
 
     assert cli("promote", second).returncode == 0
     assert registry.get(second).status is ModelStatus.ACTIVE
