@@ -218,6 +218,11 @@ class Paths:
         return self.home / "positions.json"
 
     @property
+    def risk_state_file(self) -> Path:
+        """The risk manager's halt flag and equity peak (live and paper; never the backtest)."""
+        return self.data_dir / "risk_state.json"
+
+    @property
     def app_log(self) -> Path:
         return self.logs_dir / "trading.log"
 

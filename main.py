@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 EPILOG = """\
 examples:
@@ -23,11 +24,14 @@ examples:
   python main.py train                           walk-forward validate, fit and register models
   python main.py models                          registered versions, status, integrity
   python main.py drift                           latest data vs the active models' training data
+  python main.py backtest                        out-of-sample backtest with costs and risk gate
+  python main.py backtest --signals my.csv       your own signals through the same engine
+  python main.py risk status                     drawdown halt state; `risk reset` to resume
   python main.py check                           which install profiles are present
 
 configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL (environment or .env;
 command-line flags win).
-exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation.
+exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation, 5 risk.
 """
 
 
@@ -130,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-alerts", action="store_true", help="report only, write no alert lines")
     d.set_defaults(func=cmd_drift)
 
+    _backtest_parser(commands, common)
+
+    r = commands.add_parser(
+        "risk",
+        parents=[common],
+        help="show the drawdown halt, or reset it to resume trading",
+        description="The live/paper risk state (data/risk_state.json): whether new entries are "
+        "halted after the drawdown limit was hit, and the equity peak. `risk reset` clears the "
+        "halt (and, with --equity, restarts the peak from that equity); it is logged as an alert.",
+    )
+    r.add_argument("action", nargs="?", default="status", choices=["status", "reset"])
+    r.add_argument(
+        "--equity", type=float, metavar="USD", help="reset: new equity peak (default: keep)"
+    )
+    r.set_defaults(func=cmd_risk)
+
     c = commands.add_parser(
         "check",
         parents=[common],
@@ -141,6 +161,108 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true", help="install the missing profile without asking")
     c.set_defaults(func=cmd_check)
     return parser
+
+
+def _backtest_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    b = commands.add_parser(
+        "backtest",
+        parents=[common],
+        help="backtest the model's signals out of sample, with costs and the risk gate",
+        description="Run the pair through the backtest engine: model signals (or --signals FILE) "
+        "-> Kelly sizing -> RiskManager.pre_trade_check -> simulated fills with commission, "
+        "spread, square-root impact, SEC/FINRA fees and short borrow -> accounting -> drawdown "
+        "control. By default it covers the bars after the model's validation range (its "
+        "holdout), and trains a model first if there is none. Prints the report beside two "
+        "benchmarks (buy-and-hold of the long leg; the spread z-score rule under the same costs "
+        "and gate) and writes results/<run-id>/ (equity.csv, trades.csv, summary.json, "
+        "equity.png, equity.html).",
+        epilog="--signals FILE: a CSV with `date,action` (buy, sell, hold, flat) or "
+        "`date,<LONG>,<SHORT>` target weights (signed fractions of equity per leg).",
+    )
+    b.add_argument("--start", metavar="YYYY-MM-DD", help="first bar (default: after validation)")
+    b.add_argument("--end", metavar="YYYY-MM-DD", help="last bar (default: the last processed)")
+    b.add_argument("--model", metavar="VERSION", help="score with this model version")
+    b.add_argument(
+        "--allow-in-sample",
+        action="store_true",
+        help="allow bars the model trained or validated on (the result is labeled IN-SAMPLE)",
+    )
+    b.add_argument("--signals", metavar="FILE", help="backtest a signal CSV instead of the model")
+    b.add_argument("--no-charts", action="store_true", help="skip equity.png and equity.html")
+    g = b.add_argument_group("sizing and timing")
+    g.add_argument("--capital", type=float, default=100_000.0, metavar="USD", help="(100000)")
+    g.add_argument(
+        "--fill-delay",
+        type=int,
+        default=1,
+        metavar="BARS",
+        help="bars between the signal's close and the fill's close (1; 0 = same close)",
+    )
+    g.add_argument(
+        "--hold", choices=["keep", "flat"], default="keep", help="on a Hold signal (keep)"
+    )
+    g.add_argument("--kelly-fraction", type=float, default=0.5, metavar="F", help="(0.5)")
+    g.add_argument("--kelly-cap", type=float, default=0.5, metavar="F", help="per leg (0.5)")
+    g.add_argument("--payoff-ratio", type=float, default=1.0, metavar="B", help="win/loss (1.0)")
+    g.add_argument(
+        "--rule-fraction",
+        type=float,
+        default=0.25,
+        metavar="F",
+        help="per-leg size of the z-score rule and action files (0.25)",
+    )
+    g.add_argument("--zscore-entry", type=float, default=2.0, metavar="Z", help="(2.0)")
+    g.add_argument("--zscore-exit", type=float, default=0.5, metavar="Z", help="(0.5)")
+    k = b.add_argument_group("costs and execution")
+    k.add_argument("--commission-per-share", type=float, default=0.005, metavar="USD")
+    k.add_argument("--commission-min", type=float, default=1.0, metavar="USD", help="per order")
+    k.add_argument("--commission-bps", type=float, default=0.0, metavar="BPS")
+    k.add_argument(
+        "--flat-commission",
+        type=float,
+        metavar="USD",
+        help="only this commission per order: no spread, impact, fees or borrow",
+    )
+    k.add_argument("--half-spread-bps", type=float, default=2.0, metavar="BPS", help="(2)")
+    k.add_argument("--impact-coef", type=float, default=0.5, metavar="Y", help="(0.5)")
+    k.add_argument("--borrow-rate", type=float, default=0.003, metavar="RATE", help="annual")
+    k.add_argument(
+        "--adv-usd",
+        type=float,
+        default=50_000_000.0,
+        metavar="USD",
+        help="average daily dollar volume when the source has none (50,000,000)",
+    )
+    k.add_argument("--participation-cap", type=float, default=0.10, metavar="F", help="of ADV")
+    k.add_argument(
+        "--remainder", choices=["cancel", "carry"], default="cancel", help="of a capped order"
+    )
+    k.add_argument(
+        "--hard-to-borrow", metavar="SYM,...", default="", help="symbols recalled at random"
+    )
+    k.add_argument(
+        "--recall",
+        action="append",
+        default=[],
+        metavar="SYM:DATE",
+        help="a short in SYM is bought in on DATE (repeatable)",
+    )
+    k.add_argument("--seed", type=int, default=42, help="recalls and slippage (42)")
+    rk = b.add_argument_group("risk limits")
+    rk.add_argument("--max-leg-notional", type=float, default=60_000.0, metavar="USD")
+    rk.add_argument("--max-gross", type=float, default=120_000.0, metavar="USD")
+    rk.add_argument("--max-net", type=float, default=25_000.0, metavar="USD")
+    rk.add_argument("--max-order-notional", type=float, default=60_000.0, metavar="USD")
+    rk.add_argument("--max-leverage", type=float, default=1.5, metavar="X", help="gross/equity")
+    rk.add_argument("--daily-loss-limit", type=float, default=0.05, metavar="F", help="(0.05)")
+    rk.add_argument(
+        "--max-drawdown",
+        type=float,
+        default=0.10,
+        metavar="F",
+        help="liquidate and halt at this drawdown (0.10)",
+    )
+    b.set_defaults(func=cmd_backtest)
 
 
 # --- Commands -------------------------------------------------------------------------------------
@@ -317,6 +439,233 @@ def cmd_drift(args: argparse.Namespace) -> int:
         else "No drift."
     )
     return 1 if n else 0
+
+
+def _backtest_request(args: argparse.Namespace) -> Any:
+    """The command line as a BacktestRequest (every value validated by the dataclasses)."""
+    import backtest_strategy as bt
+    import constants as C
+    import risk_management as rm
+    import trading_execution as te
+    import transaction_costs as tc
+    from error_handling import ConfigurationError
+
+    pair = C.resolve_pair(args.long, args.short)
+    if args.flat_commission is not None:
+        costs = tc.CostModel.flat(args.flat_commission)
+    else:
+        costs = tc.CostModel(
+            commission_per_share=args.commission_per_share,
+            commission_min=args.commission_min,
+            commission_bps=args.commission_bps,
+            half_spread_bps=args.half_spread_bps,
+            impact_coefficient=args.impact_coef,
+            borrow_rate_annual=args.borrow_rate,
+        )
+    recalls: dict[str, list[str]] = {}
+    for item in args.recall:
+        sym, _, day = item.partition(":")
+        if not day:
+            raise ConfigurationError(f"--recall wants SYM:YYYY-MM-DD, got {item!r}")
+        recalls.setdefault(C.validate_symbol(sym.strip().upper()), []).append(day.strip())
+    htb = {
+        C.validate_symbol(s.strip().upper()) for s in args.hard_to_borrow.split(",") if s.strip()
+    }
+    execution = te.ExecutionConfig(
+        costs=costs,
+        participation_cap=args.participation_cap,
+        remainder=te.RemainderPolicy(args.remainder),
+        default_adv_usd=args.adv_usd,
+        hard_to_borrow=frozenset(htb),
+        recall_dates={k: tuple(v) for k, v in recalls.items()},
+        seed=args.seed,
+    )
+    limits = rm.RiskLimits(
+        max_leg_notional=args.max_leg_notional,
+        max_gross_exposure=args.max_gross,
+        max_net_exposure=args.max_net,
+        max_order_notional=args.max_order_notional,
+        max_leverage=args.max_leverage,
+        daily_loss_limit_pct=args.daily_loss_limit,
+        max_drawdown_pct=args.max_drawdown,
+    )
+    config = bt.BacktestConfig(
+        initial_capital=args.capital,
+        fill_delay_bars=args.fill_delay,
+        execution=execution,
+        limits=limits,
+    )
+    sizing = bt.SizingConfig(
+        kelly_fraction=args.kelly_fraction,
+        max_leg_fraction=args.kelly_cap,
+        payoff_ratio=args.payoff_ratio,
+        rule_leg_fraction=args.rule_fraction,
+        hold=args.hold,
+    )
+    for name in ("start", "end"):
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                import pandas as pd
+
+                pd.Timestamp(value)
+            except ValueError:
+                raise ConfigurationError(f"--{name} wants YYYY-MM-DD, got {value!r}") from None
+    return bt.BacktestRequest(
+        pair=pair,
+        start=args.start,
+        end=args.end,
+        model_version=args.model,
+        allow_in_sample=args.allow_in_sample,
+        signal_file=args.signals,
+        zscore_entry=args.zscore_entry,
+        zscore_exit=args.zscore_exit,
+        config=config,
+        sizing=sizing,
+        write_charts=not args.no_charts,
+    )
+
+
+def _fmt(value: Any, kind: str) -> str:
+    """A report cell: pct, ratio, usd or int; n/a for missing or non-finite values."""
+    import math
+
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if kind == "pct":
+        return f"{value:+.2%}"
+    if kind == "pct0":
+        return f"{value:.2%}"
+    if kind == "usd":
+        return f"${value:,.2f}"
+    if kind == "int":
+        return f"{int(value):,}"
+    return f"{value:.2f}"
+
+
+REPORT_ROWS = (
+    ("total return", "total_return", "pct"),
+    ("CAGR", "cagr", "pct"),
+    ("Sharpe", "sharpe", "ratio"),
+    ("Sortino", "sortino", "ratio"),
+    ("max drawdown", "max_drawdown", "pct"),
+    ("Calmar", "calmar", "ratio"),
+    ("VaR 95% (1 day)", "var_95", "pct0"),
+    ("CVaR 95% (1 day)", "cvar_95", "pct0"),
+    ("VaR 99% (1 day)", "var_99", "pct0"),
+    ("CVaR 99% (1 day)", "cvar_99", "pct0"),
+    ("final equity", "final_equity", "usd"),
+    ("round trips", "round_trips", "int"),
+    ("win rate", "win_rate", "pct0"),
+    ("fills", "fills", "int"),
+    ("turnover (x equity / yr)", "turnover_per_year", "ratio"),
+    ("total costs", "total_costs", "usd"),
+)
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    import backtest_strategy as bt
+
+    request = _backtest_request(args)
+    console = Console()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("backtest: loading data and signals", total=None)
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(
+                task, description=f"no model yet, training: {what}", completed=done, total=total
+            )
+
+        report = bt.backtest(request, progress=progress)
+    s = report.summary
+    run = s["run"]
+    strat, zs, bh = s["strategy"], s["benchmarks"]["zscore_rule"], s["benchmarks"]["buy_hold_long"]
+    long, short = run["pair"]
+    sample = "[bold red]IN-SAMPLE[/bold red]" if run.get("in_sample") else "out of sample"
+    title = (
+        f"Backtest {long}/{short} {run['start']} .. {run['end']} ({run['bars']:,} bars, {sample})"
+    )
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column(f"strategy ({run['strategy']})", justify="right")
+    table.add_column("z-score rule", justify="right")
+    table.add_column(f"buy & hold {long}", justify="right")
+    for name, key, kind in REPORT_ROWS:
+        table.add_row(
+            name, _fmt(strat.get(key), kind), _fmt(zs.get(key), kind), _fmt(bh.get(key), kind)
+        )
+    console.print(table)
+    costs = Table(title="Costs by kind (USD)")
+    costs.add_column("kind")
+    costs.add_column("strategy", justify="right")
+    costs.add_column("z-score rule", justify="right")
+    for kind in bt.COST_KINDS:
+        costs.add_row(kind, _fmt(strat["costs"][kind], "usd"), _fmt(zs["costs"][kind], "usd"))
+    console.print(costs)
+    rejected = strat["rejections"]
+    if rejected or zs["rejections"]:
+        rej = Table(title="Orders refused by the risk gate")
+        rej.add_column("reason")
+        rej.add_column("strategy", justify="right")
+        rej.add_column("z-score rule", justify="right")
+        for reason in sorted(set(rejected) | set(zs["rejections"])):
+            rej.add_row(reason, str(rejected.get(reason, 0)), str(zs["rejections"].get(reason, 0)))
+        console.print(rej)
+    else:
+        console.print("Risk gate: no order refused.")
+    if strat.get("halted_at"):
+        console.print(
+            f"[bold red]drawdown limit hit on {strat['halted_at']}: positions liquidated, "
+            "no entries after it[/bold red]"
+        )
+    if run.get("versions"):
+        console.print(
+            f"model: {', '.join(run['versions'])} (validated to {run['in_sample_until']})"
+        )
+    for note in report.notes:
+        console.print(f"note: {note}")
+    console.print(f"results: {report.run_dir}")
+    return 0
+
+
+def cmd_risk(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    import constants as C
+    import risk_management as rm
+    from error_handling import ConfigurationError
+
+    home = C.paths().ensure()
+    console = Console()
+    if args.action == "reset":
+        try:
+            manager = rm.RiskManager(state_path=home.risk_state_file, home=home.home)
+            manager.reset(args.equity)
+        except ConfigurationError:  # a corrupt state file: start it again
+            manager = rm.RiskManager.reset_file(home.risk_state_file, args.equity, home=home.home)
+        console.print("halt cleared; new entries allowed")
+    else:
+        manager = rm.RiskManager(state_path=home.risk_state_file, home=home.home)
+    peak = manager.equity_peak
+    state = (
+        f"[bold red]HALTED[/bold red] ({manager.halt_reason})"
+        if manager.halted
+        else "trading allowed"
+    )
+    console.print(f"risk state: {state}")
+    console.print(f"equity peak: {'n/a' if not peak else f'${peak:,.2f}'}")
+    console.print(f"file: {home.risk_state_file}")
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:

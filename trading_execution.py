@@ -1,0 +1,233 @@
+"""Orders, fills and the simulated executor shared by the backtest and paper trading.
+
+Records are frozen dataclasses; sides, order types and statuses are enums. The executor only
+accepts an `ApprovedBasket`, which only `RiskManager.pre_trade_check` hands out, so no order can
+reach a fill without passing the risk gate.
+
+Fill convention: an order fills at the bar's price (the close, America/New_York session) moved
+against the trader by the half-spread and the square-root market impact; commission, SEC fee and
+FINRA TAF are charged to cash on top. Quantities are whole shares.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import transaction_costs as tc
+from error_handling import ConfigurationError
+
+
+class Side(enum.StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(enum.StrEnum):
+    MARKET = "market"
+    MARKET_ON_CLOSE = "market_on_close"
+
+
+class OrderStatus(enum.StrEnum):
+    NEW = "new"
+    FILLED = "filled"
+    PARTIALLY_FILLED = "partially_filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+class Purpose(enum.StrEnum):
+    """Why an order exists; reduce-only purposes may pass a halted risk gate."""
+
+    ENTRY = "entry"
+    EXIT = "exit"
+    CARRY = "carry"  # the carried remainder of a partial fill
+    LIQUIDATION = "liquidation"  # drawdown control
+    BUY_IN = "buy_in"  # forced close of a recalled short
+
+
+@dataclass(frozen=True)
+class Order:
+    """An instruction to trade `qty` (> 0) whole shares of `symbol`."""
+
+    symbol: str
+    side: Side
+    qty: int
+    client_order_id: str
+    order_type: OrderType = OrderType.MARKET_ON_CLOSE
+    purpose: Purpose = Purpose.ENTRY
+
+    def __post_init__(self) -> None:
+        if int(self.qty) != self.qty or self.qty <= 0:
+            raise ConfigurationError(f"order quantity must be a positive whole number: {self.qty}")
+
+    @property
+    def signed_qty(self) -> int:
+        """Shares added to the position: positive for a buy, negative for a sell."""
+        return self.qty if self.side is Side.BUY else -self.qty
+
+
+def client_order_id(*parts: object) -> str:
+    """Deterministic id from what defines the order (run, bar, symbol, purpose, leg): a retry or
+    restart of the same decision produces the same id, so the broker refuses a duplicate."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
+    return f"pt-{digest}"
+
+
+@dataclass(frozen=True)
+class ApprovedBasket:
+    """Orders that passed `RiskManager.pre_trade_check` together, at `checked_at`."""
+
+    orders: tuple[Order, ...]
+    checked_at: object  # the market snapshot's time (pd.Timestamp)
+    reduce_only: bool = False
+
+
+@dataclass(frozen=True)
+class Fill:
+    """What an order got. `price` includes spread and impact; the fees are charged on top."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    qty: int  # shares filled (0 when nothing filled)
+    requested_qty: int
+    price: float  # USD per share, after spread and impact
+    reference_price: float  # the bar price the fill is based on
+    costs: tc.TradeCosts
+    status: OrderStatus
+    purpose: Purpose
+    time: object  # bar time (pd.Timestamp)
+
+    @property
+    def signed_qty(self) -> int:
+        return self.qty if self.side is Side.BUY else -self.qty
+
+    @property
+    def notional(self) -> float:
+        """|qty| x fill price, USD."""
+        return self.qty * self.price
+
+    @property
+    def cash_change(self) -> float:
+        """Cash in (positive, sells) or out (negative, buys), after explicit fees."""
+        return -self.signed_qty * self.price - self.costs.explicit
+
+    @property
+    def unfilled_qty(self) -> int:
+        return self.requested_qty - self.qty
+
+
+class RemainderPolicy(enum.StrEnum):
+    CANCEL = "cancel"  # the unfilled part of a capped order is cancelled
+    CARRY = "carry"  # it is re-submitted (through the risk gate) on the next bar
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How simulated orders fill. Every field has a default a new user can keep."""
+
+    costs: tc.CostModel = field(default_factory=tc.CostModel)
+    #: At most this fraction of average daily volume fills per order per bar.
+    participation_cap: float = 0.10
+    remainder: RemainderPolicy = RemainderPolicy.CANCEL
+    #: Average daily dollar volume assumed when the source has no volume (the bundled data).
+    default_adv_usd: float = 50_000_000.0
+    #: Extra cost of a forced buy-in of a recalled short, in bps of the close.
+    buy_in_penalty_bps: float = 100.0
+    #: Symbols that are hard to borrow: a short in one is recalled on any bar with this chance.
+    hard_to_borrow: frozenset[str] = frozenset()
+    htb_recall_probability: float = 0.02
+    #: Configured recall dates per symbol (ISO dates): a short open on that date is bought in.
+    recall_dates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Random slippage (std, bps of the price) on top of the cost model; 0 = none.
+    slippage_std_bps: float = 0.0
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if not 0 < self.participation_cap <= 1:
+            raise ConfigurationError(
+                f"participation cap must be in (0, 1] of daily volume: {self.participation_cap}"
+            )
+        if self.default_adv_usd <= 0:
+            raise ConfigurationError(
+                f"default average daily volume must be positive: {self.default_adv_usd}"
+            )
+        if not 0 <= self.htb_recall_probability <= 1:
+            raise ConfigurationError("hard-to-borrow recall probability must be in [0, 1]")
+        if self.buy_in_penalty_bps < 0 or self.slippage_std_bps < 0:
+            raise ConfigurationError("buy-in penalty and slippage must be >= 0 bps")
+
+
+@dataclass(frozen=True)
+class BarQuote:
+    """What the executor knows about a symbol on the bar it fills on."""
+
+    price: float  # the bar's close, USD
+    daily_vol: float  # std of daily returns (fraction), for market impact
+    adv_shares: float  # average daily volume, shares
+    time: object  # bar time (pd.Timestamp)
+
+
+class OrderExecutor:
+    """Simulated fills for approved orders: cost model, participation cap, seeded slippage."""
+
+    def __init__(self, config: ExecutionConfig | None = None):
+        self.config = config or ExecutionConfig()
+        self._rng = np.random.default_rng(self.config.seed)
+
+    def execute(self, basket: ApprovedBasket, quotes: Mapping[str, BarQuote]) -> list[Fill]:
+        """Fill every order of an approved basket on this bar; see the module docstring."""
+        if not isinstance(basket, ApprovedBasket):
+            raise TypeError("OrderExecutor.execute takes an ApprovedBasket from pre_trade_check")
+        return [self._fill(order, quotes[order.symbol]) for order in basket.orders]
+
+    def _fill(self, order: Order, quote: BarQuote) -> Fill:
+        cfg = self.config
+        cap = int(np.floor(cfg.participation_cap * quote.adv_shares))
+        if order.purpose in (Purpose.LIQUIDATION, Purpose.BUY_IN):
+            cap = order.qty  # forced closes take whatever the book gives, at the cost model's price
+        qty = min(order.qty, cap)
+        status = OrderStatus.FILLED if qty == order.qty else OrderStatus.PARTIALLY_FILLED
+        if qty <= 0:
+            status = OrderStatus.CANCELLED
+        price = quote.price
+        if order.purpose is Purpose.BUY_IN:
+            price *= 1.0 + cfg.buy_in_penalty_bps / 1e4
+        if cfg.slippage_std_bps > 0 and qty > 0:
+            noise = abs(float(self._rng.normal(0.0, cfg.slippage_std_bps))) / 1e4
+            price *= 1.0 + noise if order.side is Side.BUY else 1.0 - noise
+        costs = tc.trade_costs(
+            order.side.value,
+            qty,
+            price,
+            daily_vol=quote.daily_vol,
+            adv_shares=quote.adv_shares,
+            trade_date=quote.time,
+            model=cfg.costs,
+        )
+        fill_price = tc.fill_price(
+            order.side.value,
+            qty,
+            price,
+            daily_vol=quote.daily_vol,
+            adv_shares=quote.adv_shares,
+            model=cfg.costs,
+        )
+        return Fill(
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            qty=qty,
+            requested_qty=order.qty,
+            price=fill_price,
+            reference_price=quote.price,
+            costs=costs,
+            status=status,
+            purpose=order.purpose,
+            time=quote.time,
+        )
