@@ -197,16 +197,21 @@ def run_backtest(
     volume: pd.DataFrame | None = None,
     risk: rm.RiskManager | None = None,
     log_rejections: bool = True,
+    weight_unit: str = "equity",
 ) -> BacktestResult:
     """Run the pair through the engine.
 
     prices: date index, two close columns (long leg first). weights: (n, 2) target weights per leg
-    as signed fractions of equity; a NaN row means no instruction on that bar. volume (optional,
+    as signed fractions of equity (`weight_unit="usd"`: signed USD notional per leg); a NaN row
+    means no instruction on that bar. volume (optional,
     shares, same shape as prices) gives average daily volume; without it
     `execution.default_adv_usd` is used.
     """
     cfg = config or BacktestConfig()
     ex = cfg.execution
+    if weight_unit not in ("equity", "usd"):
+        raise ConfigurationError(f"weight_unit must be 'equity' or 'usd', not {weight_unit!r}")
+    per_usd = weight_unit == "usd"
     risk = risk or rm.RiskManager(cfg.limits, state_path=None, alerts=False)
     executor = OrderExecutor(ex)
     symbols = (str(prices.columns[0]), str(prices.columns[1]))
@@ -512,7 +517,7 @@ def run_backtest(
         if j in instr_at:
             src = instr_at[j]
             w = weights[src]
-            equity = mark(j)
+            equity = 1.0 if per_usd else mark(j)
             target = (
                 math.trunc(w[0] * equity / close[j, 0]),
                 math.trunc(w[1] * equity / close[j, 1]),
