@@ -248,19 +248,32 @@ def run_backtest(
     # Recall candidates: configured dates, and hard-to-borrow draws (seeded).
     rng = np.random.default_rng(ex.seed)
     recall = np.zeros((n, 2), dtype=bool)
-    date_str = np.datetime_as_string(dates.values.astype("datetime64[D]"))
+
+    def date_str(j: int) -> str:
+        return str(np.datetime64(int(day[j]), "D"))
+
     for leg, sym in enumerate(symbols):
         for d in ex.recall_dates.get(sym, ()):
-            recall[:, leg] |= date_str == str(pd.Timestamp(d).date())
+            try:
+                recall_day = np.datetime64(pd.Timestamp(d).date(), "D").astype("int64")
+            except ValueError:
+                raise ConfigurationError(f"recall date {d!r} for {sym} is not a date") from None
+            recall[:, leg] |= day == recall_day
         if sym in ex.hard_to_borrow:
             recall[:, leg] |= rng.random(n) < ex.htb_recall_probability
     events = np.union1d(instr_bar[keep], np.flatnonzero(recall.any(axis=1)))
 
     book = _Book(cfg.initial_capital, symbols)
-    eq_arr = np.empty(n)
-    cash_arr = np.empty(n)
-    qty_arr = np.zeros((n, 2), dtype="int64")
-    borrow_paid = np.zeros(n)
+    # Borrow between events without a per-bar loop: P[t, leg] = sum over k <= t of
+    # close[k-1, leg] x days(k-1, k], so a constant short of s shares pays
+    # s x rate / day_count x (P[b] - P[a]) over the bars (a, b] (borrow on the prior close).
+    base = np.zeros((n, 2))
+    if n > 1:
+        base[1:] = np.cumsum(close[:-1] * gap_days[1:, None], axis=0)
+    close_base = np.hstack([close, base])  # equity over a stretch = const + close_base @ v
+    rates: list[float] = borrow_rate.tolist()
+    # State after each event bar: (bar, cash, qty long leg, qty short leg, borrow paid so far).
+    record: list[tuple[int, float, int, int, float]] = []
     fills: list[tuple[Any, ...]] = []
     rejections: list[Rejection] = []
     trips: list[RoundTrip] = []
@@ -272,18 +285,25 @@ def run_backtest(
     event_bars = 0
     borrow_total = 0.0
 
-    def mark(j: int) -> float:
-        return book.cash + book.qty[0] * close[j, 0] + book.qty[1] * close[j, 1]
+    def row(j: int) -> list[float]:
+        return close[j].tolist()  # Python floats: numpy scalars are slow one at a time
 
-    def accrue(j: int) -> float:
-        if j == 0:
+    def mark(j: int) -> float:
+        px = row(j)
+        return book.cash + book.qty[0] * px[0] + book.qty[1] * px[1]
+
+    def borrow_coef() -> list[float]:
+        """USD of borrow per unit of P, per leg, for the book's current shorts."""
+        return [max(-book.qty[leg], 0) * rates[leg] / day_count for leg in (0, 1)]
+
+    def borrow_between(a: int, b: int) -> float:
+        """Borrow paid over bars (a, b] with the current positions."""
+        if b <= a:
             return 0.0
-        fee = 0.0
-        for leg in (0, 1):
-            q = book.qty[leg]
-            if q < 0:
-                fee += -q * close[j - 1, leg] * borrow_rate[leg] * gap_days[j] / day_count
-        return fee
+        c = borrow_coef()
+        if c[0] == 0.0 and c[1] == 0.0:
+            return 0.0
+        return c[0] * (base[b, 0] - base[a, 0]) + c[1] * (base[b, 1] - base[a, 1])
 
     def submit(j: int, orders: list[Order], now: pd.Timestamp, sod: float) -> list[Fill]:
         nonlocal halted_at
@@ -296,12 +316,12 @@ def run_backtest(
             positions={symbols[0]: book.qty[0], symbols[1]: book.qty[1]},
             start_of_day_equity=sod,
         )
-        prev = max(j - 1, 0)
+        px, ref = row(j), row(max(j - 1, 0))
         market = rm.MarketSnapshot(
             now=now,
-            prices={symbols[0]: close[j, 0], symbols[1]: close[j, 1]},
+            prices={symbols[0]: px[0], symbols[1]: px[1]},
             price_times={symbols[0]: now, symbols[1]: now},
-            reference_prices={symbols[0]: close[prev, 0], symbols[1]: close[prev, 1]},
+            reference_prices={symbols[0]: ref[0], symbols[1]: ref[1]},
         )
         try:
             basket = risk.pre_trade_check(orders, portfolio, market)
@@ -317,8 +337,11 @@ def run_backtest(
                     exc.detail,
                 )
             return []
+        traded = {o.symbol for o in orders}
         quotes = {
-            symbols[leg]: BarQuote(close[j, leg], vol[j, leg], adv[j, leg], now) for leg in (0, 1)
+            symbols[leg]: BarQuote(px[leg], float(vol[j, leg]), float(adv[j, leg]), now)
+            for leg in (0, 1)
+            if symbols[leg] in traded
         }
         done = executor.execute(basket, quotes)
         for f in done:
@@ -371,7 +394,7 @@ def run_backtest(
         """[reducing orders, increasing orders] that move the book to `target` shares."""
         reduce: list[Order] = []
         increase: list[Order] = []
-        day_key = date_str[j]
+        day_key = date_str(j)
         for leg in (0, 1):
             q, t = book.qty[leg], target[leg]
             if q == t:
@@ -418,56 +441,35 @@ def run_backtest(
         if carry:
             nxt = i
         if nxt > i:
-            # A stretch without events: positions constant, vectorized.
-            seg = slice(i, nxt)
-            qv = np.array(book.qty, dtype="float64")
-            if qv.any():  # holding (never on bar 0: the book starts flat)
-                fee = np.zeros(nxt - i)
-                short = np.minimum(qv, 0.0)
-                if short.any():
-                    pc = close[i - 1 : nxt - 1]  # borrow for (t-1, t] on the t-1 close
-                    fee = (-short * pc * borrow_rate).sum(axis=1) * gap_days[seg] / day_count
-                cash_seg = book.cash - np.cumsum(fee)
-                eq_seg = cash_seg + close[seg] @ qv
-                breach = None
-                if halted_at is None:
-                    breach, peak_new = rm.drawdown_breach_index(eq_seg, peak, limit)
-                else:
-                    peak_new = max(peak, float(eq_seg.max()))
-                stop = nxt if breach is None else i + breach
-                m = stop - i
-                eq_arr[i:stop] = eq_seg[:m]
-                cash_arr[i:stop] = cash_seg[:m]
-                qty_arr[i:stop] = book.qty
-                paid = float(fee[:m].sum())
-                borrow_paid[i:stop] = borrow_total + np.cumsum(fee[:m])
-                borrow_total += paid
-                book.cash -= paid
-                if breach is None:
-                    peak = peak_new
-                    i = nxt
-                    if i >= n:
-                        break
-                else:
-                    peak = max(peak, float(eq_seg[:m].max())) if m > 0 else peak
-                    i = stop
-            else:
-                eq_arr[seg] = book.cash
-                cash_arr[seg] = book.cash
-                qty_arr[seg] = 0
-                borrow_paid[seg] = borrow_total
+            # A stretch without events: positions constant, so no per-bar Python.
+            if book.qty[0] == 0 and book.qty[1] == 0:
                 peak = max(peak, book.cash)
-                i = nxt
-                if i >= n:
-                    break
+            elif halted_at is None:  # holding (never from bar 0: the book starts flat)
+                c = borrow_coef()
+                v = np.array([book.qty[0], book.qty[1], -c[0], -c[1]], dtype="float64")
+                const = book.cash + c[0] * base[i - 1, 0] + c[1] * base[i - 1, 1]
+                eq_seg = const + close_base[i:nxt] @ v
+                breach, peak_new = rm.drawdown_breach_index(eq_seg, peak, limit)
+                if breach is not None:
+                    nxt = i + breach  # that bar takes the per-bar path (liquidation)
+                    if breach > 0:
+                        peak = max(peak, float(eq_seg[:breach].max()))
+                else:
+                    peak = peak_new
+            paid = borrow_between(i - 1, nxt - 1)
+            book.cash -= paid
+            borrow_total += paid
+            i = nxt
+            if i >= n:
+                break
         # Bar i: the per-bar path.
         j = i
         event_bars += 1
         now = dates[j]
-        bar_fee = accrue(j)
+        sod = mark(j - 1) if j > 0 else cfg.initial_capital  # last close's equity
+        bar_fee = borrow_between(j - 1, j)
         book.cash -= bar_fee
         borrow_total += bar_fee
-        sod = eq_arr[j - 1] if j > 0 else cfg.initial_capital
         equity = mark(j)
         before = direction()
         if halted_at is None and before != 0 and equity <= peak * (1.0 - limit):
@@ -489,7 +491,7 @@ def run_backtest(
                     symbols[leg],
                     Side.BUY,
                     -book.qty[leg],
-                    client_order_id(label, date_str[j], symbols[leg], "buy_in"),
+                    client_order_id(label, date_str(j), symbols[leg], "buy_in"),
                     purpose=Purpose.BUY_IN,
                 )
                 other = 1 - leg
@@ -501,7 +503,7 @@ def run_backtest(
                             symbols[other],
                             Side.SELL if q > 0 else Side.BUY,
                             abs(q),
-                            client_order_id(label, date_str[j], symbols[other], "recall_exit"),
+                            client_order_id(label, date_str(j), symbols[other], "recall_exit"),
                             purpose=Purpose.EXIT,
                         )
                     )
@@ -515,33 +517,38 @@ def run_backtest(
                 submit(j, pending, now, sod)
                 trip_edge(j, now, before)
         if j in instr_at:
-            src = instr_at[j]
-            w = weights[src]
-            equity = 1.0 if per_usd else mark(j)
-            target = (
-                math.trunc(w[0] * equity / close[j, 0]),
-                math.trunc(w[1] * equity / close[j, 1]),
-            )
-            for batch in orders_to(j, target, Purpose.ENTRY, date_str[src]):
+            w = weights[instr_at[j]]
+            scale = 1.0 if per_usd else mark(j)
+            px = row(j)
+            target = (math.trunc(w[0] * scale / px[0]), math.trunc(w[1] * scale / px[1]))
+            for batch in orders_to(j, target, Purpose.ENTRY, date_str(instr_at[j])):
                 before = direction()
                 submit(j, batch, now, sod)
                 trip_edge(j, now, before)
-        eq_arr[j] = mark(j)
-        cash_arr[j] = book.cash
-        qty_arr[j] = book.qty
-        borrow_paid[j] = borrow_total
+        record.append((j, book.cash, book.qty[0], book.qty[1], borrow_total))
         i = j + 1
 
     costs["borrow"] = borrow_total
+    # Per-bar state from the event records: positions hold between events, cash falls by the
+    # borrow accrued since the last event.
+    rec = np.array(record, dtype="float64").reshape(-1, 5)
+    rec = np.vstack([[-1.0, cfg.initial_capital, 0.0, 0.0, 0.0], rec])
+    last = np.searchsorted(rec[:, 0], np.arange(n), side="right") - 1
+    state = rec[last]
+    qty_arr = state[:, 2:4].astype("int64")
+    coef = np.maximum(-state[:, 2:4], 0.0) * borrow_rate / day_count
+    since = base - base[np.maximum(state[:, 0].astype("int64"), 0)]
+    accrued = (coef * since).sum(axis=1)
+    cash_arr = state[:, 1] - accrued
     equity = pd.DataFrame(
         {
-            "equity": eq_arr,
+            "equity": cash_arr + (qty_arr * close).sum(axis=1),
             "cash": cash_arr,
             f"qty_{symbols[0]}": qty_arr[:, 0],
             f"qty_{symbols[1]}": qty_arr[:, 1],
             f"price_{symbols[0]}": close[:, 0],
             f"price_{symbols[1]}": close[:, 1],
-            "borrow_paid": borrow_paid,
+            "borrow_paid": state[:, 4] + accrued,
         },
         index=dates,
     )

@@ -201,21 +201,13 @@ class OrderExecutor:
         if cfg.slippage_std_bps > 0 and qty > 0:
             noise = abs(float(self._rng.normal(0.0, cfg.slippage_std_bps))) / 1e4
             price *= 1.0 + noise if order.side is Side.BUY else 1.0 - noise
-        costs = tc.trade_costs(
+        fill_price, costs = tc.order_fill(
             order.side.value,
             qty,
             price,
             daily_vol=quote.daily_vol,
             adv_shares=quote.adv_shares,
             trade_date=quote.time,
-            model=cfg.costs,
-        )
-        fill_price = tc.fill_price(
-            order.side.value,
-            qty,
-            price,
-            daily_vol=quote.daily_vol,
-            adv_shares=quote.adv_shares,
             model=cfg.costs,
         )
         return Fill(

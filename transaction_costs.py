@@ -600,3 +600,40 @@ def fill_price(
             f"volume of {float(adv_shares):.0f} shares; the order is far too large to model"
         )
     return p * (1.0 - s) if sell else p * (1.0 + s)
+
+
+def order_fill(
+    side: str,
+    qty: float,
+    price: float,
+    *,
+    daily_vol: float,
+    adv_shares: float,
+    trade_date: object,
+    model: CostModel,
+) -> tuple[float, TradeCosts]:
+    """(fill price, costs) of one order in a single pass: the executor's per-fill call.
+
+    The same numbers as `fill_price(...)` and `trade_costs(...)` (a test holds them equal), with
+    the impact computed once and plain float arithmetic, because the backtest calls this for
+    every simulated fill.
+    """
+    sell = _is_sell(side)
+    q = _order_qty(qty)
+    p = float(price)
+    if q == 0.0:
+        return p, TradeCosts()
+    vol, adv = float(daily_vol), float(adv_shares)
+    _check_liquidity(vol, adv)
+    frac = model.impact_coefficient * vol * math.sqrt(q / adv)
+    s = model.half_spread_bps / 1e4 + frac
+    if s >= 1.0:
+        fill_price("sell" if sell else "buy", q, p, daily_vol=vol, adv_shares=adv, model=model)
+    costs = TradeCosts(
+        commission=commission(q, p, model),
+        spread=q * p * model.half_spread_bps / 1e4,
+        impact=q * p * frac,
+        sec_fee=sec_fee(q * p, trade_date, model) if sell else 0.0,
+        finra_taf=finra_taf(q, trade_date, model) if sell else 0.0,
+    )
+    return (p * (1.0 - s) if sell else p * (1.0 + s)), costs

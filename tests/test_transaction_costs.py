@@ -533,3 +533,22 @@ def test_every_bad_value_is_reported_in_one_message():
 def test_flat_commission_must_be_non_negative():
     with pytest.raises(ConfigurationError, match="commission_min"):
         tc.CostModel.flat(-1.0)
+
+
+@given(
+    side=st.sampled_from(["buy", "sell"]),
+    qty=st.integers(min_value=0, max_value=200_000),
+    price=st.floats(min_value=0.5, max_value=5_000),
+    vol=st.floats(min_value=0.0, max_value=0.1),
+    adv=st.floats(min_value=1e5, max_value=1e9),
+    day=st.dates(min_value=dt.date(2015, 1, 1), max_value=dt.date(2026, 12, 31)),
+)
+def test_order_fill_equals_fill_price_and_trade_costs(side, qty, price, vol, adv, day):
+    model = tc.CostModel()
+    got_price, got_costs = tc.order_fill(
+        side, qty, price, daily_vol=vol, adv_shares=adv, trade_date=day, model=model
+    )
+    assert got_price == tc.fill_price(side, qty, price, daily_vol=vol, adv_shares=adv, model=model)
+    assert got_costs == tc.trade_costs(
+        side, qty, price, daily_vol=vol, adv_shares=adv, trade_date=day, model=model
+    )
