@@ -553,7 +553,8 @@ def run_backtest(
         index=dates,
     )
     equity.index.name = "date"
-    trades = pd.DataFrame(fills, columns=TRADE_COLUMNS)
+    trades = pd.DataFrame(fills, columns=TRADE_COLUMNS).astype(TRADE_DTYPES)
+    trades["date"] = pd.DatetimeIndex(trades["date"], dtype=dates.dtype)  # typed when empty too
     unrealized = sum(book.qty[leg] * (close[-1, leg] - book.avg[leg]) for leg in (0, 1))
     return BacktestResult(
         label=label,
@@ -1180,3 +1181,26 @@ def _charts(folder: Any, eq: pd.DataFrame, summary: dict[str, Any]) -> None:
     )
     pfig.update_layout(title=title, yaxis_title="equity (USD)", yaxis2_title="drawdown (%)")
     pfig.write_html(folder / "equity.html", include_plotlyjs=True, full_html=True)
+TRADE_DTYPES = {
+    "symbol": "object",
+    "side": "object",
+    "qty": "int64",
+    "requested_qty": "int64",
+    **dict.fromkeys(
+        [
+            "bar_price",
+            "fill_price",
+            "notional",
+            "commission",
+            "spread",
+            "impact",
+            "sec_fee",
+            "finra_taf",
+            "buy_in_penalty",
+        ],
+        "float64",
+    ),
+    "purpose": "object",
+    "status": "object",
+    "client_order_id": "object",
+}
