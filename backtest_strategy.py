@@ -658,31 +658,38 @@ def read_signal_file(
     if not file.is_file():
         raise ConfigurationError(f"signal file {file} not found")
     try:
-        raw = pd.read_csv(file, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(file, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"signal file {file} is not a readable CSV: {exc}") from None
+    # Keep file line numbers for messages: line 1 is the header, blank lines still count.
+    blank = (raw.apply(lambda col: col.str.strip()) == "").all(axis=1).to_numpy()
+    line_no = (np.arange(len(raw)) + 2)[~blank]
+    raw = raw[~blank].reset_index(drop=True)
     cols = {c.strip().lower(): c for c in raw.columns}
     if "date" not in cols:
         raise ConfigurationError(
             f"signal file {file} needs a 'date' column (got {list(raw.columns)})"
         )
-    try:
-        when = pd.to_datetime(raw[cols["date"]].str.strip(), format="ISO8601")
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"signal file {file}: bad date ({exc})") from None
+    text = raw[cols["date"]].str.strip()
+    when = pd.to_datetime(text, format="ISO8601", errors="coerce")
+    if when.isna().any():
+        bad = int(np.flatnonzero(when.isna().to_numpy())[0])
+        raise ConfigurationError(
+            f"signal file {file} line {line_no[bad]}: bad date {text[bad]!r} (use YYYY-MM-DD)"
+        )
     when = pd.DatetimeIndex(when).tz_localize(None).normalize()
     index = pd.DatetimeIndex(dates).tz_localize(None).normalize()
     pos = index.get_indexer(when)
     if (pos < 0).any():
         bad = int(np.flatnonzero(pos < 0)[0])
         raise ConfigurationError(
-            f"signal file {file} line {bad + 2}: {when[bad].date()} is not a bar of the "
+            f"signal file {file} line {line_no[bad]}: {when[bad].date()} is not a bar of the "
             f"backtest ({index[0].date()} .. {index[-1].date()}; weekends and holidays have none)"
         )
     if pd.Index(pos).duplicated().any():
         bad = int(np.flatnonzero(pd.Index(pos).duplicated())[0])
         raise ConfigurationError(
-            f"signal file {file} line {bad + 2}: date {when[bad].date()} repeats"
+            f"signal file {file} line {line_no[bad]}: date {when[bad].date()} repeats"
         )
     weights = np.full((len(index), 2), np.nan)
     long_col = cols.get(pair.long.lower()) or cols.get("long_weight")
@@ -697,7 +704,7 @@ def read_signal_file(
             pair.sell_signal.lower(): -1.0,
         }
         states = np.full(len(index), np.nan)
-        for line, (p, a) in enumerate(zip(pos, raw[cols["action"]], strict=True), start=2):
+        for line, p, a in zip(line_no, pos, raw[cols["action"]], strict=True):
             key = str(a).strip().lower()
             if key not in texts:
                 raise ConfigurationError(
@@ -717,13 +724,13 @@ def read_signal_file(
         except (ValueError, TypeError):
             bad = int(np.flatnonzero(pd.to_numeric(raw[col], errors="coerce").isna())[0])
             raise ConfigurationError(
-                f"signal file {file} line {bad + 2}: weight {raw[col][bad]!r} is not a number"
+                f"signal file {file} line {line_no[bad]}: weight {raw[col][bad]!r} is not a number"
             ) from None
         arr = values.to_numpy("float64")
         if not np.isfinite(arr).all() or (np.abs(arr) > 5).any():
             bad = int(np.flatnonzero(~np.isfinite(arr) | (np.abs(arr) > 5))[0])
             raise ConfigurationError(
-                f"signal file {file} line {bad + 2}: weight {arr[bad]} must be finite and "
+                f"signal file {file} line {line_no[bad]}: weight {arr[bad]} must be finite and "
                 "within ±5 (a fraction of equity)"
             )
         weights[pos, j] = arr
@@ -1181,6 +1188,8 @@ def _charts(folder: Any, eq: pd.DataFrame, summary: dict[str, Any]) -> None:
     )
     pfig.update_layout(title=title, yaxis_title="equity (USD)", yaxis2_title="drawdown (%)")
     pfig.write_html(folder / "equity.html", include_plotlyjs=True, full_html=True)
+
+
 TRADE_DTYPES = {
     "symbol": "object",
     "side": "object",

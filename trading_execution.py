@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -62,8 +64,10 @@ class Order:
     purpose: Purpose = Purpose.ENTRY
 
     def __post_init__(self) -> None:
-        if int(self.qty) != self.qty or self.qty <= 0:
-            raise ConfigurationError(f"order quantity must be a positive whole number: {self.qty}")
+        qty = self.qty
+        if isinstance(qty, bool) or not isinstance(qty, int | np.integer) or qty <= 0:
+            raise ConfigurationError(f"order quantity must be a positive whole number: {qty!r}")
+        object.__setattr__(self, "qty", int(qty))
 
     @property
     def signed_qty(self) -> int:
@@ -74,7 +78,9 @@ class Order:
 def client_order_id(*parts: object) -> str:
     """Deterministic id from what defines the order (run, bar, symbol, purpose, leg): a retry or
     restart of the same decision produces the same id, so the broker refuses a duplicate."""
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
+    # JSON keeps the parts apart: ("a|b", "c") and ("a", "b|c") must not share an id.
+    text = json.dumps([str(p) for p in parts], ensure_ascii=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:20]
     return f"pt-{digest}"
 
 
@@ -153,14 +159,17 @@ class ExecutionConfig:
             raise ConfigurationError(
                 f"participation cap must be in (0, 1] of daily volume: {self.participation_cap}"
             )
-        if self.default_adv_usd <= 0:
+        if not (self.default_adv_usd > 0 and math.isfinite(self.default_adv_usd)):
             raise ConfigurationError(
                 f"default average daily volume must be positive: {self.default_adv_usd}"
             )
         if not 0 <= self.htb_recall_probability <= 1:
             raise ConfigurationError("hard-to-borrow recall probability must be in [0, 1]")
-        if self.buy_in_penalty_bps < 0 or self.slippage_std_bps < 0:
-            raise ConfigurationError("buy-in penalty and slippage must be >= 0 bps")
+        if not (0 <= self.buy_in_penalty_bps < 10_000 and 0 <= self.slippage_std_bps < 1_000):
+            raise ConfigurationError(
+                "buy-in penalty must be in [0, 10000) bps and slippage std in [0, 1000) bps, got "
+                f"{self.buy_in_penalty_bps!r} and {self.slippage_std_bps!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -188,7 +197,8 @@ class OrderExecutor:
 
     def _fill(self, order: Order, quote: BarQuote) -> Fill:
         cfg = self.config
-        cap = int(np.floor(cfg.participation_cap * quote.adv_shares))
+        # The epsilon keeps 0.29 x 100 = 28.999999999999996 from capping a 29-share order at 28.
+        cap = math.floor(cfg.participation_cap * quote.adv_shares + 1e-9)
         if order.purpose in (Purpose.LIQUIDATION, Purpose.BUY_IN):
             cap = order.qty  # forced closes take whatever the book gives, at the cost model's price
         qty = min(order.qty, cap)

@@ -1,0 +1,245 @@
+"""`python main.py backtest` and `python main.py risk` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import constants as C
+import train_model as tm
+from tests.helpers import run
+
+PAIR = C.Pair("AAPL", "MSFT")
+TINY = tm.TrainConfig(folds=2, epochs=2, lstm_units=4, xgb_trees=20, batch_size=256, patience=1)
+
+
+def only_run_dir(home: Path) -> Path:
+    runs = [p for p in (home / "results").iterdir() if not p.name.startswith(".")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def write_csv(path: Path, rows: list[tuple]) -> Path:
+    path.write_text("\n".join(",".join(str(v) for v in row) for row in rows) + "\n")
+    return path
+
+
+# --- A user's signal file -------------------------------------------------------------------------
+def test_flat_commission_signal_backtest_matches_a_hand_computed_equity_curve(tmp_path):
+    """Buy the spread on 2021-03-01, flip on 03-10, go flat on 03-22; $1 per order and nothing
+    else; fills at the next bar's close; 25 % of equity per leg in whole shares."""
+    import process_stock_data as psd
+
+    signals = write_csv(
+        tmp_path / "signals.csv",
+        [("date", "action"), ("2021-03-01", "buy"), ("2021-03-10", "sell"), ("2021-03-22", "flat")],
+    )
+    home = tmp_path / "home"
+    res = run(
+        "main.py", "backtest", "--signals", str(signals), "--start", "2021-03-01",
+        "--end", "2021-03-31", "--flat-commission", "1", "--no-charts", home=home,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    got = pd.read_csv(only_run_dir(home) / "equity.csv", index_col="date", parse_dates=True)
+
+    close = psd.load_bundled().close[["AAPL", "MSFT"]].loc["2021-03-01":"2021-03-31"]
+    fills = {"2021-03-02": +1, "2021-03-11": -1, "2021-03-23": 0}  # the bar after each signal
+    cash, qa, qm = 100_000.0, 0, 0
+    expected = []
+    for day, (pa, pm) in close.iterrows():
+        key = str(day.date())
+        if key in fills:
+            equity = cash + qa * pa + qm * pm
+            direction = fills[key]
+            new_a = math.trunc(direction * 0.25 * equity / pa)
+            new_m = math.trunc(-direction * 0.25 * equity / pm)
+            orders = 0
+            for old, new, price in ((qa, new_a, pa), (qm, new_m, pm)):
+                if old != 0 and (new == 0 or (new > 0) != (old > 0)):
+                    cash += old * price  # close the old position
+                    orders += 1
+                    old = 0
+                if new != old:
+                    cash -= (new - old) * price
+                    orders += 1
+            cash -= 1.0 * orders
+            qa, qm = new_a, new_m
+        expected.append(cash + qa * pa + qm * pm)
+    # To the cent and beyond: equity.csv keeps 6 decimals.
+    assert (got["equity"] - expected).abs().max() < 1e-5
+    trades = pd.read_csv(only_run_dir(home) / "trades.csv")
+    assert len(trades) == 8 and trades["commission"].sum() == 8.0
+    assert (trades["fill_price"] == trades["bar_price"]).all()
+
+
+def test_tight_limits_over_eight_months_log_each_rejection_with_its_reason(tmp_path):
+    """Weekly instructions alternating 10 % and 30 % of equity per leg against a $15,000 leg
+    limit: the 30 % ones are refused, in the log and in summary.json."""
+    import process_stock_data as psd
+
+    days = psd.load_bundled().close.loc["2021-01-04":"2021-08-31"].index[::5]
+    rows = [("date", "AAPL", "MSFT")]
+    for i, day in enumerate(days):
+        f = 0.1 if i % 2 == 0 else 0.3
+        rows.append((str(day.date()), f if i % 4 < 2 else -f, -f if i % 4 < 2 else f))
+    signals = write_csv(tmp_path / "weights.csv", rows)
+    home = tmp_path / "home"
+    res = run(
+        "main.py", "backtest", "--signals", str(signals), "--start", "2021-01-04",
+        "--end", "2021-08-31", "--max-leg-notional", "15000", "--no-charts", home=home,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Orders refused by the risk gate" in res.stdout and "leg_notional" in res.stdout
+    summary = json.loads((only_run_dir(home) / "summary.json").read_text())
+    refused = summary["strategy"]["rejections"]
+    assert refused.get("leg_notional", 0) >= len(days) // 2 - 1
+    assert summary["strategy"]["fills"] > 0  # the 10 % instructions went through
+    log_lines = [
+        json.loads(line)["message"]
+        for line in (home / "logs" / "trading.log").read_text().splitlines()
+    ]
+    logged = [m for m in log_lines if "risk gate rejected" in m]
+    assert len(logged) == sum(refused.values())
+    assert all("[leg_notional]" in m and "> limit $15,000" in m for m in logged)
+    assert {r["reason"] for r in summary["rejections"]} == {"leg_notional"}
+
+
+def test_results_folder_has_every_output_and_no_temporary_leftovers(tmp_path):
+    signals = write_csv(
+        tmp_path / "s.csv", [("date", "action"), ("2022-01-03", "buy"), ("2022-06-01", "sell")]
+    )
+    home = tmp_path / "home"
+    res = run("main.py", "backtest", "--signals", str(signals), "--start", "2022-01-03", home=home)
+    assert res.returncode == 0, res.stderr
+    folder = only_run_dir(home)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "equity.csv",
+        "equity.html",
+        "equity.png",
+        "summary.json",
+        "trades.csv",
+    ]
+    assert (folder / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plotly" in (folder / "equity.html").read_text()[:5_000_000].lower()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert set(summary["benchmarks"]) == {"zscore_rule", "buy_hold_long"}
+    assert summary["run"]["start"] == "2022-01-03" and summary["run"]["end"] == "2022-12-28"
+    assert [p.name for p in (home / "results").iterdir()] == [folder.name]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--start", "2021-13-45"], "--start wants YYYY-MM-DD"),
+        (["--signals", "no-such-file.csv"], "not found"),
+        (["--max-drawdown", "1.5"], "drawdown"),
+        (["--capital", "-5"], "capital"),
+        (["--recall", "MSFT"], "--recall wants SYM:YYYY-MM-DD"),
+        (["--hold", "maybe"], "invalid choice"),
+    ],
+)
+def test_bad_backtest_input_is_one_line_and_writes_no_results(tmp_path, args, message):
+    res = run("main.py", "backtest", *args, home=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    results = tmp_path / "results"
+    assert not results.exists() or not any(results.iterdir())
+
+
+# --- Model-driven runs ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    pytest.importorskip("tensorflow", reason="the lstm profile is not installed")
+    home = tmp_path_factory.mktemp("backtest-home")
+    tm.train(PAIR, TINY, home=C.paths(home))
+    return home
+
+
+def test_default_backtest_is_out_of_sample_with_both_benchmarks(trained):
+    from model_management import ModelRegistry
+
+    res = run("main.py", "backtest", "--no-charts", home=trained)
+    assert res.returncode == 0, res.stderr
+    assert "out of sample" in res.stdout
+    for column in ("strategy (model)", "z-score rule", "buy & hold AAPL"):
+        assert column in res.stdout
+    runs = sorted((trained / "results").iterdir())
+    summary = json.loads((runs[-1] / "summary.json").read_text())
+    active = ModelRegistry(C.paths(trained).models_dir).get_active_model("xgb", PAIR)
+    validated_to = pd.Timestamp(active.metadata["ranges"]["validation"][1])
+    assert pd.Timestamp(summary["run"]["start"]) > validated_to
+    assert summary["run"]["in_sample"] is False
+    assert summary["run"]["versions"] == [active.version]
+
+
+def test_backtest_refuses_dates_the_model_learned_from(trained):
+    res = run("main.py", "backtest", "--start", "2012-01-03", "--end", "2012-12-31", home=trained)
+    assert res.returncode == 2
+    assert "--allow-in-sample" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_allow_in_sample_labels_the_result(trained):
+    res = run(
+        "main.py", "backtest", "--start", "2012-01-03", "--end", "2012-12-31",
+        "--allow-in-sample", "--no-charts", home=trained,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "IN-SAMPLE" in res.stdout
+    runs = sorted((trained / "results").iterdir())
+    summary = json.loads((runs[-1] / "summary.json").read_text())
+    assert summary["run"]["in_sample"] is True
+    assert any("IN-SAMPLE" in note for note in summary["run"]["notes"])
+
+
+def test_a_specific_model_version_can_be_backtested(trained):
+    from model_management import ModelRegistry
+
+    lstm = ModelRegistry(C.paths(trained).models_dir).get_active_model("lstm", PAIR)
+    res = run("main.py", "backtest", "--model", lstm.version, "--no-charts", home=trained)
+    assert res.returncode == 0, res.stderr
+    assert lstm.version in res.stdout
+    bogus = run("main.py", "backtest", "--model", "xgb-nope", home=trained)
+    assert bogus.returncode == 2 and "xgb-nope" in bogus.stderr
+
+
+def test_backtest_on_a_fresh_home_trains_a_model_first(tmp_path):
+    """The README's first command: no processed data, no model, one command, a full report."""
+    res = run(
+        "main.py", "backtest", "--no-charts", home=tmp_path, extra_env={"SIGNAL_MODEL": "xgb"}
+    )
+    assert res.returncode == 0, res.stderr
+    assert "trained" in res.stdout and "z-score rule" in res.stdout
+    assert (tmp_path / "data" / "processed_AAPL_MSFT.parquet").exists()
+    assert (only_run_dir(tmp_path) / "summary.json").exists()
+
+
+# --- main.py risk ---------------------------------------------------------------------------------
+def test_risk_status_and_reset_round_trip(tmp_path):
+    import risk_management as rm
+
+    state = C.paths(tmp_path).risk_state_file
+    manager = rm.RiskManager(state_path=state, home=tmp_path)
+    manager.update_equity(100_000.0, pd.Timestamp("2024-01-02"))
+    assert manager.update_equity(85_000.0, pd.Timestamp("2024-01-03")) is True
+    status = run("main.py", "risk", home=tmp_path)
+    assert status.returncode == 0 and "HALTED" in status.stdout
+    reset = run("main.py", "risk", "reset", home=tmp_path)
+    assert reset.returncode == 0 and "halt cleared" in reset.stdout
+    assert not rm.RiskManager(state_path=state).halted
+    alerts = (tmp_path / "logs" / "alerts.log").read_text().splitlines()
+    assert [json.loads(a)["severity"] for a in alerts] == ["CRITICAL", "INFO"]
+
+
+def test_risk_reset_repairs_a_corrupt_state_file(tmp_path):
+    state = C.paths(tmp_path).risk_state_file
+    state.parent.mkdir(parents=True)
+    state.write_text("{not json")
+    status = run("main.py", "risk", home=tmp_path)
+    assert status.returncode == 2 and "risk reset" in status.stderr
+    assert run("main.py", "risk", "reset", home=tmp_path).returncode == 0
+    assert json.loads(state.read_text())["halted"] is False

@@ -1,0 +1,281 @@
+"""backtest_strategy's instruction sources: a user's signal file (actions or target weights), the
+state-to-instruction conversion, the z-score rule and Kelly-sized model weights."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import backtest_strategy as bs
+import constants as C
+import risk_management as rm
+from error_handling import ConfigurationError
+
+PAIR = C.Pair("AAPL", "MSFT")
+#: Mon 2021-01-04 .. Fri 2021-01-15: ten business days, row i is DATES[i].
+DATES = pd.bdate_range("2021-01-04", periods=10)
+F = 0.3  # the rule leg fraction, distinct from the default so the test sees it is used
+SIZING = bs.SizingConfig(rule_leg_fraction=F)
+NAN_ROW = [np.nan, np.nan]
+
+
+def write(tmp_path, text: str, name: str = "signals.csv") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def read(tmp_path, text: str) -> np.ndarray:
+    return bs.read_signal_file(write(tmp_path, text), PAIR, DATES, SIZING)
+
+
+def expected(rows: dict[int, tuple[float, float]]) -> np.ndarray:
+    """(10, 2) NaN weights with `rows` filled in."""
+    w = np.full((len(DATES), 2), np.nan)
+    for i, pair_weights in rows.items():
+        w[i] = pair_weights
+    return w
+
+
+def refused_at(path: str, line: int) -> str:
+    """The message pattern of a refusal that names the file and the line."""
+    return re.escape(f"signal file {path} line {line}:")
+
+
+# --- Action files ---------------------------------------------------------------------------------
+def test_action_file_buy_sell_flat_give_plus_minus_and_zero_leg_fractions(tmp_path):
+    w = read(tmp_path, "date,action\n2021-01-04,buy\n2021-01-06,sell\n2021-01-08,flat\n")
+    np.testing.assert_array_equal(w, expected({0: (F, -F), 2: (-F, F), 4: (0.0, 0.0)}))
+
+
+def test_action_file_hold_keeps_the_position_and_emits_nothing(tmp_path):
+    w = read(tmp_path, "date,action\n2021-01-04,sell\n2021-01-05,hold\n2021-01-06,hold\n")
+    np.testing.assert_array_equal(w, expected({0: (-F, F)}))
+
+
+def test_action_file_repeated_buy_emits_one_instruction(tmp_path):
+    w = read(tmp_path, "date,action\n2021-01-04,buy\n2021-01-05,buy\n2021-01-07,buy\n")
+    np.testing.assert_array_equal(w, expected({0: (F, -F)}))
+
+
+def test_action_file_flat_while_flat_emits_nothing(tmp_path):
+    w = read(tmp_path, "date,action\n2021-01-04,flat\n2021-01-05,hold\n")
+    np.testing.assert_array_equal(w, expected({}))
+
+
+def test_action_file_actions_are_case_insensitive_and_trimmed(tmp_path):
+    w = read(tmp_path, "date,action\n2021-01-04, BUY \n2021-01-05,Sell\n2021-01-06,FLAT\n")
+    np.testing.assert_array_equal(w, expected({0: (F, -F), 1: (-F, F), 2: (0.0, 0.0)}))
+
+
+def test_action_file_accepts_the_pairs_signal_texts(tmp_path):
+    text = (
+        "date,action\n"
+        f'2021-01-04,"{PAIR.buy_signal}"\n'
+        f'2021-01-05,"{PAIR.sell_signal.upper()}"\n'
+        f'2021-01-06,"{PAIR.buy_signal.lower()}"\n'
+    )
+    w = read(tmp_path, text)
+    np.testing.assert_array_equal(w, expected({0: (F, -F), 1: (-F, F), 2: (F, -F)}))
+
+
+def test_action_file_dates_with_a_time_of_day_match_their_bar(tmp_path):
+    w = read(tmp_path, "date,action\n2021-01-05 16:00:00,buy\n")
+    np.testing.assert_array_equal(w, expected({1: (F, -F)}))
+
+
+# --- Weight files ---------------------------------------------------------------------------------
+def test_weight_file_by_symbol_columns_gives_its_weights_on_its_rows(tmp_path):
+    w = read(tmp_path, "date,AAPL,MSFT\n2021-01-05,0.4,-0.2\n2021-01-11,0,0\n")
+    np.testing.assert_array_equal(w, expected({1: (0.4, -0.2), 5: (0.0, 0.0)}))
+
+
+def test_weight_file_by_long_and_short_weight_columns_gives_its_weights_on_its_rows(tmp_path):
+    w = read(tmp_path, "date,long_weight,short_weight\n2021-01-04,-0.5,0.25\n2021-01-15,1,-1\n")
+    np.testing.assert_array_equal(w, expected({0: (-0.5, 0.25), 9: (1.0, -1.0)}))
+
+
+def test_weight_file_accepts_weights_of_exactly_five(tmp_path):
+    w = read(tmp_path, "date,AAPL,MSFT\n2021-01-04,5,-5\n")
+    np.testing.assert_array_equal(w, expected({0: (5.0, -5.0)}))
+
+
+# --- Refusals -------------------------------------------------------------------------------------
+def test_missing_signal_file_is_refused_naming_the_file(tmp_path):
+    path = str(tmp_path / "nowhere.csv")
+    with pytest.raises(ConfigurationError, match=re.escape(f"signal file {path} not found")):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+def test_signal_file_without_date_column_is_refused(tmp_path):
+    path = write(tmp_path, "day,action\n2021-01-04,buy\n")
+    with pytest.raises(ConfigurationError, match=re.escape(f"signal file {path} needs a 'date'")):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+def test_signal_file_date_that_is_not_a_bar_is_refused_at_its_line(tmp_path):
+    path = write(tmp_path, "date,action\n2021-01-04,buy\n2021-01-05,hold\n2021-01-09,sell\n")
+    with pytest.raises(ConfigurationError, match=refused_at(path, 4) + " 2021-01-09 is not a bar"):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+def test_signal_file_repeated_date_is_refused_at_the_repeat(tmp_path):
+    path = write(tmp_path, "date,action\n2021-01-04,buy\n2021-01-05,hold\n2021-01-04,sell\n")
+    with pytest.raises(ConfigurationError, match=refused_at(path, 4) + " date 2021-01-04 repeats"):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+def test_signal_file_unknown_action_is_refused_at_its_line(tmp_path):
+    path = write(tmp_path, "date,action\n2021-01-04,buy\n2021-01-05,short\n")
+    with pytest.raises(ConfigurationError, match=refused_at(path, 3) + " unknown action 'short'"):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+def test_signal_file_non_numeric_weight_is_refused_at_its_line(tmp_path):
+    path = write(tmp_path, "date,AAPL,MSFT\n2021-01-04,0.1,-0.1\n2021-01-05,0.2,lots\n")
+    with pytest.raises(ConfigurationError, match=refused_at(path, 3) + " weight 'lots' is not a"):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+@pytest.mark.parametrize("weight", ["5.5", "-7"])
+def test_signal_file_weight_beyond_five_is_refused_at_its_line(tmp_path, weight):
+    path = write(tmp_path, f"date,AAPL,MSFT\n2021-01-04,0.1,-0.1\n2021-01-05,{weight},0\n")
+    with pytest.raises(ConfigurationError, match=refused_at(path, 3) + ".*within ±5"):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+def test_signal_file_without_action_or_weight_columns_is_refused(tmp_path):
+    path = write(tmp_path, "date,AAPL,GOOG\n2021-01-04,0.1,-0.1\n")
+    with pytest.raises(
+        ConfigurationError, match=re.escape(f"signal file {path} needs an 'action' column")
+    ):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+@pytest.mark.parametrize("date", ["04/01/2021", "2021-13-45", "yesterday"])
+def test_signal_file_unparseable_date_is_refused(tmp_path, date):
+    path = write(tmp_path, f"date,action\n2021-01-04,buy\n{date},sell\n")
+    with pytest.raises(ConfigurationError, match=re.escape(f"signal file {path} line 3: bad date")):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+def test_signal_file_error_line_counts_blank_lines(tmp_path):
+    path = write(tmp_path, "date,action\n2021-01-04,buy\n\n2021-01-09,sell\n")
+    with pytest.raises(ConfigurationError, match=refused_at(path, 4)):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+# --- instructions_from_states ---------------------------------------------------------------------
+def test_nan_states_keep_the_previous_state():
+    w = bs.instructions_from_states(np.array([1.0, np.nan, np.nan, -1.0, np.nan]), 0.5)
+    np.testing.assert_array_equal(w, [[0.5, -0.5], NAN_ROW, NAN_ROW, [-0.5, 0.5], NAN_ROW])
+
+
+def test_leading_nan_states_are_flat_and_emit_nothing():
+    w = bs.instructions_from_states(np.array([np.nan, np.nan, 0.0, 1.0]), 0.5)
+    np.testing.assert_array_equal(w, [NAN_ROW, NAN_ROW, NAN_ROW, [0.5, -0.5]])
+
+
+def test_per_bar_leg_fraction_sizes_each_instruction():
+    w = bs.instructions_from_states(np.array([1.0, 1.0, -1.0]), np.array([0.1, 0.2, 0.3]))
+    np.testing.assert_array_equal(w, [[0.1, -0.1], NAN_ROW, [-0.3, 0.3]])
+
+
+state_sequences = st.lists(st.sampled_from([1.0, -1.0, 0.0, np.nan]), min_size=1, max_size=60)
+leg_fractions = st.floats(min_value=0.01, max_value=5.0)
+
+
+@settings(max_examples=300)
+@given(states=state_sequences, f=leg_fractions)
+def test_applying_emitted_instructions_reproduces_the_forward_filled_states(states, f):
+    w = bs.instructions_from_states(np.array(states), f)
+    position = np.zeros(2)
+    held = []
+    for row in w:
+        if not np.isnan(row).any():
+            position = row
+        held.append(position)
+    target = pd.Series(states).ffill().fillna(0.0).to_numpy()
+    np.testing.assert_allclose(np.array(held), np.column_stack([target * f, -target * f]))
+
+
+@settings(max_examples=300)
+@given(states=state_sequences, f=leg_fractions)
+def test_no_two_consecutive_emitted_instructions_are_equal(states, f):
+    w = bs.instructions_from_states(np.array(states), f)
+    emitted = [tuple(row) for row in w if not np.isnan(row).any()]
+    assert all(a != b for a, b in itertools.pairwise(emitted))
+
+
+# --- zscore_rule_states ---------------------------------------------------------------------------
+@pytest.mark.parametrize("z", [1.51, 3.0, 40.0])
+def test_zscore_above_entry_sells_the_spread(z):
+    assert bs.zscore_rule_states(np.array([z]), entry=1.5, exit=0.25)[0] == -1.0
+
+
+@pytest.mark.parametrize("z", [-1.51, -3.0, -40.0])
+def test_zscore_below_minus_entry_buys_the_spread(z):
+    assert bs.zscore_rule_states(np.array([z]), entry=1.5, exit=0.25)[0] == 1.0
+
+
+@pytest.mark.parametrize("z", [0.0, 0.24, -0.24])
+def test_zscore_inside_exit_band_goes_flat(z):
+    assert bs.zscore_rule_states(np.array([z]), entry=1.5, exit=0.25)[0] == 0.0
+
+
+@pytest.mark.parametrize("z", [0.25, -0.25, 1.0, -1.0, 1.5, -1.5, np.nan])
+def test_zscore_between_exit_and_entry_keeps_the_position(z):
+    assert np.isnan(bs.zscore_rule_states(np.array([z]), entry=1.5, exit=0.25)[0])
+
+
+# --- model_weights --------------------------------------------------------------------------------
+KELLY = bs.SizingConfig(kelly_fraction=0.5, max_leg_fraction=0.5, payoff_ratio=1.5)
+
+
+def signals(actions: list[str], probabilities: list[float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"action": actions, "probability": probabilities}, index=DATES[: len(actions)]
+    )
+
+
+def kelly(p: float, sizing: bs.SizingConfig = KELLY) -> float:
+    return rm.kelly_fraction(
+        p, sizing.payoff_ratio, fraction=sizing.kelly_fraction, cap=sizing.max_leg_fraction
+    )
+
+
+def test_model_buy_is_sized_by_fractional_kelly_on_its_probability():
+    w = bs.model_weights(signals(["buy"], [0.7]), KELLY)
+    k = kelly(0.7)
+    assert k > 0
+    np.testing.assert_allclose(w, [[k, -k]])
+
+
+def test_model_sell_is_sized_by_fractional_kelly_on_one_minus_its_probability():
+    w = bs.model_weights(signals(["sell"], [0.2]), KELLY)
+    k = kelly(0.8)
+    assert k > 0
+    np.testing.assert_allclose(w, [[-k, k]])
+
+
+def test_model_hold_closes_the_position_when_hold_is_flat():
+    flat = bs.SizingConfig(kelly_fraction=0.5, max_leg_fraction=0.5, payoff_ratio=1.5, hold="flat")
+    w = bs.model_weights(signals(["buy", "hold"], [0.7, 0.5]), flat)
+    np.testing.assert_array_equal(w[1], [0.0, 0.0])
+
+
+def test_model_hold_keeps_the_position_by_default():
+    w = bs.model_weights(signals(["buy", "hold"], [0.7, 0.5]), KELLY)
+    np.testing.assert_array_equal(w[1], NAN_ROW)
+
+
+def test_model_direction_without_kelly_edge_closes_the_position():
+    # p = 0.3 with b = 1.5: 0.3 - 0.7 / 1.5 < 0, no edge.
+    w = bs.model_weights(signals(["sell", "buy"], [0.1, 0.3]), KELLY)
+    np.testing.assert_array_equal(w[1], [0.0, 0.0])
