@@ -63,7 +63,7 @@ class BacktestConfig:
             raise ConfigurationError(f"fill delay must be >= 0 bars: {self.fill_delay_bars}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejection:
     """An order basket the risk gate refused."""
 
@@ -73,7 +73,7 @@ class Rejection:
     purpose: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RoundTrip:
     """One pair position from entry to exit; `pnl` is net of every cost (USD)."""
 
@@ -285,8 +285,13 @@ def run_backtest(
     event_bars = 0
     borrow_total = 0.0
 
+    cached_row: list[Any] = [-1, None]
+
     def row(j: int) -> list[float]:
-        return close[j].tolist()  # Python floats: numpy scalars are slow one at a time
+        """Prices of bar j as Python floats (numpy scalars are slow one at a time)."""
+        if cached_row[0] != j:
+            cached_row[0], cached_row[1] = j, close[j].tolist()
+        return cached_row[1]
 
     def mark(j: int) -> float:
         px = row(j)
@@ -449,7 +454,11 @@ def run_backtest(
                 v = np.array([book.qty[0], book.qty[1], -c[0], -c[1]], dtype="float64")
                 const = book.cash + c[0] * base[i - 1, 0] + c[1] * base[i - 1, 1]
                 eq_seg = const + close_base[i:nxt] @ v
-                breach, peak_new = rm.drawdown_breach_index(eq_seg, peak, limit)
+                top = max(peak, float(eq_seg.max()))
+                if float(eq_seg.min()) > top * (1.0 - limit):  # cheap: no bar can be in breach
+                    breach, peak_new = None, top
+                else:
+                    breach, peak_new = rm.drawdown_breach_index(eq_seg, peak, limit)
                 if breach is not None:
                     nxt = i + breach  # that bar takes the per-bar path (liquidation)
                     if breach > 0:
@@ -650,8 +659,9 @@ def read_signal_file(
     path: str, pair: Any, dates: pd.DatetimeIndex, sizing: SizingConfig
 ) -> np.ndarray:
     """(n, 2) weights on `dates` from a CSV: `date,action` (buy, sell, hold, flat or the pair's
-    signal text such as "Buy AAPL, Sell MSFT") or `date,<LONG>,<SHORT>` target weights (signed
-    fractions of equity; `long_weight,short_weight` also accepted). Each date must be a bar."""
+    signal text, `Pair.buy_signal` / `Pair.sell_signal`) or `date,<LONG>,<SHORT>` target weights
+    (signed fractions of equity; `long_weight,short_weight` also accepted). Each date must be a
+    bar."""
     from pathlib import Path
 
     file = Path(path)

@@ -214,18 +214,36 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--zscore-entry", type=float, default=2.0, metavar="Z", help="(2.0)")
     g.add_argument("--zscore-exit", type=float, default=0.5, metavar="Z", help="(0.5)")
     k = b.add_argument_group("costs and execution")
-    k.add_argument("--commission-per-share", type=float, default=0.005, metavar="USD")
-    k.add_argument("--commission-min", type=float, default=1.0, metavar="USD", help="per order")
-    k.add_argument("--commission-bps", type=float, default=0.0, metavar="BPS")
+    k.add_argument(
+        "--commission-per-share", type=float, default=0.005, metavar="USD", help="(0.005)"
+    )
+    k.add_argument(
+        "--commission-min", type=float, default=1.0, metavar="USD", help="per order (1.00)"
+    )
+    k.add_argument(
+        "--commission-bps", type=float, default=0.0, metavar="BPS", help="of notional (0)"
+    )
     k.add_argument(
         "--flat-commission",
         type=float,
         metavar="USD",
-        help="only this commission per order: no spread, impact, fees or borrow",
+        help="only this commission per order: no spread, impact, fees or borrow (off)",
     )
-    k.add_argument("--half-spread-bps", type=float, default=2.0, metavar="BPS", help="(2)")
-    k.add_argument("--impact-coef", type=float, default=0.5, metavar="Y", help="(0.5)")
-    k.add_argument("--borrow-rate", type=float, default=0.003, metavar="RATE", help="annual")
+    k.add_argument("--half-spread-bps", type=float, default=2.0, metavar="BPS", help="per side (2)")
+    k.add_argument(
+        "--impact-coef",
+        type=float,
+        default=0.5,
+        metavar="Y",
+        help="square-root impact coefficient (0.5)",
+    )
+    k.add_argument(
+        "--borrow-rate",
+        type=float,
+        default=0.003,
+        metavar="RATE",
+        help="annual short borrow (0.003)",
+    )
     k.add_argument(
         "--adv-usd",
         type=float,
@@ -233,12 +251,24 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="USD",
         help="average daily dollar volume when the source has none (50,000,000)",
     )
-    k.add_argument("--participation-cap", type=float, default=0.10, metavar="F", help="of ADV")
     k.add_argument(
-        "--remainder", choices=["cancel", "carry"], default="cancel", help="of a capped order"
+        "--participation-cap",
+        type=float,
+        default=0.10,
+        metavar="F",
+        help="largest fill as a fraction of ADV (0.10)",
     )
     k.add_argument(
-        "--hard-to-borrow", metavar="SYM,...", default="", help="symbols recalled at random"
+        "--remainder",
+        choices=["cancel", "carry"],
+        default="cancel",
+        help="of a capped order (cancel)",
+    )
+    k.add_argument(
+        "--hard-to-borrow",
+        metavar="SYM,...",
+        default="",
+        help="symbols whose shorts may be recalled at random (none)",
     )
     k.add_argument(
         "--recall",
@@ -249,12 +279,28 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     k.add_argument("--seed", type=int, default=42, help="recalls and slippage (42)")
     rk = b.add_argument_group("risk limits")
-    rk.add_argument("--max-leg-notional", type=float, default=60_000.0, metavar="USD")
-    rk.add_argument("--max-gross", type=float, default=120_000.0, metavar="USD")
-    rk.add_argument("--max-net", type=float, default=25_000.0, metavar="USD")
-    rk.add_argument("--max-order-notional", type=float, default=60_000.0, metavar="USD")
-    rk.add_argument("--max-leverage", type=float, default=1.5, metavar="X", help="gross/equity")
-    rk.add_argument("--daily-loss-limit", type=float, default=0.05, metavar="F", help="(0.05)")
+    rk.add_argument(
+        "--max-leg-notional", type=float, default=60_000.0, metavar="USD", help="(60000)"
+    )
+    rk.add_argument(
+        "--max-gross", type=float, default=120_000.0, metavar="USD", help="exposure (120000)"
+    )
+    rk.add_argument(
+        "--max-net", type=float, default=25_000.0, metavar="USD", help="exposure (25000)"
+    )
+    rk.add_argument(
+        "--max-order-notional", type=float, default=60_000.0, metavar="USD", help="(60000)"
+    )
+    rk.add_argument(
+        "--max-leverage", type=float, default=1.5, metavar="X", help="gross/equity (1.5)"
+    )
+    rk.add_argument(
+        "--daily-loss-limit",
+        type=float,
+        default=0.05,
+        metavar="F",
+        help="of equity, per day (0.05)",
+    )
     rk.add_argument(
         "--max-drawdown",
         type=float,

@@ -120,7 +120,7 @@ class RiskLimits:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortfolioSnapshot:
     """The account before the basket. USD; `positions` are signed shares (short < 0)."""
 
@@ -133,7 +133,7 @@ class PortfolioSnapshot:
     buying_power: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MarketSnapshot:
     """What the gate knows about prices at `now` (timezone-aware, like the price times)."""
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ class Purpose(enum.StrEnum):
     BUY_IN = "buy_in"  # forced close of a recalled short
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Order:
     """An instruction to trade `qty` (> 0) whole shares of `symbol`."""
 
@@ -78,13 +77,13 @@ class Order:
 def client_order_id(*parts: object) -> str:
     """Deterministic id from what defines the order (run, bar, symbol, purpose, leg): a retry or
     restart of the same decision produces the same id, so the broker refuses a duplicate."""
-    # JSON keeps the parts apart: ("a|b", "c") and ("a", "b|c") must not share an id.
-    text = json.dumps([str(p) for p in parts], ensure_ascii=False)
+    # Length-prefixed parts: ("a|b", "c") and ("a", "b|c") must not share an id.
+    text = "".join(f"{len(s)}:{s}," for s in map(str, parts))
     digest = hashlib.sha256(text.encode()).hexdigest()[:20]
     return f"pt-{digest}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ApprovedBasket:
     """Orders that passed `RiskManager.pre_trade_check` together, at `checked_at`."""
 
@@ -93,7 +92,7 @@ class ApprovedBasket:
     reduce_only: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fill:
     """What an order got. `price` includes spread and impact; the fees are charged on top."""
 
@@ -172,7 +171,7 @@ class ExecutionConfig:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BarQuote:
     """What the executor knows about a symbol on the bar it fills on."""
 

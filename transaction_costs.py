@@ -497,7 +497,7 @@ def borrow_fee(
 
 
 # --- One order ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TradeCosts:
     """The costs of one order, USD, each >= 0."""
 

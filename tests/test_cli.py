@@ -27,6 +27,8 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> 
     [
         (["main.py", "--help"], ["process", "check", "examples:"]),
         (["main.py", "process", "--help"], ["--long", "--source", "csv:PATH"]),
+        (["main.py", "backtest", "--help"], ["--allow-in-sample", "--max-drawdown", "(0.10)"]),
+        (["main.py", "risk", "--help"], ["reset"]),
     ],
 )
 def test_help_imports_no_tensorflow(tmp_path, args, shown):
