@@ -249,8 +249,13 @@ def run_backtest(
     rng = np.random.default_rng(ex.seed)
     recall = np.zeros((n, 2), dtype=bool)
 
+    date_strs: dict[int, str] = {}  # ISO dates of the bars that need them, made in one batch
+
     def date_str(j: int) -> str:
-        return str(np.datetime64(int(day[j]), "D"))
+        text = date_strs.get(j)
+        if text is None:
+            text = date_strs[j] = str(np.datetime64(int(day[j]), "D"))
+        return text
 
     for leg, sym in enumerate(symbols):
         for d in ex.recall_dates.get(sym, ()):
@@ -262,6 +267,12 @@ def run_backtest(
         if sym in ex.hard_to_borrow:
             recall[:, leg] |= rng.random(n) < ex.htb_recall_probability
     events = np.union1d(instr_bar[keep], np.flatnonzero(recall.any(axis=1)))
+    # Timestamps of the event bars, boxed in one batch (one at a time is slow); carried orders
+    # can add bars, which are boxed on demand.
+    stamp_at = dict(zip(events.tolist(), dates[events], strict=True))
+    named = np.union1d(events, instr_src[keep])
+    iso = np.datetime_as_string(day[named].astype("datetime64[D]")).tolist()
+    date_strs.update(zip(named.tolist(), iso, strict=True))
 
     book = _Book(cfg.initial_capital, symbols)
     # Borrow between events without a per-bar loop: P[t, leg] = sum over k <= t of
@@ -366,7 +377,7 @@ def run_backtest(
                 (
                     now,
                     f.symbol,
-                    f.side.value,
+                    f.side._value_,  # _value_: a plain attribute; .value is a slow property
                     f.qty,
                     f.requested_qty,
                     f.reference_price,
@@ -378,8 +389,8 @@ def run_backtest(
                     c.sec_fee,
                     c.finra_taf,
                     penalty,
-                    f.purpose.value,
-                    f.status.value,
+                    f.purpose._value_,
+                    f.status._value_,
                     f.client_order_id,
                 )
             )
@@ -409,12 +420,12 @@ def run_backtest(
                 closing = abs(q) if (t == 0 or (t > 0) != (q > 0)) else abs(q) - abs(t)
                 side = Side.SELL if q > 0 else Side.BUY
                 rp = Purpose.EXIT if purpose is Purpose.ENTRY else purpose
-                cid = client_order_id(label, day_key, sym, rp.value, tag, "reduce")
+                cid = client_order_id(label, day_key, sym, rp, tag, "reduce")
                 reduce.append(Order(sym, side, closing, cid, purpose=rp))
                 q = q - closing if q > 0 else q + closing
             if t != q:
                 side = Side.BUY if t > q else Side.SELL
-                cid = client_order_id(label, day_key, sym, purpose.value, tag, "open")
+                cid = client_order_id(label, day_key, sym, purpose, tag, "open")
                 increase.append(Order(sym, side, abs(t - q), cid, purpose=purpose))
         return [reduce, increase]
 
@@ -474,7 +485,9 @@ def run_backtest(
         # Bar i: the per-bar path.
         j = i
         event_bars += 1
-        now = dates[j]
+        now = stamp_at.get(j)
+        if now is None:
+            now = dates[j]
         sod = mark(j - 1) if j > 0 else cfg.initial_capital  # last close's equity
         bar_fee = borrow_between(j - 1, j)
         book.cash -= bar_fee
@@ -531,6 +544,8 @@ def run_backtest(
             px = row(j)
             target = (math.trunc(w[0] * scale / px[0]), math.trunc(w[1] * scale / px[1]))
             for batch in orders_to(j, target, Purpose.ENTRY, date_str(instr_at[j])):
+                if not batch:
+                    continue
                 before = direction()
                 submit(j, batch, now, sod)
                 trip_edge(j, now, before)

@@ -77,8 +77,9 @@ class Order:
 def client_order_id(*parts: object) -> str:
     """Deterministic id from what defines the order (run, bar, symbol, purpose, leg): a retry or
     restart of the same decision produces the same id, so the broker refuses a duplicate."""
-    # Length-prefixed parts: ("a|b", "c") and ("a", "b|c") must not share an id.
-    text = "".join(f"{len(s)}:{s}," for s in map(str, parts))
+    # The repr of the list of parts is unambiguous (quotes escaped): ("a|b", "c") and
+    # ("a", "b|c") must not share an id.
+    text = repr([str(p) for p in parts])
     digest = hashlib.sha256(text.encode()).hexdigest()[:20]
     return f"pt-{digest}"
 
@@ -211,7 +212,7 @@ class OrderExecutor:
             noise = abs(float(self._rng.normal(0.0, cfg.slippage_std_bps))) / 1e4
             price *= 1.0 + noise if order.side is Side.BUY else 1.0 - noise
         fill_price, costs = tc.order_fill(
-            order.side.value,
+            order.side,  # a StrEnum is the str "buy"/"sell" (.value is a slow property)
             qty,
             price,
             daily_vol=quote.daily_vol,

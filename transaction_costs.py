@@ -416,6 +416,26 @@ def _ceil_cent(usd: float) -> float:
     return math.ceil(usd * 100.0 - _CENT_EPS) / 100.0 if usd > 0 else 0.0
 
 
+def _sec_rate(date_key: int, model: CostModel) -> float:
+    """The model's SEC rate, or the table's on that yyyymmdd date (USD per $1M sold)."""
+    rate = model.sec_fee_per_million
+    return _SEC_VALUES[_lookup(_SEC_KEYS, date_key)] if rate is None else rate
+
+
+def _taf_rate(date_key: int, model: CostModel) -> tuple[float, float]:
+    """(USD per share sold, max USD per trade): the model's, else the table's on that date."""
+    per_share, cap = model.finra_taf_per_share, model.finra_taf_max
+    if per_share is None or cap is None:
+        table_rate, table_cap = _TAF_VALUES[_lookup(_TAF_KEYS, date_key)]
+        per_share = table_rate if per_share is None else per_share
+        cap = table_cap if cap is None else cap
+    return per_share, cap
+
+
+def _round_taf(fee: float, cap: float) -> float:
+    return round(min(fee, cap) * 100.0) / 100.0
+
+
 @overload
 def sec_fee(sell_notional: float, trade_date: object, model: CostModel) -> float: ...
 @overload
@@ -430,9 +450,7 @@ def sec_fee(
     The rate is `model.sec_fee_per_million` or, when None, the `SEC_FEE_RATES` entry for
     `trade_date` (a str, date, datetime, numpy.datetime64 or pandas Timestamp; one date per call).
     """
-    rate = model.sec_fee_per_million
-    if rate is None:
-        rate = sec_fee_rate(trade_date)
+    rate = _sec_rate(_date_key(trade_date), model)
     if _is_scalar(sell_notional):
         return _ceil_cent(abs(float(sell_notional)) * rate / 1e6)
     raw = np.abs(_arr(sell_notional)) * rate / 1e6
@@ -453,14 +471,9 @@ def finra_taf(
     Rounded to the nearest cent; 0 for 0 shares. Rate and cap each come from the model when not
     None, otherwise from `FINRA_TAF_RATES` for `trade_date` (one date per call).
     """
-    per_share, cap = model.finra_taf_per_share, model.finra_taf_max
-    if per_share is None or cap is None:
-        table_rate, table_cap = finra_taf_rate(trade_date)
-        per_share = table_rate if per_share is None else per_share
-        cap = table_cap if cap is None else cap
+    per_share, cap = _taf_rate(_date_key(trade_date), model)
     if _is_scalar(shares_sold):
-        fee = per_share * abs(float(shares_sold))
-        return round(min(fee, cap) * 100.0) / 100.0
+        return _round_taf(per_share * abs(float(shares_sold)), cap)
     fee_a = np.minimum(per_share * np.abs(_arr(shares_sold)), cap)
     return _out(np.round(fee_a, 2))
 
@@ -629,11 +642,17 @@ def order_fill(
     s = model.half_spread_bps / 1e4 + frac
     if s >= 1.0:
         fill_price("sell" if sell else "buy", q, p, daily_vol=vol, adv_shares=adv, model=model)
+    sec = taf = 0.0
+    if sell:  # one date lookup for both fees
+        key = _date_key(trade_date)
+        sec = _ceil_cent(q * p * _sec_rate(key, model) / 1e6)
+        per_share, cap = _taf_rate(key, model)
+        taf = _round_taf(per_share * q, cap)
     costs = TradeCosts(
         commission=commission(q, p, model),
         spread=q * p * model.half_spread_bps / 1e4,
         impact=q * p * frac,
-        sec_fee=sec_fee(q * p, trade_date, model) if sell else 0.0,
-        finra_taf=finra_taf(q, trade_date, model) if sell else 0.0,
+        sec_fee=sec,
+        finra_taf=taf,
     )
     return (p * (1.0 - s) if sell else p * (1.0 + s)), costs
