@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -236,10 +237,32 @@ def tensorflow_available() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def _import_keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+# TensorFlow's C++ start-up chatter, printed on stderr before its log level is read (so
+# TF_CPP_MIN_LOG_LEVEL cannot hide it): noise for the operator, never an error.
+_TF_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
 
+
+def _import_keras() -> Any:
+    """Import keras (TensorFlow) with its start-up chatter filtered from stderr; anything else
+    TensorFlow prints while importing is passed through."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            kept = [line for line in text.splitlines() if not any(n in line for n in _TF_NOISE)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
     return keras
 
 

@@ -233,3 +233,20 @@ def test_models_promote_rollback_retire_from_the_command_line(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
     missing = cli("promote")
     assert missing.returncode == 2 and "needs a VERSION" in missing.stderr
+
+
+@pytest.mark.skipif(not tm.tensorflow_available(), reason="TensorFlow (lstm profile) not installed")
+def test_keras_import_filters_tensorflow_start_up_chatter_but_not_other_stderr(tmp_path):
+    code = (
+        "import sys, train_model as tm\n"
+        "print('before', file=sys.stderr, flush=True)\n"
+        "keras = tm._import_keras()\n"
+        "assert tm._import_keras() is keras\n"
+        "keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])\n"
+        "print('after', file=sys.stderr)\n"
+    )
+    proc = run("-c", code, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "before" and lines[-1] == "after"  # our own stderr is untouched
+    assert not [line for line in lines if any(noise in line for noise in tm._TF_NOISE)]
