@@ -1220,20 +1220,7 @@ TRADE_DTYPES = {
     "side": "object",
     "qty": "int64",
     "requested_qty": "int64",
-    **dict.fromkeys(
-        [
-            "bar_price",
-            "fill_price",
-            "notional",
-            "commission",
-            "spread",
-            "impact",
-            "sec_fee",
-            "finra_taf",
-            "buy_in_penalty",
-        ],
-        "float64",
-    ),
+    **dict.fromkeys(TRADE_COLUMNS[TRADE_COLUMNS.index("bar_price") : -3], "float64"),  # USD
     "purpose": "object",
     "status": "object",
     "client_order_id": "object",
