@@ -223,6 +223,11 @@ class Paths:
         return self.data_dir / "risk_state.json"
 
     @property
+    def credentials_file(self) -> Path:
+        """The encrypted credential store (AES-256-GCM; see credential_manager)."""
+        return self.home / "credentials.enc"
+
+    @property
     def app_log(self) -> Path:
         return self.logs_dir / "trading.log"
 

@@ -87,6 +87,20 @@ class ModelIntegrityError(TradingError):
     exit_code = 7
 
 
+class CredentialError(TradingError):
+    """The credential store cannot be opened or changed: wrong master password, a modified or
+    unreadable file, a missing name, or `cryptography` not installed."""
+
+    exit_code = 8
+
+
+class AlertDeliveryError(TradingError):
+    """An alert could not be delivered to a configured sink (only `alerts test` raises it: a
+    running system logs delivery failures and goes on)."""
+
+    exit_code = 9
+
+
 def _fmt_date(date: Any) -> str | None:
     if date is None:
         return None

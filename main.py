@@ -31,7 +31,8 @@ examples:
 
 configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL (environment or .env;
 command-line flags win).
-exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation, 5 risk.
+exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation, 5 risk,
+6 broker, 7 model integrity, 8 credentials, 9 alert delivery.
 """
 
 
@@ -160,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--yes", action="store_true", help="install the missing profile without asking")
     c.set_defaults(func=cmd_check)
+
+    import credential_manager  # stdlib-only at import time: --help stays fast
+
+    credential_manager.register_cli(commands, common)
     return parser
 
 
