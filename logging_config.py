@@ -427,9 +427,10 @@ def append_alert(
 ) -> dict[str, Any]:
     """Append one redacted JSON alert line to `paths(home).alerts_log` and return it as written.
 
-    Stand-in for the alert dispatcher: fields time (UTC, 'Z'), severity (upper-case), source,
-    title, message, details. The line is written with a single write on an O_APPEND descriptor and
-    fsync-ed, so concurrent writers never interleave partial lines. Also logged at WARNING.
+    The file sink of `alert_dispatch` (producers call `alert_dispatch.send`, which also pages):
+    fields time (UTC, 'Z'), severity (upper-case), source, title, message, details. The line is
+    written with a single write on an O_APPEND descriptor and fsync-ed, so concurrent writers
+    never interleave partial lines. Also logged at WARNING.
     """
     record: dict[str, Any] = {
         "time": _utc_iso(),
@@ -470,12 +471,15 @@ def log_drift_alert(
     details: dict[str, Any] | None = None,
     severity: str = "HIGH",
     home: Path | None = None,
-) -> dict[str, Any]:
-    """Append one redacted drift alert line to `paths(home).alerts_log` (via `append_alert`).
+) -> dict[str, Any] | None:
+    """Dispatch one drift alert through `alert_dispatch` (alerts.log, and the webhook if set).
 
     `statistic` is the drift measure of `feature` (e.g. PSI or a KS statistic) and `threshold` the
-    value it crossed. Returns the record as written; also logged at WARNING.
+    value it crossed. Returns the alerts.log record as written (None when an identical alert in
+    the coalescing window absorbed it); also logged at WARNING.
     """
+    import alert_dispatch  # lazily: alert_dispatch builds on this module
+
     merged: dict[str, Any] = {
         "feature": feature,
         "statistic": statistic,
@@ -484,7 +488,7 @@ def log_drift_alert(
     }
     merged.update({k: v for k, v in (details or {}).items() if k not in merged})
     of_model = f" of model {model}" if model else ""
-    return append_alert(
+    return alert_dispatch.send(
         severity,
         DRIFT_ALERT_SOURCE,
         f"Feature drift: {feature}",
@@ -494,4 +498,4 @@ def log_drift_alert(
         ),
         merged,
         home=home,
-    )
+    ).record

@@ -27,10 +27,12 @@ examples:
   python main.py backtest                        out-of-sample backtest with costs and risk gate
   python main.py backtest --signals my.csv       your own signals through the same engine
   python main.py risk status                     drawdown halt state; `risk reset` to resume
+  python main.py alerts test                     send a test alert (logs/alerts.log + webhook)
+  python main.py credentials set ALPACA_API_KEY  store a broker key encrypted (AES-256-GCM)
   python main.py check                           which install profiles are present
 
-configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL (environment or .env;
-command-line flags win).
+configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL, ALERT_WEBHOOK_URL,
+ALERT_WEBHOOK_SECRET, TRADING_MASTER_PASSWORD (environment or .env; command-line flags win).
 exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation, 5 risk,
 6 broker, 7 model integrity, 8 credentials, 9 alert delivery.
 """
@@ -150,6 +152,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--equity", type=float, metavar="USD", help="reset: new equity peak (default: keep)"
     )
     r.set_defaults(func=cmd_risk)
+
+    al = commands.add_parser(
+        "alerts",
+        parents=[common],
+        help="send a test alert and report where it went",
+        description="Alerts go to logs/alerts.log always, and to ALERT_WEBHOOK_URL (Slack, Discord "
+        "or any JSON receiver) when set, signed with HMAC-SHA256 when ALERT_WEBHOOK_SECRET is set. "
+        "`alerts test` sends one test alert through the same path as a real one and waits for "
+        "the delivery (exit 9 if the webhook refuses it or cannot be reached).",
+        epilog="examples:\n"
+        "  python main.py alerts test\n"
+        "  ALERT_WEBHOOK_URL=https://hooks.slack.com/services/... python main.py alerts test\n"
+        "  python main.py alerts test --severity CRITICAL",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    al.add_argument("action", choices=["test"], help="test: send a test alert")
+    al.add_argument(
+        "--severity",
+        default="HIGH",
+        type=str.upper,
+        choices=["INFO", "WARNING", "MEDIUM", "HIGH", "CRITICAL"],
+        help="severity of the test alert (HIGH: what a real page uses)",
+    )
+    al.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the webhook, retries included (30)",
+    )
+    al.set_defaults(func=cmd_alerts)
 
     c = commands.add_parser(
         "check",
@@ -716,6 +749,60 @@ def cmd_risk(args: argparse.Namespace) -> int:
     console.print(f"risk state: {state}")
     console.print(f"equity peak: {'n/a' if not peak else f'${peak:,.2f}'}")
     console.print(f"file: {home.risk_state_file}")
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    import socket
+    from datetime import UTC, datetime
+
+    import alert_dispatch as ad
+    import constants as C
+    from error_handling import AlertDeliveryError, ConfigurationError
+
+    home = C.paths().ensure()
+    try:
+        webhook = ad.WebhookConfig.from_env()
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    dispatcher = ad.AlertDispatcher(home.home, webhook=webhook, coalesce_window_s=0)
+    now = datetime.now(UTC)
+    alert = ad.Alert(
+        ad.Severity.parse(args.severity),
+        "alerts_test",
+        "Test alert",
+        f"test alert from `python main.py alerts test` on {socket.gethostname()} at "
+        f"{now:%Y-%m-%d %H:%M:%S} UTC; no action needed",
+        {"test": True},
+        now,
+    )
+    result = dispatcher.dispatch(alert)
+    print(f"file:    {home.alerts_log}")
+    if webhook is None:
+        print(
+            f"webhook: not configured: nobody is paged. Set {ad.ENV_WEBHOOK_URL} in .env (a Slack "
+            "or Discord webhook URL, or any receiver that accepts a JSON POST)",
+            file=sys.stderr,
+        )
+        return 0
+    delivered = dispatcher.flush(args.timeout)
+    dispatcher.close(timeout_s=0)
+    target = ad.display_url(webhook.url)
+    signed = " (signed)" if webhook.secret else " (unsigned: set ALERT_WEBHOOK_SECRET to sign)"
+    if not delivered or not dispatcher.deliveries:
+        raise AlertDeliveryError(
+            f"webhook {target}: no answer within {args.timeout:g} s ({result.webhook})"
+        )
+    outcome = dispatcher.deliveries[-1]
+    if not outcome.ok:
+        raise AlertDeliveryError(
+            f"webhook {target}: delivery failed after {outcome.attempts} attempt(s) in "
+            f"{outcome.elapsed_s:.1f} s: {outcome.error}"
+        )
+    print(
+        f"webhook: delivered to {target}: HTTP {outcome.status} in "
+        f"{outcome.elapsed_s * 1000:.0f} ms{signed}"
+    )
     return 0
 
 

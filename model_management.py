@@ -46,7 +46,7 @@ from typing import Any
 
 import filelock
 
-import logging_config
+import alert_dispatch
 from atomic_io import atomic_write_json, sha256_file
 from constants import Pair, paths
 from error_handling import ConfigurationError, ModelIntegrityError
@@ -394,7 +394,7 @@ class ModelRegistry:
                 f"missing or changed since registration (SHA-256 mismatch in "
                 f"{self.model_dir(version)}); retrain with {_train_hint(record.pair)}"
             )
-            logging_config.append_alert(
+            alert_dispatch.send(
                 "CRITICAL",
                 ALERT_SOURCE,
                 f"Model integrity failure: {version}",

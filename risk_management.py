@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import alert_dispatch
 import constants as C
 from atomic_io import atomic_write_json
 from error_handling import ConfigurationError, RiskViolation
-from logging_config import append_alert
 from trading_execution import ApprovedBasket, Order
 
 _INF = math.inf
@@ -281,7 +281,7 @@ class RiskManager:
 
     def _alert(self, severity: str, title: str, message: str, details: dict[str, Any]) -> None:
         if self.alerts:
-            append_alert(severity, "risk", title, message, details, home=self.home)
+            alert_dispatch.send(severity, "risk", title, message, details, home=self.home)
 
     # --- Drawdown control ---------------------------------------------------------------------
     def update_equity(self, equity: float, at: pd.Timestamp) -> bool:
