@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-import tenacity
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -265,6 +263,8 @@ def retry_with_backoff(
     Waits initial_s * 2**n plus up to jitter_s of random jitter, capped at max_s, between at most
     `attempts` calls; the last exception is re-raised unchanged. Built on tenacity.
     """
+    import tenacity  # lazily: main.py's parser (and `check` in a bare Python) imports this module
+
     if attempts < 1:
         raise ConfigurationError("retry attempts must be >= 1")
     condition: tenacity.retry_base = tenacity.retry_if_exception_type(retry_on)

@@ -917,13 +917,21 @@ def _load_env() -> None:
     load_dotenv(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env"), override=False)
 
 
-def _one_line(text: str) -> str:
-    line = " ".join(str(text).split())
+def _redacted(text: str) -> str:
     try:
         from logging_config import known_secrets, redact
     except ImportError:
-        return line
-    return redact(line, known_secrets())
+        return text
+    return redact(text, known_secrets())
+
+
+def _one_line(text: str) -> str:
+    return _redacted(" ".join(str(text).split()))
+
+
+def _print_traceback() -> None:
+    """--debug: the traceback, with secrets redacted (an error message may quote a key)."""
+    print(_redacted(traceback.format_exc()), end="", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -943,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except TradingError as exc:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -951,7 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         else:
             print(
                 f"unexpected error: {type(exc).__name__}: {_one_line(str(exc))} "

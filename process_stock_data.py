@@ -452,12 +452,16 @@ def fetch_alpaca(
         from alpaca.data.timeframe import TimeFrame
     except ImportError as exc:  # pragma: no cover - the live profile installs alpaca-py
         raise ConfigurationError("--source alpaca needs alpaca-py; run ./install.sh live") from exc
-    api_key = api_key or os.environ.get(_ENV_ALPACA_API_KEY)
-    secret_key = secret_key or os.environ.get(_ENV_ALPACA_SECRET_KEY)
+    from credential_manager import lookup
+
+    # The environment wins; else the encrypted store (when TRADING_MASTER_PASSWORD is set).
+    api_key = api_key or lookup(_ENV_ALPACA_API_KEY)
+    secret_key = secret_key or lookup(_ENV_ALPACA_SECRET_KEY)
     if not api_key or not secret_key:
         raise ConfigurationError(
-            f"--source alpaca needs {_ENV_ALPACA_API_KEY} and {_ENV_ALPACA_SECRET_KEY}: set both "
-            "in .env or the environment (paper keys from app.alpaca.markets)"
+            f"--source alpaca needs {_ENV_ALPACA_API_KEY} and {_ENV_ALPACA_SECRET_KEY}: store "
+            "them with `python main.py credentials set NAME` (encrypted) or set them in .env or "
+            "the environment (paper keys from app.alpaca.markets)"
         )
     base_url = (base_url or os.environ.get(_ENV_ALPACA_DATA_URL) or "").strip().rstrip("/")
     base_url = base_url.removesuffix("/v2") or None  # alpaca-py appends /v2 itself

@@ -373,6 +373,32 @@ def test_alpaca_asks_for_adjusted_daily_bars_of_all_symbols_with_the_keys(httpse
     assert request.headers["APCA-API-SECRET-KEY"] == SECRET
 
 
+def test_alpaca_keys_come_from_the_encrypted_store_when_not_in_the_environment(
+    httpserver_ipv4, tmp_path, monkeypatch
+):
+    import credential_manager as cm
+    from constants import paths
+
+    password = "correct horse battery staple"
+    store = cm.CredentialStore.open(paths(tmp_path).credentials_file, password, create=True)
+    store.set("ALPACA_API_KEY", KEY_ID)
+    store.set("ALPACA_SECRET_KEY", SECRET)
+    monkeypatch.setenv("TRADING_HOME", str(tmp_path))
+    monkeypatch.setenv("TRADING_MASTER_PASSWORD", password)
+    httpserver_ipv4.expect_request(ANY_PATH).respond_with_handler(alpaca())
+
+    psd.fetch_alpaca(
+        ["AAPL"],
+        pd.Timestamp("2024-01-02"),
+        pd.Timestamp("2024-01-05"),
+        base_url=httpserver_ipv4.url_for(""),
+    )
+
+    (request, _response), *_ = httpserver_ipv4.log
+    assert request.headers["APCA-API-KEY-ID"] == KEY_ID
+    assert request.headers["APCA-API-SECRET-KEY"] == SECRET
+
+
 def test_alpaca_bars_become_new_york_session_dates(httpserver_ipv4):
     httpserver_ipv4.expect_request(ANY_PATH).respond_with_handler(alpaca())
 
@@ -511,6 +537,7 @@ def test_alpaca_missing_keys_name_both_variables_and_dotenv(httpserver_ipv4, mon
 
     message = _one_line(info.value)
     assert "ALPACA_API_KEY" in message and "ALPACA_SECRET_KEY" in message and ".env" in message
+    assert "credentials set" in message  # the encrypted store is offered too
     assert httpserver_ipv4.log == []  # refused before any request
 
 
