@@ -61,7 +61,7 @@ _SIGNATURE_RE = re.compile(re.escape(SIGNATURE_VERSION) + r"=[0-9a-f]{64}")
 class SignatureError(TradingError):
     """A request failed signature verification; `reason` is one of the `REASON_*` codes."""
 
-    exit_code = 2
+    exit_code = 10
 
     def __init__(self, reason: str, message: str):
         self.reason, self.detail = reason, message

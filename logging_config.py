@@ -224,9 +224,11 @@ class RedactingFilter(logging.Filter):
         """Redact `value` from now on in every RedactingFilter (a secret is secret everywhere).
 
         For secrets that are not in the environment: a password typed at a prompt, a token
-        fetched at run time. Empty values are ignored.
+        fetched at run time. Values shorter than MIN_ENV_SECRET_LENGTH are ignored, as for the
+        environment: redacting "1" or "abc" everywhere would wreck every line, and no real
+        secret is that short.
         """
-        if value:
+        if value and len(value.strip()) >= MIN_ENV_SECRET_LENGTH:
             with cls._added_lock:
                 cls._added.add(value)
 

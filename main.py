@@ -34,7 +34,7 @@ examples:
 configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL, ALERT_WEBHOOK_URL,
 ALERT_WEBHOOK_SECRET, TRADING_MASTER_PASSWORD (environment or .env; command-line flags win).
 exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation, 5 risk,
-6 broker, 7 model integrity, 8 credentials, 9 alert delivery.
+6 broker, 7 model integrity, 8 credentials, 9 alert delivery, 10 signature.
 """
 
 

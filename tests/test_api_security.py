@@ -313,10 +313,10 @@ def test_secret_never_appears_in_the_headers() -> None:
 
 
 # --- SignatureError -------------------------------------------------------------------------------
-def test_signature_error_is_a_trading_error_with_exit_code_2() -> None:
+def test_signature_error_is_a_trading_error_with_its_own_exit_code_10() -> None:
     err = SignatureError(REASON_EXPIRED, "too old")
     assert isinstance(err, TradingError)
-    assert err.exit_code == 2
+    assert err.exit_code == 10
     assert "[expired]" in str(err)
 
 
