@@ -486,6 +486,14 @@ def get_dispatcher(home: str | os.PathLike[str] | None = None) -> AlertDispatche
         return dispatcher
 
 
+def close_all(timeout_s: float | None = None) -> bool:
+    """Close every process-wide dispatcher (a loop's orderly shutdown; also run at exit)."""
+    with _dispatchers_lock:
+        open_ones = list(_dispatchers.values())
+        _dispatchers.clear()
+    return all([d.close(timeout_s) for d in open_ones])
+
+
 def dispatch(alert: Alert, *, home: str | os.PathLike[str] | None = None) -> DispatchResult:
     """Route `alert` through the process-wide dispatcher of `home`."""
     return get_dispatcher(home).dispatch(alert)

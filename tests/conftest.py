@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pandas as pd
 import pytest
 
+import alert_dispatch
 import constants as C
 import process_stock_data as psd
+
+
+@pytest.fixture(autouse=True)
+def _alerts_delivered_within_the_test() -> Iterator[None]:
+    """A test's process-wide alert dispatchers finish (or give up) before the next test starts,
+    so no background delivery or its log lines leak into another test."""
+    yield
+    alert_dispatch.close_all(timeout_s=10)
 
 
 @pytest.fixture

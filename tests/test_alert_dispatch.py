@@ -409,3 +409,16 @@ def test_alerts_test_with_a_failing_receiver_exits_9_with_one_line(tmp_path, htt
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [errors[0]] and "HTTP 500" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_close_all_delivers_what_is_pending_and_forgets_the_dispatchers(
+    tmp_path, httpserver, monkeypatch
+):
+    httpserver.expect_request("/close_all", method="POST").respond_with_data("ok")
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", httpserver.url_for("/close_all"))
+    first = ad.get_dispatcher(tmp_path)
+    ad.send("HIGH", "test", "Pending at shutdown", "deliver me", home=tmp_path)
+
+    assert ad.close_all(timeout_s=10)
+    assert len(posted(httpserver, "/close_all")) == 1
+    assert ad.get_dispatcher(tmp_path) is not first  # a fresh one after close

@@ -154,7 +154,11 @@ def test_status_changes_are_logged_with_version_and_old_and_new_status(registry,
     second = register(registry, artifacts)
     registry.promote(second.version)
 
-    changes = [(r.model_version, r.old_status, r.new_status) for r in caplog.records]
+    changes = [
+        (r.model_version, r.old_status, r.new_status)
+        for r in caplog.records
+        if r.name == "model_management"
+    ]
     assert changes == [
         (first.version, None, "active"),
         (second.version, None, "canary"),
