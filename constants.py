@@ -228,6 +228,11 @@ class Paths:
         return self.home / "credentials.enc"
 
     @property
+    def audit_log(self) -> Path:
+        """Append-only, hash-chained record of what the live loop decided and did (JSON lines)."""
+        return self.logs_dir / "audit.jsonl"
+
+    @property
     def app_log(self) -> Path:
         return self.logs_dir / "trading.log"
 

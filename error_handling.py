@@ -92,6 +92,12 @@ class CredentialError(TradingError):
     exit_code = 8
 
 
+class AuditIntegrityError(TradingError):
+    """The audit log's hash chain is broken: a record was changed, removed or inserted."""
+
+    exit_code = 11
+
+
 class AlertDeliveryError(TradingError):
     """An alert could not be delivered to a configured sink (only `alerts test` raises it: a
     running system logs delivery failures and goes on)."""

@@ -34,7 +34,8 @@ examples:
 configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL, ALERT_WEBHOOK_URL,
 ALERT_WEBHOOK_SECRET, TRADING_MASTER_PASSWORD (environment or .env; command-line flags win).
 exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation, 5 risk,
-6 broker, 7 model integrity, 8 credentials, 9 alert delivery, 10 signature.
+6 broker, 7 model integrity, 8 credentials, 9 alert delivery, 10 signature,
+11 audit chain broken.
 """
 
 
@@ -198,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     import credential_manager  # stdlib-only at import time: --help stays fast
 
     credential_manager.register_cli(commands, common)
+
+    import audit_logging  # stdlib-only at import time
+
+    audit_logging.register_cli(commands, common)
     return parser
 
 
