@@ -233,3 +233,37 @@ class OrderExecutor:
             purpose=order.purpose,
             time=quote.time,
         )
+
+
+def orders_toward(
+    positions: Mapping[str, int],
+    target: Mapping[str, int],
+    purpose: Purpose,
+    id_parts: tuple[object, ...],
+) -> tuple[list[Order], list[Order]]:
+    """(reducing orders, increasing orders) that move signed share `positions` to `target`.
+
+    A flip (long to short) is split: the reduce list closes the old side, the increase list opens
+    the new one, so the two can pass the risk gate separately (a reduce-only basket always can).
+    Client order ids come from `id_parts` + (symbol, purpose, "reduce"|"open"): the same decision
+    always gets the same ids."""
+    reduce: list[Order] = []
+    increase: list[Order] = []
+    for sym, want in target.items():
+        have = int(positions.get(sym, 0))
+        want = int(want)
+        if have == want:
+            continue
+        if have != 0 and (want == 0 or (want > 0) != (have > 0) or abs(want) < abs(have)):
+            crossing = want == 0 or (want > 0) != (have > 0)
+            closing = abs(have) if crossing else abs(have) - abs(want)
+            exit_purpose = Purpose.EXIT if purpose is Purpose.ENTRY else purpose
+            side = Side.SELL if have > 0 else Side.BUY
+            cid = client_order_id(*id_parts, sym, exit_purpose, "reduce")
+            reduce.append(Order(sym, side, closing, cid, purpose=exit_purpose))
+            have = have - closing if have > 0 else have + closing
+        if want != have:
+            side = Side.BUY if want > have else Side.SELL
+            cid = client_order_id(*id_parts, sym, purpose, "open")
+            increase.append(Order(sym, side, abs(want - have), cid, purpose=purpose))
+    return reduce, increase

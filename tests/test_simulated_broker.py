@@ -1,0 +1,233 @@
+"""The simulated broker, `execute_signal` through the risk gate, the shared order builder and the
+NYSE market clock."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+
+import risk_management as rm
+import trading_api as ta
+from data_validation import market_clock
+from error_handling import ConfigurationError
+from trading_execution import BarQuote, ExecutionConfig, Purpose, Side, orders_toward
+
+NOW = pd.Timestamp("2022-01-04 15:00", tz="UTC")  # a Tuesday, market open
+BAR = pd.Timestamp("2022-01-03 21:00", tz="UTC")  # the last closed daily bar
+
+
+@dataclass(frozen=True)
+class FakeSignal:
+    """The fields execute_signal reads from signals.Signal (a plain record, not a model)."""
+
+    action: str
+    probability: float
+    bar_time: pd.Timestamp
+
+
+def broker(tmp_path, now=NOW, **kw) -> ta.SimulatedBroker:
+    b = ta.SimulatedBroker(tmp_path / "broker.json", now=lambda: now, **kw)
+    b.set_market(
+        {
+            "AAPL": BarQuote(180.0, 0.015, 5e7 / 180.0, BAR),
+            "MSFT": BarQuote(330.0, 0.014, 5e7 / 330.0, BAR),
+        }
+    )
+    return b
+
+
+def risk(**limits) -> rm.RiskManager:
+    return rm.RiskManager(rm.RiskLimits(**limits), state_path=None, alerts=False)
+
+
+# --- orders_toward -----------------------------------------------------------------------------
+def test_orders_toward_splits_a_flip_into_a_close_and_an_open():
+    reduce, increase = orders_toward(
+        {"AAPL": 100, "MSFT": -50}, {"AAPL": -80, "MSFT": 40}, Purpose.ENTRY, ("s", "bar")
+    )
+    assert [(o.symbol, o.side, o.qty, o.purpose) for o in reduce] == [
+        ("AAPL", Side.SELL, 100, Purpose.EXIT),
+        ("MSFT", Side.BUY, 50, Purpose.EXIT),
+    ]
+    assert [(o.symbol, o.side, o.qty) for o in increase] == [
+        ("AAPL", Side.SELL, 80),
+        ("MSFT", Side.BUY, 40),
+    ]
+
+
+def test_orders_toward_ids_are_the_same_for_the_same_decision_and_differ_by_bar():
+    first = orders_toward({}, {"AAPL": 10}, Purpose.ENTRY, ("s", "2022-01-03"))
+    again = orders_toward({}, {"AAPL": 12}, Purpose.ENTRY, ("s", "2022-01-03"))
+    other = orders_toward({}, {"AAPL": 10}, Purpose.ENTRY, ("s", "2022-01-04"))
+    assert first[1][0].client_order_id == again[1][0].client_order_id
+    assert first[1][0].client_order_id != other[1][0].client_order_id
+
+
+def test_orders_toward_shrinking_a_position_is_one_reducing_order():
+    reduce, increase = orders_toward({"AAPL": 100}, {"AAPL": 30}, Purpose.ENTRY, ("s", "b"))
+    assert [(o.side, o.qty) for o in reduce] == [(Side.SELL, 70)] and increase == []
+
+
+# --- SimulatedBroker ---------------------------------------------------------------------------
+def approved(orders, b: ta.SimulatedBroker):
+    acct = b.account()
+    return risk().pre_trade_check(
+        orders,
+        rm.PortfolioSnapshot(
+            acct.equity, acct.cash, {s: p.qty for s, p in b.positions().items()}, acct.equity
+        ),
+        rm.MarketSnapshot(
+            now=NOW,
+            prices={s: q.price for s, q in b.latest_prices(["AAPL", "MSFT"]).items()},
+            price_times={"AAPL": BAR, "MSFT": BAR},
+            live=True,
+        ),
+    )
+
+
+def test_fills_update_cash_positions_and_fees_and_persist(tmp_path):
+    b = broker(tmp_path)
+    _, opening = orders_toward({}, {"AAPL": 100, "MSFT": -50}, Purpose.ENTRY, ("t", "b1"))
+    placed = b.submit_basket(approved(opening, b))
+
+    assert [(o.symbol, o.filled_qty, o.status) for o in placed] == [
+        ("AAPL", 100, "filled"),
+        ("MSFT", 50, "filled"),
+    ]
+    buy, sell = placed
+    assert buy.filled_avg_price > 180.0 > 0 and sell.filled_avg_price < 330.0  # spread + impact
+    expected_cash = (
+        100_000 - 100 * buy.filled_avg_price + 50 * sell.filled_avg_price - buy.fees - sell.fees
+    )
+    assert b.account().cash == pytest.approx(expected_cash, abs=1e-9)
+    assert sell.fees > buy.fees  # a sale also pays the SEC fee and FINRA TAF
+    # A restart reads the same account from the file.
+    again = ta.SimulatedBroker(tmp_path / "broker.json", now=lambda: NOW)
+    assert again.account() == b.account()
+    assert {s: p.qty for s, p in again.positions().items()} == {"AAPL": 100, "MSFT": -50}
+
+
+def test_a_basket_already_filled_is_returned_not_filled_again(tmp_path):
+    b = broker(tmp_path)
+    _, opening = orders_toward({}, {"AAPL": 10}, Purpose.ENTRY, ("t", "b1"))
+    basket = approved(opening, b)
+    first = b.submit_basket(basket)
+    cash = b.account().cash
+    restarted = ta.SimulatedBroker(tmp_path / "broker.json", now=lambda: NOW)
+    second = restarted.submit_basket(basket)
+    assert second == first
+    assert restarted.account().cash == cash and restarted.positions()["AAPL"].qty == 10
+
+
+def test_only_an_approved_basket_is_accepted(tmp_path):
+    b = broker(tmp_path)
+    _, opening = orders_toward({}, {"AAPL": 10}, Purpose.ENTRY, ("t", "b1"))
+    with pytest.raises(TypeError, match="ApprovedBasket"):
+        b.submit_basket(opening)  # type: ignore[arg-type]
+
+
+def test_borrow_accrues_on_shorts_per_calendar_day_on_the_prior_close(tmp_path):
+    b = broker(tmp_path, execution=ExecutionConfig())
+    _, opening = orders_toward({}, {"MSFT": -50}, Purpose.ENTRY, ("t", "b1"))
+    b.submit_basket(approved(opening, b))
+    cash = b.account().cash
+    friday = pd.Timestamp("2022-01-07 21:00", tz="UTC")  # 4 calendar days after BAR's day
+    b.set_market(
+        {
+            "AAPL": BarQuote(181.0, 0.015, 5e7 / 181.0, friday),
+            "MSFT": BarQuote(331.0, 0.014, 5e7 / 331.0, friday),
+        }
+    )
+    fee = 50 * 330.0 * 0.003 * 4 / 360  # notional on the prior close x rate x days / 360
+    assert b.borrow_paid == pytest.approx(fee)
+    assert b.account().cash == pytest.approx(cash - fee)
+
+
+def test_unreadable_state_file_is_a_clear_error(tmp_path):
+    (tmp_path / "broker.json").write_text("{not json")
+    with pytest.raises(ConfigurationError, match="move it aside"):
+        ta.SimulatedBroker(tmp_path / "broker.json")
+
+
+# --- execute_signal ----------------------------------------------------------------------------
+def test_buy_signal_opens_both_legs_sized_by_kelly_through_the_gate(tmp_path):
+    b = broker(tmp_path)
+    decisions = []
+    report = ta.execute_signal(
+        FakeSignal("buy", 0.6, BAR),
+        b,
+        risk(),
+        long="AAPL",
+        short="MSFT",
+        on_decision=lambda event, payload: decisions.append((event, payload)),
+    )
+    # half Kelly at p = 0.6, b = 1: 0.5 x (0.6 - 0.4) = 10 % of equity per leg
+    assert report.target == {"AAPL": int(10_000 / 180.0), "MSFT": -int(10_000 / 330.0)}
+    assert {s: p.qty for s, p in b.positions().items()} == report.target
+    assert [e for e, _ in decisions] == ["risk_decision", "order_submitted", "order_submitted"]
+    assert decisions[0][1]["accepted"] is True
+
+
+def test_a_refused_basket_reaches_no_broker_and_is_reported_with_its_reason(tmp_path):
+    b = broker(tmp_path)
+    report = ta.execute_signal(
+        FakeSignal("buy", 0.9, BAR), b, risk(max_leg_notional=5_000.0), long="AAPL", short="MSFT"
+    )
+    assert report.submitted == [] and b.positions() == {}
+    assert report.rejections[0][0] == "leg_notional"
+
+
+def test_market_closed_refuses_the_entry(tmp_path):
+    saturday = pd.Timestamp("2022-01-08 15:00", tz="UTC")
+    b = broker(tmp_path, now=saturday)
+    report = ta.execute_signal(FakeSignal("buy", 0.7, BAR), b, risk(), long="AAPL", short="MSFT")
+    assert report.rejections[0][0] == "market_closed" and b.positions() == {}
+
+
+def test_replaying_the_same_signal_after_a_restart_submits_nothing_new(tmp_path):
+    b = broker(tmp_path)
+    signal = FakeSignal("sell", 0.3, BAR)
+    ta.execute_signal(signal, b, risk(), long="AAPL", short="MSFT")
+    state = json.loads((tmp_path / "broker.json").read_text())
+    restarted = ta.SimulatedBroker(tmp_path / "broker.json", now=lambda: NOW)
+    report = ta.execute_signal(signal, restarted, risk(), long="AAPL", short="MSFT")
+    assert report.submitted == [] or all(
+        o.client_order_id in state["orders"] for o in report.submitted
+    )
+    assert json.loads((tmp_path / "broker.json").read_text())["orders"] == state["orders"]
+
+
+def test_hold_keeps_the_position(tmp_path):
+    b = broker(tmp_path)
+    ta.execute_signal(FakeSignal("buy", 0.6, BAR), b, risk(), long="AAPL", short="MSFT")
+    held = {s: p.qty for s, p in b.positions().items()}
+    report = ta.execute_signal(FakeSignal("hold", 0.5, BAR), b, risk(), long="AAPL", short="MSFT")
+    assert report.submitted == [] and {s: p.qty for s, p in b.positions().items()} == held
+
+
+# --- Market clock ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "at,is_open,next_open,next_close",
+    [
+        ("2024-07-03 16:30Z", True, "2024-07-05 13:30Z", "2024-07-03 17:00Z"),  # early close
+        ("2024-07-03 17:30Z", False, "2024-07-05 13:30Z", "2024-07-05 20:00Z"),  # July 4th shut
+        ("2024-07-06 14:00Z", False, "2024-07-08 13:30Z", "2024-07-08 20:00Z"),  # Saturday
+        ("2024-12-31 21:30Z", False, "2025-01-02 14:30Z", "2025-01-02 21:00Z"),  # year end
+        ("2024-03-11 13:45Z", True, "2024-03-12 13:30Z", "2024-03-11 20:00Z"),  # after DST
+    ],
+)
+def test_market_clock_knows_holidays_early_closes_and_daylight_saving(
+    at, is_open, next_open, next_close
+):
+    clock = market_clock(pd.Timestamp(at))
+    assert clock.is_open is is_open
+    assert clock.next_open == pd.Timestamp(next_open)
+    assert clock.next_close == pd.Timestamp(next_close)
+
+
+def test_market_clock_needs_a_timezone():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        market_clock(pd.Timestamp("2024-07-03 16:30"))
