@@ -228,6 +228,21 @@ class Paths:
         return self.home / "credentials.enc"
 
     @property
+    def heartbeat_file(self) -> Path:
+        """The live loop's last iteration: time, market, equity, halt (`main.py status`)."""
+        return self.data_dir / "heartbeat.json"
+
+    @property
+    def paper_broker_file(self) -> Path:
+        """The simulated broker's account (cash, positions, every order by client id)."""
+        return self.data_dir / "paper_broker.json"
+
+    @property
+    def live_lock_file(self) -> Path:
+        """Held by the running `main.py live`: one instance per TRADING_HOME."""
+        return self.data_dir / "live.lock"
+
+    @property
     def audit_log(self) -> Path:
         """Append-only, hash-chained record of what the live loop decided and did (JSON lines)."""
         return self.logs_dir / "audit.jsonl"

@@ -721,8 +721,11 @@ def drift_report(
     kinds: Sequence[str] = ("xgb", "lstm"),
     emit: bool = True,
     predictions: bool = True,
+    table: pd.DataFrame | None = None,
 ) -> PairDriftReport:
     """Drift of the last `window` processed rows against each ACTIVE model's training reference.
+
+    `table` (default: the processed file) lets the live loop check the bars it has seen so far.
 
     For every kind in `kinds` with an ACTIVE model of `pair`: verify and load its artifact
     directory (ModelIntegrityError on a changed file), read its drift reference (statistics of
@@ -747,7 +750,8 @@ def drift_report(
             f"no active model for {pair.long}/{pair.short}; run "
             f"`python main.py train --long {pair.long} --short {pair.short}`"
         )
-    table, _ = load_processed(pair, home)
+    if table is None:
+        table, _ = load_processed(pair, home)
     reports = [
         _model_drift(kind, record, registry, table, pair, home, window, emit, predictions)
         for kind, record in records
