@@ -922,30 +922,6 @@ def _feature_columns(pair: Any, table: pd.DataFrame) -> list[str]:
     return [c for c in names if c in table.columns]
 
 
-def _ensure_model(pair: Any, home: Any, progress: Any, notes: list[str]) -> None:
-    """Train (and register) models when the pair has no active one, so a fresh clone gets a full
-    result from one command."""
-    import signals as sg
-    from model_management import ModelRegistry
-
-    registry = ModelRegistry(home.models_dir, home=home.home)
-    kinds = (
-        ("lstm", "xgb") if sg.ensemble_enabled() else (os.environ.get(sg.ENV_SIGNAL_MODEL, "xgb"),)
-    )
-    if all(registry.get_active_model(kind, pair) is not None for kind in kinds):
-        return
-    import train_model as tm
-
-    models = ("lstm", "xgb") if tm.tensorflow_available() else ("xgb",)
-    config = tm.TrainConfig(models=models)
-    log.info("no active %s model for %s: training first", "/".join(kinds), pair.key)
-    report = tm.train(pair, config, home=home, progress=progress)
-    notes.append(
-        f"trained {', '.join(f'{r.kind} {r.version}' for r in report.models)} first "
-        f"(no active model for {pair.long}/{pair.short})"
-    )
-
-
 def backtest(
     request: BacktestRequest,
     *,
@@ -984,7 +960,11 @@ def backtest(
         model_info = {"signal_file": str(request.signal_file), "in_sample": False}
         label = "signal file"
     else:
-        _ensure_model(pair, home, progress, notes)
+        import train_model as tm
+
+        trained = tm.ensure_active_model(pair, home, progress=progress)
+        if trained:
+            notes.append(trained)
         sig, dates, model_info = _signals_for_range(request, table, home, notes)
         weights = model_weights(sig, request.sizing)
         label = "model"
@@ -1119,7 +1099,6 @@ def write_results(
     into a hidden temporary folder and renamed at the end, so a folder either is complete or is
     not there."""
     import json
-    import os
     import shutil
     import tempfile
     from datetime import UTC, datetime

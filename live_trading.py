@@ -163,6 +163,10 @@ class BarFeed:
     def bar_close_time(self, row: int) -> pd.Timestamp:
         return self._closes[row]
 
+    def row_of(self, bar: pd.Timestamp) -> int:
+        """Row of the bar dated `bar` (the last one at or before it)."""
+        return max(int(pd.DatetimeIndex(self.table.index).searchsorted(bar, side="right")) - 1, 0)
+
 
 def _quotes(
     table: pd.DataFrame, rows: int, pair: C.Pair, close_time: pd.Timestamp, adv_usd: float
@@ -213,7 +217,11 @@ class DeadMansSwitch:
 
 # --- State files ----------------------------------------------------------------------------------
 def _positions_state(
-    broker: ta.Broker, mode: str, last_bar: pd.Timestamp | None, now: pd.Timestamp
+    broker: ta.Broker,
+    mode: str,
+    last_bar: pd.Timestamp | None,
+    now: pd.Timestamp,
+    pending: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     account = broker.account()
     return {
@@ -243,6 +251,7 @@ def _positions_state(
             for o in broker.open_orders()
         ],
         "last_processed_bar": last_bar.isoformat() if last_bar is not None else None,
+        "pending_decision": dict(pending) if pending else None,
     }
 
 
@@ -361,15 +370,32 @@ def run_trading_loop(
     summary = LoopSummary()
     audit = AuditLog(home.audit_log)
     try:
-        if clock is None:
-            clock = ReplayClock(config.replay_start, config.speed) if config.replay else RealClock()
         if feed is None:
             feed = _default_feed(pair, home, replay=config.replay)
+        saved = read_positions(home.positions_file)
+        last_bar = (
+            pd.Timestamp(saved["last_processed_bar"])
+            if saved and saved.get("last_processed_bar")
+            else None
+        )
+        if clock is None:
+            clock = RealClock()
+            if config.replay:
+                start = pd.Timestamp(config.replay_start)
+                if last_bar is not None:  # resume after the last bar decided, never replay it
+                    start = max(start, feed.bar_close_time(feed.row_of(last_bar)))
+                clock = ReplayClock(start, config.speed)
         if broker is None:
             broker = ta.SimulatedBroker(
                 home.paper_broker_file, initial_cash=config.initial_cash, now=clock.now
             )
         risk = rm.RiskManager(config.limits, state_path=home.risk_state_file, home=home.home)
+        if config.replay:  # a new user's first replay trains the model it needs
+            import train_model as tm
+
+            trained = tm.ensure_active_model(pair, home)
+            if trained:
+                log.info("%s", trained)
         generator = sg.SignalGenerator(pair, home=home)
         stopper.install()
         audit.append(
@@ -397,7 +423,6 @@ def run_trading_loop(
         )
 
         # Reconcile what we saved with what the broker holds; the broker wins.
-        saved = read_positions(home.positions_file)
         diffs = reconcile(saved, broker)
         summary.reconciliation_differences = len(diffs)
         audit.append("reconciliation", {"differences": diffs, "broker_wins": True})
@@ -417,13 +442,9 @@ def run_trading_loop(
                 {"differences": diffs},
                 home=home.home,
             )
-        last_bar = (
-            pd.Timestamp(saved["last_processed_bar"])
-            if saved and saved.get("last_processed_bar")
-            else None
-        )
+        pending = (saved or {}).get("pending_decision")
         atomic_write_json(
-            home.positions_file, _positions_state(broker, mode, last_bar, clock.now())
+            home.positions_file, _positions_state(broker, mode, last_bar, clock.now(), pending)
         )
 
         def trip(reason: str) -> None:
@@ -450,7 +471,7 @@ def run_trading_loop(
             )
             watchdog.start()
 
-        state = _IterationState(last_bar=last_bar)
+        state = _IterationState(last_bar=last_bar, pending=pending)
         while not stopper.event.is_set():
             now = clock.now()
             if config.replay and now >= config.replay_end:
@@ -505,7 +526,11 @@ def run_trading_loop(
                 atomic_write_json(
                     home.positions_file,
                     _positions_state(
-                        broker, mode, _safe_last_bar(locals()), pd.Timestamp.now(tz="UTC")
+                        broker,
+                        mode,
+                        _safe_last_bar(locals()),
+                        pd.Timestamp.now(tz="UTC"),
+                        _safe_pending(locals()),
                     ),
                 )
             audit.append(
@@ -532,10 +557,17 @@ def _safe_last_bar(scope: Mapping[str, Any]) -> pd.Timestamp | None:
     return getattr(state, "last_bar", None)
 
 
+def _safe_pending(scope: Mapping[str, Any]) -> dict[str, Any] | None:
+    state = scope.get("state")
+    return getattr(state, "pending", None)
+
+
 @dataclass
 class _IterationState:
-    last_bar: pd.Timestamp | None = None
+    last_bar: pd.Timestamp | None = None  # the latest bar whose decision was carried out
+    pending: dict[str, Any] | None = None  # a decision saved but maybe not carried out
     signal: Any = None
+    signal_bar: pd.Timestamp | None = None
     model_version: str | None = None
     bars_since_drift: int = DRIFT_EVERY_BARS
     last_equity: float | None = None
@@ -586,8 +618,8 @@ def _iteration(
         state.session = session
         state.start_of_day_equity = broker.account().equity
     table = feed.table.iloc[:rows]
-    new_bar = state.last_bar is None or bar > state.last_bar
-    if new_bar or state.signal is None:
+    if state.signal is None or state.signal_bar != bar:
+        state.signal_bar = bar
         if isinstance(broker, ta.SimulatedBroker):
             broker.set_market(
                 _quotes(
@@ -620,7 +652,32 @@ def _iteration(
     if risk.update_equity(account.equity, now):
         audit.append("halt", {"reason": risk.halt_reason, "equity": account.equity})
         _flatten(broker, risk, pair, now, audit, "drawdown limit")
+        atomic_write_json(home.positions_file, _positions_state(broker, mode, state.last_bar, now))
+    if state.last_bar is not None and bar <= state.last_bar:
+        return  # one decision per bar: this one was taken (maybe before a restart)
     before = {s: p.qty for s, p in broker.positions().items()}
+    # Write-ahead: the target is fixed and saved before any order, so a restart between the two
+    # baskets of a flip re-sends exactly the same orders (same ids, same quantities).
+    pending = state.pending or {}
+    if pending.get("bar") == bar.isoformat():
+        target = {s: int(q) for s, q in pending["target"].items()}
+    else:
+        prices = {s: q.price for s, q in broker.latest_prices(list(pair.tickers)).items()}
+        target = ta.target_shares(
+            signal.action.value,
+            float(signal.probability),
+            pair.long,
+            pair.short,
+            account.equity,
+            prices,
+            config.sizing,
+            before,
+        )
+        state.pending = {"bar": bar.isoformat(), "target": target}
+        atomic_write_json(
+            home.positions_file,
+            _positions_state(broker, mode, state.last_bar, now, state.pending),
+        )
 
     def on_decision(event: str, payload: dict[str, Any]) -> None:
         audit.append(event, payload)
@@ -643,6 +700,7 @@ def _iteration(
                 strategy=STRATEGY,
                 start_of_day_equity=state.start_of_day_equity,
                 on_decision=on_decision,
+                target=target,
             )
         except CircuitOpenError as exc:
             risk.halt(f"broker circuit breaker open: {exc}", now)
@@ -650,9 +708,9 @@ def _iteration(
     after = {s: p.qty for s, p in broker.positions().items()}
     if after != before:
         audit.append("position_change", {"before": before, "after": after})
-    if new_bar or after != before:
-        state.last_bar = bar
-        atomic_write_json(home.positions_file, _positions_state(broker, mode, bar, now))
+    state.last_bar = bar
+    state.pending = None
+    atomic_write_json(home.positions_file, _positions_state(broker, mode, bar, now))
 
 
 def _flatten(

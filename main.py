@@ -26,6 +26,10 @@ examples:
   python main.py drift                           latest data vs the active models' training data
   python main.py backtest                        out-of-sample backtest with costs and risk gate
   python main.py backtest --signals my.csv       your own signals through the same engine
+  python main.py live --replay 2022-01-03 2022-03-31   the trading loop on history (paper)
+  python main.py live --once                     one live iteration (cron); paper by default
+  python main.py status                          is the loop running, positions, halted?
+  python main.py audit verify                    check the audit log's hash chain
   python main.py risk status                     drawdown halt state; `risk reset` to resume
   python main.py alerts test                     send a test alert (logs/alerts.log + webhook)
   python main.py credentials set ALPACA_API_KEY  store a broker key encrypted (AES-256-GCM)
@@ -153,6 +157,74 @@ def build_parser() -> argparse.ArgumentParser:
         "--equity", type=float, metavar="USD", help="reset: new equity peak (default: keep)"
     )
     r.set_defaults(func=cmd_risk)
+
+    lv = commands.add_parser(
+        "live",
+        parents=[common],
+        help="run the trading loop (paper by default; --replay to replay history)",
+        description="The trading loop: inside NYSE hours, every --interval seconds: latest closed "
+        "bars -> signal -> RiskManager.pre_trade_check -> broker -> positions.json, audit log, "
+        "heartbeat. Outside market hours it sleeps until the open. Paper trading with the "
+        "simulated broker is the default; --broker alpaca uses Alpaca's paper account; --live "
+        "trades real money (needs stored credentials and a typed confirmation). Ctrl-C or "
+        "SIGTERM stop it at a safe point. One instance per TRADING_HOME.",
+        epilog="examples:\n"
+        "  python main.py live --replay 2022-01-03 2022-03-31   replay history, no keys needed\n"
+        "  python main.py live --once                           one iteration (for cron)\n"
+        "  python main.py live --broker alpaca                  Alpaca paper account\n"
+        "  python main.py status                                what the loop is doing",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lv.add_argument(
+        "--replay",
+        nargs=2,
+        metavar=("START", "END"),
+        help="replay bundled history from START to END (YYYY-MM-DD) with a simulated clock",
+    )
+    lv.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="replay: simulated seconds per real second (0: as fast as possible)",
+    )
+    lv.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between iterations (default: $TRADING_INTERVAL_S or 300)",
+    )
+    lv.add_argument("--once", action="store_true", help="one iteration, then exit (cron)")
+    lv.add_argument(
+        "--broker",
+        choices=["simulated", "alpaca"],
+        default="simulated",
+        help="simulated (local paper account, default) or alpaca",
+    )
+    lv.add_argument(
+        "--live",
+        action="store_true",
+        help="REAL MONEY through Alpaca's live endpoint (asks for confirmation)",
+    )
+    lv.add_argument(
+        "--capital", type=float, default=100_000.0, metavar="USD", help="simulated broker's cash"
+    )
+    lv.add_argument(
+        "--flatten-on-deadman",
+        action="store_true",
+        help="close both legs when the dead man's switch trips",
+    )
+    lv.set_defaults(func=cmd_live)
+
+    st = commands.add_parser(
+        "status",
+        parents=[common],
+        help="is the loop running, what it holds, halted or not, market open or not",
+        description="Reads the heartbeat, positions.json and the risk state written by "
+        "`python main.py live`; changes nothing.",
+    )
+    st.set_defaults(func=cmd_status)
 
     al = commands.add_parser(
         "alerts",
@@ -754,6 +826,144 @@ def cmd_risk(args: argparse.Namespace) -> int:
     console.print(f"risk state: {state}")
     console.print(f"equity peak: {'n/a' if not peak else f'${peak:,.2f}'}")
     console.print(f"file: {home.risk_state_file}")
+    return 0
+
+
+LIVE_CONFIRMATION = "TRADE REAL MONEY"
+ENV_LIVE_CONFIRM = "TRADING_LIVE_CONFIRM"
+
+
+def _confirm_live() -> None:
+    """--live: an explicit typed confirmation, or TRADING_LIVE_CONFIRM for unattended runs."""
+    from error_handling import ConfigurationError
+
+    if os.environ.get(ENV_LIVE_CONFIRM, "") == LIVE_CONFIRMATION:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigurationError(
+            f"--live trades real money: run it in a terminal to confirm, or set "
+            f'{ENV_LIVE_CONFIRM}="{LIVE_CONFIRMATION}" for unattended runs'
+        )
+    answer = input(f'Real money will be traded. Type "{LIVE_CONFIRMATION}" to go on: ')
+    if answer.strip() != LIVE_CONFIRMATION:
+        raise ConfigurationError("live trading not confirmed; nothing was done")
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    import constants as C
+    import live_trading as lt
+    from error_handling import ConfigurationError
+
+    home = C.paths().ensure()
+    pair = C.resolve_pair(args.long, args.short)
+    interval = args.interval
+    if interval is None:
+        try:
+            interval = float(os.environ.get("TRADING_INTERVAL_S", "300"))
+        except ValueError:
+            raise ConfigurationError("TRADING_INTERVAL_S must be a number of seconds") from None
+    start = end = None
+    if args.replay:
+        try:
+            start, end = (pd.Timestamp(d) for d in args.replay)
+        except ValueError:
+            raise ConfigurationError(
+                f"--replay wants two dates YYYY-MM-DD, got {' '.join(args.replay)}"
+            ) from None
+        if args.live or args.broker != "simulated":
+            raise ConfigurationError("--replay runs with the simulated broker only")
+        # The replay starts before the first session and ends after the last one.
+        start = start.tz_localize("America/New_York").tz_convert("UTC")
+        end = (end + pd.Timedelta(days=1)).tz_localize("America/New_York").tz_convert("UTC")
+    config = lt.LiveConfig(
+        interval_s=interval,
+        once=args.once,
+        live=args.live,
+        replay_start=start,
+        replay_end=end,
+        speed=args.speed,
+        initial_cash=args.capital,
+        flatten_on_deadman=args.flatten_on_deadman,
+    )
+    broker = None
+    if args.live or args.broker == "alpaca":
+        import alert_dispatch
+        import trading_api as ta
+        from error_handling import CircuitBreaker
+
+        if args.live:
+            _confirm_live()
+        breaker = CircuitBreaker(
+            "alpaca",
+            failure_threshold=5,
+            reset_timeout_s=60,
+            on_state_change=alert_dispatch.breaker_alert_hook(home.home),
+        )
+        broker = ta.AlpacaBroker.from_environment(
+            paper=not args.live, home=home.home, breaker=breaker
+        )
+    print(
+        f"live loop: {'LIVE (real money)' if args.live else 'paper'}, "
+        f"{broker.name if broker else 'simulated'} broker, {pair.long}/{pair.short}"
+        + (f", replay {args.replay[0]}..{args.replay[1]}" if args.replay else "")
+        + "; Ctrl-C stops it",
+        flush=True,
+    )
+    summary = lt.run_trading_loop(
+        paper_trading=not args.live, config=config, pair=pair, home=home, broker=broker
+    )
+    equity = "n/a" if summary.equity is None else f"${summary.equity:,.2f}"
+    print(
+        f"stopped ({summary.stopped_by}): {summary.iterations} iterations, "
+        f"{summary.predictions} predictions on {summary.bars} new bars, {summary.orders} orders, "
+        f"{summary.rejections} refused by the risk gate; equity {equity}"
+    )
+    print(f"positions: {home.positions_file}; audit: {home.audit_log}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import constants as C
+    import live_trading as lt
+
+    home = C.paths()
+    st = lt.status(home)
+    beat = st.get("heartbeat")
+    if beat is None:
+        print("loop: not started yet: run `python main.py live` (or --replay to try it)")
+    else:
+        age = st["heartbeat_age_s"]
+        state = beat.get("status", "?")
+        running = state != "stopped" and age < 3 * 300
+        print(
+            f"loop: {'RUNNING' if running else 'STOPPED'} ({state}); last heartbeat "
+            f"{age:,.0f} s ago; mode {beat.get('mode', '?').upper()}, broker {beat.get('broker')}"
+        )
+        breakers = beat.get("circuit_breakers") or {}
+        print(
+            "circuit breakers: "
+            + (", ".join(f"{k} {v}" for k, v in breakers.items()) or "none in use")
+        )
+    print(
+        f"market: {'OPEN' if st['market_open_now'] else 'closed'} now; next open {st['next_open']}"
+    )
+    print(
+        f"risk: {'HALTED (' + str(st['halt_reason']) + ')' if st['halted'] else 'trading allowed'}"
+    )
+    positions = st.get("positions")
+    if positions is None:
+        print("positions: none yet (run `python main.py live` to create positions.json)")
+    else:
+        legs = ", ".join(
+            f"{sym} {p['qty']:+,} @ {p['avg_entry_price']:,.2f}"
+            for sym, p in positions["positions"].items()
+        )
+        print(
+            f"positions: {legs or 'flat'}; equity ${positions['equity']:,.2f}, cash "
+            f"${positions['cash']:,.2f}; last bar {positions['last_processed_bar']}"
+        )
     return 0
 
 

@@ -15,19 +15,24 @@ Invariants:
 from __future__ import annotations
 
 import abc
+import functools
+import json
 import logging
 import math
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from uuid import UUID
 
 import pandas as pd
 
 import risk_management as rm
 from atomic_io import atomic_write_json
-from data_validation import MarketClock, market_clock
-from error_handling import BrokerError, ConfigurationError, RiskViolation
+from data_validation import NEW_YORK, MarketClock, market_clock
+from error_handling import BrokerError, CircuitBreaker, ConfigurationError, RiskViolation
 from trading_execution import (
     ApprovedBasket,
     BarQuote,
@@ -404,12 +409,14 @@ def execute_signal(
     start_of_day_equity: float | None = None,
     reference_prices: Mapping[str, float] | None = None,
     on_decision: Callable[[str, dict[str, Any]], None] | None = None,
+    target: Mapping[str, int] | None = None,
 ) -> ExecutionReport:
     """Turn a pair signal into leg orders sized by the risk manager's Kelly rule, pass each basket
     through `pre_trade_check` (live rules: market open, price sanity from constants, staleness),
     and submit what it approves. Orders whose client id the broker already has are looked up,
     not resubmitted. `on_decision(event, payload)` receives each risk decision and submission
-    (for the audit log)."""
+    (for the audit log). `target` (signed shares per leg) replaces the Kelly sizing: the live
+    loop saves its decision before acting, so a restart re-sends the same orders."""
     sizing = sizing or SizingPolicy()
     action = getattr(signal.action, "value", signal.action)
     account = broker.account()
@@ -419,9 +426,11 @@ def execute_signal(
     if missing:
         raise BrokerError(f"no latest price for {', '.join(missing)} from {broker.name}")
     prices = {s: q.price for s, q in quotes.items()}
-    target = target_shares(
-        action, float(signal.probability), long, short, account.equity, prices, sizing, held
-    )
+    if target is None:
+        target = target_shares(
+            action, float(signal.probability), long, short, account.equity, prices, sizing, held
+        )
+    target = {s: int(q) for s, q in target.items()}
     report = ExecutionReport(action=action, target=target)
     bar = pd.Timestamp(signal.bar_time).isoformat()
     reduce, increase = orders_toward(held, target, Purpose.ENTRY, (strategy, bar))
@@ -503,3 +512,496 @@ def execute_signal(
 
 def _order_text(order: Order) -> str:
     return f"{order.side.value} {order.qty} {order.symbol}"
+
+
+# --- Alpaca ---------------------------------------------------------------------------------------
+T = TypeVar("T")
+
+_ENV_ALPACA_API_KEY = "ALPACA_API_KEY"
+_ENV_ALPACA_SECRET_KEY = "ALPACA_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
+_ENV_ALPACA_TRADING_URL = "ALPACA_TRADING_URL"  # base URL without /v2; unset: alpaca-py's default
+_ENV_ALPACA_DATA_URL = "ALPACA_DATA_URL"  # base URL without /v2; unset: alpaca-py's default
+_ENV_ALPACA_DATA_FEED = "ALPACA_DATA_FEED"  # iex (free, the default) or sip
+
+#: Alpaca's order statuses in our words (BrokerOrder.status). Any other (pending_cancel, held,
+#: accepted_for_bidding, ...) is an order still working: accepted, or partially_filled once
+#: shares have filled.
+_ALPACA_STATUS = {
+    "new": "accepted",
+    "accepted": "accepted",
+    "pending_new": "accepted",
+    "partially_filled": "partially_filled",
+    "filled": "filled",
+    "canceled": "canceled",
+    "expired": "canceled",
+    "done_for_day": "canceled",
+    "replaced": "canceled",
+    "rejected": "rejected",
+}
+
+
+class OrderRejected(BrokerError):
+    """Alpaca answered with a 4xx other than 429 (insufficient buying power, not shortable, an
+    unknown order, rejected keys): a business answer, so it is neither retried nor counted by the
+    circuit breaker. `status` is the HTTP status."""
+
+    def __init__(self, message: str, status: int | None = None):
+        self.status = status
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.status))
+
+
+class BrokerUnavailable(BrokerError):
+    """Alpaca could not be reached, did not answer within the timeout, or answered 429 or 5xx;
+    raised once the retries are used up."""
+
+
+class AlpacaBroker(Broker):
+    """Alpaca's trading API (paper unless `paper=False`) and market data through alpaca-py, under
+    our own failure policy.
+
+    alpaca-py sends requests without a timeout and itself retries 429/504 on every method, POST
+    /v2/orders included. Here its retry is off and every request has `timeout_s` (seconds, to
+    connect and between bytes of the answer). Each HTTP attempt runs through `breaker` (open:
+    CircuitOpenError at once, no request). Timeouts, dropped connections, 429 and 5xx are retried
+    up to `attempts` calls in all, `backoff_s` x 2^n seconds apart (then BrokerUnavailable); any
+    other 4xx raises OrderRejected at once, which the breaker does not count.
+
+    Invariant: an order is posted at most once per client order id. Its id is looked up before
+    the first POST, again before every retried POST (the broker may have accepted an order whose
+    answer was lost), and after a 422 "client_order_id must be unique".
+    """
+
+    name = "alpaca"
+
+    def __init__(
+        self,
+        api_key: str,
+        secret_key: str,
+        *,
+        paper: bool = True,
+        trading_url: str | None = None,
+        data_url: str | None = None,
+        timeout_s: float = 10.0,
+        attempts: int = 3,
+        backoff_s: float = 0.5,
+        breaker: CircuitBreaker | None = None,
+        data_feed: str = "iex",
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        try:
+            from alpaca.data.enums import DataFeed
+            from alpaca.data.historical import StockHistoricalDataClient
+            from alpaca.trading.client import TradingClient
+        except ImportError as exc:  # pragma: no cover - the live profile installs alpaca-py
+            raise ConfigurationError(
+                "the Alpaca broker needs alpaca-py; run ./install.sh live"
+            ) from exc
+        if not timeout_s > 0:
+            raise ConfigurationError(f"Alpaca timeout_s must be > 0 seconds: {timeout_s!r}")
+        if attempts < 1:
+            raise ConfigurationError(f"Alpaca attempts must be >= 1: {attempts!r}")
+        if not backoff_s >= 0:
+            raise ConfigurationError(f"Alpaca backoff_s must be >= 0 seconds: {backoff_s!r}")
+        if not api_key or not secret_key:
+            raise ConfigurationError(
+                f"the Alpaca broker needs {_ENV_ALPACA_API_KEY} and {_ENV_ALPACA_SECRET_KEY}"
+            )
+        feed = data_feed.strip().lower()
+        try:
+            self.data_feed = DataFeed(feed)
+        except ValueError:
+            raise ConfigurationError(
+                f"unknown Alpaca data feed {feed!r} ({_ENV_ALPACA_DATA_FEED}); choose one of "
+                f"{', '.join(f.value for f in DataFeed)}"
+            ) from None
+        self.paper = paper
+        self.timeout_s = float(timeout_s)
+        self.attempts = int(attempts)
+        self.backoff_s = float(backoff_s)
+        self._sleep = sleep
+        if breaker is None:
+            breaker = CircuitBreaker(
+                "alpaca", failure_threshold=5, reset_timeout_s=60.0, excluded=(OrderRejected,)
+            )
+        elif not issubclass(OrderRejected, breaker.excluded):
+            # A business rejection says nothing about Alpaca's health: it must never open it.
+            breaker.excluded = (*breaker.excluded, OrderRejected)
+        self.breaker = breaker
+        self._trading = TradingClient(
+            api_key, secret_key, paper=paper, url_override=_alpaca_base_url(trading_url)
+        )
+        self._data = StockHistoricalDataClient(
+            api_key, secret_key, url_override=_alpaca_base_url(data_url)
+        )
+        for client in (self._trading, self._data):
+            _harden_alpaca_client(client, self.timeout_s)
+
+    @classmethod
+    def from_environment(
+        cls,
+        *,
+        paper: bool = True,
+        home: str | os.PathLike[str] | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> AlpacaBroker:
+        """Keys from ALPACA_API_KEY / ALPACA_SECRET_KEY (the environment wins, else the encrypted
+        store under `home`); base URLs from ALPACA_TRADING_URL / ALPACA_DATA_URL (no trailing
+        /v2; unset: Alpaca's own); the data feed from ALPACA_DATA_FEED (unset: iex)."""
+        from credential_manager import lookup
+
+        api_key = lookup(_ENV_ALPACA_API_KEY, home=home)
+        secret_key = lookup(_ENV_ALPACA_SECRET_KEY, home=home)
+        if not api_key or not secret_key:
+            missing = [
+                name
+                for name, value in (
+                    (_ENV_ALPACA_API_KEY, api_key),
+                    (_ENV_ALPACA_SECRET_KEY, secret_key),
+                )
+                if not value
+            ]
+            raise ConfigurationError(
+                f"the Alpaca broker needs {' and '.join(missing)}: store them with `python main.py "
+                f"credentials set {missing[0]}` (encrypted; read when TRADING_MASTER_PASSWORD is "
+                "set) or set them in the environment (paper keys from app.alpaca.markets)"
+            )
+        return cls(
+            api_key,
+            secret_key,
+            paper=paper,
+            trading_url=os.environ.get(_ENV_ALPACA_TRADING_URL) or None,
+            data_url=os.environ.get(_ENV_ALPACA_DATA_URL) or None,
+            data_feed=os.environ.get(_ENV_ALPACA_DATA_FEED) or "iex",
+            breaker=breaker,
+        )
+
+    # --- Failure policy ------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """`fn` (one alpaca-py call) through the breaker, retried on BrokerUnavailable.
+
+        Not error_handling.retry_with_backoff: each retry is logged with its number, and the final
+        error says how many attempts were made."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self.breaker.call(self._translated, what, fn)
+            except BrokerUnavailable as exc:
+                if attempt == self.attempts:
+                    raise BrokerUnavailable(
+                        f"{exc} (gave up after {self.attempts} attempt(s))"
+                    ) from exc
+                wait_s = self.backoff_s * 2 ** (attempt - 1)
+                log.warning(
+                    "%s; attempt %d of %d, retrying in %.1f s", exc, attempt, self.attempts, wait_s
+                )
+                self._sleep(wait_s)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _translated(self, what: str, fn: Callable[[], T]) -> T:
+        """Run `fn`; its failures as BrokerUnavailable (retried), OrderRejected (not retried, not
+        counted by the breaker) or BrokerError."""
+        import requests
+        from alpaca.common.exceptions import APIError
+
+        try:
+            return fn()
+        except APIError as exc:
+            raise _alpaca_api_error(what, exc) from exc
+        except requests.exceptions.Timeout as exc:
+            raise BrokerUnavailable(
+                f"alpaca {what}: no answer within {self.timeout_s:g} s ({type(exc).__name__})"
+            ) from exc
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise BrokerUnavailable(
+                f"alpaca {what}: connection failed ({type(exc).__name__}: {detail})"
+            ) from exc
+        except requests.exceptions.JSONDecodeError as exc:  # a wrong base URL (an HTML page)?
+            raise BrokerError(f"alpaca {what}: the answer is not JSON ({exc})") from exc
+        except requests.exceptions.RequestException as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise BrokerError(f"alpaca {what}: {type(exc).__name__}: {detail}") from exc
+        except ValueError as exc:  # a 200 answer alpaca-py cannot parse: a wrong base URL?
+            detail = " ".join(str(exc).split())[:200]
+            raise BrokerError(f"alpaca {what}: unexpected answer: {detail}") from exc
+
+    # --- Broker interface ----------------------------------------------------------------------
+    def account(self) -> Account:
+        raw: Any = self._call("GET /v2/account", self._trading.get_account)
+        return Account(
+            equity=_alpaca_usd(raw.equity, "account equity"),
+            cash=_alpaca_usd(raw.cash, "account cash"),
+            buying_power=_alpaca_usd(raw.buying_power, "account buying_power"),
+            status=str(getattr(raw.status, "value", raw.status)),
+        )
+
+    def positions(self) -> dict[str, Position]:
+        """Signed shares (short < 0) per symbol, average entry and current price (USD)."""
+        raw: Any = self._call("GET /v2/positions", self._trading.get_all_positions)
+        out = {}
+        for p in raw:
+            shares = abs(_alpaca_shares(p.qty, f"position {p.symbol}"))
+            if str(getattr(p.side, "value", p.side)) == "short":
+                shares = -shares
+            if shares == 0:
+                continue
+            avg = float(p.avg_entry_price)
+            price = float(p.current_price) if p.current_price is not None else avg
+            out[p.symbol] = Position(p.symbol, shares, avg, price)
+        return out
+
+    def clock(self) -> MarketClock:
+        raw: Any = self._call("GET /v2/clock", self._trading.get_clock)
+        at = _utc(raw.timestamp)
+        return MarketClock(
+            at=at,
+            is_open=bool(raw.is_open),
+            next_open=_utc(raw.next_open),
+            next_close=_utc(raw.next_close),
+            session_date=(
+                at.tz_convert(NEW_YORK).normalize().tz_localize(None) if raw.is_open else None
+            ),
+        )
+
+    def latest_prices(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """The latest trade of each symbol on `data_feed`; a symbol without one is left out."""
+        from alpaca.data.requests import StockLatestTradeRequest
+
+        wanted = {s.upper(): s for s in symbols}
+        if not wanted:
+            return {}
+        request = StockLatestTradeRequest(symbol_or_symbols=list(wanted), feed=self.data_feed)
+        trades = self._call(
+            "GET /v2/stocks/trades/latest", lambda: self._data.get_stock_latest_trade(request)
+        )
+        return {
+            wanted[sym]: Quote(wanted[sym], float(trade.price), _utc(trade.timestamp))
+            for sym, trade in trades.items()
+            if sym in wanted
+        }
+
+    def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        raw = self._lookup(client_order_id)
+        return None if raw is None else _order_from_alpaca(raw)
+
+    def open_orders(self) -> list[BrokerOrder]:
+        from alpaca.trading.enums import QueryOrderStatus
+        from alpaca.trading.requests import GetOrdersRequest
+
+        request = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500)  # Alpaca's maximum
+        raw = self._call("GET /v2/orders", lambda: self._trading.get_orders(filter=request))
+        return [_order_from_alpaca(o) for o in raw]
+
+    def cancel_order(self, order_id: str) -> None:
+        """Ask Alpaca to cancel an open order; OrderRejected when it is unknown or already done
+        (filled). A retry whose lost first try did cancel it is not an error."""
+        from alpaca.common.exceptions import APIError
+
+        try:
+            UUID(str(order_id))
+        except ValueError:
+            raise BrokerError(f"{order_id!r} is not an Alpaca order id (a UUID)") from None
+        tries = 0
+
+        def cancel() -> None:
+            nonlocal tries
+            tries += 1
+            try:
+                self._trading.cancel_order_by_id(order_id)
+            except APIError as exc:
+                if tries > 1 and exc.status_code == 422:  # "not cancelable": canceled already?
+                    current: Any = self._trading.get_order_by_id(order_id)
+                    status = str(getattr(current.status, "value", current.status))
+                    if status in ("canceled", "pending_cancel"):
+                        return
+                raise
+
+        self._call(f"DELETE /v2/orders/{order_id}", cancel)
+
+    def submit_basket(self, basket: ApprovedBasket) -> list[BrokerOrder]:
+        """Each order as a DAY market order, unless Alpaca already has its client id (then that
+        order is returned). An order that fails stops the basket: the ones before it stand, and a
+        resubmission of the same basket finds them by client id."""
+        basket = _require_approved(basket)
+        placed = []
+        for order in basket.orders:
+            known = self._lookup(order.client_order_id)
+            if known is not None:
+                found = _order_from_alpaca(known, order.purpose.value)
+                log.info(
+                    "alpaca already has order %s (%s): not submitted again",
+                    found.client_order_id,
+                    found.status,
+                )
+                placed.append(found)
+            else:
+                placed.append(self._post_once(order))
+        return placed
+
+    # --- Helpers -------------------------------------------------------------------------------
+    def _lookup(self, client_order_id: str) -> Any:
+        """Alpaca's order with this client id, or None; under the failure policy."""
+        return self._call(
+            "GET /v2/orders:by_client_order_id", lambda: self._find_order(client_order_id)
+        )
+
+    def _find_order(self, client_order_id: str) -> Any:
+        """Alpaca's order with this client id, or None (404); one request."""
+        from alpaca.common.exceptions import APIError
+
+        try:
+            return self._trading.get_order_by_client_id(client_order_id)
+        except APIError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+
+    def _post_once(self, order: Order) -> BrokerOrder:
+        """POST a market order, never twice: a retry first looks the client id up (an earlier
+        POST may have been accepted although its answer was lost), and a 422 for a duplicate
+        client id returns the order Alpaca already has."""
+        from alpaca.common.exceptions import APIError
+        from alpaca.trading.enums import OrderSide, TimeInForce
+        from alpaca.trading.requests import MarketOrderRequest
+
+        cid = order.client_order_id
+        request = MarketOrderRequest(
+            symbol=order.symbol,
+            qty=order.qty,
+            side=OrderSide(order.side.value),
+            time_in_force=TimeInForce.DAY,
+            client_order_id=cid,
+        )
+        tries = 0
+
+        def post() -> Any:
+            nonlocal tries
+            tries += 1
+            # Only a timeout, a dropped connection, 429 or 5xx leads to another try.
+            if tries > 1 and (found := self._find_order(cid)) is not None:
+                log.warning("alpaca accepted order %s although its answer was lost", cid)
+                return found
+            try:
+                return self._trading.submit_order(request)
+            except APIError as exc:
+                if exc.status_code == 422 and _is_duplicate_client_id(exc):
+                    found = self._find_order(cid)
+                    if found is not None:
+                        log.warning("alpaca already had order %s (422 on POST)", cid)
+                        return found
+                raise
+
+        raw = self._call("POST /v2/orders", post)
+        result = _order_from_alpaca(raw, order.purpose.value)
+        log.info(
+            "alpaca order %s: %s %d %s -> %s",
+            cid,
+            order.side.value,
+            order.qty,
+            order.symbol,
+            result.status,
+        )
+        return result
+
+
+def _harden_alpaca_client(client: Any, timeout_s: float) -> None:
+    """Give every request of an alpaca-py client a timeout and turn its own retry off.
+
+    Relies on alpaca-py 0.44's RESTClient: `_one_request` sends through `self._session.request`
+    (a requests.Session) without a timeout, and `_request` retries while `self._retry` > 0 on
+    `self._retry_codes` (429, 504), sleeping 3 s; its constructor ignores retry_attempts=0 (and
+    TradingClient does not forward it), so the attribute is set."""
+    if not hasattr(client, "_session") or not hasattr(client, "_retry"):
+        raise ConfigurationError(
+            f"{type(client).__name__} lacks _session/_retry: this alpaca-py is not the 0.44 the "
+            "broker was written for; install requirements-live.txt"
+        )
+    session = client._session
+    session.request = functools.partial(session.request, timeout=(timeout_s, timeout_s))
+    client._retry = 0
+
+
+def _alpaca_base_url(url: str | None) -> str | None:
+    """A base URL as alpaca-py wants it: no trailing slash or /v2 (it appends /v2 itself)."""
+    url = (url or "").strip().rstrip("/").removesuffix("/v2")
+    return url or None
+
+
+def _alpaca_message(exc: Exception) -> str:
+    """The `message` of an Alpaca error body, else its text: APIError.message raises when the body
+    is not JSON (an HTML page from a proxy)."""
+    body = str(exc)
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and payload.get("message"):
+        return " ".join(str(payload["message"]).split())[:200]
+    return " ".join(body.replace("<", " <").split())[:200]
+
+
+def _alpaca_api_error(what: str, exc: Any) -> BrokerError:
+    """The project's error for an HTTP error answer (alpaca-py's APIError)."""
+    status = exc.status_code
+    text = f"alpaca {what}: HTTP {status}: {_alpaca_message(exc)}"
+    if status is None or status == 429 or status >= 500:
+        return BrokerUnavailable(text)
+    if status == 401:
+        text += (
+            f"; check {_ENV_ALPACA_API_KEY} and {_ENV_ALPACA_SECRET_KEY} (paper keys need "
+            "paper=True, live keys paper=False)"
+        )
+    return OrderRejected(text, status)
+
+
+def _is_duplicate_client_id(exc: Exception) -> bool:
+    message = _alpaca_message(exc).lower()
+    return "client_order_id" in message and "unique" in message
+
+
+def _utc(value: Any) -> pd.Timestamp:
+    """A timestamp from Alpaca (Eastern or UTC offset) as a UTC Timestamp; naive means UTC."""
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _alpaca_usd(value: Any, what: str) -> float:
+    if value is None:
+        raise BrokerError(f"alpaca: the answer has no {what}")
+    return float(value)
+
+
+def _alpaca_shares(value: Any, what: str) -> int:
+    """Whole shares from Alpaca's decimal string: this application trades whole shares only."""
+    shares = float(value or 0)
+    if not shares.is_integer():
+        raise BrokerError(
+            f"alpaca: {what} is {value} shares, a fraction; this application trades whole "
+            "shares only: settle the fraction in Alpaca's dashboard"
+        )
+    return int(shares)
+
+
+def _order_from_alpaca(raw: Any, purpose: str = Purpose.ENTRY.value) -> BrokerOrder:
+    """Our record of an alpaca-py Order; `purpose` is ours (Alpaca does not know it)."""
+    status = str(getattr(raw.status, "value", raw.status))
+    cid = raw.client_order_id
+    filled = _alpaca_shares(raw.filled_qty, f"order {cid} filled_qty")
+    price = raw.filled_avg_price
+    return BrokerOrder(
+        id=str(raw.id),
+        client_order_id=cid,
+        symbol=raw.symbol,
+        side=Side(str(getattr(raw.side, "value", raw.side))),
+        qty=_alpaca_shares(raw.qty, f"order {cid} qty"),
+        filled_qty=filled,
+        filled_avg_price=float(price) if price is not None and filled else None,
+        status=_ALPACA_STATUS.get(status, "partially_filled" if filled else "accepted"),
+        submitted_at=_utc(raw.submitted_at),
+        purpose=purpose,
+    )

@@ -623,3 +623,24 @@ def summary_rows(report: TrainingReport) -> list[Sequence[str]]:
     ]
     rows += [[f"baseline: {name}", *fmt(m)] for name, m in report.baselines.items()]
     return rows
+
+
+def ensure_active_model(pair: C.Pair, home: C.Paths, *, progress: Any = None) -> str | None:
+    """Train (and register) models when the pair has no active one of the kind(s) signals use,
+    so a fresh clone gets a full result from one command. Returns a note of what was trained."""
+    import signals as sg
+    from model_management import ModelRegistry
+
+    registry = ModelRegistry(home.models_dir, home=home.home)
+    kinds = (
+        ("lstm", "xgb") if sg.ensemble_enabled() else (os.environ.get(sg.ENV_SIGNAL_MODEL, "xgb"),)
+    )
+    if all(registry.get_active_model(kind, pair) is not None for kind in kinds):
+        return None
+    models = ("lstm", "xgb") if tensorflow_available() else ("xgb",)
+    log.info("no active %s model for %s: training first", "/".join(kinds), pair.key)
+    report = train(pair, TrainConfig(models=models), home=home, progress=progress)
+    return (
+        f"trained {', '.join(f'{r.kind} {r.version}' for r in report.models)} first "
+        f"(no active model for {pair.long}/{pair.short})"
+    )

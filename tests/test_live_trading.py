@@ -1,0 +1,297 @@
+"""The live loop on replayed bundled history with the simulated broker: market hours, persisted
+positions, the audit chain, reconciliation, SIGTERM, one instance per home, the dead man's switch,
+and crash safety under SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import audit_logging
+import constants as C
+import live_trading as lt
+import process_stock_data as psd
+import train_model as tm
+from data_validation import market_clock
+from tests.helpers import ROOT
+
+PAIR = C.Pair("AAPL", "MSFT")
+NY = "America/New_York"
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory) -> Path:
+    """A TRADING_HOME with the processed bundled pair and a tiny real XGBoost model."""
+    root = tmp_path_factory.mktemp("trained")
+    home = C.paths(root).ensure()
+    psd.process("bundled", PAIR, home=home)
+    tm.train(PAIR, tm.TrainConfig(models=("xgb",)), home=home)
+    return root
+
+
+@pytest.fixture
+def home(trained_home, tmp_path) -> C.Paths:
+    """A private copy of the trained home (data and models; no live state yet)."""
+    for part in ("data", "models"):
+        shutil.copytree(trained_home / part, tmp_path / part)
+    return C.paths(tmp_path)
+
+
+def replay_config(start: str, end: str, **kw) -> lt.LiveConfig:
+    """Sessions from `start` to `end` inclusive (New York dates)."""
+    return lt.LiveConfig(
+        replay_start=pd.Timestamp(start).tz_localize(NY).tz_convert("UTC"),
+        replay_end=(pd.Timestamp(end) + pd.Timedelta(days=1)).tz_localize(NY).tz_convert("UTC"),
+        **kw,
+    )
+
+
+def env_for(home: C.Paths) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TICKER_LONG", "TICKER_SHORT")}
+    env.update({"TRADING_HOME": str(home.home), "PYTHONDONTWRITEBYTECODE": "1"})
+    env.pop("ALERT_WEBHOOK_URL", None)
+    return env
+
+
+def live_process(home: C.Paths, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "main.py", "live", *args],
+        cwd=ROOT,
+        env=env_for(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def audit_records(home: C.Paths) -> int:
+    log = home.audit_log
+    return log.read_bytes().count(b"\n") if log.exists() else 0
+
+
+def broker_state(home: C.Paths) -> dict:
+    return json.loads(home.paper_broker_file.read_text())
+
+
+# --- A month of replay ---------------------------------------------------------------------------
+def test_a_month_replays_in_seconds_predicting_only_inside_market_hours(home, caplog):
+    caplog.set_level(logging.INFO, logger="live_trading")
+    started = time.perf_counter()
+    summary = lt.run_trading_loop(
+        config=replay_config("2022-01-03", "2022-01-31"), pair=PAIR, home=home
+    )
+    took = time.perf_counter() - started
+
+    times = [
+        pd.Timestamp(r.sim_time) for r in caplog.records if r.getMessage().startswith("prediction")
+    ]
+    sessions = 20  # January 2022: 21 weekdays, Martin Luther King Day closed
+    assert len(times) == summary.predictions == sessions * 78  # every 5 min, 09:30-16:00
+    assert all(market_clock(t).is_open for t in times)
+    assert {t.tz_convert(NY).date() for t in times} == {
+        d.date() for d in pd.bdate_range("2022-01-03", "2022-01-31") if d.day != 17
+    }
+    assert took < 60, f"a month of replay took {took:.1f} s"
+    # Trades happened through the gate, and what is held is on disk.
+    assert summary.orders > 0
+    saved = json.loads(home.positions_file.read_text())
+    assert saved["schema_version"] == lt.SCHEMA_VERSION and saved["pending_decision"] is None
+    held = {s: p["qty"] for s, p in broker_state(home)["positions"].items() if p["qty"]}
+    assert {s: p["qty"] for s, p in saved["positions"].items()} == held
+    assert saved["last_processed_bar"].startswith("2022-01-28")  # Monday 31st trades Friday's bar
+    # The audit chain is intact and tells the story.
+    assert audit_logging.verify(home.audit_log).ok
+    events = [r.event for r in audit_logging.AuditLog(home.audit_log).records()]
+    assert events[0] == "start" and events[-1] == "stop"
+    assert {"signal", "risk_decision", "order_submitted", "fill", "position_change"} <= set(events)
+    assert events.count("signal") == summary.bars == 20
+
+
+def test_each_bar_is_decided_once_however_many_intervals_see_it(home):
+    lt.run_trading_loop(config=replay_config("2022-01-03", "2022-01-14"), pair=PAIR, home=home)
+    orders = broker_state(home)["orders"].values()
+    by_bar: dict[str, int] = {}
+    for o in orders:
+        by_bar[o["submitted_at"][:10]] = by_bar.get(o["submitted_at"][:10], 0) + 1
+    assert by_bar and max(by_bar.values()) <= 4  # a flip: close + open per leg, once
+
+
+def test_restart_reconciles_with_the_broker_and_the_broker_wins(home):
+    lt.run_trading_loop(config=replay_config("2022-01-03", "2022-01-07"), pair=PAIR, home=home)
+    saved = json.loads(home.positions_file.read_text())
+    saved["positions"] = {"AAPL": {"qty": 999, "avg_entry_price": 1.0, "market_price": 1.0}}
+    home.positions_file.write_text(json.dumps(saved))
+
+    summary = lt.run_trading_loop(
+        config=replay_config("2022-01-10", "2022-01-10"), pair=PAIR, home=home
+    )
+
+    assert summary.reconciliation_differences >= 1
+    records = [
+        r for r in audit_logging.AuditLog(home.audit_log).records() if r.event == "reconciliation"
+    ]
+    assert records[-1].payload["differences"][0]["saved_qty"] == 999
+    alerts = [json.loads(line) for line in home.alerts_log.read_text().splitlines()]
+    assert any(a["source"] == "reconciliation" and a["severity"] == "HIGH" for a in alerts)
+    fixed = json.loads(home.positions_file.read_text())
+    assert fixed["positions"].get("AAPL", {}).get("qty") != 999
+
+
+def test_dead_mans_switch_trips_once_when_iterations_stop():
+    trips = []
+    switch = lt.DeadMansSwitch(interval_s=300, intervals=3, on_trip=trips.append)
+    t0 = pd.Timestamp("2022-01-04 15:00", tz="UTC")
+    switch.beat(t0)
+    assert not switch.check(t0 + pd.Timedelta(seconds=899))
+    assert switch.check(t0 + pd.Timedelta(seconds=901))
+    assert not switch.check(t0 + pd.Timedelta(seconds=2000))  # once, until the next beat
+    switch.beat(t0 + pd.Timedelta(seconds=2100))
+    assert switch.check(t0 + pd.Timedelta(seconds=2100), stale_reason="feed stale")
+    assert len(trips) == 2 and "no loop iteration completed" in trips[0]
+
+
+def test_stale_data_trips_the_switch_and_does_not_trade(home, caplog):
+    # The bundled data ends 2022-12-28: a replay into 2023 sees a feed that stopped.
+    summary = lt.run_trading_loop(
+        config=replay_config("2023-01-09", "2023-01-09"), pair=PAIR, home=home
+    )
+    assert summary.orders == 0
+    alerts = [json.loads(line) for line in home.alerts_log.read_text().splitlines()]
+    assert any(a["source"] == "dead_mans_switch" and a["severity"] == "CRITICAL" for a in alerts)
+
+
+# --- Processes: SIGTERM, one instance, SIGKILL ----------------------------------------------
+def wait_for(path: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def test_sigterm_stops_cleanly_and_a_second_instance_is_refused(home):
+    first = live_process(home, "--replay", "2022-01-03", "2022-06-30", "--speed", "20000")
+    try:
+        wait_for(home.heartbeat_file)
+        second = subprocess.run(
+            [sys.executable, "main.py", "live", "--replay", "2022-01-03", "2022-01-31"],
+            cwd=ROOT,
+            env=env_for(home),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 2
+        assert "another `python main.py live`" in second.stderr and "Traceback" not in second.stderr
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert "stopped (SIGTERM)" in out
+    saved = json.loads(home.positions_file.read_text())
+    assert saved["schema_version"] == lt.SCHEMA_VERSION
+    last = audit_logging.AuditLog(home.audit_log).last()
+    assert last.event == "stop" and last.payload["reason"] == "SIGTERM"
+    assert audit_logging.verify(home.audit_log).ok
+    assert json.loads(home.heartbeat_file.read_text())["status"] == "stopped"
+
+
+def test_sigkill_at_random_points_never_loses_or_doubles_a_trade(
+    home, trained_home, tmp_path_factory
+):
+    window = ("2022-01-03", "2022-12-28")  # long enough that 20 short-lived runs don't finish it
+    # The reference: the same replay, uninterrupted, in its own home.
+    ref_root = tmp_path_factory.mktemp("reference")
+    for part in ("data", "models"):
+        shutil.copytree(trained_home / part, ref_root / part)
+    reference = C.paths(ref_root)
+    lt.run_trading_loop(config=replay_config(*window), pair=PAIR, home=reference)
+
+    rng = random.Random(20221)
+    kills = 0
+    for _ in range(60):  # at most: each run is killed or finishes
+        records_before = audit_records(home)
+        proc = live_process(home, "--replay", *window)
+        try:
+            # Kill inside the loop, not during start-up: after this run's "start" record.
+            deadline = time.monotonic() + 60
+            while audit_records(home) <= records_before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.5))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        if proc.returncode == 0:
+            break  # it finished before the kill
+        kills += 1
+        json.loads(home.positions_file.read_text())  # always parses
+        assert audit_logging.verify(home.audit_log).ok
+        if kills >= 20:
+            break
+    assert kills >= 20
+    starts = sum(1 for r in audit_logging.AuditLog(home.audit_log).records() if r.event == "start")
+    assert starts == kills  # every killed run got as far as the loop
+    final = subprocess.run(
+        [sys.executable, "main.py", "live", "--replay", *window],
+        cwd=ROOT,
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert final.returncode == 0, final.stderr
+
+    mine, theirs = broker_state(home), broker_state(reference)
+    assert {s: p["qty"] for s, p in mine["positions"].items()} == {
+        s: p["qty"] for s, p in theirs["positions"].items()
+    }
+    assert mine["cash"] == pytest.approx(theirs["cash"], abs=1e-6)
+    assert sorted(mine["orders"]) == sorted(theirs["orders"])  # the same client ids, each once
+    fills = [
+        r.payload["client_order_id"]
+        for r in audit_logging.AuditLog(home.audit_log).records()
+        if r.event == "fill"
+    ]
+    assert len(fills) == len(set(fills))  # no id filled twice
+    assert audit_logging.verify(home.audit_log).ok
+
+
+def test_status_reads_what_the_loop_wrote(home):
+    lt.run_trading_loop(config=replay_config("2022-01-03", "2022-01-04"), pair=PAIR, home=home)
+    proc = subprocess.run(
+        [sys.executable, "main.py", "status"],
+        cwd=ROOT,
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "STOPPED" in proc.stdout and "mode PAPER" in proc.stdout
+    assert "positions:" in proc.stdout and "risk: trading allowed" in proc.stdout
+
+
+def test_status_before_any_run_says_how_to_start(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "main.py", "status"],
+        cwd=ROOT,
+        env=env_for(C.paths(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert "not started yet" in proc.stdout and "python main.py live" in proc.stdout
