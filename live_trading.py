@@ -38,7 +38,14 @@ import trading_api as ta
 from atomic_io import atomic_write_json
 from audit_logging import AuditLog
 from data_validation import NEW_YORK, market_clock
-from error_handling import CircuitOpenError, ConfigurationError, DataError, TradingError
+from error_handling import (
+    BrokerError,
+    CircuitOpenError,
+    ConfigurationError,
+    DataError,
+    DataSourceUnavailable,
+    TradingError,
+)
 from trading_execution import BarQuote, Purpose, orders_toward
 
 log = logging.getLogger(__name__)
@@ -124,6 +131,7 @@ class LoopSummary:
     orders: int = 0
     rejections: int = 0
     reconciliation_differences: int = 0
+    errors: int = 0  # iterations the broker or the data feed failed
     stopped_by: str = "end"
     equity: float | None = None
 
@@ -491,21 +499,35 @@ def run_trading_loop(
                 clock.sleep((wake - now).total_seconds(), stopper.event)
                 deadman.beat(clock.now())
                 continue
-            _iteration(
-                now,
-                config,
-                pair,
-                home,
-                broker,
-                risk,
-                generator,
-                feed,
-                audit,
-                deadman,
-                state,
-                summary,
-                mode,
-            )
+            try:
+                _iteration(
+                    now,
+                    config,
+                    pair,
+                    home,
+                    broker,
+                    risk,
+                    generator,
+                    feed,
+                    audit,
+                    deadman,
+                    state,
+                    summary,
+                    mode,
+                )
+            except (BrokerError, DataSourceUnavailable) as exc:
+                # The broker or the feed failed this time (retries and the breaker are behind
+                # this): log, audit, and try again next interval; the switch watches progress.
+                summary.errors += 1
+                log.error("iteration at %s failed: %s", now, exc)
+                audit.append("alert", {"source": "live_loop", "error": str(exc)})
+                if isinstance(exc, CircuitOpenError) and not risk.halted:
+                    risk.halt(f"broker circuit breaker open: {exc}", now)
+                    audit.append("halt", {"reason": str(exc)})
+                if config.once:
+                    raise
+                clock.sleep(config.interval_s, stopper.event)
+                continue
             summary.iterations += 1
             deadman.beat(now)
             _write_heartbeat(

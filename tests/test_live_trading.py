@@ -260,6 +260,10 @@ def test_sigkill_at_random_points_never_loses_or_doubles_a_trade(
     }
     assert mine["cash"] == pytest.approx(theirs["cash"], abs=1e-6)
     assert sorted(mine["orders"]) == sorted(theirs["orders"])  # the same client ids, each once
+    for cid, order in mine["orders"].items():  # ... with the same quantities and fill prices
+        other = theirs["orders"][cid]
+        assert (order["qty"], order["filled_qty"]) == (other["qty"], other["filled_qty"])
+        assert order["filled_avg_price"] == pytest.approx(other["filled_avg_price"], rel=1e-12)
     fills = [
         r.payload["client_order_id"]
         for r in audit_logging.AuditLog(home.audit_log).records()
@@ -295,3 +299,55 @@ def test_status_before_any_run_says_how_to_start(tmp_path):
     )
     assert proc.returncode == 0
     assert "not started yet" in proc.stdout and "python main.py live" in proc.stdout
+
+
+class FlakyBroker(lt.ta.SimulatedBroker):
+    """A paper account whose connection fails on the first `failures` price requests: the broker
+    side of an outage (a Broker implementation, not a patch of the loop)."""
+
+    def __init__(self, *args, failures: int, error: type[Exception], **kw):
+        super().__init__(*args, **kw)
+        self.failures = failures
+        self.error = error
+
+    def latest_prices(self, symbols):
+        if self.failures > 0:
+            self.failures -= 1
+            raise self.error("broker unreachable (test outage)")
+        return super().latest_prices(symbols)
+
+
+def _flaky(home: C.Paths, clock: lt.ReplayClock, failures: int, error) -> FlakyBroker:
+    return FlakyBroker(
+        home.ensure().paper_broker_file, now=clock.now, failures=failures, error=error
+    )
+
+
+def test_a_broker_outage_is_logged_and_retried_next_interval(home):
+    from error_handling import BrokerError
+
+    config = replay_config("2022-01-03", "2022-01-05")
+    clock = lt.ReplayClock(config.replay_start)
+    broker = _flaky(home, clock, 3, BrokerError)
+    summary = lt.run_trading_loop(config=config, pair=PAIR, home=home, clock=clock, broker=broker)
+    assert summary.errors == 3 and summary.orders > 0  # it went on trading afterwards
+    alerts = [
+        r
+        for r in audit_logging.AuditLog(home.audit_log).records()
+        if r.event == "alert" and r.payload.get("source") == "live_loop"
+    ]
+    assert len(alerts) == 3 and "test outage" in alerts[0].payload["error"]
+
+
+def test_an_open_circuit_breaker_halts_new_entries(home):
+    from error_handling import CircuitOpenError
+
+    config = replay_config("2022-01-03", "2022-01-04")
+    clock = lt.ReplayClock(config.replay_start)
+    broker = _flaky(home, clock, 1, CircuitOpenError)
+    summary = lt.run_trading_loop(config=config, pair=PAIR, home=home, clock=clock, broker=broker)
+    assert summary.errors == 1 and summary.orders == 0  # halted: no entry after the breaker opened
+    import risk_management as rm
+
+    assert rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False).halted
+    assert any(r.event == "halt" for r in audit_logging.AuditLog(home.audit_log).records())
