@@ -16,6 +16,7 @@ import os
 import platform
 import sys
 import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -325,9 +326,25 @@ def fit_lstm(
     return model
 
 
+# A few windows (the live loop scores one bar at a time) go through a tf.function traced once per
+# model and input shape: ~1 ms, where predict_on_batch re-traces and costs 15-150 ms per call.
+_SMALL_BATCH = 16
+_compiled: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def lstm_predict(model: Any, x_scaled: np.ndarray, lookback: int) -> np.ndarray:
     """P(label = 1) for rows lookback-1 .. n-1 (each needs a full window)."""
-    return np.asarray(model.predict_on_batch(windows(x_scaled, lookback))).reshape(-1)
+    batch = windows(x_scaled, lookback)
+    if len(batch) > _SMALL_BATCH:
+        return np.asarray(model.predict_on_batch(batch)).reshape(-1)
+    fn = _compiled.get(model)
+    if fn is None:
+        import tensorflow as tf
+
+        fn = _compiled[model] = tf.function(
+            lambda t: model(t, training=False), reduce_retracing=True
+        )
+    return np.asarray(fn(batch.astype("float32"))).reshape(-1)
 
 
 # --- Orchestration --------------------------------------------------------------------------------
