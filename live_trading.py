@@ -521,9 +521,11 @@ def run_trading_loop(
                 summary.errors += 1
                 log.error("iteration at %s failed: %s", now, exc)
                 audit.append("alert", {"source": "live_loop", "error": str(exc)})
-                if isinstance(exc, CircuitOpenError) and not risk.halted:
+                breaker = getattr(broker, "breaker", None)
+                opened = breaker is not None and breaker.state.value == "open"
+                if (isinstance(exc, CircuitOpenError) or opened) and not risk.halted:
                     risk.halt(f"broker circuit breaker open: {exc}", now)
-                    audit.append("halt", {"reason": str(exc)})
+                    audit.append("halt", {"reason": risk.halt_reason})
                 if config.once:
                     raise
                 clock.sleep(config.interval_s, stopper.event)
@@ -726,7 +728,7 @@ def _iteration(
             )
         except CircuitOpenError as exc:
             risk.halt(f"broker circuit breaker open: {exc}", now)
-            audit.append("halt", {"reason": str(exc)})
+            audit.append("halt", {"reason": risk.halt_reason})
     after = {s: p.qty for s, p in broker.positions().items()}
     if after != before:
         audit.append("position_change", {"before": before, "after": after})

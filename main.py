@@ -849,6 +849,27 @@ def _confirm_live() -> None:
         raise ConfigurationError("live trading not confirmed; nothing was done")
 
 
+def _live_keys(home: Any) -> tuple[str, str]:
+    """Real money: the Alpaca keys must come from the encrypted store, not the environment."""
+    import credential_manager as cm
+    from error_handling import ConfigurationError
+
+    if not home.credentials_file.exists():
+        raise ConfigurationError(
+            "--live needs ALPACA_API_KEY and ALPACA_SECRET_KEY in the encrypted credential store "
+            "(keys in the environment are not enough for real money): run `python main.py "
+            "credentials set ALPACA_API_KEY` and `... ALPACA_SECRET_KEY`"
+        )
+    store = cm.CredentialStore.open(home.credentials_file, cm.master_password())
+    missing = [n for n in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY") if n not in store.names()]
+    if missing:
+        raise ConfigurationError(
+            f"--live needs {' and '.join(missing)} in the encrypted credential store: run "
+            f"`python main.py credentials set {missing[0]}`"
+        )
+    return store.get("ALPACA_API_KEY"), store.get("ALPACA_SECRET_KEY")
+
+
 def cmd_live(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -893,17 +914,25 @@ def cmd_live(args: argparse.Namespace) -> int:
         import trading_api as ta
         from error_handling import CircuitBreaker
 
-        if args.live:
-            _confirm_live()
         breaker = CircuitBreaker(
             "alpaca",
             failure_threshold=5,
             reset_timeout_s=60,
             on_state_change=alert_dispatch.breaker_alert_hook(home.home),
         )
-        broker = ta.AlpacaBroker.from_environment(
-            paper=not args.live, home=home.home, breaker=breaker
-        )
+        if args.live:
+            api_key, secret_key = _live_keys(home)
+            _confirm_live()
+            broker = ta.AlpacaBroker(
+                api_key,
+                secret_key,
+                paper=False,
+                trading_url=os.environ.get("ALPACA_TRADING_URL") or None,
+                data_url=os.environ.get("ALPACA_DATA_URL") or None,
+                breaker=breaker,
+            )
+        else:
+            broker = ta.AlpacaBroker.from_environment(paper=True, home=home.home, breaker=breaker)
     print(
         f"live loop: {'LIVE (real money)' if args.live else 'paper'}, "
         f"{broker.name if broker else 'simulated'} broker, {pair.long}/{pair.short}"

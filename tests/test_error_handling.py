@@ -116,8 +116,11 @@ def test_each_error_kind_has_its_own_nonzero_exit_code():
 
 
 def test_only_the_intended_subclasses_inherit_their_parents_exit_code():
+    from trading_api import BrokerUnavailable, OrderRejected  # broker errors defined there
+
     inheriting = {c for c in all_subclasses(TradingError) if "exit_code" not in vars(c)}
-    assert inheriting == {DataSourceUnavailable, CircuitOpenError}
+    assert inheriting == {DataSourceUnavailable, CircuitOpenError, OrderRejected, BrokerUnavailable}
+    assert OrderRejected.exit_code == BrokerUnavailable.exit_code == BrokerError.exit_code
     assert DataSourceUnavailable.exit_code == DataError.exit_code
     assert CircuitOpenError.exit_code == BrokerError.exit_code
 

@@ -351,3 +351,73 @@ def test_an_open_circuit_breaker_halts_new_entries(home):
 
     assert rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False).halted
     assert any(r.event == "halt" for r in audit_logging.AuditLog(home.audit_log).records())
+
+
+def test_live_money_needs_keys_in_the_encrypted_store_not_the_environment(tmp_path):
+    env = env_for(C.paths(tmp_path))
+    env.update(
+        {"ALPACA_API_KEY": "PKLIVE1234567890", "ALPACA_SECRET_KEY": "live-secret-0123456789"}
+    )
+    proc = subprocess.run(
+        [sys.executable, "main.py", "live", "--live", "--once"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2
+    assert "encrypted credential store" in proc.stderr and "credentials set" in proc.stderr
+    assert not C.paths(tmp_path).positions_file.exists()  # nothing started
+
+
+def test_live_money_needs_a_typed_confirmation(tmp_path):
+    import credential_manager as cm
+
+    password = "a-long-master-password"
+    store = cm.CredentialStore.open(C.paths(tmp_path).credentials_file, password, create=True)
+    store.set("ALPACA_API_KEY", "PKLIVE1234567890")
+    store.set("ALPACA_SECRET_KEY", "live-secret-0123456789")
+    env = env_for(C.paths(tmp_path))
+    env["TRADING_MASTER_PASSWORD"] = password
+    env.pop("TRADING_LIVE_CONFIRM", None)
+    proc = subprocess.run(
+        [sys.executable, "main.py", "live", "--live", "--once"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2
+    assert "TRADING_LIVE_CONFIRM" in proc.stderr and "Traceback" not in proc.stderr
+    assert not C.paths(tmp_path).positions_file.exists()
+
+
+def test_a_failure_that_opens_the_brokers_breaker_halts_trading_at_once(home):
+    import alert_dispatch
+    from error_handling import BrokerError, CircuitBreaker
+
+    class BreakerBroker(FlakyBroker):
+        def latest_prices(self, symbols):
+            return self.breaker.call(super().latest_prices, symbols)
+
+    config = replay_config("2022-01-03", "2022-01-04")
+    clock = lt.ReplayClock(config.replay_start)
+    broker = BreakerBroker(
+        home.ensure().paper_broker_file, now=clock.now, failures=1, error=BrokerError
+    )
+    broker.breaker = CircuitBreaker(
+        "paper",
+        failure_threshold=1,
+        reset_timeout_s=1e9,
+        on_state_change=alert_dispatch.breaker_alert_hook(home.home),
+    )
+    summary = lt.run_trading_loop(config=config, pair=PAIR, home=home, clock=clock, broker=broker)
+    assert summary.orders == 0 and summary.errors >= 1
+    halts = [r for r in audit_logging.AuditLog(home.audit_log).records() if r.event == "halt"]
+    assert halts and "circuit breaker" in halts[0].payload["reason"]
+    alerts = [json.loads(line) for line in home.alerts_log.read_text().splitlines()]
+    assert any(a["source"] == "circuit_breaker" and a["severity"] == "CRITICAL" for a in alerts)
