@@ -32,6 +32,7 @@ examples:
   python main.py audit verify                    check the audit log's hash chain
   python main.py risk status                     drawdown halt state; `risk reset` to resume
   python main.py alerts test                     send a test alert (logs/alerts.log + webhook)
+  python main.py dashboard                       the Streamlit dashboard on 127.0.0.1:8501
   python main.py credentials set ALPACA_API_KEY  store a broker key encrypted (AES-256-GCM)
   python main.py check                           which install profiles are present
 
@@ -225,6 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
         "`python main.py live`; changes nothing.",
     )
     st.set_defaults(func=cmd_status)
+
+    db = commands.add_parser(
+        "dashboard",
+        parents=[common],
+        help="open the Streamlit dashboard (same as `streamlit run dashboard.py`)",
+        description="Starts the read-only Streamlit dashboard on 127.0.0.1 (see README, "
+        "Dashboard, for reaching it safely from another machine).",
+    )
+    db.add_argument("--port", type=int, default=8501, help="(8501)")
+    db.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="interface to bind (127.0.0.1; anything else exposes it: put auth in front)",
+    )
+    db.set_defaults(func=cmd_dashboard)
 
     al = commands.add_parser(
         "alerts",
@@ -994,6 +1010,33 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"${positions['cash']:,.2f}; last bar {positions['last_processed_bar']}"
         )
     return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    from error_handling import ConfigurationError
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise ConfigurationError("the dashboard needs streamlit: run ./install.sh (full profile)")
+    script = Path(__file__).resolve().parent / "dashboard.py"
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.address",
+        args.address,
+        "--server.port",
+        str(args.port),
+    ]
+    print(f"dashboard on http://{args.address}:{args.port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.run(command, check=False).returncode  # noqa: S603
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:

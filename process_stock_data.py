@@ -387,7 +387,7 @@ def _alpaca_session_class() -> type[Any]:
     return AlpacaSession
 
 
-def _alpaca_message(body: str) -> str:
+def alpaca_error_message(body: str) -> str:
     """The `message` of an Alpaca error body, else its text: APIError.message raises when the body
     is not JSON (an HTML page from a proxy)."""
     try:
@@ -403,7 +403,7 @@ def _alpaca_http_error(
     status: int | None, body: str, symbols: Sequence[str], feed: str
 ) -> ConfigurationError | DataError:
     """The project's error for an HTTP error answer from Alpaca."""
-    detail = _alpaca_message(body)
+    detail = alpaca_error_message(body)
     label = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
     if status in (401, 403):
         plan = (

@@ -173,7 +173,6 @@ class SimulatedBroker(Broker):
 
     # --- State ---------------------------------------------------------------------------------
     def _load(self, initial_cash: float) -> dict[str, Any]:
-        import json
 
         if not self.state_path.exists():
             return {
@@ -933,16 +932,10 @@ def _alpaca_base_url(url: str | None) -> str | None:
 
 
 def _alpaca_message(exc: Exception) -> str:
-    """The `message` of an Alpaca error body, else its text: APIError.message raises when the body
-    is not JSON (an HTML page from a proxy)."""
-    body = str(exc)
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict) and payload.get("message"):
-        return " ".join(str(payload["message"]).split())[:200]
-    return " ".join(body.replace("<", " <").split())[:200]
+    """The `message` of the Alpaca error body carried by `exc` (or its text)."""
+    from process_stock_data import alpaca_error_message
+
+    return alpaca_error_message(str(exc))
 
 
 def _alpaca_api_error(what: str, exc: Any) -> BrokerError:
