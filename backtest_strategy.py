@@ -37,6 +37,7 @@ from trading_execution import (
     RemainderPolicy,
     Side,
     client_order_id,
+    orders_toward,
 )
 
 log = logging.getLogger(__name__)
@@ -407,26 +408,11 @@ def run_backtest(
         return done
 
     def orders_to(j: int, target: tuple[int, int], purpose: Purpose, tag: str) -> list[list[Order]]:
-        """[reducing orders, increasing orders] that move the book to `target` shares."""
-        reduce: list[Order] = []
-        increase: list[Order] = []
-        day_key = date_str(j)
-        for leg in (0, 1):
-            q, t = book.qty[leg], target[leg]
-            if q == t:
-                continue
-            sym = symbols[leg]
-            if q != 0 and (t == 0 or (t > 0) != (q > 0) or abs(t) < abs(q)):
-                closing = abs(q) if (t == 0 or (t > 0) != (q > 0)) else abs(q) - abs(t)
-                side = Side.SELL if q > 0 else Side.BUY
-                rp = Purpose.EXIT if purpose is Purpose.ENTRY else purpose
-                cid = client_order_id(label, day_key, sym, rp, tag, "reduce")
-                reduce.append(Order(sym, side, closing, cid, purpose=rp))
-                q = q - closing if q > 0 else q + closing
-            if t != q:
-                side = Side.BUY if t > q else Side.SELL
-                cid = client_order_id(label, day_key, sym, purpose, tag, "open")
-                increase.append(Order(sym, side, abs(t - q), cid, purpose=purpose))
+        """[reducing orders, increasing orders] that move the book to `target` shares (the same
+        order builder as the live loop's)."""
+        held = {symbols[0]: book.qty[0], symbols[1]: book.qty[1]}
+        goal = {symbols[0]: target[0], symbols[1]: target[1]}
+        reduce, increase = orders_toward(held, goal, purpose, (label, date_str(j), tag))
         return [reduce, increase]
 
     def direction() -> int:
