@@ -1034,7 +1034,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     ]
     print(f"dashboard on http://{args.address}:{args.port} (Ctrl-C stops it)", flush=True)
     try:
-        return subprocess.run(command, check=False).returncode  # noqa: S603
+        # cwd: Streamlit reads .streamlit/config.toml (127.0.0.1, headless) from there.
+        return subprocess.run(command, check=False, cwd=script.parent).returncode  # noqa: S603
     except KeyboardInterrupt:
         return 0
 

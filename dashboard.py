@@ -1,0 +1,852 @@
+"""Read-only Streamlit dashboard over one TRADING_HOME: is the loop alive, what it holds, the pair's
+spread, backtest runs, alerts, the model registry and the audit chain.
+
+Run `streamlit run dashboard.py` from the project directory (or `python main.py dashboard`). It
+never writes a file: every panel only reads what `main.py live`, `backtest`, `train` and the alert
+dispatcher wrote, and each panel degrades on its own (a missing file says which command makes it; a
+corrupt one is one error line in its own panel). Large logs are read from their last
+`TAIL_BYTES`, and every file read is cached on (path, mtime, size), so an unchanged file costs
+nothing on the next refresh.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # `streamlit run` from elsewhere, or AppTest
+    sys.path.insert(0, str(_HERE))
+
+import constants as C  # noqa: E402
+
+# --- Settings -------------------------------------------------------------------------------------
+ENV_REFRESH_S = "DASHBOARD_REFRESH_S"
+#: Seconds between automatic refreshes; 0 turns them off.
+DEFAULT_REFRESH_S = 30.0
+#: Only the last this many bytes of alerts.log and audit.jsonl are parsed for tables and markers.
+TAIL_BYTES = 2 * 1024 * 1024
+#: Newest alerts shown in the table after the severity filter.
+MAX_ALERT_ROWS = 2_000
+#: The loop counts as stale when its heartbeat is older than this many loop intervals.
+STALE_INTERVALS = 3
+#: The live loop's default interval (seconds) when no `start` record in the audit log says it.
+DEFAULT_INTERVAL_S = 300.0
+#: The z-score rule's bands, as in `main.py backtest` (--zscore-entry / --zscore-exit defaults).
+ZSCORE_ENTRY, ZSCORE_EXIT = 2.0, 0.5
+#: Bars (trading days) shown in the prices and spread chart.
+PRICE_WINDOW_BARS = 250
+SEVERITIES = ("INFO", "WARNING", "MEDIUM", "HIGH", "CRITICAL")
+#: Keys of .env the dashboard takes (never secrets: it needs no credentials).
+_ENV_KEYS = (C.ENV_TRADING_HOME, C.ENV_TICKER_LONG, C.ENV_TICKER_SHORT, ENV_REFRESH_S)
+
+LIVE_HINT = "run `python main.py live` (or `python main.py live --replay 2022-01-03 2022-03-31`)"
+_BADGE = (
+    "<div style='display:inline-block;padding:0.35rem 1.1rem;border-radius:0.5rem;"
+    "background:{bg};color:#ffffff;font-size:2rem;font-weight:800;letter-spacing:0.05em'>"
+    "{text}</div>"
+)
+
+
+# --- Small helpers --------------------------------------------------------------------------------
+def _load_env_file() -> None:
+    """Take TRADING_HOME, TICKER_* and DASHBOARD_REFRESH_S from the project's .env, like
+    `main.py` does (variables already set win); credentials in .env are left unread."""
+    env_file = _HERE / ".env"
+    if not env_file.is_file():
+        return
+    try:
+        from dotenv import dotenv_values
+    except ImportError:
+        return
+    for key, value in dotenv_values(env_file).items():
+        if key in _ENV_KEYS and value and key not in os.environ:
+            os.environ[key] = value
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    """(mtime in ns, size in bytes) of `path`, or None when it is absent: the cache key."""
+    try:
+        s = path.stat()
+    except OSError:
+        return None
+    return (s.st_mtime_ns, s.st_size)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when the message is empty)."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _ago(seconds: float) -> str:
+    """'42 s', '5 min', '3.2 h', '2.0 d' ago."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
+
+
+def _badge(text: str, bg: str) -> None:
+    """A big coloured label; `text` is escaped (it may come from a file)."""
+    st.markdown(_BADGE.format(bg=bg, text=html.escape(text)), unsafe_allow_html=True)
+
+
+def _tail_lines(path: Path, max_bytes: int) -> tuple[list[str], bool]:
+    """The complete lines in the last `max_bytes` of `path`, and whether the file was cut."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, size - max_bytes)
+        f.seek(start)
+        data = f.read()
+    if start > 0:  # the first line is (probably) partial: drop it
+        data = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return [line for line in lines if line.strip()], start > 0
+
+
+# --- Cached readers (keyed on path, mtime, size; they raise on corrupt files) -------------------
+@st.cache_data(max_entries=32, show_spinner=False)
+def _read_json(path: str, mtime_ns: int, size: int) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _read_alerts(path: str, mtime_ns: int, size: int) -> tuple[pd.DataFrame, int, bool]:
+    """(alerts newest first, unreadable lines skipped, file longer than TAIL_BYTES)."""
+    lines, cut = _tail_lines(Path(path), TAIL_BYTES)
+    rows, skipped = [], 0
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            rows.append(
+                {
+                    "time": str(rec["time"]),
+                    "severity": str(rec["severity"]).upper(),
+                    "source": str(rec.get("source", "")),
+                    "title": str(rec.get("title", "")),
+                    "message": str(rec.get("message", "")),
+                }
+            )
+        except (ValueError, KeyError, TypeError):
+            skipped += 1
+    frame = pd.DataFrame(rows, columns=["time", "severity", "source", "title", "message"])
+    return frame.iloc[::-1].reset_index(drop=True), skipped, cut
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _read_audit_tail(path: str, mtime_ns: int, size: int) -> list[dict[str, Any]]:
+    """Parsed records in the last TAIL_BYTES of the audit log, oldest first (bad lines skipped:
+    the chain check reports them)."""
+    records = []
+    for line in _tail_lines(Path(path), TAIL_BYTES)[0]:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("payload"), dict):
+            records.append(rec)
+    return records
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _verify_audit(path: str, mtime_ns: int, size: int) -> tuple[bool, int, str]:
+    """(chain intact, records verified, one-line verdict) from `audit_logging.verify`."""
+    import audit_logging
+
+    result = audit_logging.verify(Path(path))
+    return result.ok, result.count, result.describe(path)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _read_closes(path: str, mtime_ns: int, size: int, long: str, short: str) -> pd.DataFrame:
+    """Both legs' closes and the spread z-score of the backtest's z-score rule (60-bar rolling
+    hedge ratio on log closes, causal), over the whole processed history."""
+    import numpy as np
+
+    from backtest_strategy import rolling_spread_zscore
+
+    columns = [f"{long}_close", f"{short}_close"]
+    table = pd.read_parquet(path, columns=columns)
+    closes = table[columns].astype("float64")
+    closes.columns = [long, short]
+    closes["zscore"] = rolling_spread_zscore(
+        np.log(closes[long].to_numpy()), np.log(closes[short].to_numpy())
+    )
+    return closes
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _read_run(
+    folder: str, summary_stat: tuple[int, int], equity_stat: tuple[int, int]
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """summary.json and equity.csv of one backtest run (the stats are the cache key)."""
+    summary = json.loads((Path(folder) / "summary.json").read_text(encoding="utf-8"))
+    equity = pd.read_csv(Path(folder) / "equity.csv", parse_dates=["date"], index_col="date")
+    return summary, equity
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _read_registry(models_dir: str, stamp: tuple[Any, ...]) -> pd.DataFrame:
+    """One row per registered model with its holdout metrics and artifact check (`stamp` is the
+    stat of registry.json and of every artifact, so a changed file is re-verified)."""
+    from model_management import ModelRegistry
+
+    registry = ModelRegistry(Path(models_dir))
+    rows = []
+    for rec in registry.list():
+        metrics = rec.metadata.get("holdout_metrics") or {}
+        bad = registry.verify(rec.version)
+        rows.append(
+            {
+                "version": rec.version,
+                "kind": rec.name,
+                "status": rec.status.value,
+                "traffic": rec.traffic_fraction,
+                "holdout accuracy": metrics.get("accuracy"),
+                "holdout ROC AUC": metrics.get("roc_auc"),
+                "holdout log loss": metrics.get("log_loss"),
+                "holdout rows": metrics.get("rows"),
+                "integrity": "ok" if not bad else "BAD: " + ", ".join(bad),
+                "pair": f"{rec.long}/{rec.short}",
+                "created": rec.created,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _paper_equity(
+    broker_file: str,
+    broker_stat: tuple[int, int],
+    closes_file: str,
+    closes_stat: tuple[int, int],
+    legs: tuple[str, str],
+) -> tuple[pd.Series, float]:
+    """Paper equity marked at each daily close, rebuilt from the simulated broker's filled orders
+    (fill price, fees, session) and the processed closes; and the borrow fees it leaves out
+    (the broker accrues them as one running total, not per day). USD; index = bar date. Empty
+    when the broker traded symbols other than `legs` (an earlier session on another pair)."""
+    broker = json.loads(Path(broker_file).read_text(encoding="utf-8"))
+    filled = [o for o in broker.get("orders", {}).values() if o.get("filled_qty")]
+    if not filled:
+        return pd.Series(dtype="float64"), 0.0
+    orders = pd.DataFrame(filled)
+    session = (
+        pd.to_datetime(orders["submitted_at"], utc=True)
+        .dt.tz_convert("America/New_York")
+        .dt.normalize()
+        .dt.tz_localize(None)
+    )
+    signed = orders["filled_qty"].astype(float) * orders["side"].map({"buy": 1.0, "sell": -1.0})
+    flows = -signed * orders["filled_avg_price"].astype(float) - orders["fees"].astype(float)
+    symbols = sorted(orders["symbol"].unique())
+    if not set(symbols) <= set(legs):
+        return pd.Series(dtype="float64"), 0.0
+    table = pd.read_parquet(closes_file, columns=[f"{s}_close" for s in symbols])
+    last = pd.Timestamp(str(broker.get("borrow_through") or session.max())[:10])
+    days = table.loc[session.min() - pd.Timedelta(days=7) : last].index
+
+    def running_total(values: pd.Series) -> pd.Series:
+        """Cumulative sum of `values` by session, as of each bar date."""
+        total = values.groupby(session).sum().sort_index().cumsum()
+        return total.reindex(total.index.union(days)).ffill().fillna(0.0).reindex(days)
+
+    equity = float(broker.get("initial_cash", 0.0)) + running_total(flows)
+    for sym in symbols:
+        held = running_total(signed.where(orders["symbol"] == sym, 0.0))
+        equity += held * table.loc[days, f"{sym}_close"]
+    return equity.rename("equity"), float(broker.get("borrow_paid", 0.0))
+
+
+# --- Panels ---------------------------------------------------------------------------------------
+def _loop_interval_s(audit: Sequence[dict[str, Any]]) -> float:
+    """The interval of the last `start` in the audit tail, else DEFAULT_INTERVAL_S."""
+    for rec in reversed(audit):
+        if rec.get("event") == "start":
+            value = rec["payload"].get("interval_s")
+            if isinstance(value, int | float) and value > 0:
+                return float(value)
+            break
+    return DEFAULT_INTERVAL_S
+
+
+def _audit_tail(home: C.Paths) -> list[dict[str, Any]]:
+    stat = _stat(home.audit_log)
+    return [] if stat is None else _read_audit_tail(str(home.audit_log), *stat)
+
+
+def panel_live_status(home: C.Paths, pair: C.Pair) -> None:
+    """Mode badge, loop running/stale/stopped, market now, halt and circuit breakers."""
+    stat = _stat(home.heartbeat_file)
+    beat: dict[str, Any] = {}
+    if stat is None:
+        _badge("NO HEARTBEAT", "#6b7280")
+        st.info(f"No heartbeat yet: {LIVE_HINT} to create data/heartbeat.json")
+    else:
+        beat = _read_json(str(home.heartbeat_file), *stat)
+        if not isinstance(beat, dict) or "time" not in beat:
+            raise ValueError(f"{home.heartbeat_file} is not a heartbeat (no 'time')")
+        mode = str(beat.get("mode", "")).lower()
+        if mode == "live":
+            _badge("LIVE — REAL MONEY", "#c62828")
+        elif mode == "paper":
+            _badge("PAPER", "#1b8a3a")
+        else:
+            _badge(f"MODE {mode.upper() or 'UNKNOWN'}", "#6b7280")
+
+    now = pd.Timestamp.now(tz="UTC")
+    cols = st.columns(4)
+    if beat:
+        age_s = (now - pd.Timestamp(beat["time"])).total_seconds()
+        interval_s = _loop_interval_s(_audit_tail(home))
+        if beat.get("status") == "stopped":
+            state = "STOPPED"
+        elif age_s > STALE_INTERVALS * interval_s:
+            state = "STALE"
+        else:
+            state = "RUNNING"
+        cols[0].metric(
+            "Loop", state, f"heartbeat {_ago(age_s)} ago", delta_color="off", delta_arrow="off"
+        )
+        if state == "STALE":
+            st.warning(
+                f"No heartbeat for {_ago(age_s)} (more than {STALE_INTERVALS} x the "
+                f"{interval_s:g} s interval): the live loop (pid {beat.get('pid')}) may have died"
+            )
+    else:
+        cols[0].metric("Loop", "NOT STARTED")
+
+    from data_validation import market_clock
+
+    clock = market_clock(now)
+    cols[1].metric(
+        "Market now",
+        "OPEN" if clock.is_open else "CLOSED",
+        f"closes {clock.next_close:%Y-%m-%d %H:%M} UTC"
+        if clock.is_open
+        else f"opens {clock.next_open:%Y-%m-%d %H:%M} UTC",
+        delta_color="off",
+        delta_arrow="off",
+    )
+
+    halted, reason, since = bool(beat.get("halted")), beat.get("halt_reason"), None
+    risk_stat = _stat(home.risk_state_file)
+    if risk_stat is not None:  # the risk manager's own file is the authority on the halt
+        risk = _read_json(str(home.risk_state_file), *risk_stat)
+        halted, reason, since = (
+            bool(risk.get("halted")),
+            risk.get("halt_reason"),
+            risk.get("halted_at"),
+        )
+    cols[2].metric("Trading", "HALTED" if halted else "not halted")
+    cols[3].metric(
+        "Broker",
+        str(beat.get("broker", "—")),
+        f"last bar {beat.get('last_bar') or '—'}",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    if halted:
+        st.error(
+            f"HALTED{f' since {since}' if since else ''}: {reason or 'no reason recorded'}. "
+            "New entries are refused; `python main.py risk reset` clears it."
+        )
+
+    breakers = beat.get("circuit_breakers") or {}
+    if breakers:
+        text = ", ".join(f"{name}: **{state_}**" for name, state_ in sorted(breakers.items()))
+        (st.error if any(v != "closed" for v in breakers.values()) else st.caption)(
+            f"Circuit breakers: {text}"
+        )
+    elif beat:
+        st.caption(f"Circuit breakers: none reported by the {beat.get('broker', '?')} broker")
+    if beat:
+        st.caption(
+            f"Heartbeat {beat['time']} (loop clock {beat.get('loop_time', '—')}); "
+            f"stale after {STALE_INTERVALS} x the loop interval. Pair {pair.long}/{pair.short}."
+        )
+
+
+def panel_positions(home: C.Paths, pair: C.Pair) -> None:
+    """positions.json as a table with unrealized P&L; cash, equity; equity over time."""
+    import live_trading
+
+    state = live_trading.read_positions(home.positions_file)
+    if state is None:
+        st.info(f"No positions yet: {LIVE_HINT} to create positions.json")
+        return
+    rows = []
+    for sym, p in sorted((state.get("positions") or {}).items()):
+        qty, avg, price = float(p["qty"]), float(p["avg_entry_price"]), p.get("market_price")
+        price = float(price) if price is not None else math.nan
+        rows.append(
+            {
+                "leg": sym,
+                "side": "long" if qty > 0 else "short" if qty < 0 else "flat",
+                "qty": int(qty),
+                "avg entry": avg,
+                "market price": price,
+                "market value": qty * price,
+                "unrealized P&L": qty * (price - avg),
+            }
+        )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "leg",
+            "side",
+            "qty",
+            "avg entry",
+            "market price",
+            "market value",
+            "unrealized P&L",
+        ],
+    )
+    cash, equity = float(state.get("cash", math.nan)), float(state.get("equity", math.nan))
+    c = st.columns(4)
+    c[0].metric("Equity", f"${equity:,.2f}")
+    c[1].metric("Cash", f"${cash:,.2f}")
+    c[2].metric("Unrealized P&L", f"${table['unrealized P&L'].sum():,.2f}")
+    c[3].metric("Gross exposure", f"${table['market value'].abs().sum():,.2f}")
+    if rows:
+        st.dataframe(
+            table,
+            hide_index=True,
+            column_config={
+                k: st.column_config.NumberColumn(format="%.2f")
+                for k in ("avg entry", "market price", "market value", "unrealized P&L")
+            },
+        )
+    else:
+        st.caption("Flat: no open position.")
+    open_orders = state.get("open_orders") or []
+    if open_orders:
+        st.warning(f"{len(open_orders)} open order(s) at the broker")
+        st.dataframe(pd.DataFrame(open_orders), hide_index=True)
+    st.caption(
+        f"{home.positions_file} · {state.get('mode', '?')} · {state.get('broker', '?')} broker · "
+        f"updated {state.get('updated_at', '—')} · last processed bar "
+        f"{state.get('last_processed_bar') or '—'}"
+    )
+    _equity_over_time(home, pair, state)
+
+
+def _equity_over_time(home: C.Paths, pair: C.Pair, state: dict[str, Any]) -> None:
+    """Paper: equity rebuilt from the simulated broker's fills marked at daily closes. Otherwise the
+    equity the loop reported: audit records that carry one (stop, halt) and positions.json."""
+    import plotly.graph_objects as go
+
+    broker_stat = _stat(home.paper_broker_file)
+    closes_stat = _stat(home.processed_file(pair))
+    if state.get("broker") == "simulated" and broker_stat and closes_stat:
+        curve, borrow = _paper_equity(
+            str(home.paper_broker_file),
+            broker_stat,
+            str(home.processed_file(pair)),
+            closes_stat,
+            pair.tickers,
+        )
+        if len(curve) >= 2:
+            fig = go.Figure(go.Scatter(x=curve.index, y=curve, name="marked at close"))
+            fig.update_layout(
+                title="Paper equity (USD), marked at each daily close",
+                height=300,
+                margin={"l": 10, "r": 10, "t": 40, "b": 10},
+            )
+            st.plotly_chart(fig, key="equity_over_time")
+            st.caption(
+                f"Rebuilt from the filled orders in {home.paper_broker_file.name} and the closes "
+                f"in {home.processed_file(pair).name}; it leaves out borrow "
+                f"fees (${borrow:,.2f} so far), so its last point is above the broker's equity "
+                f"${float(state.get('equity', math.nan)):,.2f} by about that much."
+            )
+            return
+    points = [
+        (pd.Timestamp(rec["time"]), float(rec["payload"]["equity"]), rec["event"])
+        for rec in _audit_tail(home)
+        if isinstance(rec["payload"].get("equity"), int | float) and "time" in rec
+    ]
+    if state.get("updated_at") and state.get("equity") is not None:
+        points.append((pd.Timestamp(state["updated_at"]), float(state["equity"]), "positions.json"))
+    if len(points) < 2:
+        st.caption(
+            "Equity over time: one point so far (the live loop records equity in the audit log "
+            "at stop and halt only)."
+        )
+        return
+    frame = pd.DataFrame(points, columns=["time", "equity", "source"]).sort_values("time")
+    fig = go.Figure(
+        go.Scatter(x=frame["time"], y=frame["equity"], mode="lines+markers", text=frame["source"])
+    )
+    fig.update_layout(
+        title="Reported equity (USD)", height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10}
+    )
+    st.plotly_chart(fig, key="equity_over_time")
+    st.caption("Points: audit records that carry equity (stop, halt) and positions.json now.")
+
+
+def panel_prices(home: C.Paths, pair: C.Pair) -> None:
+    """Both legs' closes (normalised to 100), the spread z-score with the rule's bands, and the
+    live loop's recent signals from the audit log."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    path = home.processed_file(pair)
+    stat = _stat(path)
+    if stat is None:
+        st.info(
+            f"No processed data for {pair.long}/{pair.short}: run `python main.py process` to "
+            f"create data/{path.name}"
+        )
+        return
+    closes = _read_closes(str(path), *stat, pair.long, pair.short)
+    signals = [
+        (pd.Timestamp(rec["payload"]["bar"]), str(rec["payload"].get("signal", "")))
+        for rec in _audit_tail(home)
+        if rec.get("event") == "signal" and rec["payload"].get("bar")
+    ]
+    end = closes.index[-1]
+    if signals:  # follow the live loop (a replay's bars can end before the file does)
+        end = min(end, max(bar for bar, _ in signals))
+    window = closes.loc[:end].tail(PRICE_WINDOW_BARS)
+
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        row_heights=[0.55, 0.45],
+        subplot_titles=("Closes, normalised to 100", "Spread z-score (60-bar hedge ratio)"),
+    )
+    for leg in (pair.long, pair.short):
+        fig.add_trace(
+            go.Scatter(x=window.index, y=100 * window[leg] / window[leg].iloc[0], name=leg),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(x=window.index, y=window["zscore"], name="z-score", line={"color": "#444444"}),
+        row=2,
+        col=1,
+    )
+    for level, dash, color in ((ZSCORE_ENTRY, "dash", "#c62828"), (ZSCORE_EXIT, "dot", "#888888")):
+        for sign in (1, -1):
+            fig.add_hline(y=sign * level, line_dash=dash, line_color=color, row=2, col=1)
+    shown = [(bar, sig) for bar, sig in signals if bar in window.index and sig != C.HOLD_SIGNAL]
+    for label, wanted, symbol, color in (
+        (pair.buy_signal, pair.buy_signal, "triangle-up", "#1b8a3a"),
+        (pair.sell_signal, pair.sell_signal, "triangle-down", "#c62828"),
+    ):
+        bars = [bar for bar, sig in shown if sig == wanted]
+        if bars:
+            fig.add_trace(
+                go.Scatter(
+                    x=bars,
+                    y=window.loc[bars, "zscore"],
+                    mode="markers",
+                    name=label,
+                    marker={"symbol": symbol, "size": 11, "color": color},
+                ),
+                row=2,
+                col=1,
+            )
+    fig.update_layout(
+        height=520, margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"}
+    )
+    st.plotly_chart(fig, key="prices_spread")
+    z = window["zscore"].iloc[-1]
+    st.caption(
+        f"{path.name}: {window.index[0]:%Y-%m-%d}..{window.index[-1]:%Y-%m-%d}; last z-score "
+        f"{z:+.2f}; bands ±{ZSCORE_ENTRY:g} (entry) and ±{ZSCORE_EXIT:g} (exit); "
+        f"{len(shown)} buy/sell signal(s) of the live loop marked (audit log)."
+    )
+
+
+def _run_folders(results_dir: Path) -> list[Path]:
+    """Finished backtest runs (folders with a summary.json), newest first."""
+    if not results_dir.is_dir():
+        return []
+    runs = [
+        d
+        for d in results_dir.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and (d / "summary.json").is_file()
+    ]
+    return sorted(
+        runs, key=lambda d: ((d / "summary.json").stat().st_mtime_ns, d.name), reverse=True
+    )
+
+
+_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("total_return", "total return", "{:+.2%}"),
+    ("cagr", "CAGR", "{:+.2%}"),
+    ("sharpe", "Sharpe", "{:.2f}"),
+    ("sortino", "Sortino", "{:.2f}"),
+    ("max_drawdown", "max drawdown", "{:.2%}"),
+    ("calmar", "Calmar", "{:.2f}"),
+    ("var_95", "VaR 95 % (1 day)", "{:.2%}"),
+    ("final_equity", "final equity (USD)", "{:,.2f}"),
+    ("fills", "fills", "{:,.0f}"),
+    ("round_trips", "round trips", "{:,.0f}"),
+    ("win_rate", "win rate", "{:.1%}"),
+    ("total_costs", "costs (USD)", "{:,.2f}"),
+)
+
+
+def _metrics_table(summary: dict[str, Any], long: str) -> pd.DataFrame:
+    benchmarks = summary.get("benchmarks") or {}
+    columns = {
+        f"strategy ({summary.get('run', {}).get('strategy', '?')})": summary.get("strategy") or {},
+        "z-score rule": benchmarks.get("zscore_rule") or {},
+        f"buy & hold {long}": benchmarks.get("buy_hold_long") or {},
+    }
+    table = {}
+    for name, stats in columns.items():
+        cells = []
+        for key, _label, fmt in _METRICS:
+            value = stats.get(key)
+            cells.append(fmt.format(value) if isinstance(value, int | float) else "—")
+        table[name] = cells
+    return pd.DataFrame(table, index=[label for _k, label, _f in _METRICS])
+
+
+def panel_backtests(home: C.Paths, pair: C.Pair) -> None:
+    """A run from results/: equity against both benchmarks, drawdown, and the metrics table."""
+    import plotly.graph_objects as go
+
+    runs = _run_folders(home.results_dir)
+    if not runs:
+        st.info(
+            "No backtest results yet: run `python main.py backtest` (e.g. `python main.py "
+            "backtest --start 2022-01-03`) to create results/<run-id>/"
+        )
+        return
+    choice = st.selectbox("Run (newest first)", [d.name for d in runs], key="backtest_run")
+    folder = home.results_dir / str(choice)
+    stat = _stat(folder / "summary.json")
+    eq_stat = _stat(folder / "equity.csv")
+    if stat is None or eq_stat is None:
+        st.error(f"{folder} has no summary.json or equity.csv: the run is incomplete")
+        return
+    summary, equity = _read_run(str(folder), stat, eq_stat)
+    run = summary.get("run") or {}
+    long, short = (run.get("pair") or [pair.long, pair.short])[:2]
+    st.caption(
+        f"{long}/{short} · {run.get('start')}..{run.get('end')} · {run.get('bars')} bars · "
+        f"strategy {run.get('strategy')} · models {', '.join(run.get('versions') or []) or '—'}"
+    )
+    if run.get("in_sample"):
+        st.warning(
+            "This run overlaps the model's training data (in-sample): its results flatter it"
+        )
+
+    left, right = st.columns(2)
+    fig = go.Figure()
+    for column, name in (
+        ("equity", "strategy"),
+        ("zscore_rule_equity", "z-score rule"),
+        ("buy_hold_equity", f"buy & hold {long}"),
+    ):
+        if column in equity:
+            fig.add_trace(go.Scatter(x=equity.index, y=equity[column], name=name))
+    fig.update_layout(
+        title="Equity (USD)",
+        height=300,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h"},
+    )
+    left.plotly_chart(fig, key="backtest_equity")
+    if "drawdown" in equity:
+        dd = go.Figure(
+            go.Scatter(
+                x=equity.index,
+                y=100 * equity["drawdown"],
+                fill="tozeroy",
+                name="drawdown",
+                line={"color": "#c62828"},
+            )
+        )
+        dd.update_layout(
+            title="Strategy drawdown (%)", height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10}
+        )
+        right.plotly_chart(dd, key="backtest_drawdown")
+    st.table(_metrics_table(summary, long))
+
+
+def panel_alerts(home: C.Paths, pair: C.Pair) -> None:
+    """alerts.log newest first, filtered by severity (the last TAIL_BYTES of the file)."""
+    stat = _stat(home.alerts_log)
+    if stat is None:
+        st.info(
+            "No alerts yet: the live loop, training and risk checks write logs/alerts.log; "
+            "`python main.py alerts test` writes a test alert"
+        )
+        return
+    alerts, skipped, cut = _read_alerts(str(home.alerts_log), *stat)
+    if skipped and alerts.empty:
+        st.error(f"{home.alerts_log} is unreadable: none of its {skipped:,} line(s) is an alert")
+        return
+    if skipped:
+        st.warning(f"Skipped {skipped:,} unreadable line(s) in {home.alerts_log.name}")
+    chosen = st.multiselect(
+        "Severity", list(SEVERITIES), default=list(SEVERITIES), key="alert_severity"
+    )
+    shown = alerts[alerts["severity"].isin(chosen)]
+    counts = alerts["severity"].value_counts()
+    st.caption(
+        " · ".join(f"{s} {int(counts.get(s, 0)):,}" for s in SEVERITIES)
+        + (f" (last {TAIL_BYTES // 2**20} MB of a {stat[1] / 2**20:,.1f} MB file)" if cut else "")
+    )
+    if shown.empty:
+        st.caption("No alert of the chosen severities.")
+        return
+    st.dataframe(shown.head(MAX_ALERT_ROWS), hide_index=True)
+    if len(shown) > MAX_ALERT_ROWS:
+        st.caption(f"Showing the newest {MAX_ALERT_ROWS:,} of {len(shown):,}.")
+
+
+def panel_models(home: C.Paths, pair: C.Pair) -> None:
+    """The model registry: versions, kinds, statuses, holdout metrics and artifact integrity."""
+    index = home.models_dir / "registry.json"
+    stat = _stat(index)
+    if stat is None:
+        st.info("No models yet: run `python main.py train` to create models/registry.json")
+        return
+    artifacts = tuple(
+        (str(p.relative_to(home.models_dir)), _stat(p))
+        for p in sorted(home.models_dir.glob("*/*"))
+        if p.is_file()
+    )
+    models = _read_registry(str(home.models_dir), (stat, artifacts))
+    if models.empty:
+        st.info("The registry is empty: run `python main.py train`")
+        return
+    st.dataframe(
+        models,
+        hide_index=True,
+        column_config={
+            k: st.column_config.NumberColumn(format="%.3f")
+            for k in ("holdout accuracy", "holdout ROC AUC", "holdout log loss")
+        },
+    )
+    bad = models[models["integrity"] != "ok"]
+    if bad.empty:
+        st.caption(f"All {len(models)} model(s) match their recorded SHA-256 digests.")
+    else:
+        st.error(
+            f"{len(bad)} model(s) fail the integrity check: "
+            + "; ".join(f"{v} ({i})" for v, i in zip(bad["version"], bad["integrity"], strict=True))
+        )
+
+
+def panel_audit(home: C.Paths, pair: C.Pair) -> None:
+    """The audit log's hash chain verdict and its last records."""
+    stat = _stat(home.audit_log)
+    if stat is None:
+        st.info(f"No audit log yet: {LIVE_HINT} to create logs/audit.jsonl")
+        return
+    ok, count, verdict = _verify_audit(str(home.audit_log), *stat)
+    if ok:
+        st.success(f"verified: {count:,} records, hash chain intact")
+    else:
+        st.error(verdict)
+    recent = _audit_tail(home)[-15:][::-1]
+    if recent:
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "seq": [r.get("seq") for r in recent],
+                    "time": [r.get("time") for r in recent],
+                    "event": [r.get("event") for r in recent],
+                    "payload": [json.dumps(r["payload"], sort_keys=True)[:200] for r in recent],
+                }
+            ),
+            hide_index=True,
+        )
+
+
+PANELS: tuple[tuple[str, Callable[[C.Paths, C.Pair], None]], ...] = (
+    ("Live status", panel_live_status),
+    ("Positions and equity", panel_positions),
+    ("Prices and spread", panel_prices),
+    ("Backtest results", panel_backtests),
+    ("Alerts", panel_alerts),
+    ("Model registry", panel_models),
+    ("Audit log", panel_audit),
+)
+
+
+def _render(
+    title: str, panel: Callable[[C.Paths, C.Pair], None], home: C.Paths, pair: C.Pair
+) -> None:
+    """One panel under its header; any failure is one error line here and the rest still draws."""
+    st.header(title, divider="gray")
+    try:
+        panel(home, pair)
+    except Exception as exc:  # a corrupt file must not take the other panels down
+        st.error(f"{title}: {_one_line(exc)}")
+
+
+def _body(home: C.Paths, pair: C.Pair) -> None:
+    for title, panel in PANELS:
+        _render(title, panel, home, pair)
+    st.caption(f"Read at {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M:%S} UTC")
+
+
+def _refresh_default() -> float:
+    raw = os.environ.get(ENV_REFRESH_S)
+    try:
+        value = float(raw) if raw else DEFAULT_REFRESH_S
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        st.sidebar.warning(
+            f"{ENV_REFRESH_S}={raw!r} is not a number of seconds >= 0; using {DEFAULT_REFRESH_S:g}"
+        )
+        return DEFAULT_REFRESH_S
+    return value
+
+
+def main() -> None:
+    st.set_page_config(page_title="Pair trading dashboard", page_icon="📈", layout="wide")
+    _load_env_file()
+    home = C.paths()
+    try:
+        pair = C.resolve_pair()
+    except Exception as exc:
+        st.error(f"Pair: {_one_line(exc)} (check TICKER_LONG / TICKER_SHORT)")
+        return
+    refresh_s = float(
+        st.sidebar.number_input(
+            "Refresh every (s, 0 = off)",
+            min_value=0.0,
+            max_value=86_400.0,
+            value=_refresh_default(),
+            step=5.0,
+            format="%.0f",
+            key="refresh_s",
+        )
+    )
+    st.sidebar.caption(f"TRADING_HOME: `{home.home}`")
+    st.sidebar.caption(f"Pair: {pair.long}/{pair.short} (TICKER_LONG / TICKER_SHORT)")
+    st.sidebar.caption("Read-only: this page never changes a file.")
+    st.title(f"Pair trading · {pair.long} / {pair.short}")
+    run_every = timedelta(seconds=refresh_s) if refresh_s > 0 else None
+    st.fragment(run_every=run_every)(_body)(home, pair)
+
+
+main()

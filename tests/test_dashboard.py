@@ -1,0 +1,309 @@
+"""The Streamlit dashboard, run headless with AppTest over a TRADING_HOME made by the project itself
+(processed data, an XGBoost model, a replayed paper session, a backtest run, alerts)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("plotly")
+
+from streamlit.testing.v1 import AppTest
+
+import constants as C
+
+DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
+ALERT_TITLES = {
+    "INFO": "Model promoted",
+    "WARNING": "Data feed slow",
+    "HIGH": "Positions differ from the broker",
+    "CRITICAL": "Circuit breaker open",
+}
+
+
+@pytest.fixture(scope="session")
+def built_home(tmp_path_factory) -> Path:
+    """A TRADING_HOME filled by the real pipeline once per session (about 5 s)."""
+    import alert_dispatch
+    import backtest_strategy as bs
+    import live_trading as lt
+    import process_stock_data as psd
+    import train_model as tm
+
+    root = tmp_path_factory.mktemp("dashboard_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(C.ENV_TRADING_HOME, str(root))
+        mp.setenv(C.ENV_TICKER_LONG, C.DEFAULT_TICKER_LONG)
+        mp.setenv(C.ENV_TICKER_SHORT, C.DEFAULT_TICKER_SHORT)
+        home, pair = C.paths(root).ensure(), C.resolve_pair()
+        psd.process("bundled", pair, home=home)
+        tm.train(pair, tm.TrainConfig(models=("xgb",), folds=2, xgb_trees=60), home=home)
+        config = lt.LiveConfig(
+            replay_start=pd.Timestamp("2022-03-01", tz="America/New_York"),
+            replay_end=pd.Timestamp("2022-03-15", tz="America/New_York"),
+        )
+        lt.run_trading_loop(config=config, pair=pair, home=home)
+        bs.backtest(bs.BacktestRequest(pair, start="2022-06-01", write_charts=False), home=home)
+        for severity, title in ALERT_TITLES.items():
+            alert_dispatch.send(severity, "test", title, f"{title} (test)", {"n": 1}, home=root)
+        alert_dispatch.close_all(timeout_s=10)
+    # Keep only what a user's TRADING_HOME holds after those commands (no lock/pid leftovers).
+    for leftover in ("data/live.lock", "data/live.pid"):
+        (root / leftover).unlink(missing_ok=True)
+    positions = json.loads((root / "positions.json").read_text())["positions"]
+    assert positions, "the replay should leave an open position for the positions panel"
+    return root
+
+
+@pytest.fixture
+def home(built_home, tmp_path, monkeypatch) -> C.Paths:
+    """A private copy of the built home (tests may corrupt it), set as TRADING_HOME."""
+    root = tmp_path / "home"
+    shutil.copytree(built_home, root)
+    monkeypatch.setenv(C.ENV_TRADING_HOME, str(root))
+    monkeypatch.setenv(C.ENV_TICKER_LONG, C.DEFAULT_TICKER_LONG)
+    monkeypatch.setenv(C.ENV_TICKER_SHORT, C.DEFAULT_TICKER_SHORT)
+    monkeypatch.delenv("DASHBOARD_REFRESH_S", raising=False)
+    return C.paths()
+
+
+@pytest.fixture
+def empty_home(tmp_path, monkeypatch) -> C.Paths:
+    monkeypatch.setenv(C.ENV_TRADING_HOME, str(tmp_path))
+    monkeypatch.setenv(C.ENV_TICKER_LONG, C.DEFAULT_TICKER_LONG)
+    monkeypatch.setenv(C.ENV_TICKER_SHORT, C.DEFAULT_TICKER_SHORT)
+    monkeypatch.delenv("DASHBOARD_REFRESH_S", raising=False)
+    return C.paths()
+
+
+def run_app() -> AppTest:
+    at = AppTest.from_file(DASHBOARD, default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The first dataframe on the page that has `column`."""
+    for element in at.dataframe:
+        if column in element.value.columns:
+            return element.value
+    raise AssertionError(f"no dataframe with a {column!r} column")
+
+
+PANEL_TITLES = [
+    "Live status",
+    "Positions and equity",
+    "Prices and spread",
+    "Backtest results",
+    "Alerts",
+    "Model registry",
+    "Audit log",
+]
+
+
+# --- Every panel from real files -----------------------------------------------------------------
+def test_every_panel_renders_from_a_replayed_session(home):
+    pair = C.resolve_pair()
+    at = run_app()
+
+    assert texts(at.header) == PANEL_TITLES
+    assert not at.error
+    assert pair.long in at.title[0].value and pair.short in at.title[0].value
+    assert any(">PAPER<" in m for m in texts(at.markdown))
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Loop"] == "STOPPED"
+    assert metrics["Trading"] == "not halted"
+    assert metrics["Broker"] == "simulated"
+    assert metrics["Market now"] in ("OPEN", "CLOSED")
+
+    saved = json.loads(home.positions_file.read_text())
+    positions = frame_with(at, "unrealized P&L")
+    assert sorted(positions["leg"]) == sorted(saved["positions"])
+    assert len(positions) == len(saved["positions"])
+    for _, row in positions.iterrows():
+        p = saved["positions"][row["leg"]]
+        assert row["qty"] == p["qty"]
+        assert row["unrealized P&L"] == pytest.approx(
+            p["qty"] * (p["market_price"] - p["avg_entry_price"])
+        )
+    assert metrics["Equity"] == f"${saved['equity']:,.2f}"
+
+    charts = at.get("plotly_chart")
+    assert len(charts) == 4  # equity over time, prices and spread, backtest equity, drawdown
+    assert any(home.processed_file(pair).name in c for c in texts(at.caption))
+
+    runs = [d.name for d in home.results_dir.iterdir()]
+    assert at.selectbox(key="backtest_run").options == runs
+    metrics_table = at.table[0].value
+    assert f"buy & hold {pair.long}" in metrics_table.columns
+    assert "Sharpe" in metrics_table.index
+
+    alerts = frame_with(at, "severity")
+    assert list(alerts["title"]) == list(reversed(ALERT_TITLES.values()))  # newest first
+
+    registry = json.loads((home.models_dir / "registry.json").read_text())["models"]
+    models = frame_with(at, "integrity")
+    assert set(models["version"]) == {m["version"] for m in registry}
+    assert set(models["integrity"]) == {"ok"}
+    assert set(models["kind"]) == {"xgb"}
+
+    records = len(home.audit_log.read_text().splitlines())
+    assert texts(at.success) == [f"verified: {records:,} records, hash chain intact"]
+
+
+def test_the_dashboard_changes_no_file(home):
+    def snapshot() -> dict[str, tuple[int, int]]:
+        return {
+            str(p.relative_to(home.home)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in home.home.rglob("*")
+            if p.is_file()
+        }
+
+    before = snapshot()
+    run_app()
+    assert snapshot() == before
+
+
+def test_severity_filter_keeps_only_the_chosen_alerts(home):
+    at = run_app()
+    at.multiselect(key="alert_severity").set_value(["CRITICAL"]).run()
+    alerts = frame_with(at, "severity")
+    assert list(alerts["title"]) == [ALERT_TITLES["CRITICAL"]]
+
+
+def test_refresh_interval_comes_from_the_environment(home, monkeypatch):
+    monkeypatch.setenv("DASHBOARD_REFRESH_S", "12")
+    at = run_app()
+    assert at.number_input(key="refresh_s").value == 12.0
+
+
+# --- Live status --------------------------------------------------------------------------------
+def _rewrite_heartbeat(home: C.Paths, **changes) -> None:
+    beat = json.loads(home.heartbeat_file.read_text())
+    beat.update(changes)
+    home.heartbeat_file.write_text(json.dumps(beat))
+
+
+def test_live_mode_shows_the_red_real_money_badge(home):
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    _rewrite_heartbeat(home, mode="live", status="running", time=now, broker="alpaca")
+    at = run_app()
+    badge = next(m for m in texts(at.markdown) if "REAL MONEY" in m)
+    assert "LIVE — REAL MONEY" in badge and "#c62828" in badge
+    assert not any(">PAPER<" in m for m in texts(at.markdown))
+    assert {m.label: m.value for m in at.metric}["Loop"] == "RUNNING"
+
+
+def test_a_running_loop_with_an_old_heartbeat_is_stale(home):
+    old = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=2)).isoformat()
+    _rewrite_heartbeat(home, status="running", time=old)
+    at = run_app()
+    assert {m.label: m.value for m in at.metric}["Loop"] == "STALE"
+    assert any("may have died" in w for w in texts(at.warning))
+
+
+def test_a_halt_in_the_risk_state_is_shown(home):
+    state = json.loads(home.risk_state_file.read_text())
+    state.update(halted=True, halt_reason="drawdown 21% >= 20%", halted_at="2022-03-10T20:00:00Z")
+    home.risk_state_file.write_text(json.dumps(state))
+    at = run_app()
+    assert {m.label: m.value for m in at.metric}["Trading"] == "HALTED"
+    assert any("drawdown 21% >= 20%" in e for e in texts(at.error))
+
+
+# --- Missing and corrupt files ------------------------------------------------------------------
+def test_with_every_file_missing_each_panel_says_what_creates_it(empty_home):
+    at = run_app()
+    assert texts(at.header) == PANEL_TITLES
+    assert not at.error
+    hints = " | ".join(texts(at.info))
+    for expected in (
+        "No heartbeat yet: run `python main.py live`",
+        "No positions yet: run `python main.py live`",
+        "to create positions.json",
+        "No processed data for",
+        "run `python main.py process`",
+        "No backtest results yet: run `python main.py backtest`",
+        "No alerts yet:",
+        "`python main.py alerts test`",
+        "No models yet: run `python main.py train`",
+        "No audit log yet: run `python main.py live`",
+    ):
+        assert expected in hints
+    assert len(at.info) == 7
+    assert not any(empty_home.home.iterdir())  # nothing created
+
+
+def test_a_corrupt_positions_file_is_one_error_and_the_rest_renders(home):
+    home.positions_file.write_text('{"schema_version": 1, "positions": ')
+    at = run_app()
+    errors = texts(at.error)
+    assert len(errors) == 1
+    assert errors[0].startswith("Positions and equity:") and "positions.json" in errors[0]
+    assert "\n" not in errors[0]
+    assert texts(at.header) == PANEL_TITLES
+    assert frame_with(at, "integrity") is not None
+    assert frame_with(at, "severity") is not None
+    assert texts(at.success)[0].startswith("verified:")
+
+
+def test_a_corrupt_alert_line_is_skipped_with_a_notice(home):
+    with home.alerts_log.open("a") as f:
+        f.write("this is not an alert\n")
+    at = run_app()
+    assert any("Skipped 1 unreadable line" in w for w in texts(at.warning))
+    assert len(frame_with(at, "severity")) == len(ALERT_TITLES)
+    assert not at.error
+    assert frame_with(at, "unrealized P&L") is not None
+
+
+def test_a_tampered_audit_log_is_reported_broken(home):
+    lines = home.audit_log.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["payload"]["tampered"] = True
+    lines[1] = json.dumps(record)
+    home.audit_log.write_text("\n".join(lines) + "\n")
+    at = run_app()
+    assert any(e.startswith("BROKEN at line 2") for e in texts(at.error))
+
+
+def test_a_changed_model_artifact_fails_the_integrity_column(home):
+    artifact = next(p for p in home.models_dir.glob("*/*.json"))
+    artifact.write_text(artifact.read_text() + " ")
+    at = run_app()
+    assert any(v.startswith("BAD: ") for v in frame_with(at, "integrity")["integrity"])
+    assert any("integrity check" in e for e in texts(at.error))
+
+
+# --- Size ---------------------------------------------------------------------------------------
+def test_a_100k_line_alert_log_renders_from_its_tail(home):
+    line = home.alerts_log.read_text().splitlines()[0]
+    record = json.loads(line)
+    with home.alerts_log.open("w") as f:
+        for i in range(100_000):
+            record["title"] = f"alert {i}"
+            record["severity"] = ("INFO", "WARNING", "MEDIUM", "HIGH", "CRITICAL")[i % 5]
+            f.write(json.dumps(record) + "\n")
+    size_mb = home.alerts_log.stat().st_size / 2**20
+
+    start = time.perf_counter()
+    at = AppTest.from_file(DASHBOARD, default_timeout=60)
+    at.run()
+    elapsed = time.perf_counter() - start
+    print(f"\n100,000-line alerts.log ({size_mb:.1f} MB): first at.run() took {elapsed:.2f} s")
+
+    assert not at.exception
+    alerts = frame_with(at, "severity")
+    assert alerts["title"].iloc[0] == "alert 99999"
+    assert elapsed < 30
