@@ -24,7 +24,7 @@ import os
 import signal as signal_module
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -376,6 +376,7 @@ def run_trading_loop(
         stopper.event = stop
     lock = _acquire_lock(home)
     summary = LoopSummary()
+    state = _IterationState()
     audit = AuditLog(home.audit_log)
     try:
         if feed is None:
@@ -469,17 +470,15 @@ def run_trading_loop(
                 _flatten(broker, risk, pair, clock.now(), audit, "dead man's switch")
 
         deadman = DeadMansSwitch(config.interval_s, config.deadman_intervals, trip)
-        watchdog = None
         if not getattr(clock, "replay", False):
-            watchdog = threading.Thread(
+            threading.Thread(
                 target=_watch,
                 args=(deadman, clock, config.interval_s, stopper.event),
                 daemon=True,
                 name="deadman",
-            )
-            watchdog.start()
+            ).start()
 
-        state = _IterationState(last_bar=last_bar, pending=pending)
+        state.last_bar, state.pending = last_bar, pending
         while not stopper.event.is_set():
             now = clock.now()
             if config.replay and now >= config.replay_end:
@@ -550,11 +549,7 @@ def run_trading_loop(
                 atomic_write_json(
                     home.positions_file,
                     _positions_state(
-                        broker,
-                        mode,
-                        _safe_last_bar(locals()),
-                        pd.Timestamp.now(tz="UTC"),
-                        _safe_pending(locals()),
+                        broker, mode, state.last_bar, pd.Timestamp.now(tz="UTC"), state.pending
                     ),
                 )
             audit.append(
@@ -574,16 +569,6 @@ def run_trading_loop(
             stopper.restore()
             lock.release()
             alert_dispatch.close_all()
-
-
-def _safe_last_bar(scope: Mapping[str, Any]) -> pd.Timestamp | None:
-    state = scope.get("state")
-    return getattr(state, "last_bar", None)
-
-
-def _safe_pending(scope: Mapping[str, Any]) -> dict[str, Any] | None:
-    state = scope.get("state")
-    return getattr(state, "pending", None)
 
 
 @dataclass
@@ -651,7 +636,7 @@ def _iteration(
                     rows,
                     pair,
                     bar_close,
-                    config.limits.max_order_notional * 0 + 50_000_000.0,
+                    broker.execution.default_adv_usd,
                 )
             )
         state.signal = generator.latest(table)
@@ -861,7 +846,6 @@ __all__ = [
     "LoopSummary",
     "RealClock",
     "ReplayClock",
-    "asdict",
     "reconcile",
     "run_trading_loop",
     "status",

@@ -46,6 +46,8 @@ __all__ = [
 REDACTED = "***REDACTED***"
 #: An environment variable whose NAME contains one of these holds a secret.
 SECRET_ENV_MARKERS: tuple[str, ...] = ("KEY", "SECRET", "TOKEN", "PASSWORD", "WEBHOOK")
+#: Host of Slack's incoming webhooks, whose URL path is a bearer token (redacted, host kept).
+SLACK_WEBHOOK_HOST = "hooks.slack.com"
 #: Shorter env values are not treated as secrets: redacting "1" or "true" would wreck every line.
 MIN_ENV_SECRET_LENGTH = 8
 #: `source` of the records `log_drift_alert` writes.
@@ -64,7 +66,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Slack incoming webhook / workflow URLs: keep the host, hide the path tokens.
     (
         re.compile(
-            r"(?P<keep>https?://hooks\.slack\.com/(?:services|workflows|triggers)/)"
+            rf"(?P<keep>https?://{re.escape(SLACK_WEBHOOK_HOST)}/(?:services|workflows|triggers)/)"
             r"[A-Za-z0-9_\-/]+",
             re.IGNORECASE,
         ),

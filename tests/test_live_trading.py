@@ -24,7 +24,7 @@ import live_trading as lt
 import process_stock_data as psd
 import train_model as tm
 from data_validation import market_clock
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run
 
 PAIR = C.Pair("AAPL", "MSFT")
 NY = "America/New_York"
@@ -62,6 +62,13 @@ def env_for(home: C.Paths) -> dict[str, str]:
     env.update({"TRADING_HOME": str(home.home), "PYTHONDONTWRITEBYTECODE": "1"})
     env.pop("ALERT_WEBHOOK_URL", None)
     return env
+
+
+def main(*args: str, home: C.Paths, extra_env: dict[str, str] | None = None):
+    """`python main.py *args` on `home`, no webhook (tests.helpers.run: no stdin, no pair env)."""
+    return run(
+        "main.py", *args, home=home.home, extra_env={"ALERT_WEBHOOK_URL": "", **(extra_env or {})}
+    )
 
 
 def live_process(home: C.Paths, *args: str) -> subprocess.Popen:
@@ -184,14 +191,7 @@ def test_sigterm_stops_cleanly_and_a_second_instance_is_refused(home):
     first = live_process(home, "--replay", "2022-01-03", "2022-06-30", "--speed", "20000")
     try:
         wait_for(home.heartbeat_file)
-        second = subprocess.run(
-            [sys.executable, "main.py", "live", "--replay", "2022-01-03", "2022-01-31"],
-            cwd=ROOT,
-            env=env_for(home),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        second = main("live", "--replay", "2022-01-03", "2022-01-31", home=home)
         assert second.returncode == 2
         assert "another `python main.py live`" in second.stderr and "Traceback" not in second.stderr
         first.send_signal(signal.SIGTERM)
@@ -244,14 +244,7 @@ def test_sigkill_at_random_points_never_loses_or_doubles_a_trade(
     assert kills >= 20
     starts = sum(1 for r in audit_logging.AuditLog(home.audit_log).records() if r.event == "start")
     assert starts == kills  # every killed run got as far as the loop
-    final = subprocess.run(
-        [sys.executable, "main.py", "live", "--replay", *window],
-        cwd=ROOT,
-        env=env_for(home),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    final = main("live", "--replay", *window, home=home)
     assert final.returncode == 0, final.stderr
 
     mine, theirs = broker_state(home), broker_state(reference)
@@ -275,28 +268,14 @@ def test_sigkill_at_random_points_never_loses_or_doubles_a_trade(
 
 def test_status_reads_what_the_loop_wrote(home):
     lt.run_trading_loop(config=replay_config("2022-01-03", "2022-01-04"), pair=PAIR, home=home)
-    proc = subprocess.run(
-        [sys.executable, "main.py", "status"],
-        cwd=ROOT,
-        env=env_for(home),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = main("status", home=home)
     assert proc.returncode == 0, proc.stderr
     assert "STOPPED" in proc.stdout and "mode PAPER" in proc.stdout
     assert "positions:" in proc.stdout and "risk: trading allowed" in proc.stdout
 
 
 def test_status_before_any_run_says_how_to_start(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "main.py", "status"],
-        cwd=ROOT,
-        env=env_for(C.paths(tmp_path)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = main("status", home=C.paths(tmp_path))
     assert proc.returncode == 0
     assert "not started yet" in proc.stdout and "python main.py live" in proc.stdout
 
@@ -354,19 +333,8 @@ def test_an_open_circuit_breaker_halts_new_entries(home):
 
 
 def test_live_money_needs_keys_in_the_encrypted_store_not_the_environment(tmp_path):
-    env = env_for(C.paths(tmp_path))
-    env.update(
-        {"ALPACA_API_KEY": "PKLIVE1234567890", "ALPACA_SECRET_KEY": "live-secret-0123456789"}
-    )
-    proc = subprocess.run(
-        [sys.executable, "main.py", "live", "--live", "--once"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    extra = {"ALPACA_API_KEY": "PKLIVE1234567890", "ALPACA_SECRET_KEY": "live-secret-0123456789"}
+    proc = main("live", "--live", "--once", home=C.paths(tmp_path), extra_env=extra)
     assert proc.returncode == 2
     assert "encrypted credential store" in proc.stderr and "credentials set" in proc.stderr
     assert not C.paths(tmp_path).positions_file.exists()  # nothing started
@@ -379,18 +347,8 @@ def test_live_money_needs_a_typed_confirmation(tmp_path):
     store = cm.CredentialStore.open(C.paths(tmp_path).credentials_file, password, create=True)
     store.set("ALPACA_API_KEY", "PKLIVE1234567890")
     store.set("ALPACA_SECRET_KEY", "live-secret-0123456789")
-    env = env_for(C.paths(tmp_path))
-    env["TRADING_MASTER_PASSWORD"] = password
-    env.pop("TRADING_LIVE_CONFIRM", None)
-    proc = subprocess.run(
-        [sys.executable, "main.py", "live", "--live", "--once"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    extra = {"TRADING_MASTER_PASSWORD": password, "TRADING_LIVE_CONFIRM": ""}
+    proc = main("live", "--live", "--once", home=C.paths(tmp_path), extra_env=extra)
     assert proc.returncode == 2
     assert "TRADING_LIVE_CONFIRM" in proc.stderr and "Traceback" not in proc.stderr
     assert not C.paths(tmp_path).positions_file.exists()
