@@ -1,15 +1,17 @@
-"""The backtest engine: an event loop over daily bars that trades a pair like the live loop would.
+"""The backtest: the shared decision step (`pair_engine`) driven over daily bars.
 
-Per bar with something to do: mark to market (borrow accrued) → drawdown control → recalls
-(forced buy-in) → carried remainders → the bar's instruction → sizing → `pre_trade_check` → the
-executor → accounting. Bars with nothing to do (no instruction, no recall, no carried order) are
-computed in vectorized form: positions are constant there, so cash, equity, borrow and the drawdown
-test are numpy over the whole stretch, and the per-bar path only runs where something happens.
+Per bar with something to do: mark to market (borrow accrued) -> drawdown control -> recalls
+(forced buy-in) -> carried remainders -> the bar's instruction -> `pair_engine.decide` (sizing,
+rebalance band, `pre_trade_check`) -> the backtest venue (executor, ledger). Bars with nothing to
+do (no instruction, no recall, no carried order) are computed in vectorized form: positions are
+constant there, so cash, equity, borrow and the drawdown test are numpy over the whole stretch, and
+the per-bar path only runs where something happens.
 
 Time convention: an instruction stamped on bar t (decided on t's close) fills on bar
 t + `fill_delay_bars` at that bar's close. The default delay is 1 (next close): a decision cannot
-fill at the close it was computed from. Units: prices and money in USD, quantities in whole shares,
-weights as signed fractions of equity per leg.
+fill at the close it was computed from. The paper replay of the live loop does exactly the same.
+Units: prices and money in USD, quantities in whole shares, weights as signed fractions of equity
+per leg.
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+import pair_engine as pe
 import risk_management as rm
 import transaction_costs as tc
-from error_handling import ConfigurationError, RiskViolation
+from error_handling import ConfigurationError
+from pair_engine import SizingConfig, TradingConfig, model_weights
 from trading_execution import (
+    ApprovedBasket,
     BarQuote,
-    ExecutionConfig,
     Fill,
     Order,
     OrderExecutor,
@@ -37,31 +41,16 @@ from trading_execution import (
     RemainderPolicy,
     Side,
     client_order_id,
-    orders_toward,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DAILY_VOL = 0.02  # for market impact before 20 bars of returns exist
-VOL_BARS = 20
-
 COST_KINDS = ("commission", "spread", "impact", "sec_fee", "finra_taf", "borrow", "buy_in_penalty")
 
+#: The backtest's configuration is the one trading configuration (kept under its old name).
+BacktestConfig = TradingConfig
 
-@dataclass(frozen=True)
-class BacktestConfig:
-    """Everything a backtest run depends on besides prices and instructions."""
-
-    initial_capital: float = 100_000.0
-    fill_delay_bars: int = 1
-    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
-    limits: rm.RiskLimits = field(default_factory=rm.RiskLimits)
-
-    def __post_init__(self) -> None:
-        if not self.initial_capital > 0:
-            raise ConfigurationError(f"initial capital must be positive: {self.initial_capital}")
-        if self.fill_delay_bars < 0:
-            raise ConfigurationError(f"fill delay must be >= 0 bars: {self.fill_delay_bars}")
+__all__ = ["BacktestConfig", "SizingConfig", "TradingConfig", "model_weights"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,435 +141,506 @@ def rolling_spread_zscore(
     return z.to_numpy()
 
 
-# --- The engine -----------------------------------------------------------------------------------
-def _daily_vol(close: np.ndarray) -> np.ndarray:
-    r = pd.DataFrame(close).pct_change()
-    vol = r.rolling(VOL_BARS, min_periods=5).std().bfill().fillna(DEFAULT_DAILY_VOL)
-    return vol.to_numpy()
+# --- The backtest venue ---------------------------------------------------------------------------
+class _Account(NamedTuple):
+    equity: float
+    cash: float
+    buying_power: float
 
 
-class _Book:
-    """Cash, positions and average costs of the two legs; applies fills."""
+class _Quote(NamedTuple):
+    price: float
+    time: pd.Timestamp
 
-    def __init__(self, capital: float, symbols: tuple[str, str]):
-        self.cash = capital
-        self.symbols = symbols
-        self.qty = [0, 0]
-        self.avg = [0.0, 0.0]
-        self.realized = 0.0
 
-    def apply(self, leg: int, fill: Fill) -> None:
-        dq = fill.signed_qty
-        if dq == 0:
+class _Clock(NamedTuple):
+    at: pd.Timestamp
+    is_open: bool
+
+
+class _BacktestVenue:
+    """The `pair_engine.Venue` of a backtest: fills approved baskets at the current bar's close
+    through `OrderExecutor`, books them in the shared `Ledger`, and records fills, costs and round
+    trips."""
+
+    name = "backtest"
+    simulated = True
+    live_checks = False
+
+    def __init__(self, run: _BacktestRun):
+        self.run = run
+        self.book = pe.Ledger(run.cfg.initial_capital, run.symbols)
+        self.executor = OrderExecutor(run.cfg.execution)
+        self.j = 0
+        self.now: pd.Timestamp = run.dates[0]
+        self.px: list[float] = run.close[0].tolist()
+        self.fills: list[tuple[Any, ...]] = []
+        self.costs = dict.fromkeys(COST_KINDS, 0.0)
+        self.carry: list[Order] = []
+        self.trips: list[RoundTrip] = []
+        self.trip_start: tuple[pd.Timestamp, float, int] | None = None
+
+    def at_bar(self, j: int, now: pd.Timestamp) -> None:
+        self.j, self.now, self.px = j, now, self.run.close[j].tolist()
+
+    def mark(self, px: list[float] | None = None) -> float:
+        px = px or self.px
+        q = self.book.qty
+        s0, s1 = self.run.symbols
+        return self.book.cash + q[s0] * px[0] + q[s1] * px[1]
+
+    def direction(self) -> int:
+        s0, s1 = self.run.symbols
+        q0, q1 = self.book.qty[s0], self.book.qty[s1]
+        return 0 if q0 == 0 and q1 == 0 else (1 if q0 > 0 or q1 < 0 else -1)
+
+    # The Venue protocol.
+    def account(self) -> _Account:
+        return _Account(self.mark(), self.book.cash, math.nan)
+
+    def holdings(self) -> dict[str, int]:
+        return dict(self.book.qty)
+
+    def latest_prices(self, symbols: Any) -> dict[str, _Quote]:
+        s0, s1 = self.run.symbols
+        return {s0: _Quote(self.px[0], self.now), s1: _Quote(self.px[1], self.now)}
+
+    def clock(self) -> _Clock:
+        return _Clock(self.now, True)
+
+    def known_orders(self, orders: Any) -> dict[str, Any]:
+        return {}  # a backtest never restarts: no order is known before it is sent
+
+    def submit_basket(self, basket: ApprovedBasket) -> list[Fill]:
+        run, j, now = self.run, self.j, self.now
+        before = self.direction()
+        traded = {o.symbol for o in basket.orders}
+        quotes = {
+            sym: BarQuote(self.px[leg], float(run.vol[j, leg]), float(run.adv[j, leg]), now)
+            for leg, sym in enumerate(run.symbols)
+            if sym in traded
+        }
+        done = self.executor.execute(basket, quotes)
+        for f in done:
+            self.book.apply(f)
+            self._record(f, now)
+        self._trip_edge(now, before)
+        return done
+
+    def _record(self, f: Fill, now: pd.Timestamp) -> None:
+        ex = self.run.cfg.execution
+        penalty = 0.0
+        if f.purpose is Purpose.BUY_IN:
+            penalty = f.qty * f.reference_price * ex.buy_in_penalty_bps / 1e4
+        c, costs = f.costs, self.costs
+        costs["commission"] += c.commission
+        costs["spread"] += c.spread
+        costs["impact"] += c.impact
+        costs["sec_fee"] += c.sec_fee
+        costs["finra_taf"] += c.finra_taf
+        costs["buy_in_penalty"] += penalty
+        self.fills.append(
+            (
+                now,
+                f.symbol,
+                f.side._value_,  # _value_: a plain attribute; .value is a slow property
+                f.qty,
+                f.requested_qty,
+                f.reference_price,
+                f.price,
+                f.notional,
+                c.commission,
+                c.spread,
+                c.impact,
+                c.sec_fee,
+                c.finra_taf,
+                penalty,
+                f.purpose._value_,
+                f.status._value_,
+                f.client_order_id,
+            )
+        )
+        if f.unfilled_qty > 0 and ex.remainder is RemainderPolicy.CARRY:
+            self.carry.append(
+                Order(
+                    f.symbol,
+                    f.side,
+                    f.unfilled_qty,
+                    client_order_id(
+                        self.run.label, now.date(), f.symbol, "carry", f.client_order_id
+                    ),
+                    purpose=Purpose.CARRY,
+                )
+            )
+
+    def _trip_edge(self, now: pd.Timestamp, before: int) -> None:
+        """Close or open round trips when the direction changed across a basket."""
+        after = self.direction()
+        if after == before:
             return
-        q, avg = self.qty[leg], self.avg[leg]
-        if q == 0 or (q > 0) == (dq > 0):
-            new = q + dq
-            self.avg[leg] = (avg * abs(q) + fill.price * abs(dq)) / abs(new)
-        else:
-            closed = min(abs(dq), abs(q))
-            self.realized += (fill.price - avg) * closed * (1 if q > 0 else -1)
-            new = q + dq
-            if new == 0:
-                self.avg[leg] = 0.0
-            elif (new > 0) != (q > 0):
-                self.avg[leg] = fill.price
-        self.qty[leg] = new
-        self.cash += fill.cash_change
+        equity = self.mark()
+        if self.trip_start is not None and before != 0:
+            start_date, start_eq, d = self.trip_start
+            self.trips.append(RoundTrip(start_date, now, d, equity - start_eq))
+            self.trip_start = None
+        if after != 0:
+            self.trip_start = (now, equity, after)
+
+
+# --- The run --------------------------------------------------------------------------------------
+class _BacktestRun:
+    """One backtest: the per-bar path for event bars (`bar`), vectorized stretches between them
+    (`stretch`), and the result (`result`)."""
+
+    def __init__(
+        self,
+        prices: pd.DataFrame,
+        weights: np.ndarray,
+        cfg: TradingConfig,
+        *,
+        label: str,
+        strategy: str,
+        volume: pd.DataFrame | None,
+        history: pd.DataFrame | None,
+        risk: rm.RiskManager | None,
+        log_rejections: bool,
+        per_usd: bool,
+    ):
+        self.cfg, self.label, self.strategy = cfg, label, strategy
+        self.log_rejections, self.per_usd = log_rejections, per_usd
+        self.risk = risk or rm.RiskManager(cfg.limits, state_path=None, alerts=False)
+        self.symbols = (str(prices.columns[0]), str(prices.columns[1]))
+        n = self.n = len(prices)
+        if n == 0:
+            raise ConfigurationError("no bars to backtest")
+        weights = np.asarray(weights, dtype="float64")
+        if weights.shape != (n, 2):
+            raise ConfigurationError(f"weights must have shape ({n}, 2), got {weights.shape}")
+        self.weights = weights
+        close = self.close = prices.to_numpy("float64")
+        if not np.isfinite(close).all() or (close <= 0).any():
+            raise ConfigurationError("prices must be finite and positive on every bar")
+        self.dates = pd.DatetimeIndex(prices.index)
+        self.day = self.dates.values.astype("datetime64[D]").astype("int64")
+        self._market_inputs(prices, volume, history)
+        self._events()
+        self.venue = _BacktestVenue(self)
+        self.rejections: list[Rejection] = []
+        self.halted_at: pd.Timestamp | None = None
+        self.event_bars = 0
+        # State after each event bar: (bar, cash, qty long leg, qty short leg, borrow paid so far).
+        self.record: list[tuple[int, float, int, int, float]] = []
+        self.risk.raise_peak(cfg.initial_capital)
+
+    def _market_inputs(
+        self, prices: pd.DataFrame, volume: pd.DataFrame | None, history: pd.DataFrame | None
+    ) -> None:
+        """Volatility and ADV per bar from this bar and earlier ones only (with `history`, the
+        bars before the run, as warm-up), and the borrow prefix sums."""
+        close, ex = self.close, self.cfg.execution
+        warm = np.empty((0, 2)) if history is None else history.to_numpy("float64")[-60:]
+        self.vol = pe.daily_vol(np.vstack([warm, close]))[len(warm) :]
+        self.adv = pe.adv_shares(
+            close, None if volume is None else volume.to_numpy("float64"), ex.default_adv_usd
+        )
+        costs = ex.costs
+        self.rates = [tc.borrow_rate(s, costs) for s in self.symbols]
+        self.day_count = float(costs.borrow_day_count)
+        # Borrow between events without a per-bar loop: P[t, leg] = sum over k <= t of
+        # close[k-1, leg] x days(k-1, k], so a constant short of s shares pays
+        # s x rate / day_count x (P[b] - P[a]) over the bars (a, b] (borrow on the prior close).
+        gap_days = np.diff(self.day, prepend=self.day[0]).astype("float64")
+        base = self.base = np.zeros((self.n, 2))
+        if self.n > 1:
+            base[1:] = np.cumsum(close[:-1] * gap_days[1:, None], axis=0)
+        self.close_base = np.hstack([close, base])  # equity over a stretch = const + close_base @ v
+
+    def _events(self) -> None:
+        """Instruction bars (after the fill delay; the last ones may fall past the data) and
+        recall bars (configured dates, and seeded hard-to-borrow draws)."""
+        n, ex, day = self.n, self.cfg.execution, self.day
+        has = ~np.isnan(self.weights).any(axis=1)
+        src = np.flatnonzero(has)
+        at = src + self.cfg.fill_delay_bars
+        keep = at < n
+        self.instructions = int(keep.sum())
+        self.instr_at = dict(zip(at[keep].tolist(), src[keep].tolist(), strict=True))
+        rng = np.random.default_rng(ex.seed)
+        recall = self.recall = np.zeros((n, 2), dtype=bool)
+        for leg, sym in enumerate(self.symbols):
+            for d in ex.recall_dates.get(sym, ()):
+                try:
+                    recall_day = np.datetime64(pd.Timestamp(d).date(), "D").astype("int64")
+                except ValueError:
+                    raise ConfigurationError(f"recall date {d!r} for {sym} is not a date") from None
+                recall[:, leg] |= day == recall_day
+            if sym in ex.hard_to_borrow:
+                recall[:, leg] |= rng.random(n) < ex.htb_recall_probability
+        self.events = np.union1d(at[keep], np.flatnonzero(recall.any(axis=1)))
+        # Timestamps and ISO dates of the event bars, made in one batch (one at a time is slow).
+        self.stamp_at = dict(zip(self.events.tolist(), self.dates[self.events], strict=True))
+        named = np.union1d(self.events, src[keep])
+        iso = np.datetime_as_string(day[named].astype("datetime64[D]")).tolist()
+        self.date_strs = dict(zip(named.tolist(), iso, strict=True))
+
+    def date_str(self, j: int) -> str:
+        text = self.date_strs.get(j)
+        if text is None:
+            text = self.date_strs[j] = str(np.datetime64(int(self.day[j]), "D"))
+        return text
+
+    # --- Borrow -----------------------------------------------------------------------------------
+    def _borrow_coef(self) -> list[float]:
+        """USD of borrow per unit of P, per leg, for the book's current shorts."""
+        q = self.venue.book.qty
+        return [
+            max(-q[s], 0) * r / self.day_count
+            for s, r in zip(self.symbols, self.rates, strict=True)
+        ]
+
+    def _charge_borrow(self, a: int, b: int) -> None:
+        """Charge the borrow of bars (a, b] with the current positions, keyed by b's day."""
+        if b <= a:
+            return
+        c = self._borrow_coef()
+        fee = 0.0
+        if c[0] != 0.0 or c[1] != 0.0:
+            base = self.base
+            fee = c[0] * (base[b, 0] - base[a, 0]) + c[1] * (base[b, 1] - base[a, 1])
+        self.venue.book.charge_borrow(int(self.day[b]), fee)
+
+    # --- Driver -----------------------------------------------------------------------------------
+    def run(self) -> BacktestResult:
+        i = k = 0
+        events, n_events, n = self.events, len(self.events), self.n
+        while i < n:
+            while k < n_events and events[k] < i:
+                k += 1
+            nxt = i if self.venue.carry else (int(events[k]) if k < n_events else n)
+            if nxt > i:
+                nxt = self.stretch(i, nxt)
+                i = nxt
+                if i >= n:
+                    break
+            self.bar(i)
+            i += 1
+        return self.result()
+
+    def stretch(self, i: int, nxt: int) -> int:
+        """Bars [i, nxt) without events: positions constant, so no per-bar Python. Returns where
+        the per-bar path resumes (earlier than `nxt` when a bar breaches the drawdown limit)."""
+        book, risk = self.venue.book, self.risk
+        s0, s1 = self.symbols
+        q0, q1 = book.qty[s0], book.qty[s1]
+        if q0 == 0 and q1 == 0:
+            risk.raise_peak(book.cash)
+        elif not risk.halted:  # holding (never from bar 0: the book starts flat)
+            c, base = self._borrow_coef(), self.base
+            v = np.array([q0, q1, -c[0], -c[1]], dtype="float64")
+            const = book.cash + c[0] * base[i - 1, 0] + c[1] * base[i - 1, 1]
+            eq_seg = const + self.close_base[i:nxt] @ v
+            peak = risk.equity_peak or self.cfg.initial_capital
+            limit = self.cfg.limits.max_drawdown_pct
+            top = max(peak, float(eq_seg.max()))
+            if float(eq_seg.min()) > top * (1.0 - limit):  # cheap: no bar can be in breach
+                breach = None
+            else:
+                breach, _ = rm.drawdown_breach_index(eq_seg, peak, limit)
+            if breach is not None:
+                if breach > 0:
+                    risk.raise_peak(float(eq_seg[:breach].max()))
+                nxt = i + breach  # that bar takes the per-bar path (liquidation)
+            else:
+                risk.raise_peak(top)
+        self._charge_borrow(i - 1, nxt - 1)
+        return nxt
+
+    def bar(self, j: int) -> None:
+        """The per-bar path of bar j: borrow, drawdown control, recalls, carried orders, the
+        instruction; then the state is recorded."""
+        self.event_bars += 1
+        venue = self.venue
+        now = self.stamp_at.get(j)
+        if now is None:
+            now = self.dates[j]
+        prev = self.close[max(j - 1, 0)].tolist()
+        sod = venue.mark(prev) if j > 0 else self.cfg.initial_capital  # last close's equity
+        venue.at_bar(j, now)
+        self._charge_borrow(j - 1, j)
+        self.refs = dict(zip(self.symbols, prev, strict=True))
+        self.sod = sod
+        liquidation = pe.control_drawdown(
+            venue,
+            self.risk,
+            now,
+            id_parts=(self.strategy, self.date_str(j), "dd"),
+            start_of_day_equity=sod,
+            reference_prices=self.refs,
+        )
+        if liquidation is not None:
+            self.halted_at = now
+            venue.carry.clear()
+            self._note(liquidation, now)
+        self._recalls(j, now)
+        if venue.carry:
+            pending, venue.carry[:] = list(venue.carry), []
+            if j not in self.instr_at:
+                self._submit(pending, now)
+        src = self.instr_at.get(j)
+        if src is not None:
+            report = pe.decide(
+                venue,
+                self.risk,
+                self.cfg,
+                self.weights[src].tolist(),
+                self.symbols,
+                id_parts=(self.strategy, self.date_str(j), self.date_str(src)),
+                start_of_day_equity=sod,
+                reference_prices=self.refs,
+                per_usd=self.per_usd,
+            )
+            self._note(report, now)
+        b = venue.book
+        self.record.append(
+            (j, b.cash, b.qty[self.symbols[0]], b.qty[self.symbols[1]], b.borrow_paid)
+        )
+
+    def _recalls(self, j: int, now: pd.Timestamp) -> None:
+        """A short in a recalled symbol is bought in, the other leg closed with it."""
+        q = self.venue.book.qty
+        for leg in (0, 1):
+            sym = self.symbols[leg]
+            if not (self.recall[j, leg] and q[sym] < 0):
+                continue
+            batch = [
+                Order(
+                    sym,
+                    Side.BUY,
+                    -q[sym],
+                    client_order_id(self.label, self.date_str(j), sym, "buy_in"),
+                    purpose=Purpose.BUY_IN,
+                )
+            ]
+            other = self.symbols[1 - leg]
+            if q[other] != 0:
+                batch.append(
+                    Order(
+                        other,
+                        Side.SELL if q[other] > 0 else Side.BUY,
+                        abs(q[other]),
+                        client_order_id(self.label, self.date_str(j), other, "recall_exit"),
+                        purpose=Purpose.EXIT,
+                    )
+                )
+            self.venue.carry.clear()
+            self._submit(batch, now)
+
+    def _submit(self, batch: list[Order], now: pd.Timestamp) -> None:
+        report = pe.StepReport()
+        pe.submit_checked(self.venue, self.risk, batch, self.sod, self.refs, report, on_event=None)
+        self._note(report, now)
+
+    def _note(self, report: pe.StepReport, now: pd.Timestamp) -> None:
+        for d in report.denials:
+            self.rejections.append(Rejection(now, d.reason, d.message, d.purpose))
+            if self.log_rejections:
+                log.info(
+                    "%s %s: risk gate rejected %s: [%s] %s",
+                    self.label,
+                    now.date(),
+                    " + ".join(f"{o.side} {o.qty} {o.symbol}" for o in d.orders),
+                    d.reason,
+                    d.message,
+                )
+
+    def result(self) -> BacktestResult:
+        """Per-bar state from the event records: positions hold between events, cash falls by the
+        borrow accrued since the last event."""
+        venue, cfg, close, n = self.venue, self.cfg, self.close, self.n
+        venue.costs["borrow"] = venue.book.borrow_paid
+        rec = np.array(self.record, dtype="float64").reshape(-1, 5)
+        rec = np.vstack([[-1.0, cfg.initial_capital, 0.0, 0.0, 0.0], rec])
+        last = np.searchsorted(rec[:, 0], np.arange(n), side="right") - 1
+        state = rec[last]
+        qty_arr = state[:, 2:4].astype("int64")
+        coef = np.maximum(-state[:, 2:4], 0.0) * np.array(self.rates) / self.day_count
+        since = self.base - self.base[np.maximum(state[:, 0].astype("int64"), 0)]
+        accrued = (coef * since).sum(axis=1)
+        cash_arr = state[:, 1] - accrued
+        s0, s1 = self.symbols
+        equity = pd.DataFrame(
+            {
+                "equity": cash_arr + (qty_arr * close).sum(axis=1),
+                "cash": cash_arr,
+                f"qty_{s0}": qty_arr[:, 0],
+                f"qty_{s1}": qty_arr[:, 1],
+                f"price_{s0}": close[:, 0],
+                f"price_{s1}": close[:, 1],
+                "borrow_paid": state[:, 4] + accrued,
+            },
+            index=self.dates,
+        )
+        equity.index.name = "date"
+        trades = pd.DataFrame(venue.fills, columns=TRADE_COLUMNS).astype(TRADE_DTYPES)
+        trades["date"] = pd.DatetimeIndex(trades["date"], dtype=self.dates.dtype)
+        book = venue.book
+        unrealized = sum(
+            book.qty[s] * (close[-1, leg] - book.avg[s]) for leg, s in enumerate(self.symbols)
+        )
+        return BacktestResult(
+            label=self.label,
+            symbols=self.symbols,
+            equity=equity,
+            trades=trades,
+            rejections=self.rejections,
+            round_trips=venue.trips,
+            costs=venue.costs,
+            initial_capital=cfg.initial_capital,
+            halted_at=self.halted_at,
+            realized_pnl=book.realized,
+            unrealized_pnl=float(unrealized),
+            instructions=self.instructions,
+            event_bars=self.event_bars,
+        )
 
 
 def run_backtest(
     prices: pd.DataFrame,
     weights: np.ndarray,
-    config: BacktestConfig | None = None,
+    config: TradingConfig | None = None,
     *,
     label: str = "strategy",
+    strategy: str | None = None,
     volume: pd.DataFrame | None = None,
+    history: pd.DataFrame | None = None,
     risk: rm.RiskManager | None = None,
     log_rejections: bool = True,
     weight_unit: str = "equity",
 ) -> BacktestResult:
     """Run the pair through the engine.
 
-    prices: date index, two close columns (long leg first). weights: (n, 2) target weights per leg
-    as signed fractions of equity (`weight_unit="usd"`: signed USD notional per leg); a NaN row
-    means no instruction on that bar. volume (optional,
+    prices: date index, two close columns (long leg first). weights: (n, 2) instruction weights
+    per leg as signed fractions of equity (`weight_unit="usd"`: signed USD notional per leg),
+    decided on that bar's close; a NaN row means no instruction on that bar. volume (optional,
     shares, same shape as prices) gives average daily volume; without it
-    `execution.default_adv_usd` is used.
+    `execution.default_adv_usd` is used. history (optional): closes before the first bar, for
+    the volatility warm-up. strategy: the name in client order ids (default: `label`).
     """
-    cfg = config or BacktestConfig()
-    ex = cfg.execution
     if weight_unit not in ("equity", "usd"):
         raise ConfigurationError(f"weight_unit must be 'equity' or 'usd', not {weight_unit!r}")
-    per_usd = weight_unit == "usd"
-    risk = risk or rm.RiskManager(cfg.limits, state_path=None, alerts=False)
-    executor = OrderExecutor(ex)
-    symbols = (str(prices.columns[0]), str(prices.columns[1]))
-    n = len(prices)
-    if n == 0:
-        raise ConfigurationError("no bars to backtest")
-    weights = np.asarray(weights, dtype="float64")
-    if weights.shape != (n, 2):
-        raise ConfigurationError(f"weights must have shape ({n}, 2), got {weights.shape}")
-    close = prices.to_numpy("float64")
-    if not np.isfinite(close).all() or (close <= 0).any():
-        raise ConfigurationError("prices must be finite and positive on every bar")
-    dates = pd.DatetimeIndex(prices.index)
-    day = dates.values.astype("datetime64[D]").astype("int64")
-    gap_days = np.diff(day, prepend=day[0]).astype("float64")
-    vol = _daily_vol(close)
-    if volume is not None:
-        adv = volume.to_numpy("float64")
-        adv = pd.DataFrame(adv).rolling(VOL_BARS, min_periods=1).mean().shift(1).bfill()
-        adv = np.maximum(adv.to_numpy(), 1.0)
-    else:
-        adv = ex.default_adv_usd / close
-    costs_model = ex.costs
-    borrow_rate = np.array([tc.borrow_rate(s, costs_model) for s in symbols])
-    day_count = float(costs_model.borrow_day_count)
-    limit = cfg.limits.max_drawdown_pct
-
-    # Instruction bars (after the fill delay); the last ones may fall past the data.
-    has = ~np.isnan(weights).any(axis=1)
-    instr_src = np.flatnonzero(has)
-    instr_bar = instr_src + cfg.fill_delay_bars
-    keep = instr_bar < n
-    instr_at = dict(zip(instr_bar[keep].tolist(), instr_src[keep].tolist(), strict=True))
-    # Recall candidates: configured dates, and hard-to-borrow draws (seeded).
-    rng = np.random.default_rng(ex.seed)
-    recall = np.zeros((n, 2), dtype=bool)
-
-    date_strs: dict[int, str] = {}  # ISO dates of the bars that need them, made in one batch
-
-    def date_str(j: int) -> str:
-        text = date_strs.get(j)
-        if text is None:
-            text = date_strs[j] = str(np.datetime64(int(day[j]), "D"))
-        return text
-
-    for leg, sym in enumerate(symbols):
-        for d in ex.recall_dates.get(sym, ()):
-            try:
-                recall_day = np.datetime64(pd.Timestamp(d).date(), "D").astype("int64")
-            except ValueError:
-                raise ConfigurationError(f"recall date {d!r} for {sym} is not a date") from None
-            recall[:, leg] |= day == recall_day
-        if sym in ex.hard_to_borrow:
-            recall[:, leg] |= rng.random(n) < ex.htb_recall_probability
-    events = np.union1d(instr_bar[keep], np.flatnonzero(recall.any(axis=1)))
-    # Timestamps of the event bars, boxed in one batch (one at a time is slow); carried orders
-    # can add bars, which are boxed on demand.
-    stamp_at = dict(zip(events.tolist(), dates[events], strict=True))
-    named = np.union1d(events, instr_src[keep])
-    iso = np.datetime_as_string(day[named].astype("datetime64[D]")).tolist()
-    date_strs.update(zip(named.tolist(), iso, strict=True))
-
-    book = _Book(cfg.initial_capital, symbols)
-    # Borrow between events without a per-bar loop: P[t, leg] = sum over k <= t of
-    # close[k-1, leg] x days(k-1, k], so a constant short of s shares pays
-    # s x rate / day_count x (P[b] - P[a]) over the bars (a, b] (borrow on the prior close).
-    base = np.zeros((n, 2))
-    if n > 1:
-        base[1:] = np.cumsum(close[:-1] * gap_days[1:, None], axis=0)
-    close_base = np.hstack([close, base])  # equity over a stretch = const + close_base @ v
-    rates: list[float] = borrow_rate.tolist()
-    # State after each event bar: (bar, cash, qty long leg, qty short leg, borrow paid so far).
-    record: list[tuple[int, float, int, int, float]] = []
-    fills: list[tuple[Any, ...]] = []
-    rejections: list[Rejection] = []
-    trips: list[RoundTrip] = []
-    costs = dict.fromkeys(COST_KINDS, 0.0)
-    peak = cfg.initial_capital
-    halted_at: pd.Timestamp | None = None
-    carry: list[Order] = []
-    trip_start: tuple[pd.Timestamp, float, int] | None = None
-    event_bars = 0
-    borrow_total = 0.0
-
-    cached_row: list[Any] = [-1, None]
-
-    def row(j: int) -> list[float]:
-        """Prices of bar j as Python floats (numpy scalars are slow one at a time)."""
-        if cached_row[0] != j:
-            cached_row[0], cached_row[1] = j, close[j].tolist()
-        return cached_row[1]
-
-    def mark(j: int) -> float:
-        px = row(j)
-        return book.cash + book.qty[0] * px[0] + book.qty[1] * px[1]
-
-    def borrow_coef() -> list[float]:
-        """USD of borrow per unit of P, per leg, for the book's current shorts."""
-        return [max(-book.qty[leg], 0) * rates[leg] / day_count for leg in (0, 1)]
-
-    def borrow_between(a: int, b: int) -> float:
-        """Borrow paid over bars (a, b] with the current positions."""
-        if b <= a:
-            return 0.0
-        c = borrow_coef()
-        if c[0] == 0.0 and c[1] == 0.0:
-            return 0.0
-        return c[0] * (base[b, 0] - base[a, 0]) + c[1] * (base[b, 1] - base[a, 1])
-
-    def submit(j: int, orders: list[Order], now: pd.Timestamp, sod: float) -> list[Fill]:
-        nonlocal halted_at
-        if not orders:
-            return []
-        equity = mark(j)
-        portfolio = rm.PortfolioSnapshot(
-            equity=equity,
-            cash=book.cash,
-            positions={symbols[0]: book.qty[0], symbols[1]: book.qty[1]},
-            start_of_day_equity=sod,
-        )
-        px, ref = row(j), row(max(j - 1, 0))
-        market = rm.MarketSnapshot(
-            now=now,
-            prices={symbols[0]: px[0], symbols[1]: px[1]},
-            price_times={symbols[0]: now, symbols[1]: now},
-            reference_prices={symbols[0]: ref[0], symbols[1]: ref[1]},
-        )
-        try:
-            basket = risk.pre_trade_check(orders, portfolio, market)
-        except RiskViolation as exc:
-            rejections.append(Rejection(now, exc.reason, exc.detail, orders[0].purpose.value))
-            if log_rejections:
-                log.info(
-                    "%s %s: risk gate rejected %s: [%s] %s",
-                    label,
-                    now.date(),
-                    " + ".join(f"{o.side} {o.qty} {o.symbol}" for o in orders),
-                    exc.reason,
-                    exc.detail,
-                )
-            return []
-        traded = {o.symbol for o in orders}
-        quotes = {
-            symbols[leg]: BarQuote(px[leg], float(vol[j, leg]), float(adv[j, leg]), now)
-            for leg in (0, 1)
-            if symbols[leg] in traded
-        }
-        done = executor.execute(basket, quotes)
-        for f in done:
-            leg = symbols.index(f.symbol)
-            book.apply(leg, f)
-            penalty = 0.0
-            if f.purpose is Purpose.BUY_IN:
-                penalty = f.qty * f.reference_price * ex.buy_in_penalty_bps / 1e4
-            c = f.costs
-            costs["commission"] += c.commission
-            costs["spread"] += c.spread
-            costs["impact"] += c.impact
-            costs["sec_fee"] += c.sec_fee
-            costs["finra_taf"] += c.finra_taf
-            costs["buy_in_penalty"] += penalty
-            fills.append(
-                (
-                    now,
-                    f.symbol,
-                    f.side._value_,  # _value_: a plain attribute; .value is a slow property
-                    f.qty,
-                    f.requested_qty,
-                    f.reference_price,
-                    f.price,
-                    f.notional,
-                    c.commission,
-                    c.spread,
-                    c.impact,
-                    c.sec_fee,
-                    c.finra_taf,
-                    penalty,
-                    f.purpose._value_,
-                    f.status._value_,
-                    f.client_order_id,
-                )
-            )
-            if f.unfilled_qty > 0 and ex.remainder is RemainderPolicy.CARRY:
-                carry.append(
-                    Order(
-                        f.symbol,
-                        f.side,
-                        f.unfilled_qty,
-                        client_order_id(label, now.date(), f.symbol, "carry", f.client_order_id),
-                        purpose=Purpose.CARRY,
-                    )
-                )
-        return done
-
-    def orders_to(j: int, target: tuple[int, int], purpose: Purpose, tag: str) -> list[list[Order]]:
-        """[reducing orders, increasing orders] that move the book to `target` shares (the same
-        order builder as the live loop's)."""
-        held = {symbols[0]: book.qty[0], symbols[1]: book.qty[1]}
-        goal = {symbols[0]: target[0], symbols[1]: target[1]}
-        reduce, increase = orders_toward(held, goal, purpose, (label, date_str(j), tag))
-        return [reduce, increase]
-
-    def direction() -> int:
-        q = book.qty[0]
-        return 0 if q == 0 and book.qty[1] == 0 else (1 if q > 0 or book.qty[1] < 0 else -1)
-
-    def trip_edge(j: int, now: pd.Timestamp, before: int) -> None:
-        """Close or open round trips when the direction changed across a basket."""
-        nonlocal trip_start
-        after = direction()
-        if after == before:
-            return
-        equity = mark(j)
-        if trip_start is not None and before != 0:
-            start_date, start_eq, d = trip_start
-            trips.append(RoundTrip(start_date, now, d, equity - start_eq))
-            trip_start = None
-        if after != 0:
-            trip_start = (now, equity, after)
-
-    i = 0
-    k = 0
-    n_events = len(events)
-    while i < n:
-        while k < n_events and events[k] < i:
-            k += 1
-        nxt = int(events[k]) if k < n_events else n
-        if carry:
-            nxt = i
-        if nxt > i:
-            # A stretch without events: positions constant, so no per-bar Python.
-            if book.qty[0] == 0 and book.qty[1] == 0:
-                peak = max(peak, book.cash)
-            elif halted_at is None:  # holding (never from bar 0: the book starts flat)
-                c = borrow_coef()
-                v = np.array([book.qty[0], book.qty[1], -c[0], -c[1]], dtype="float64")
-                const = book.cash + c[0] * base[i - 1, 0] + c[1] * base[i - 1, 1]
-                eq_seg = const + close_base[i:nxt] @ v
-                top = max(peak, float(eq_seg.max()))
-                if float(eq_seg.min()) > top * (1.0 - limit):  # cheap: no bar can be in breach
-                    breach, peak_new = None, top
-                else:
-                    breach, peak_new = rm.drawdown_breach_index(eq_seg, peak, limit)
-                if breach is not None:
-                    nxt = i + breach  # that bar takes the per-bar path (liquidation)
-                    if breach > 0:
-                        peak = max(peak, float(eq_seg[:breach].max()))
-                else:
-                    peak = peak_new
-            paid = borrow_between(i - 1, nxt - 1)
-            book.cash -= paid
-            borrow_total += paid
-            i = nxt
-            if i >= n:
-                break
-        # Bar i: the per-bar path.
-        j = i
-        event_bars += 1
-        now = stamp_at.get(j)
-        if now is None:
-            now = dates[j]
-        sod = mark(j - 1) if j > 0 else cfg.initial_capital  # last close's equity
-        bar_fee = borrow_between(j - 1, j)
-        book.cash -= bar_fee
-        borrow_total += bar_fee
-        equity = mark(j)
-        before = direction()
-        if halted_at is None and before != 0 and equity <= peak * (1.0 - limit):
-            risk.halt(
-                f"drawdown {1 - equity / peak:.1%} from peak ${peak:,.0f} >= {limit:.0%}",
-                now,
-            )
-            halted_at = now
-            carry.clear()
-            for batch in orders_to(j, (0, 0), Purpose.LIQUIDATION, "dd"):
-                submit(j, batch, now, sod)
-            trip_edge(j, now, before)
-        peak = max(peak, equity)
-        # Recalls: a short in a recalled symbol is bought in, the other leg closed with it.
-        for leg in (0, 1):
-            if recall[j, leg] and book.qty[leg] < 0:
-                before = direction()
-                buy_in = Order(
-                    symbols[leg],
-                    Side.BUY,
-                    -book.qty[leg],
-                    client_order_id(label, date_str(j), symbols[leg], "buy_in"),
-                    purpose=Purpose.BUY_IN,
-                )
-                other = 1 - leg
-                batch = [buy_in]
-                if book.qty[other] != 0:
-                    q = book.qty[other]
-                    batch.append(
-                        Order(
-                            symbols[other],
-                            Side.SELL if q > 0 else Side.BUY,
-                            abs(q),
-                            client_order_id(label, date_str(j), symbols[other], "recall_exit"),
-                            purpose=Purpose.EXIT,
-                        )
-                    )
-                carry.clear()
-                submit(j, batch, now, sod)
-                trip_edge(j, now, before)
-        if carry:
-            pending, carry[:] = list(carry), []
-            if j not in instr_at:
-                before = direction()
-                submit(j, pending, now, sod)
-                trip_edge(j, now, before)
-        if j in instr_at:
-            w = weights[instr_at[j]]
-            scale = 1.0 if per_usd else mark(j)
-            px = row(j)
-            target = (math.trunc(w[0] * scale / px[0]), math.trunc(w[1] * scale / px[1]))
-            for batch in orders_to(j, target, Purpose.ENTRY, date_str(instr_at[j])):
-                if not batch:
-                    continue
-                before = direction()
-                submit(j, batch, now, sod)
-                trip_edge(j, now, before)
-        record.append((j, book.cash, book.qty[0], book.qty[1], borrow_total))
-        i = j + 1
-
-    costs["borrow"] = borrow_total
-    # Per-bar state from the event records: positions hold between events, cash falls by the
-    # borrow accrued since the last event.
-    rec = np.array(record, dtype="float64").reshape(-1, 5)
-    rec = np.vstack([[-1.0, cfg.initial_capital, 0.0, 0.0, 0.0], rec])
-    last = np.searchsorted(rec[:, 0], np.arange(n), side="right") - 1
-    state = rec[last]
-    qty_arr = state[:, 2:4].astype("int64")
-    coef = np.maximum(-state[:, 2:4], 0.0) * borrow_rate / day_count
-    since = base - base[np.maximum(state[:, 0].astype("int64"), 0)]
-    accrued = (coef * since).sum(axis=1)
-    cash_arr = state[:, 1] - accrued
-    equity = pd.DataFrame(
-        {
-            "equity": cash_arr + (qty_arr * close).sum(axis=1),
-            "cash": cash_arr,
-            f"qty_{symbols[0]}": qty_arr[:, 0],
-            f"qty_{symbols[1]}": qty_arr[:, 1],
-            f"price_{symbols[0]}": close[:, 0],
-            f"price_{symbols[1]}": close[:, 1],
-            "borrow_paid": state[:, 4] + accrued,
-        },
-        index=dates,
-    )
-    equity.index.name = "date"
-    trades = pd.DataFrame(fills, columns=TRADE_COLUMNS).astype(TRADE_DTYPES)
-    trades["date"] = pd.DatetimeIndex(trades["date"], dtype=dates.dtype)  # typed when empty too
-    unrealized = sum(book.qty[leg] * (close[-1, leg] - book.avg[leg]) for leg in (0, 1))
-    return BacktestResult(
+    run = _BacktestRun(
+        prices,
+        weights,
+        config or TradingConfig(),
         label=label,
-        symbols=symbols,
-        equity=equity,
-        trades=trades,
-        rejections=rejections,
-        round_trips=trips,
-        costs=costs,
-        initial_capital=cfg.initial_capital,
-        halted_at=halted_at,
-        realized_pnl=book.realized,
-        unrealized_pnl=float(unrealized),
-        instructions=int(keep.sum()),
-        event_bars=event_bars,
+        strategy=strategy or label,
+        volume=volume,
+        history=history,
+        risk=risk,
+        log_rejections=log_rejections,
+        per_usd=weight_unit == "usd",
     )
+    return run.run()
 
 
 TRADE_COLUMNS = [
@@ -605,54 +665,6 @@ TRADE_COLUMNS = [
 
 
 # --- Strategies: model signals, the z-score benchmark, a user's signal file -----------------------
-@dataclass(frozen=True)
-class SizingConfig:
-    """How big a position is, as a fraction of equity per leg."""
-
-    kelly_fraction: float = 0.5  # half Kelly
-    max_leg_fraction: float = 0.5  # Kelly cap per leg
-    payoff_ratio: float = 1.0  # average win / average loss assumed by Kelly
-    rule_leg_fraction: float = 0.25  # fixed size for rules and action files (no probability)
-    hold: str = "keep"  # a Hold signal keeps the position ("keep") or closes it ("flat")
-
-    def __post_init__(self) -> None:
-        if self.hold not in ("keep", "flat"):
-            raise ConfigurationError(f"hold must be 'keep' or 'flat', not {self.hold!r}")
-        for name in ("kelly_fraction", "max_leg_fraction", "rule_leg_fraction"):
-            value = getattr(self, name)
-            if not 0 < value <= 5:
-                raise ConfigurationError(f"{name.replace('_', ' ')} must be in (0, 5]: {value}")
-        if not self.payoff_ratio > 0:
-            raise ConfigurationError(f"payoff ratio must be positive: {self.payoff_ratio}")
-
-
-def model_weights(signals: pd.DataFrame, sizing: SizingConfig) -> np.ndarray:
-    """(n, 2) weights from `SignalGenerator.series` output: buy/sell sized by fractional Kelly on
-    the probability of the predicted direction; hold keeps (or flattens) the position."""
-    action = signals["action"].to_numpy()
-    prob = signals["probability"].to_numpy("float64")
-    states = np.full(len(action), np.nan)
-    states[action == "buy"] = 1.0
-    states[action == "sell"] = -1.0
-    if sizing.hold == "flat":
-        states[action == "hold"] = 0.0
-    p_win = np.where(states < 0, 1.0 - prob, prob)
-    frac = np.array(
-        [
-            rm.kelly_fraction(
-                float(p),
-                sizing.payoff_ratio,
-                fraction=sizing.kelly_fraction,
-                cap=sizing.max_leg_fraction,
-            )
-            for p in p_win
-        ]
-    )
-    # A direction with no Kelly edge is no position.
-    states = np.where((frac <= 0) & np.isfinite(states) & (states != 0), 0.0, states)
-    return instructions_from_states(states, frac)
-
-
 ACTION_STATES = {"buy": 1.0, "sell": -1.0, "flat": 0.0, "hold": np.nan}
 
 
@@ -810,8 +822,7 @@ class BacktestRequest:
     signal_file: str | None = None
     zscore_entry: float = 2.0
     zscore_exit: float = 0.5
-    config: BacktestConfig = field(default_factory=BacktestConfig)
-    sizing: SizingConfig = field(default_factory=SizingConfig)
+    config: TradingConfig = field(default_factory=TradingConfig)
     write_charts: bool = True
 
 
@@ -942,7 +953,7 @@ def backtest(
         dates = dates[lo:hi]
         if len(dates) < 2:
             raise ConfigurationError("fewer than 2 bars in the requested range")
-        weights = read_signal_file(request.signal_file, pair, dates, request.sizing)
+        weights = read_signal_file(request.signal_file, pair, dates, request.config.sizing)
         model_info = {"signal_file": str(request.signal_file), "in_sample": False}
         label = "signal file"
     else:
@@ -952,12 +963,16 @@ def backtest(
         if trained:
             notes.append(trained)
         sig, dates, model_info = _signals_for_range(request, table, home, notes)
-        weights = model_weights(sig, request.sizing)
+        weights = model_weights(sig, request.config.sizing)
         label = "model"
     prices = table.loc[dates, close_cols]
     prices.columns = [pair.long, pair.short]
     cfg = request.config
-    strategy = run_backtest(prices, weights, cfg, label=label)
+    history = table[close_cols].loc[: dates[0]].iloc[:-1]  # closes before the run: vol warm-up
+    history.columns = prices.columns
+    strategy = run_backtest(
+        prices, weights, cfg, label=label, strategy=pe.STRATEGY, history=history
+    )
 
     # Benchmark 1: the spread z-score rule, same costs and risk gate. The z-score uses the full
     # processed history up to each bar (causal), so it is warm on the first backtest bar.
@@ -966,9 +981,11 @@ def backtest(
     z = pd.Series(z, index=table.index).loc[dates].to_numpy()
     z_weights = instructions_from_states(
         zscore_rule_states(z, request.zscore_entry, request.zscore_exit),
-        request.sizing.rule_leg_fraction,
+        cfg.sizing.rule_leg_fraction,
     )
-    zscore = run_backtest(prices, z_weights, cfg, label="z-score rule", log_rejections=False)
+    zscore = run_backtest(
+        prices, z_weights, cfg, label="z-score rule", history=history, log_rejections=False
+    )
     # Benchmark 2: buy and hold the long leg with all capital, no costs.
     buy_hold = cfg.initial_capital * prices[pair.long] / prices[pair.long].iloc[0]
 
@@ -1004,8 +1021,7 @@ def backtest(
             "zscore_rule": summarize(zscore),
             "buy_hold_long": performance(buy_hold, cfg.initial_capital),
         },
-        "config": _jsonable(cfg),
-        "sizing": _jsonable(request.sizing),
+        "config": cfg.to_dict(),
         "rejections": [
             {
                 "date": str(r.date.date()),
@@ -1026,26 +1042,6 @@ def backtest(
         charts=request.write_charts,
     )
     return BacktestReport(request, strategy, zscore, buy_hold, summary, run_dir, notes)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Dataclasses, enums, sets and mappings as plain JSON values (for summary.json)."""
-    import dataclasses
-    import enum
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, dict) or hasattr(obj, "items"):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (set, frozenset)):
-        return sorted(_jsonable(v) for v in obj)
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _json_default(value: Any) -> Any:

@@ -1,8 +1,10 @@
 """The live loop: `python main.py live` (paper by default), under cron (`--once`) or tmux.
 
-Each iteration, inside NYSE hours: latest closed bars -> validate -> signal -> drift check (once
-per 5 new bars) -> `execute_signal` (every basket through `RiskManager.pre_trade_check`) ->
-persist positions.json -> audit -> heartbeat -> sleep the interval. Outside market hours it
+Each iteration, inside NYSE hours: latest closed bar -> (once per new bar) quotes to the paper
+broker, signal, the previous signal's outcome to the A/B test, drift check (once per 5 new bars),
+`pair_engine` drawdown control and decision (the same step as the backtest: the signal of bar
+t - fill_delay sized, banded, gated by `RiskManager.pre_trade_check`, sent to the broker) ->
+equity row, positions.json, audit -> heartbeat -> sleep the interval. Outside market hours it
 sleeps until the next open. `--replay START END` drives the same loop with a simulated clock over
 the bundled history and the simulated broker, so a new user sees it trade with no keys and no
 network, and tests run months of it in seconds.
@@ -11,15 +13,19 @@ Invariants:
 - One instance per TRADING_HOME (a lock file); a second one exits with a clear message.
 - positions.json is written atomically (temp, fsync, rename) after every change; at start it is
   reconciled with the broker, the broker wins, and every difference is logged, audited, alerted.
-- Orders carry client ids from (strategy, bar, leg, purpose): a restart re-derives the same ids
-  and the broker's copy is looked up instead of trading twice.
+- Orders carry client ids from (strategy, bar, signal bar, leg, purpose), the backtest's ids: a
+  restart re-derives the same ids and the broker's copy is looked up instead of trading twice.
+- A paper replay of START..END and a backtest of the same bars with the same TradingConfig make
+  the same orders, fills and per-bar equity (tests/test_parity.py).
 - A stop (Ctrl-C, SIGTERM) is honoured at a safe point: between iterations, never inside one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import signal as signal_module
 import threading
@@ -33,6 +39,7 @@ import pandas as pd
 
 import alert_dispatch
 import constants as C
+import pair_engine as pe
 import risk_management as rm
 import trading_api as ta
 from atomic_io import atomic_write_json
@@ -46,14 +53,12 @@ from error_handling import (
     DataSourceUnavailable,
     TradingError,
 )
-from trading_execution import BarQuote, Purpose, orders_toward
+from trading_execution import BarQuote, Purpose
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-STRATEGY = "pair-live"
 DRIFT_EVERY_BARS = 5  # a drift check per trading week, not per 5-minute interval
-VOL_BARS = 20
 
 
 # --- Clocks ---------------------------------------------------------------------------------------
@@ -92,7 +97,8 @@ class ReplayClock:
 # --- Settings and records -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LiveConfig:
-    """How the loop runs. Times in seconds."""
+    """How the loop runs (times in seconds); what it trades by is `trading`, the same
+    `pair_engine.TradingConfig` a backtest takes."""
 
     interval_s: float = 300.0
     once: bool = False
@@ -100,11 +106,11 @@ class LiveConfig:
     replay_start: pd.Timestamp | None = None
     replay_end: pd.Timestamp | None = None
     speed: float = 0.0
-    initial_cash: float = 100_000.0
     deadman_intervals: int = 3  # alert when no iteration completed in this many intervals
     flatten_on_deadman: bool = False
-    sizing: ta.SizingPolicy = field(default_factory=ta.SizingPolicy)
-    limits: rm.RiskLimits = field(default_factory=rm.RiskLimits)
+    trading: pe.TradingConfig = field(default_factory=pe.TradingConfig)
+    #: Trade a signal CSV (as `backtest --signals`) instead of the model's signals.
+    signal_file: str | None = None
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
@@ -134,6 +140,7 @@ class LoopSummary:
     errors: int = 0  # iterations the broker or the data feed failed
     stopped_by: str = "end"
     equity: float | None = None
+    model_changes: int = 0  # automatic canary promotions and rollbacks
 
 
 # --- Data -----------------------------------------------------------------------------------------
@@ -176,18 +183,84 @@ class BarFeed:
         return max(int(pd.DatetimeIndex(self.table.index).searchsorted(bar, side="right")) - 1, 0)
 
 
-def _quotes(
+def bar_quotes(
     table: pd.DataFrame, rows: int, pair: C.Pair, close_time: pd.Timestamp, adv_usd: float
 ) -> dict[str, BarQuote]:
-    """Last closed bar of each leg as the broker's quote: price, 20-bar volatility, ADV."""
+    """The last closed bar of each leg as the simulated broker's quote: close, volatility and ADV
+    computed by the backtest's own functions over the bars up to it (causal)."""
     out = {}
     for sym in pair.tickers:
-        closes = table[f"{sym}_close"].to_numpy("float64")[max(rows - VOL_BARS - 1, 0) : rows]
-        rets = np.diff(closes) / closes[:-1] if len(closes) > 1 else np.array([])
-        vol = float(np.std(rets, ddof=1)) if len(rets) > 4 else 0.02
-        price = float(closes[-1])
-        out[sym] = BarQuote(price, vol if vol > 0 else 0.02, adv_usd / price, close_time)
+        closes = table[f"{sym}_close"].to_numpy("float64")[max(rows - 3 * pe.VOL_BARS, 0) : rows]
+        vol = float(pe.daily_vol(closes[:, None])[-1, 0])
+        adv = float(pe.adv_shares(closes[-1:], None, adv_usd)[0])
+        out[sym] = BarQuote(float(closes[-1]), vol, adv, close_time)
     return out
+
+
+# --- Signal sources -------------------------------------------------------------------------------
+class ModelSignals:
+    """Instructions from the registry's models: the signal of a bar (computed from the rows up to
+    it, cached), sized by `pair_engine.signal_weights`; outcomes go back to the A/B test."""
+
+    def __init__(self, generator: Any, sizing: pe.SizingConfig):
+        self.generator = generator
+        self.sizing = sizing
+        self._cache: dict[pd.Timestamp, Any] = {}
+
+    def signal(self, table: pd.DataFrame, row: int) -> Any:
+        bar = pd.Timestamp(table.index[row])
+        sig = self._cache.get(bar)
+        if sig is None:
+            sig = self._cache[bar] = self.generator.latest(table.iloc[: row + 1])
+            if len(self._cache) > 8:
+                self._cache.pop(next(iter(self._cache)))
+        return sig
+
+    def weights(self, table: pd.DataFrame, row: int) -> tuple[float, float]:
+        sig = self.signal(table, row)
+        return pe.signal_weights(sig.action.value, float(sig.probability), self.sizing)
+
+    def describe(self, table: pd.DataFrame, row: int) -> dict[str, Any]:
+        import signals as sg
+
+        return json.loads(sg.describe(self.signal(table, row)))
+
+    def record_outcome(self, table: pd.DataFrame, row: int) -> list[Any]:
+        """Score bar `row`'s signal with its realized next-bar spread return (known once bar
+        row + 1 has closed); returns the promotions or rollbacks this caused."""
+        if "next_spread_return" not in table.columns:
+            return []
+        realized = float(table["next_spread_return"].iloc[row])
+        applied = self.generator.record_outcome(self.signal(table, row), realized)
+        if applied:
+            self._cache.clear()  # later bars are scored by the new champion
+        return applied
+
+
+class FileSignals:
+    """Instructions from a signal CSV (`backtest --signals`), on the feed's bars from `first`."""
+
+    def __init__(self, path: str, pair: C.Pair, table: pd.DataFrame, first: int, sizing: Any):
+        import backtest_strategy as bt
+
+        self.first = first
+        dates = pd.DatetimeIndex(table.index)[first:]
+        self.dates = dates
+        self._weights = bt.read_signal_file(path, pair, dates, sizing)
+
+    def weights(self, table: pd.DataFrame, row: int) -> tuple[float, float]:
+        i = row - self.first
+        if i < 0 or i >= len(self._weights):
+            return math.nan, math.nan
+        w = self._weights[i]
+        return float(w[0]), float(w[1])
+
+    def describe(self, table: pd.DataFrame, row: int) -> dict[str, Any]:
+        w = self.weights(table, row)
+        return {"bar": pd.Timestamp(table.index[row]).isoformat(), "weights": list(w)}
+
+    def record_outcome(self, table: pd.DataFrame, row: int) -> list[Any]:
+        return []
 
 
 # --- Dead man's switch ------------------------------------------------------------------------
@@ -224,60 +297,199 @@ class DeadMansSwitch:
 
 
 # --- State files ----------------------------------------------------------------------------------
-def _positions_state(
-    broker: ta.Broker,
-    mode: str,
-    last_bar: pd.Timestamp | None,
-    now: pd.Timestamp,
-    pending: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    account = broker.account()
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "mode": mode,
-        "broker": broker.name,
-        "updated_at": now.isoformat(),
-        "cash": round(account.cash, 6),
-        "equity": round(account.equity, 6),
-        "positions": {
-            sym: {
-                "qty": p.qty,
-                "avg_entry_price": round(p.avg_entry_price, 6),
-                "market_price": p.market_price,
-            }
-            for sym, p in sorted(broker.positions().items())
-        },
-        "open_orders": [
-            {
-                "client_order_id": o.client_order_id,
-                "symbol": o.symbol,
-                "side": o.side.value,
-                "qty": o.qty,
-                "filled_qty": o.filled_qty,
-                "status": o.status,
-            }
-            for o in broker.open_orders()
-        ],
-        "last_processed_bar": last_bar.isoformat() if last_bar is not None else None,
-        "pending_decision": dict(pending) if pending else None,
-    }
+@dataclass(frozen=True)
+class PendingDecision:
+    """A decision saved before its orders (write-ahead): after a restart the same bar is carried
+    out with the same target, so the same client ids and quantities go out."""
+
+    bar: str  # ISO timestamp of the decision bar
+    target: Mapping[str, int]  # signed shares per leg
+    start_of_day_equity: float  # USD, for the daily loss limit
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bar": self.bar,
+            "target": dict(self.target),
+            "start_of_day_equity": self.start_of_day_equity,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PendingDecision:
+        return cls(
+            str(data["bar"]),
+            {str(s): int(q) for s, q in data["target"].items()},
+            float(data.get("start_of_day_equity", math.nan)),
+        )
 
 
-def read_positions(path: Path) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class HeldPosition:
+    """One leg in positions.json: signed shares, average entry and last price (USD)."""
+
+    qty: int
+    avg_entry_price: float
+    market_price: float
+
+
+@dataclass(frozen=True)
+class PositionsState:
+    """data/positions.json: the loop's view of the account after every change (the broker wins
+    at start-up), the last bar decided and the decision in flight."""
+
+    mode: str
+    broker: str
+    updated_at: str
+    cash: float
+    equity: float
+    positions: Mapping[str, HeldPosition]
+    open_orders: tuple[Mapping[str, Any], ...] = ()
+    last_processed_bar: str | None = None
+    pending_decision: PendingDecision | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def of(
+        cls,
+        broker: ta.Broker,
+        mode: str,
+        last_bar: pd.Timestamp | None,
+        now: pd.Timestamp,
+        pending: PendingDecision | None = None,
+    ) -> PositionsState:
+        account = broker.account()
+        return cls(
+            mode=mode,
+            broker=broker.name,
+            updated_at=now.isoformat(),
+            cash=round(account.cash, 6),
+            equity=round(account.equity, 6),
+            positions={
+                sym: HeldPosition(p.qty, round(p.avg_entry_price, 6), p.market_price)
+                for sym, p in sorted(broker.positions().items())
+            },
+            open_orders=tuple(
+                {
+                    "client_order_id": o.client_order_id,
+                    "symbol": o.symbol,
+                    "side": o.side.value,
+                    "qty": o.qty,
+                    "filled_qty": o.filled_qty,
+                    "status": o.status,
+                }
+                for o in broker.open_orders()
+            ),
+            last_processed_bar=last_bar.isoformat() if last_bar is not None else None,
+            pending_decision=pending,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "mode": self.mode,
+            "broker": self.broker,
+            "updated_at": self.updated_at,
+            "cash": self.cash,
+            "equity": self.equity,
+            "positions": {s: dataclasses.asdict(p) for s, p in self.positions.items()},
+            "open_orders": [dict(o) for o in self.open_orders],
+            "last_processed_bar": self.last_processed_bar,
+            "pending_decision": self.pending_decision.to_json() if self.pending_decision else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PositionsState:
+        pending = data.get("pending_decision")
+        return cls(
+            mode=str(data["mode"]),
+            broker=str(data["broker"]),
+            updated_at=str(data["updated_at"]),
+            cash=float(data["cash"]),
+            equity=float(data["equity"]),
+            positions={
+                str(s): HeldPosition(
+                    int(p["qty"]), float(p["avg_entry_price"]), float(p["market_price"])
+                )
+                for s, p in data.get("positions", {}).items()
+            },
+            open_orders=tuple(data.get("open_orders") or ()),
+            last_processed_bar=data.get("last_processed_bar"),
+            pending_decision=PendingDecision.from_json(pending) if pending else None,
+            schema_version=int(data["schema_version"]),
+        )
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+
+def read_positions(path: Path) -> PositionsState | None:
     """positions.json, or None when absent; ConfigurationError naming the file when unreadable."""
     if not path.exists():
         return None
     try:
-        state = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigurationError(
             f"{path} is unreadable ({exc}); move it aside: the broker's positions will be used"
         ) from None
-    if state.get("schema_version") != SCHEMA_VERSION:
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        version = data.get("schema_version") if isinstance(data, dict) else None
         raise ConfigurationError(
-            f"{path} has schema version {state.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+            f"{path} has schema version {version!r}, expected {SCHEMA_VERSION}"
         )
-    return state
+    try:
+        return PositionsState.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{path} is not a positions file ({type(exc).__name__}: {exc}); move it aside: the "
+            "broker's positions will be used"
+        ) from None
+
+
+@dataclass(frozen=True)
+class EquityRow:
+    """One row of data/equity_<mode>.csv: the account at a bar's close, after that bar's
+    decision (the backtest's equity.csv has the same columns for the same bars)."""
+
+    date: str  # ISO date of the bar
+    equity: float
+    cash: float
+    borrow_paid: float
+    positions: Mapping[str, int]
+
+    def line(self, symbols: tuple[str, ...]) -> str:
+        qty = ",".join(str(int(self.positions.get(s, 0))) for s in symbols)
+        return f"{self.date},{self.equity:.6f},{self.cash:.6f},{self.borrow_paid:.6f},{qty}\n"
+
+
+def equity_log_path(home: C.Paths, mode: str) -> Path:
+    return home.data_dir / f"equity_{mode}.csv"
+
+
+def append_equity_row(path: Path, row: EquityRow, symbols: tuple[str, ...]) -> bool:
+    """Append `row` (fsync) unless the file already has its date (a restart re-running the bar);
+    returns whether it was written."""
+    header = "date,equity,cash,borrow_paid," + ",".join(f"qty_{s}" for s in symbols) + "\n"
+    if path.exists():
+        with open(path, "rb") as fh:
+            fh.seek(max(fh.seek(0, os.SEEK_END) - 4096, 0))
+            tail = fh.read().decode("utf-8", "replace").splitlines()
+        if tail and tail[-1].split(",", 1)[0] >= row.date:
+            return False
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        if fh.tell() == 0:
+            fh.write(header)
+        fh.write(row.line(symbols))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def read_equity_log(path: Path) -> pd.DataFrame:
+    """data/equity_<mode>.csv by date (the last row wins for a date written twice)."""
+    frame = pd.read_csv(path, parse_dates=["date"])
+    return frame.drop_duplicates("date", keep="last").set_index("date").sort_index()
 
 
 def _write_heartbeat(path: Path, beat: Mapping[str, Any]) -> None:
@@ -289,22 +501,22 @@ def _write_heartbeat(path: Path, beat: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def reconcile(saved: Mapping[str, Any] | None, broker: ta.Broker) -> list[dict[str, Any]]:
+def reconcile(saved: PositionsState | None, broker: ta.Broker) -> list[dict[str, Any]]:
     """Differences between positions.json and the broker (the broker wins): one entry per symbol
     whose quantity differs, and one for cash beyond a cent."""
     if saved is None:
         return []
-    diffs = []
-    mine = {s: int(p["qty"]) for s, p in saved.get("positions", {}).items()}
-    theirs = {s: p.qty for s, p in broker.positions().items()}
+    diffs: list[dict[str, Any]] = []
+    mine = {s: p.qty for s, p in saved.positions.items()}
+    theirs = broker.holdings()
     for sym in sorted(set(mine) | set(theirs)):
         if mine.get(sym, 0) != theirs.get(sym, 0):
             diffs.append(
                 {"symbol": sym, "saved_qty": mine.get(sym, 0), "broker_qty": theirs.get(sym, 0)}
             )
     cash = broker.account().cash
-    if abs(float(saved.get("cash", cash)) - cash) > 0.01:
-        diffs.append({"field": "cash", "saved": saved.get("cash"), "broker": round(cash, 2)})
+    if abs(saved.cash - cash) > 0.01:
+        diffs.append({"field": "cash", "saved": saved.cash, "broker": round(cash, 2)})
     return diffs
 
 
@@ -350,6 +562,51 @@ def _acquire_lock(home: C.Paths) -> Any:
     return lock
 
 
+@dataclass
+class _IterationState:
+    last_bar: pd.Timestamp | None = None  # the latest bar whose decision was carried out
+    pending: PendingDecision | None = None  # a decision saved but maybe not carried out
+    signal_bar: pd.Timestamp | None = None  # the latest bar seen (its signal computed)
+    description: dict[str, Any] | None = None  # that bar's signal, for the prediction log
+    model_version: str | None = None
+    bars_since_drift: int = DRIFT_EVERY_BARS
+
+
+@dataclass
+class _Session:
+    """One run of the loop: what it trades with and where it writes. Only the clock, the feed and
+    persistence are the loop's own; every decision is `pair_engine`'s."""
+
+    config: LiveConfig
+    pair: C.Pair
+    home: C.Paths
+    broker: ta.Broker
+    risk: rm.RiskManager
+    source: Any  # ModelSignals | FileSignals
+    feed: BarFeed
+    audit: AuditLog
+    summary: LoopSummary
+    mode: str
+    state: _IterationState = field(default_factory=_IterationState)
+    deadman: DeadMansSwitch | None = None
+    first_row: int = 0  # the first bar this run decides (the replay's START)
+
+    def save_positions(self, now: pd.Timestamp) -> None:
+        PositionsState.of(
+            self.broker, self.mode, self.state.last_bar, now, self.state.pending
+        ).save(self.home.positions_file)
+
+    def on_event(self, event: str, payload: dict[str, Any]) -> None:
+        """The engine's decisions, into the audit log and the summary."""
+        self.audit.append(event, payload)
+        if event == "order_submitted":
+            self.summary.orders += 1
+            if payload.get("filled_qty"):
+                self.audit.append("fill", payload)
+        elif event == "risk_decision" and not payload.get("accepted"):
+            self.summary.rejections += 1
+
+
 def run_trading_loop(
     paper_trading: bool = True,
     *,
@@ -359,199 +616,36 @@ def run_trading_loop(
     clock: Any = None,
     broker: ta.Broker | None = None,
     feed: BarFeed | None = None,
+    generator: Any = None,
     stop: threading.Event | None = None,
     progress: Callable[[pd.Timestamp], None] | None = None,
 ) -> LoopSummary:
-    """Run the loop until the replay ends, `--once` finishes, or a stop; returns what it did."""
-    import signals as sg
-
+    """Run the loop until the replay ends, `--once` finishes, or a stop; returns what it did.
+    `generator` (a signals.SignalGenerator) replaces the one built from the registry."""
     config = config or LiveConfig()
     if config.live and paper_trading:
         raise ConfigurationError("live=True contradicts paper_trading=True")
     home = (home or C.paths()).ensure()
     pair = pair or C.resolve_pair()
-    mode = "live" if config.live else "paper"
     stopper = _Stop()
     if stop is not None:
         stopper.event = stop
     lock = _acquire_lock(home)
     summary = LoopSummary()
-    state = _IterationState()
     audit = AuditLog(home.audit_log)
+    session: _Session | None = None
     try:
-        if feed is None:
-            feed = _default_feed(pair, home, replay=config.replay)
-        saved = read_positions(home.positions_file)
-        last_bar = (
-            pd.Timestamp(saved["last_processed_bar"])
-            if saved and saved.get("last_processed_bar")
-            else None
-        )
-        if clock is None:
-            clock = RealClock()
-            if config.replay:
-                start = pd.Timestamp(config.replay_start)
-                if last_bar is not None:  # resume after the last bar decided, never replay it
-                    start = max(start, feed.bar_close_time(feed.row_of(last_bar)))
-                clock = ReplayClock(start, config.speed)
-        if broker is None:
-            broker = ta.SimulatedBroker(
-                home.paper_broker_file, initial_cash=config.initial_cash, now=clock.now
-            )
-        risk = rm.RiskManager(config.limits, state_path=home.risk_state_file, home=home.home)
-        if config.replay:  # a new user's first replay trains the model it needs
-            import train_model as tm
-
-            trained = tm.ensure_active_model(pair, home)
-            if trained:
-                log.info("%s", trained)
-        generator = sg.SignalGenerator(pair, home=home)
+        session, clock = _start(config, pair, home, clock, broker, feed, generator, audit, summary)
         stopper.install()
-        audit.append(
-            "start",
-            {
-                "mode": mode,
-                "broker": broker.name,
-                "pair": list(pair.tickers),
-                "pid": os.getpid(),
-                "interval_s": config.interval_s,
-                "replay": [str(config.replay_start), str(config.replay_end)]
-                if config.replay
-                else None,
-                "once": config.once,
-            },
-        )
-        log.info(
-            "live loop started: %s, %s broker, %s/%s, every %gs%s",
-            mode,
-            broker.name,
-            pair.long,
-            pair.short,
-            config.interval_s,
-            f", replay {config.replay_start}..{config.replay_end}" if config.replay else "",
-        )
-
-        # Reconcile what we saved with what the broker holds; the broker wins.
-        diffs = reconcile(saved, broker)
-        summary.reconciliation_differences = len(diffs)
-        audit.append("reconciliation", {"differences": diffs, "broker_wins": True})
-        if diffs:
-            log.warning(
-                "reconciliation: %d difference(s) between positions.json and the broker "
-                "(the broker wins): %s",
-                len(diffs),
-                diffs,
-            )
-            alert_dispatch.send(
-                "HIGH",
-                "reconciliation",
-                "Positions differ from the broker",
-                f"{len(diffs)} difference(s) between {home.positions_file.name} and "
-                f"{broker.name}; the broker's positions are used",
-                {"differences": diffs},
-                home=home.home,
-            )
-        pending = (saved or {}).get("pending_decision")
-        atomic_write_json(
-            home.positions_file, _positions_state(broker, mode, last_bar, clock.now(), pending)
-        )
-
-        def trip(reason: str) -> None:
-            alert_dispatch.send(
-                "CRITICAL",
-                "dead_mans_switch",
-                "Live loop is not making progress",
-                f"{reason}; check the process and the data feed",
-                {"reason": reason},
-                home=home.home,
-            )
-            audit.append("alert", {"source": "dead_mans_switch", "reason": reason})
-            if config.flatten_on_deadman:
-                _flatten(broker, risk, pair, clock.now(), audit, "dead man's switch")
-
-        deadman = DeadMansSwitch(config.interval_s, config.deadman_intervals, trip)
-        if not getattr(clock, "replay", False):
-            threading.Thread(
-                target=_watch,
-                args=(deadman, clock, config.interval_s, stopper.event),
-                daemon=True,
-                name="deadman",
-            ).start()
-
-        state.last_bar, state.pending = last_bar, pending
-        while not stopper.event.is_set():
-            now = clock.now()
-            if config.replay and now >= config.replay_end:
-                break
-            mclock = market_clock(now)
-            if not mclock.is_open:
-                _write_heartbeat(
-                    home.heartbeat_file,
-                    _beat(now, mode, broker, risk, mclock, state, "waiting for the open"),
-                )
-                if config.once:
-                    log.info("market closed at %s; next open %s", now, mclock.next_open)
-                    break
-                wake = mclock.next_open
-                if config.replay and wake > config.replay_end:
-                    wake = config.replay_end
-                clock.sleep((wake - now).total_seconds(), stopper.event)
-                deadman.beat(clock.now())
-                continue
-            try:
-                _iteration(
-                    now,
-                    config,
-                    pair,
-                    home,
-                    broker,
-                    risk,
-                    generator,
-                    feed,
-                    audit,
-                    deadman,
-                    state,
-                    summary,
-                    mode,
-                )
-            except (BrokerError, DataSourceUnavailable) as exc:
-                # The broker or the feed failed this time (retries and the breaker are behind
-                # this): log, audit, and try again next interval; the switch watches progress.
-                summary.errors += 1
-                log.error("iteration at %s failed: %s", now, exc)
-                audit.append("alert", {"source": "live_loop", "error": str(exc)})
-                breaker = getattr(broker, "breaker", None)
-                opened = breaker is not None and breaker.state.value == "open"
-                if (isinstance(exc, CircuitOpenError) or opened) and not risk.halted:
-                    risk.halt(f"broker circuit breaker open: {exc}", now)
-                    audit.append("halt", {"reason": risk.halt_reason})
-                if config.once:
-                    raise
-                clock.sleep(config.interval_s, stopper.event)
-                continue
-            summary.iterations += 1
-            deadman.beat(now)
-            _write_heartbeat(
-                home.heartbeat_file, _beat(now, mode, broker, risk, mclock, state, "running")
-            )
-            if progress is not None:
-                progress(now)
-            if config.once:
-                break
-            clock.sleep(config.interval_s, stopper.event)
+        _run(session, clock, stopper)
         if stopper.event.is_set():
             summary.stopped_by = stopper.reason if stopper.reason != "end" else "stop"
-        summary.equity = broker.account().equity
+        summary.equity = session.broker.account().equity
         return summary
     finally:
         try:
-            if broker is not None:
-                atomic_write_json(
-                    home.positions_file,
-                    _positions_state(
-                        broker, mode, state.last_bar, pd.Timestamp.now(tz="UTC"), state.pending
-                    ),
-                )
+            if session is not None:
+                session.save_positions(pd.Timestamp.now(tz="UTC"))
             audit.append(
                 "stop",
                 {
@@ -571,37 +665,197 @@ def run_trading_loop(
             alert_dispatch.close_all()
 
 
-@dataclass
-class _IterationState:
-    last_bar: pd.Timestamp | None = None  # the latest bar whose decision was carried out
-    pending: dict[str, Any] | None = None  # a decision saved but maybe not carried out
-    signal: Any = None
-    signal_bar: pd.Timestamp | None = None
-    model_version: str | None = None
-    bars_since_drift: int = DRIFT_EVERY_BARS
-    last_equity: float | None = None
-    start_of_day_equity: float | None = None
-    session: pd.Timestamp | None = None
-
-
-def _iteration(
-    now: pd.Timestamp,
+def _start(
     config: LiveConfig,
     pair: C.Pair,
     home: C.Paths,
-    broker: ta.Broker,
-    risk: rm.RiskManager,
+    clock: Any,
+    broker: ta.Broker | None,
+    feed: BarFeed | None,
     generator: Any,
-    feed: BarFeed,
     audit: AuditLog,
-    deadman: DeadMansSwitch,
-    state: _IterationState,
     summary: LoopSummary,
-    mode: str,
-) -> None:
-    """One pass: data -> signal -> drift -> risk -> execute -> persist -> audit."""
-    import signals as sg
+) -> tuple[_Session, Any]:
+    """Feed, clock, broker, risk manager and signal source; the `start` record; reconciliation
+    with the broker (the broker wins)."""
+    mode = "live" if config.live else "paper"
+    trading = config.trading
+    if feed is None:
+        feed = _default_feed(pair, home, replay=config.replay)
+    saved = read_positions(home.positions_file)
+    last_bar = (
+        pd.Timestamp(saved.last_processed_bar) if saved and saved.last_processed_bar else None
+    )
+    if clock is None:
+        clock = RealClock()
+        if config.replay:
+            start = pd.Timestamp(config.replay_start)
+            if last_bar is not None:  # resume after the last bar decided, never replay it
+                start = max(start, feed.bar_close_time(feed.row_of(last_bar)))
+            clock = ReplayClock(start, config.speed)
+    if broker is None:
+        broker = ta.SimulatedBroker(
+            home.paper_broker_file,
+            initial_cash=trading.initial_capital,
+            execution=trading.execution,
+            now=clock.now,
+        )
+    risk = rm.RiskManager(trading.limits, state_path=home.risk_state_file, home=home.home)
+    first_row = 0
+    if config.replay:
+        first_row = feed.closed_rows(pd.Timestamp(config.replay_start))
+    if config.signal_file:
+        source: Any = FileSignals(config.signal_file, pair, feed.table, first_row, trading.sizing)
+    else:
+        if generator is None:
+            import signals as sg
 
+            if config.replay:  # a new user's first replay trains the model it needs
+                import train_model as tm
+
+                trained = tm.ensure_active_model(pair, home)
+                if trained:
+                    log.info("%s", trained)
+            generator = sg.SignalGenerator(pair, home=home)
+        source = ModelSignals(generator, trading.sizing)
+    session = _Session(config, pair, home, broker, risk, source, feed, audit, summary, mode)
+    session.first_row = first_row
+    session.state.last_bar = last_bar
+    session.state.pending = saved.pending_decision if saved else None
+    audit.append(
+        "start",
+        {
+            "mode": mode,
+            "broker": broker.name,
+            "pair": list(pair.tickers),
+            "pid": os.getpid(),
+            "interval_s": config.interval_s,
+            "replay": [str(config.replay_start), str(config.replay_end)] if config.replay else None,
+            "once": config.once,
+            "signals": config.signal_file or "model",
+            "config": trading.to_dict(),
+        },
+    )
+    log.info(
+        "live loop started: %s, %s broker, %s/%s, every %gs%s",
+        mode,
+        broker.name,
+        pair.long,
+        pair.short,
+        config.interval_s,
+        f", replay {config.replay_start}..{config.replay_end}" if config.replay else "",
+    )
+    _reconcile(session, saved)
+    session.save_positions(clock.now())
+    return session, clock
+
+
+def _reconcile(session: _Session, saved: PositionsState | None) -> None:
+    home, broker = session.home, session.broker
+    diffs = reconcile(saved, broker)
+    session.summary.reconciliation_differences = len(diffs)
+    session.audit.append("reconciliation", {"differences": diffs, "broker_wins": True})
+    if diffs:
+        log.warning(
+            "reconciliation: %d difference(s) between positions.json and the broker "
+            "(the broker wins): %s",
+            len(diffs),
+            diffs,
+        )
+        alert_dispatch.send(
+            "HIGH",
+            "reconciliation",
+            "Positions differ from the broker",
+            f"{len(diffs)} difference(s) between {home.positions_file.name} and "
+            f"{broker.name}; the broker's positions are used",
+            {"differences": diffs},
+            home=home.home,
+        )
+
+
+def _replay_done(session: _Session, now: pd.Timestamp) -> bool:
+    """A replay ends once every bar dated START..END has been decided (the last one on the first
+    iteration after its close), or a week after END whatever happened."""
+    config = session.config
+    if not config.replay or now < config.replay_end:
+        return False
+    last_row = session.feed.closed_rows(pd.Timestamp(config.replay_end)) - 1
+    if last_row < session.first_row:
+        return True
+    last = pd.Timestamp(session.feed.table.index[last_row])
+    decided = session.state.last_bar is not None and session.state.last_bar >= last
+    return decided or now >= config.replay_end + pd.Timedelta(days=7)
+
+
+def _run(session: _Session, clock: Any, stopper: _Stop) -> None:
+    """Iterate inside market hours, sleep outside them, until the replay ends, `--once`, or a
+    stop."""
+    config, home, broker, risk = session.config, session.home, session.broker, session.risk
+
+    def trip(reason: str) -> None:
+        alert_dispatch.send(
+            "CRITICAL",
+            "dead_mans_switch",
+            "Live loop is not making progress",
+            f"{reason}; check the process and the data feed",
+            {"reason": reason},
+            home=home.home,
+        )
+        session.audit.append("alert", {"source": "dead_mans_switch", "reason": reason})
+        if config.flatten_on_deadman:
+            _flatten(session, clock.now(), "dead man's switch")
+
+    deadman = session.deadman = DeadMansSwitch(config.interval_s, config.deadman_intervals, trip)
+    if not getattr(clock, "replay", False):
+        threading.Thread(
+            target=_watch,
+            args=(deadman, clock, config.interval_s, stopper.event),
+            daemon=True,
+            name="deadman",
+        ).start()
+    while not stopper.event.is_set():
+        now = clock.now()
+        if _replay_done(session, now):
+            break
+        mclock = market_clock(now)
+        if not mclock.is_open:
+            _write_heartbeat(
+                home.heartbeat_file, _beat(now, session, mclock, "waiting for the open")
+            )
+            if config.once:
+                log.info("market closed at %s; next open %s", now, mclock.next_open)
+                break
+            clock.sleep((mclock.next_open - now).total_seconds(), stopper.event)
+            deadman.beat(clock.now())
+            continue
+        try:
+            _iteration(session, now)
+        except (BrokerError, DataSourceUnavailable) as exc:
+            # The broker or the feed failed this time (retries and the breaker are behind
+            # this): log, audit, and try again next interval; the switch watches progress.
+            session.summary.errors += 1
+            log.error("iteration at %s failed: %s", now, exc)
+            session.audit.append("alert", {"source": "live_loop", "error": str(exc)})
+            breaker = getattr(broker, "breaker", None)
+            opened = breaker is not None and breaker.state.value == "open"
+            if (isinstance(exc, CircuitOpenError) or opened) and not risk.halted:
+                risk.halt(f"broker circuit breaker open: {exc}", now)
+                session.audit.append("halt", {"reason": risk.halt_reason})
+            if config.once:
+                raise
+            clock.sleep(config.interval_s, stopper.event)
+            continue
+        session.summary.iterations += 1
+        deadman.beat(now)
+        _write_heartbeat(home.heartbeat_file, _beat(now, session, mclock, "running"))
+        if config.once:
+            break
+        clock.sleep(config.interval_s, stopper.event)
+
+
+def _iteration(session: _Session, now: pd.Timestamp) -> None:
+    """One pass: the latest closed bar; a new one is taken through `_new_bar` once."""
+    feed, pair, state = session.feed, session.pair, session.state
     feed.refresh()
     rows = feed.closed_rows(now)
     if rows < 2:
@@ -609,11 +863,11 @@ def _iteration(
             f"no closed bar of {pair.long}/{pair.short} before {now}; the data start later"
         )
     bar = pd.Timestamp(feed.table.index[rows - 1])
-    bar_close = feed.bar_close_time(rows - 1)
     # Stale feed: the latest bar should be the last session's. More than a few days is a dead feed.
-    age_days = (now - bar_close).total_seconds() / 86_400
+    age_days = (now - feed.bar_close_time(rows - 1)).total_seconds() / 86_400
     if age_days > 4:
-        deadman.check(
+        assert session.deadman is not None
+        session.deadman.check(
             now,
             stale_reason=(
                 f"latest bar {bar.date()} is {age_days:.1f} days old at {now}: "
@@ -622,140 +876,163 @@ def _iteration(
         )
         log.warning("data feed stale (latest bar %s); not trading", bar.date())
         return
-    session = market_clock(now).session_date
-    if session != state.session:
-        state.session = session
-        state.start_of_day_equity = broker.account().equity
-    table = feed.table.iloc[:rows]
-    if state.signal is None or state.signal_bar != bar:
-        state.signal_bar = bar
-        if isinstance(broker, ta.SimulatedBroker):
-            broker.set_market(
-                _quotes(
-                    feed.table,
-                    rows,
-                    pair,
-                    bar_close,
-                    broker.execution.default_adv_usd,
-                )
-            )
-        state.signal = generator.latest(table)
-        summary.bars += 1
-        audit.append("signal", json.loads(sg.describe(state.signal)))
-        if state.signal.model_version != state.model_version:
-            state.model_version = state.signal.model_version
-            audit.append("model_selected", {"model_version": state.model_version})
-        state.bars_since_drift += 1
-        if state.bars_since_drift >= DRIFT_EVERY_BARS:
-            state.bars_since_drift = 0
-            _drift_check(pair, home, table)
-    signal = state.signal
-    summary.predictions += 1
+    if state.signal_bar != bar:
+        _new_bar(session, rows, now)
+    session.summary.predictions += 1
     log.info(
         "prediction %s",
-        sg.describe(signal),
+        json.dumps(state.description),
         extra={"bar": bar.isoformat(), "sim_time": now.isoformat()},
     )
 
-    account = broker.account()
-    if risk.update_equity(account.equity, now):
-        audit.append("halt", {"reason": risk.halt_reason, "equity": account.equity})
-        _flatten(broker, risk, pair, now, audit, "drawdown limit")
-        atomic_write_json(home.positions_file, _positions_state(broker, mode, state.last_bar, now))
-    if state.last_bar is not None and bar <= state.last_bar:
-        return  # one decision per bar: this one was taken (maybe before a restart)
-    before = {s: p.qty for s, p in broker.positions().items()}
-    # Write-ahead: the target is fixed and saved before any order, so a restart between the two
-    # baskets of a flip re-sends exactly the same orders (same ids, same quantities).
-    pending = state.pending or {}
-    if pending.get("bar") == bar.isoformat():
-        target = {s: int(q) for s, q in pending["target"].items()}
-    else:
-        prices = {s: q.price for s, q in broker.latest_prices(list(pair.tickers)).items()}
-        target = ta.target_shares(
-            signal.action.value,
-            float(signal.probability),
-            pair.long,
-            pair.short,
-            account.equity,
-            prices,
-            config.sizing,
-            before,
-        )
-        state.pending = {"bar": bar.isoformat(), "target": target}
-        atomic_write_json(
-            home.positions_file,
-            _positions_state(broker, mode, state.last_bar, now, state.pending),
-        )
 
-    def on_decision(event: str, payload: dict[str, Any]) -> None:
-        audit.append(event, payload)
-        if event == "order_submitted":
-            summary.orders += 1
-            if payload.get("filled_qty"):
-                audit.append("fill", payload)
-        elif event == "risk_decision" and not payload.get("accepted"):
-            summary.rejections += 1
+def _new_bar(session: _Session, rows: int, now: pd.Timestamp) -> None:
+    """A bar closed: quotes to the paper broker, its signal (audited), the previous signal's
+    outcome, drift, then -- once per bar -- the decision and the bar's equity row."""
+    feed, broker, state, audit = session.feed, session.broker, session.state, session.audit
+    table = feed.table.iloc[:rows]
+    row = rows - 1
+    bar = pd.Timestamp(table.index[row])
+    state.signal_bar = bar
+    if isinstance(broker, ta.SimulatedBroker):
+        broker.set_market(
+            bar_quotes(
+                feed.table,
+                rows,
+                session.pair,
+                feed.bar_close_time(row),
+                broker.execution.default_adv_usd,
+            )
+        )
+    state.description = session.source.describe(table, row)
+    session.summary.bars += 1
+    audit.append("signal", state.description)
+    version = state.description.get("model")
+    if version is not None and version != state.model_version:
+        state.model_version = version
+        audit.append("model_selected", {"model_version": version})
+    fresh = state.last_bar is None or bar > state.last_bar
+    if row < session.first_row or not fresh:
+        return  # before the replay's first bar, or decided before a restart
+    if row - 1 >= session.first_row:
+        _record_outcome(session, table, row - 1)
+    state.bars_since_drift += 1
+    if state.bars_since_drift >= DRIFT_EVERY_BARS and isinstance(session.source, ModelSignals):
+        state.bars_since_drift = 0
+        _drift_check(session.pair, session.home, table)
+    _decide(session, table, row, now)
 
-    if not risk.halted or signal.action.value == "hold":
-        try:
-            ta.execute_signal(
-                signal,
+
+def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp) -> None:
+    """The bar's decision through the engine: drawdown control, then the instruction of the
+    signal `fill_delay_bars` bars back (a simulated venue fills at this bar's close, as in the
+    backtest); then the equity row and positions.json."""
+    broker, risk, state, config = session.broker, session.risk, session.state, session.config
+    trading = config.trading
+    bar = pd.Timestamp(table.index[row])
+    symbols = session.pair.tickers
+    log_path = equity_log_path(session.home, session.mode)
+    pending = state.pending if state.pending and state.pending.bar == bar.isoformat() else None
+    sod = pending.start_of_day_equity if pending else _last_close_equity(log_path, broker)
+    before = broker.holdings()
+    pe.control_drawdown(
+        broker,
+        risk,
+        now,
+        id_parts=(pe.STRATEGY, pe.decision_ids(bar, bar)[1], "dd"),
+        start_of_day_equity=sod,
+        on_event=session.on_event,
+    )
+    delay = trading.fill_delay_bars if broker.simulated else max(trading.fill_delay_bars - 1, 0)
+    src = row - delay
+    if src >= session.first_row:
+        target = pending.target if pending else None
+        if target is None:
+            target = pe.size_target(broker, session.source.weights(table, src), symbols)
+        if target is not None:
+            # Write-ahead: the target is saved before any order, so a restart between the two
+            # baskets of a flip re-sends exactly the same orders (same ids, same quantities).
+            state.pending = PendingDecision(bar.isoformat(), dict(target), sod)
+            session.save_positions(now)
+            pe.decide(
                 broker,
                 risk,
-                long=pair.long,
-                short=pair.short,
-                sizing=config.sizing,
-                strategy=STRATEGY,
-                start_of_day_equity=state.start_of_day_equity,
-                on_decision=on_decision,
+                trading,
+                (math.nan, math.nan),
+                symbols,
+                id_parts=pe.decision_ids(bar, table.index[src]),
+                start_of_day_equity=sod,
                 target=target,
+                on_event=session.on_event,
             )
-        except CircuitOpenError as exc:
-            risk.halt(f"broker circuit breaker open: {exc}", now)
-            audit.append("halt", {"reason": risk.halt_reason})
-    after = {s: p.qty for s, p in broker.positions().items()}
+    after = broker.holdings()
     if after != before:
-        audit.append("position_change", {"before": before, "after": after})
+        session.audit.append("position_change", {"before": before, "after": after})
+    account = broker.account()
+    append_equity_row(
+        log_path,
+        EquityRow(
+            bar.strftime("%Y-%m-%d"),
+            account.equity,
+            account.cash,
+            getattr(broker, "borrow_paid", 0.0),
+            after,
+        ),
+        symbols,
+    )
     state.last_bar = bar
     state.pending = None
-    atomic_write_json(home.positions_file, _positions_state(broker, mode, bar, now))
+    session.save_positions(now)
 
 
-def _flatten(
-    broker: ta.Broker,
-    risk: rm.RiskManager,
-    pair: C.Pair,
-    now: pd.Timestamp,
-    audit: AuditLog,
-    why: str,
-) -> None:
+def _last_close_equity(log_path: Path, broker: ta.Broker) -> float:
+    """Equity at the previous bar's close (the last equity row), for the daily loss limit; the
+    broker's equity now when there is none."""
+    if log_path.exists():
+        with open(log_path, "rb") as fh:
+            fh.seek(max(fh.seek(0, os.SEEK_END) - 4096, 0))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+        if lines and lines[-1][:1].isdigit():
+            return float(lines[-1].split(",")[1])
+    return broker.account().equity
+
+
+def _record_outcome(session: _Session, table: pd.DataFrame, row: int) -> None:
+    """Bar `row`'s signal meets its outcome (the next bar has closed): the A/B test may promote
+    or roll back the canary; each change is audited and alerted."""
+    for decision in session.source.record_outcome(table, row):
+        session.summary.model_changes += 1
+        event = "model_promoted" if decision.action.value == "promote" else "model_rolled_back"
+        payload = {
+            "challenger": decision.challenger_version,
+            "champion": decision.champion_version,
+            "reason": decision.reason,
+            "bar": pd.Timestamp(table.index[row + 1]).isoformat(),
+        }
+        session.audit.append(event, payload)
+        alert_dispatch.send(
+            "WARNING",
+            "model_ab_test",
+            f"Canary {decision.challenger_version} {decision.action.value}d automatically",
+            decision.reason,
+            payload,
+            home=session.home.home,
+        )
+
+
+def _flatten(session: _Session, now: pd.Timestamp, why: str) -> None:
     """Close both legs with a reduce-only basket (it passes a halted gate)."""
-    held = {s: p.qty for s, p in broker.positions().items()}
-    reduce, _ = orders_toward(
-        held, {s: 0 for s in held}, Purpose.LIQUIDATION, (STRATEGY, "flatten", now.isoformat())
+    held = session.broker.holdings()
+    report = pe.rebalance(
+        session.broker,
+        session.risk,
+        dict.fromkeys(held, 0),
+        purpose=Purpose.LIQUIDATION,
+        id_parts=(pe.STRATEGY, "flatten", now.isoformat()),
+        start_of_day_equity=session.broker.account().equity,
+        on_event=session.on_event,
     )
-    if not reduce:
-        return
-    quotes = broker.latest_prices(list(held))
-    account = broker.account()
-    clock = broker.clock()
-    basket = risk.pre_trade_check(
-        reduce,
-        rm.PortfolioSnapshot(
-            account.equity, account.cash, held, account.equity, account.buying_power
-        ),
-        rm.MarketSnapshot(
-            now=clock.at,
-            prices={s: q.price for s, q in quotes.items()},
-            price_times={s: q.time for s, q in quotes.items()},
-            live=True,
-            market_open=clock.is_open,
-        ),
-    )
-    placed = broker.submit_basket(basket)
-    audit.append("order_submitted", {"why": why, "orders": [o.client_order_id for o in placed]})
-    log.warning("flattened %s (%s)", held, why)
+    log.warning("flattened %s (%s): %d orders", held, why, len(report.submitted))
 
 
 def _drift_check(pair: C.Pair, home: C.Paths, table: pd.DataFrame) -> None:
@@ -772,15 +1049,8 @@ def _watch(deadman: DeadMansSwitch, clock: Any, interval_s: float, stop: threadi
         deadman.check(clock.now())
 
 
-def _beat(
-    now: pd.Timestamp,
-    mode: str,
-    broker: ta.Broker,
-    risk: rm.RiskManager,
-    mclock: Any,
-    state: _IterationState,
-    status: str,
-) -> dict[str, Any]:
+def _beat(now: pd.Timestamp, session: _Session, mclock: Any, status: str) -> dict[str, Any]:
+    broker, risk = session.broker, session.risk
     account = broker.account()
     breaker = getattr(broker, "breaker", None)
     return {
@@ -788,18 +1058,19 @@ def _beat(
         "time": pd.Timestamp.now(tz="UTC").isoformat(),
         "loop_time": now.isoformat(),
         "pid": os.getpid(),
-        "mode": mode,
+        "mode": session.mode,
         "broker": broker.name,
         "market_open": bool(mclock.is_open),
         "next_open": mclock.next_open.isoformat(),
         "next_close": mclock.next_close.isoformat(),
         "equity": round(account.equity, 2),
         "cash": round(account.cash, 2),
-        "positions": {s: p.qty for s, p in broker.positions().items()},
+        "positions": {s: q for s, q in broker.holdings().items() if q},
         "halted": risk.halted,
         "halt_reason": risk.halt_reason,
         "circuit_breakers": {breaker.name: breaker.state.value} if breaker is not None else {},
-        "last_bar": state.last_bar.isoformat() if state.last_bar is not None else None,
+        "last_bar": session.state.last_bar.isoformat() if session.state.last_bar else None,
+        "interval_s": session.config.interval_s,
     }
 
 

@@ -62,7 +62,10 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. `trading=False` leaves out the trading-configuration options of
+    `backtest` and `live` (their defaults come from pair_engine, which needs pandas), so commands
+    such as `check` parse in a bare Python."""
     parser = argparse.ArgumentParser(
         prog="main.py",
         description="Pair trading with LSTM and XGBoost signals: long one stock, short another.",
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-alerts", action="store_true", help="report only, write no alert lines")
     d.set_defaults(func=cmd_drift)
 
-    _backtest_parser(commands, common)
+    _backtest_parser(commands, common, trading)
 
     r = commands.add_parser(
         "risk",
@@ -173,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  python main.py live --replay 2022-01-03 2022-03-31   replay history, no keys needed\n"
         "  python main.py live --once                           one iteration (for cron)\n"
         "  python main.py live --broker alpaca                  Alpaca paper account\n"
-        "  python main.py status                                what the loop is doing",
+        "  python main.py status                                what the loop is doing\n"
+        + CONFIG_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     lv.add_argument(
@@ -209,13 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="REAL MONEY through Alpaca's live endpoint (asks for confirmation)",
     )
     lv.add_argument(
-        "--capital", type=float, default=100_000.0, metavar="USD", help="simulated broker's cash"
+        "--signals",
+        metavar="FILE",
+        help="trade a signal CSV (as for `backtest --signals`) instead of the model",
     )
     lv.add_argument(
         "--flatten-on-deadman",
         action="store_true",
         help="close both legs when the dead man's switch trips",
     )
+    if trading:
+        _add_trading_options(lv)
     lv.set_defaults(func=cmd_live)
 
     st = commands.add_parser(
@@ -294,7 +302,106 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _backtest_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+CONFIG_EPILOG = """\
+configuration: defaults < --config FILE (TOML) < the options below. A TOML file holds top-level
+initial_capital, fill_delay_bars, rebalance_band and tables [sizing], [execution],
+[execution.costs], [limits] with the field names of pair_engine.TradingConfig, e.g.
+  rebalance_band = 0.25
+  [limits]
+  max_drawdown_pct = 0.10
+The effective configuration is written to summary.json (backtest) and the audit start record
+(live); `backtest` and `live` take the same options, so what was tested is what trades."""
+
+#: Trading options shared by `backtest` and `live`: (flag, TradingConfig field path, metavar,
+#: help). Defaults and types come from the dataclasses, never from here.
+TRADING_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("--capital", "initial_capital", "USD", "starting cash (backtest, new paper account)"),
+    ("--fill-delay", "fill_delay_bars", "BARS", "bars from the signal's close to the fill's"),
+    (
+        "--rebalance-band",
+        "rebalance_band",
+        "F",
+        "re-size a held direction only when a leg's target differs from the holding by more "
+        "than this fraction of the leg; a direction change always trades",
+    ),
+    ("--hold", "sizing.hold", "", "on a Hold signal"),
+    ("--kelly-fraction", "sizing.kelly_fraction", "F", "of full Kelly"),
+    ("--kelly-cap", "sizing.max_leg_fraction", "F", "per leg, fraction of equity"),
+    ("--payoff-ratio", "sizing.payoff_ratio", "B", "win/loss assumed by Kelly"),
+    ("--rule-fraction", "sizing.rule_leg_fraction", "F", "per-leg size of rules, action files"),
+    ("--commission-per-share", "execution.costs.commission_per_share", "USD", ""),
+    ("--commission-min", "execution.costs.commission_min", "USD", "per order"),
+    ("--commission-bps", "execution.costs.commission_bps", "BPS", "of notional"),
+    ("--half-spread-bps", "execution.costs.half_spread_bps", "BPS", "per side"),
+    ("--impact-coef", "execution.costs.impact_coefficient", "Y", "square-root impact"),
+    ("--borrow-rate", "execution.costs.borrow_rate_annual", "RATE", "annual short borrow"),
+    ("--adv-usd", "execution.default_adv_usd", "USD", "daily dollar volume if none in source"),
+    ("--participation-cap", "execution.participation_cap", "F", "largest fill / ADV"),
+    ("--remainder", "execution.remainder", "", "of a capped order"),
+    ("--seed", "execution.seed", "N", "recalls and slippage"),
+    ("--max-leg-notional", "limits.max_leg_notional", "USD", ""),
+    ("--max-gross", "limits.max_gross_exposure", "USD", "exposure"),
+    ("--max-net", "limits.max_net_exposure", "USD", "exposure"),
+    ("--max-order-notional", "limits.max_order_notional", "USD", ""),
+    ("--max-leverage", "limits.max_leverage", "X", "gross/equity"),
+    ("--daily-loss-limit", "limits.daily_loss_limit_pct", "F", "of equity, per day"),
+    ("--max-drawdown", "limits.max_drawdown_pct", "F", "liquidate and halt at this drawdown"),
+)
+
+
+def _option_dest(path: str) -> str:
+    return "cfg__" + path.replace(".", "__")
+
+
+def _add_trading_options(parser: argparse.ArgumentParser) -> None:
+    """--config and the TRADING_OPTIONS, typed and documented from TradingConfig's defaults."""
+    import enum
+    import functools
+
+    from pair_engine import TradingConfig
+
+    defaults = TradingConfig()
+    g = parser.add_argument_group("trading configuration (shared by backtest and live)")
+    g.add_argument("--config", metavar="FILE", help="TOML file of trading settings (see below)")
+    for flag, path, metavar, text in TRADING_OPTIONS:
+        default = functools.reduce(getattr, path.split("."), defaults)
+        shown = str(default)
+        if isinstance(default, float):
+            shown = (
+                f"{default:,.0f}" if default >= 1000 and default.is_integer() else f"{default:g}"
+            )
+        kw: dict[str, Any] = {"dest": _option_dest(path), "default": None}
+        if isinstance(default, enum.Enum):
+            kw["choices"] = [m.value for m in type(default)]
+            shown = default.value
+        elif path == "sizing.hold":
+            kw["choices"] = ["keep", "flat"]
+        else:
+            kw["type"] = type(default)
+            kw["metavar"] = metavar
+        g.add_argument(flag, help=f"{text} ({shown})".lstrip(), **kw)
+    g.add_argument(
+        "--flat-commission",
+        type=float,
+        metavar="USD",
+        help="only this commission per order: no spread, impact, fees or borrow (off)",
+    )
+    g.add_argument(
+        "--hard-to-borrow",
+        metavar="SYM,...",
+        default="",
+        help="symbols whose shorts may be recalled at random (backtest only; none)",
+    )
+    g.add_argument(
+        "--recall",
+        action="append",
+        default=[],
+        metavar="SYM:DATE",
+        help="a short in SYM is bought in on DATE (backtest only; repeatable)",
+    )
+
+
+def _backtest_parser(commands: Any, common: argparse.ArgumentParser, trading: bool) -> None:
     b = commands.add_parser(
         "backtest",
         parents=[common],
@@ -307,8 +414,10 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "benchmarks (buy-and-hold of the long leg; the spread z-score rule under the same costs "
         "and gate) and writes results/<run-id>/ (equity.csv, trades.csv, summary.json, "
         "equity.png, equity.html).",
-        epilog="--signals FILE: a CSV with `date,action` (buy, sell, hold, flat) or "
-        "`date,<LONG>,<SHORT>` target weights (signed fractions of equity per leg).",
+        epilog="--signals FILE: a CSV with `date,action` (buy, sell, hold, flat) or\n"
+        "`date,<LONG>,<SHORT>` target weights (signed fractions of equity per leg).\n\n"
+        + CONFIG_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("--start", metavar="YYYY-MM-DD", help="first bar (default: after validation)")
     b.add_argument("--end", metavar="YYYY-MM-DD", help="last bar (default: the last processed)")
@@ -320,125 +429,11 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     b.add_argument("--signals", metavar="FILE", help="backtest a signal CSV instead of the model")
     b.add_argument("--no-charts", action="store_true", help="skip equity.png and equity.html")
-    g = b.add_argument_group("sizing and timing")
-    g.add_argument("--capital", type=float, default=100_000.0, metavar="USD", help="(100000)")
-    g.add_argument(
-        "--fill-delay",
-        type=int,
-        default=1,
-        metavar="BARS",
-        help="bars between the signal's close and the fill's close (1; 0 = same close)",
-    )
-    g.add_argument(
-        "--hold", choices=["keep", "flat"], default="keep", help="on a Hold signal (keep)"
-    )
-    g.add_argument("--kelly-fraction", type=float, default=0.5, metavar="F", help="(0.5)")
-    g.add_argument("--kelly-cap", type=float, default=0.5, metavar="F", help="per leg (0.5)")
-    g.add_argument("--payoff-ratio", type=float, default=1.0, metavar="B", help="win/loss (1.0)")
-    g.add_argument(
-        "--rule-fraction",
-        type=float,
-        default=0.25,
-        metavar="F",
-        help="per-leg size of the z-score rule and action files (0.25)",
-    )
+    g = b.add_argument_group("benchmark")
     g.add_argument("--zscore-entry", type=float, default=2.0, metavar="Z", help="(2.0)")
     g.add_argument("--zscore-exit", type=float, default=0.5, metavar="Z", help="(0.5)")
-    k = b.add_argument_group("costs and execution")
-    k.add_argument(
-        "--commission-per-share", type=float, default=0.005, metavar="USD", help="(0.005)"
-    )
-    k.add_argument(
-        "--commission-min", type=float, default=1.0, metavar="USD", help="per order (1.00)"
-    )
-    k.add_argument(
-        "--commission-bps", type=float, default=0.0, metavar="BPS", help="of notional (0)"
-    )
-    k.add_argument(
-        "--flat-commission",
-        type=float,
-        metavar="USD",
-        help="only this commission per order: no spread, impact, fees or borrow (off)",
-    )
-    k.add_argument("--half-spread-bps", type=float, default=2.0, metavar="BPS", help="per side (2)")
-    k.add_argument(
-        "--impact-coef",
-        type=float,
-        default=0.5,
-        metavar="Y",
-        help="square-root impact coefficient (0.5)",
-    )
-    k.add_argument(
-        "--borrow-rate",
-        type=float,
-        default=0.003,
-        metavar="RATE",
-        help="annual short borrow (0.003)",
-    )
-    k.add_argument(
-        "--adv-usd",
-        type=float,
-        default=50_000_000.0,
-        metavar="USD",
-        help="average daily dollar volume when the source has none (50,000,000)",
-    )
-    k.add_argument(
-        "--participation-cap",
-        type=float,
-        default=0.10,
-        metavar="F",
-        help="largest fill as a fraction of ADV (0.10)",
-    )
-    k.add_argument(
-        "--remainder",
-        choices=["cancel", "carry"],
-        default="cancel",
-        help="of a capped order (cancel)",
-    )
-    k.add_argument(
-        "--hard-to-borrow",
-        metavar="SYM,...",
-        default="",
-        help="symbols whose shorts may be recalled at random (none)",
-    )
-    k.add_argument(
-        "--recall",
-        action="append",
-        default=[],
-        metavar="SYM:DATE",
-        help="a short in SYM is bought in on DATE (repeatable)",
-    )
-    k.add_argument("--seed", type=int, default=42, help="recalls and slippage (42)")
-    rk = b.add_argument_group("risk limits")
-    rk.add_argument(
-        "--max-leg-notional", type=float, default=60_000.0, metavar="USD", help="(60000)"
-    )
-    rk.add_argument(
-        "--max-gross", type=float, default=120_000.0, metavar="USD", help="exposure (120000)"
-    )
-    rk.add_argument(
-        "--max-net", type=float, default=25_000.0, metavar="USD", help="exposure (25000)"
-    )
-    rk.add_argument(
-        "--max-order-notional", type=float, default=60_000.0, metavar="USD", help="(60000)"
-    )
-    rk.add_argument(
-        "--max-leverage", type=float, default=1.5, metavar="X", help="gross/equity (1.5)"
-    )
-    rk.add_argument(
-        "--daily-loss-limit",
-        type=float,
-        default=0.05,
-        metavar="F",
-        help="of equity, per day (0.05)",
-    )
-    rk.add_argument(
-        "--max-drawdown",
-        type=float,
-        default=0.10,
-        metavar="F",
-        help="liquidate and halt at this drawdown (0.10)",
-    )
+    if trading:
+        _add_trading_options(b)
     b.set_defaults(func=cmd_backtest)
 
 
@@ -618,67 +613,52 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 1 if n else 0
 
 
-def _backtest_request(args: argparse.Namespace) -> Any:
-    """The command line as a BacktestRequest (every value validated by the dataclasses)."""
-    import backtest_strategy as bt
+def _trading_config(args: argparse.Namespace) -> Any:
+    """TradingConfig from the defaults, --config FILE, then the options given (validated by the
+    dataclasses)."""
+    import dataclasses
+
     import constants as C
-    import risk_management as rm
-    import trading_execution as te
     import transaction_costs as tc
     from error_handling import ConfigurationError
+    from pair_engine import TradingConfig
 
-    pair = C.resolve_pair(args.long, args.short)
+    config = TradingConfig.from_toml(args.config) if args.config else TradingConfig()
+    given = {
+        path: getattr(args, _option_dest(path))
+        for _, path, _, _ in TRADING_OPTIONS
+        if getattr(args, _option_dest(path)) is not None
+    }
+    config = config.with_values(given)
+    execution = config.execution
     if args.flat_commission is not None:
-        costs = tc.CostModel.flat(args.flat_commission)
-    else:
-        costs = tc.CostModel(
-            commission_per_share=args.commission_per_share,
-            commission_min=args.commission_min,
-            commission_bps=args.commission_bps,
-            half_spread_bps=args.half_spread_bps,
-            impact_coefficient=args.impact_coef,
-            borrow_rate_annual=args.borrow_rate,
-        )
+        execution = dataclasses.replace(execution, costs=tc.CostModel.flat(args.flat_commission))
     recalls: dict[str, list[str]] = {}
     for item in args.recall:
         sym, _, day = item.partition(":")
         if not day:
             raise ConfigurationError(f"--recall wants SYM:YYYY-MM-DD, got {item!r}")
         recalls.setdefault(C.validate_symbol(sym.strip().upper()), []).append(day.strip())
+    if recalls:
+        execution = dataclasses.replace(
+            execution, recall_dates={k: tuple(v) for k, v in recalls.items()}
+        )
     htb = {
         C.validate_symbol(s.strip().upper()) for s in args.hard_to_borrow.split(",") if s.strip()
     }
-    execution = te.ExecutionConfig(
-        costs=costs,
-        participation_cap=args.participation_cap,
-        remainder=te.RemainderPolicy(args.remainder),
-        default_adv_usd=args.adv_usd,
-        hard_to_borrow=frozenset(htb),
-        recall_dates={k: tuple(v) for k, v in recalls.items()},
-        seed=args.seed,
-    )
-    limits = rm.RiskLimits(
-        max_leg_notional=args.max_leg_notional,
-        max_gross_exposure=args.max_gross,
-        max_net_exposure=args.max_net,
-        max_order_notional=args.max_order_notional,
-        max_leverage=args.max_leverage,
-        daily_loss_limit_pct=args.daily_loss_limit,
-        max_drawdown_pct=args.max_drawdown,
-    )
-    config = bt.BacktestConfig(
-        initial_capital=args.capital,
-        fill_delay_bars=args.fill_delay,
-        execution=execution,
-        limits=limits,
-    )
-    sizing = bt.SizingConfig(
-        kelly_fraction=args.kelly_fraction,
-        max_leg_fraction=args.kelly_cap,
-        payoff_ratio=args.payoff_ratio,
-        rule_leg_fraction=args.rule_fraction,
-        hold=args.hold,
-    )
+    if htb:
+        execution = dataclasses.replace(execution, hard_to_borrow=frozenset(htb))
+    return dataclasses.replace(config, execution=execution)
+
+
+def _backtest_request(args: argparse.Namespace) -> Any:
+    """The command line as a BacktestRequest (every value validated by the dataclasses)."""
+    import backtest_strategy as bt
+    import constants as C
+    from error_handling import ConfigurationError
+
+    pair = C.resolve_pair(args.long, args.short)
+    config = _trading_config(args)
     for name in ("start", "end"):
         value = getattr(args, name)
         if value is not None:
@@ -698,7 +678,6 @@ def _backtest_request(args: argparse.Namespace) -> Any:
         zscore_entry=args.zscore_entry,
         zscore_exit=args.zscore_exit,
         config=config,
-        sizing=sizing,
         write_charts=not args.no_charts,
     )
 
@@ -921,8 +900,9 @@ def cmd_live(args: argparse.Namespace) -> int:
         replay_start=start,
         replay_end=end,
         speed=args.speed,
-        initial_cash=args.capital,
         flatten_on_deadman=args.flatten_on_deadman,
+        trading=_trading_config(args),
+        signal_file=args.signals,
     )
     broker = None
     if args.live or args.broker == "alpaca":
@@ -1002,12 +982,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("positions: none yet (run `python main.py live` to create positions.json)")
     else:
         legs = ", ".join(
-            f"{sym} {p['qty']:+,} @ {p['avg_entry_price']:,.2f}"
-            for sym, p in positions["positions"].items()
+            f"{sym} {p.qty:+,} @ {p.avg_entry_price:,.2f}" for sym, p in positions.positions.items()
         )
         print(
-            f"positions: {legs or 'flat'}; equity ${positions['equity']:,.2f}, cash "
-            f"${positions['cash']:,.2f}; last bar {positions['last_processed_bar']}"
+            f"positions: {legs or 'flat'}; equity ${positions.equity:,.2f}, cash "
+            f"${positions.cash:,.2f}; last bar {positions.last_processed_bar}"
         )
     return 0
 
@@ -1223,7 +1202,13 @@ def _print_traceback() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # The trading options take their defaults from pair_engine (pandas): only when needed.
+        parser = build_parser(trading=bool({"backtest", "live"} & set(argv)))
+    except ImportError as exc:  # the environment is not installed
+        print(f"error: {exc}; run ./install.sh (see `python main.py check`)", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     _load_env()
     debug = bool(getattr(args, "debug", False))

@@ -284,12 +284,13 @@ class RiskManager:
             alert_dispatch.send(severity, "risk", title, message, details, home=self.home)
 
     # --- Drawdown control ---------------------------------------------------------------------
-    def update_equity(self, equity: float, at: pd.Timestamp) -> bool:
+    def update_equity(self, equity: float, at: pd.Timestamp, *, holding: bool = True) -> bool:
         """Record the account's equity (USD) at `at`; raises the peak when higher.
 
-        Returns True exactly once per breach, when equity <= peak x (1 - max_drawdown_pct) and
-        trading was not yet halted: trading is then halted (persisted), a CRITICAL alert is
-        written, and the caller must liquidate every position. Otherwise False.
+        Returns True exactly once per breach, when positions are held (`holding`), equity <= peak
+        x (1 - max_drawdown_pct) and trading was not yet halted: trading is then halted
+        (persisted), a CRITICAL alert is written, and the caller must liquidate every position.
+        A flat book never breaches (there is nothing to liquidate). Otherwise False.
         """
         equity = float(equity)
         if not math.isfinite(equity):
@@ -300,7 +301,7 @@ class RiskManager:
             changed = True
         peak = self._equity_peak
         limit = self.limits.max_drawdown_pct
-        if not self._halted and equity <= peak * (1.0 - limit):
+        if holding and not self._halted and equity <= peak * (1.0 - limit):
             drawdown = equity / peak - 1.0 if peak > 0 else -_INF
             self._set_halt(f"drawdown {drawdown:.2%} breached the limit {-limit:.2%}", at)
             self._alert(
@@ -320,6 +321,13 @@ class RiskManager:
         if changed:
             self._save()
         return False
+
+    def raise_peak(self, equity: float) -> None:
+        """Raise the equity peak to `equity` (USD) when higher, with no drawdown test: the
+        backtest's vectorized stretches, whose bars were tested in bulk."""
+        if self._equity_peak is None or equity > self._equity_peak:
+            self._equity_peak = float(equity)
+            self._save()
 
     def _set_halt(self, reason: str, at: pd.Timestamp) -> None:
         self._halted = True

@@ -15,24 +15,24 @@ Invariants:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 import pandas as pd
 
-import risk_management as rm
+import pair_engine as pe
 from atomic_io import atomic_write_json
 from data_validation import NEW_YORK, MarketClock, market_clock
-from error_handling import BrokerError, CircuitBreaker, ConfigurationError, RiskViolation
+from error_handling import BrokerError, CircuitBreaker, ConfigurationError
 from trading_execution import (
     ApprovedBasket,
     BarQuote,
@@ -41,12 +41,11 @@ from trading_execution import (
     OrderExecutor,
     Purpose,
     Side,
-    orders_toward,
 )
 
 log = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 # --- Records --------------------------------------------------------------------------------------
@@ -110,6 +109,10 @@ class Broker(abc.ABC):
     """What the live loop needs from a broker."""
 
     name: str = "broker"
+    #: pair_engine.Venue: a simulated broker fills at a bar's close already known to the loop.
+    simulated: bool = False
+    #: The risk gate applies live rules (market hours, constants' price sanity ranges).
+    live_checks: bool = True
 
     @abc.abstractmethod
     def account(self) -> Account: ...
@@ -138,6 +141,16 @@ class Broker(abc.ABC):
         """Orders not yet done (filled, canceled or rejected)."""
         return []
 
+    def holdings(self) -> dict[str, int]:
+        """Signed shares per symbol held (pair_engine.Venue)."""
+        return {sym: p.qty for sym, p in self.positions().items()}
+
+    def known_orders(self, orders: Sequence[Order]) -> dict[str, BrokerOrder]:
+        """The orders among `orders` the broker already has, by client id (a restart after the
+        broker accepted them: they are looked up, never sent twice)."""
+        found = {o.client_order_id: self.get_order_by_client_id(o.client_order_id) for o in orders}
+        return {cid: bo for cid, bo in found.items() if bo is not None}
+
 
 def _require_approved(basket: object) -> ApprovedBasket:
     if not isinstance(basket, ApprovedBasket):
@@ -147,15 +160,16 @@ def _require_approved(basket: object) -> ApprovedBasket:
 
 # --- Simulated broker -----------------------------------------------------------------------------
 class SimulatedBroker(Broker):
-    """A local broker for paper trading and replays: market orders fill at once at the latest
-    quote plus spread and impact, with the backtest's fees and borrow, through `OrderExecutor`.
+    """A local broker for paper trading and replays: market-on-close orders fill at the latest bar's
+    close plus spread and impact, with the backtest's fees and borrow, through `OrderExecutor`, and
+    are booked in the backtest's `pair_engine.Ledger` -- the same accounting as a backtest.
 
-    Its state (cash, positions, every order by client id, latest quotes, borrow accrued) lives in
-    `state_path`, rewritten atomically after every change, so a crash loses nothing that was
-    acknowledged and a restart continues from the file. `now` gives the current time (the live
-    loop's clock)."""
+    Its state (the ledger, every order by client id, latest quotes) lives in `state_path`,
+    rewritten atomically after every change, so a crash loses nothing that was acknowledged and a
+    restart continues from the file. `now` gives the current time (the live loop's clock)."""
 
     name = "simulated"
+    simulated = True
 
     def __init__(
         self,
@@ -170,28 +184,28 @@ class SimulatedBroker(Broker):
         self._executor = OrderExecutor(self.execution)
         self._now = now or (lambda: pd.Timestamp.now(tz="UTC"))
         self._state = self._load(initial_cash)
+        self.ledger = pe.Ledger.from_json(self._state["ledger"])
 
     # --- State ---------------------------------------------------------------------------------
     def _load(self, initial_cash: float) -> dict[str, Any]:
-
         if not self.state_path.exists():
             return {
                 "version": _STATE_VERSION,
-                "cash": float(initial_cash),
                 "initial_cash": float(initial_cash),
-                "positions": {},
+                "ledger": pe.Ledger(initial_cash).to_json(),
                 "orders": {},
                 "quotes": {},
-                "borrow_paid": 0.0,
-                "borrow_through": None,
             }
         try:
             state = json.loads(self.state_path.read_text())
+            if state.get("version") == 1:  # before the shared ledger: same fields, flat
+                state = _state_v1_to_v2(state)
             if state.get("version") != _STATE_VERSION:
                 raise ValueError(f"unknown version {state.get('version')!r}")
-            missing = [k for k in ("cash", "positions", "orders", "quotes") if k not in state]
+            missing = [k for k in ("ledger", "orders", "quotes") if k not in state]
             if missing:
                 raise KeyError(", ".join(missing))
+            pe.Ledger.from_json(state["ledger"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigurationError(
                 f"simulated broker state {self.state_path} is unreadable ({exc}); move it aside "
@@ -200,30 +214,25 @@ class SimulatedBroker(Broker):
         return state
 
     def _save(self) -> None:
+        self._state["ledger"] = self.ledger.to_json()
         atomic_write_json(self.state_path, self._state)
 
     # --- Market data ---------------------------------------------------------------------------
     def set_market(self, quotes: Mapping[str, BarQuote]) -> None:
-        """Record the latest bar of each symbol (the prices fills use) and accrue short borrow on
-        the previous close for the calendar days since the last accrual."""
-        from transaction_costs import borrow_fee
+        """Record the latest bar of each symbol (the prices fills use) and charge short borrow on
+        the previous close for the calendar days since the last charge (keyed by the bar's New
+        York date: setting the same bar twice charges nothing)."""
+        from transaction_costs import borrow_rate
 
         state = self._state
         times = [pd.Timestamp(q.time) for q in quotes.values()]
-        day = max(times).tz_convert("UTC").normalize() if times else None
-        through = state.get("borrow_through")
-        if day is not None and through is not None:
-            days = (day - pd.Timestamp(through)).days
-            if days > 0:
-                fee = 0.0
-                for sym, pos in state["positions"].items():
-                    if pos["qty"] < 0 and sym in state["quotes"]:
-                        prior = state["quotes"][sym]["price"]
-                        fee += borrow_fee(-pos["qty"] * prior, days, sym, self.execution.costs)
-                state["cash"] -= fee
-                state["borrow_paid"] += fee
-        if day is not None:
-            state["borrow_through"] = day.isoformat()
+        if times:
+            day = pe.day_number(max(times).tz_convert(NEW_YORK))
+            prior = {s: q["price"] for s, q in state["quotes"].items()}
+            costs = self.execution.costs
+            rates = {s: borrow_rate(s, costs) for s in self.ledger.qty}
+            fee = self.ledger.borrow_due(day, prior, rates, float(costs.borrow_day_count))
+            self.ledger.charge_borrow(day, fee)
         for sym, q in quotes.items():
             state["quotes"][sym] = {
                 "price": float(q.price),
@@ -250,16 +259,17 @@ class SimulatedBroker(Broker):
 
     def positions(self) -> dict[str, Position]:
         out = {}
-        for sym, pos in self._state["positions"].items():
-            if pos["qty"] == 0:
+        for sym, qty in self.ledger.qty.items():
+            if qty == 0:
                 continue
             q = self._state["quotes"].get(sym)
-            price = q["price"] if q else pos["avg"]
-            out[sym] = Position(sym, int(pos["qty"]), float(pos["avg"]), float(price))
+            avg = self.ledger.avg.get(sym, 0.0)
+            price = q["price"] if q else avg
+            out[sym] = Position(sym, int(qty), float(avg), float(price))
         return out
 
     def account(self) -> Account:
-        cash = float(self._state["cash"])
+        cash = self.ledger.cash
         equity = cash + sum(p.market_value for p in self.positions().values())
         return Account(equity=equity, cash=cash, buying_power=max(equity, 0.0) * 2.0)
 
@@ -283,7 +293,7 @@ class SimulatedBroker(Broker):
             now = pd.Timestamp(self._now())
             for order in new:
                 fill = fills[order.client_order_id]
-                self._apply(order, fill)
+                self.ledger.apply(fill)
                 orders[order.client_order_id] = {
                     "id": f"sim-{len(orders) + 1}",
                     "client_order_id": order.client_order_id,
@@ -298,6 +308,7 @@ class SimulatedBroker(Broker):
                     "submitted_at": now.isoformat(),
                     "purpose": order.purpose.value,
                     "fees": fill.costs.explicit,
+                    "costs": dataclasses.asdict(fill.costs),
                 }
             self._save()  # one atomic write per basket: all of it happened, or none
         else:
@@ -307,28 +318,34 @@ class SimulatedBroker(Broker):
             )
         return [_order_from_state(orders[o.client_order_id]) for o in basket.orders]
 
-    def _apply(self, order: Order, fill: Any) -> None:
-        positions = self._state["positions"]
-        pos = positions.setdefault(order.symbol, {"qty": 0, "avg": 0.0})
-        q, avg, dq = int(pos["qty"]), float(pos["avg"]), int(fill.signed_qty)
-        new = q + dq
-        if dq != 0:
-            if q == 0 or (q > 0) == (dq > 0):
-                pos["avg"] = (avg * abs(q) + fill.price * abs(dq)) / abs(new)
-            elif new == 0:
-                pos["avg"] = 0.0
-            elif (new > 0) != (q > 0):
-                pos["avg"] = fill.price
-        pos["qty"] = new
-        self._state["cash"] += fill.cash_change
-
     @property
     def borrow_paid(self) -> float:
-        return float(self._state["borrow_paid"])
+        return self.ledger.borrow_paid
 
     def filled_client_ids(self) -> list[str]:
         """Every client order id this account filled (for audits and crash tests)."""
         return [cid for cid, o in self._state["orders"].items() if o["filled_qty"] > 0]
+
+
+def _state_v1_to_v2(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 paper account (flat cash/positions/borrow fields) in the ledger's layout."""
+    through = state.get("borrow_through")
+    ledger = {
+        "cash": float(state["cash"]),
+        "positions": {
+            s: {"qty": int(p["qty"]), "avg": float(p["avg"])} for s, p in state["positions"].items()
+        },
+        "realized_pnl": 0.0,
+        "borrow_paid": float(state.get("borrow_paid", 0.0)),
+        "borrow_through": None if through is None else pe.day_number(pd.Timestamp(through)),
+    }
+    return {
+        "version": _STATE_VERSION,
+        "initial_cash": float(state.get("initial_cash", state["cash"])),
+        "ledger": ledger,
+        "orders": state["orders"],
+        "quotes": state["quotes"],
+    }
 
 
 def _order_from_state(raw: Mapping[str, Any]) -> BrokerOrder:
@@ -345,172 +362,6 @@ def _order_from_state(raw: Mapping[str, Any]) -> BrokerOrder:
         purpose=raw.get("purpose", Purpose.ENTRY.value),
         fees=float(raw.get("fees", 0.0)),
     )
-
-
-# --- From a signal to orders ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class SizingPolicy:
-    """How big a pair position is: fractional Kelly on the signal's probability, per leg."""
-
-    kelly_fraction: float = 0.5
-    max_leg_fraction: float = 0.5
-    payoff_ratio: float = 1.0
-
-
-@dataclass(frozen=True)
-class ExecutionReport:
-    """What `execute_signal` did: the target, each basket's orders or its refusal."""
-
-    action: str
-    target: dict[str, int]
-    submitted: list[BrokerOrder] = field(default_factory=list)
-    rejections: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
-    already_known: list[str] = field(default_factory=list)  # client ids looked up, not resent
-
-
-def target_shares(
-    action: str,
-    probability: float,
-    long: str,
-    short: str,
-    equity: float,
-    prices: Mapping[str, float],
-    sizing: SizingPolicy,
-    current: Mapping[str, int],
-) -> dict[str, int]:
-    """Signed target shares per leg for a pair signal. buy: long the long leg, short the short
-    leg; sell: the reverse; hold: keep what is held. Size: Kelly fraction of equity per leg."""
-    if action == "hold":
-        return {long: int(current.get(long, 0)), short: int(current.get(short, 0))}
-    if action not in ("buy", "sell"):
-        raise ConfigurationError(f"unknown signal action {action!r}")
-    p_win = probability if action == "buy" else 1.0 - probability
-    frac = rm.kelly_fraction(
-        p_win, sizing.payoff_ratio, fraction=sizing.kelly_fraction, cap=sizing.max_leg_fraction
-    )
-    direction = 1 if action == "buy" else -1
-    leg_usd = frac * max(equity, 0.0)
-    return {
-        long: direction * math.trunc(leg_usd / prices[long]),
-        short: -direction * math.trunc(leg_usd / prices[short]),
-    }
-
-
-def execute_signal(
-    signal: Any,
-    broker: Broker,
-    risk: rm.RiskManager,
-    *,
-    long: str,
-    short: str,
-    sizing: SizingPolicy | None = None,
-    strategy: str = "pair",
-    start_of_day_equity: float | None = None,
-    reference_prices: Mapping[str, float] | None = None,
-    on_decision: Callable[[str, dict[str, Any]], None] | None = None,
-    target: Mapping[str, int] | None = None,
-) -> ExecutionReport:
-    """Turn a pair signal into leg orders sized by the risk manager's Kelly rule, pass each basket
-    through `pre_trade_check` (live rules: market open, price sanity from constants, staleness),
-    and submit what it approves. Orders whose client id the broker already has are looked up,
-    not resubmitted. `on_decision(event, payload)` receives each risk decision and submission
-    (for the audit log). `target` (signed shares per leg) replaces the Kelly sizing: the live
-    loop saves its decision before acting, so a restart re-sends the same orders."""
-    sizing = sizing or SizingPolicy()
-    action = getattr(signal.action, "value", signal.action)
-    account = broker.account()
-    held = {sym: p.qty for sym, p in broker.positions().items()}
-    quotes = broker.latest_prices([long, short])
-    missing = [s for s in (long, short) if s not in quotes]
-    if missing:
-        raise BrokerError(f"no latest price for {', '.join(missing)} from {broker.name}")
-    prices = {s: q.price for s, q in quotes.items()}
-    if target is None:
-        target = target_shares(
-            action, float(signal.probability), long, short, account.equity, prices, sizing, held
-        )
-    target = {s: int(q) for s, q in target.items()}
-    report = ExecutionReport(action=action, target=target)
-    bar = pd.Timestamp(signal.bar_time).isoformat()
-    reduce, increase = orders_toward(held, target, Purpose.ENTRY, (strategy, bar))
-    clock = broker.clock()
-    for batch in (reduce, increase):
-        if not batch:
-            continue
-        found = {o.client_order_id: broker.get_order_by_client_id(o.client_order_id) for o in batch}
-        known = {cid: bo for cid, bo in found.items() if bo is not None}
-        if known:  # a restart after the broker accepted them: never send twice
-            report.already_known.extend(known)
-            report.submitted.extend(known.values())
-            batch = [o for o in batch if o.client_order_id not in known]
-            if not batch:
-                continue
-        portfolio = rm.PortfolioSnapshot(
-            equity=account.equity,
-            cash=account.cash,
-            positions=dict(held),
-            start_of_day_equity=(
-                account.equity if start_of_day_equity is None else start_of_day_equity
-            ),
-            buying_power=account.buying_power,
-        )
-        market = rm.MarketSnapshot(
-            now=clock.at,
-            prices=prices,
-            price_times={s: q.time for s, q in quotes.items()},
-            reference_prices=dict(reference_prices or {}),
-            live=True,
-            market_open=clock.is_open,
-        )
-        try:
-            basket = risk.pre_trade_check(batch, portfolio, market)
-        except RiskViolation as exc:
-            report.rejections.append((exc.reason, exc.detail))
-            if on_decision:
-                on_decision(
-                    "risk_decision",
-                    {
-                        "accepted": False,
-                        "reason": exc.reason,
-                        "message": exc.detail,
-                        "orders": [_order_text(o) for o in batch],
-                    },
-                )
-            log.info(
-                "risk gate rejected %s: [%s] %s",
-                " + ".join(_order_text(o) for o in batch),
-                exc.reason,
-                exc.detail,
-            )
-            continue
-        if on_decision:
-            on_decision(
-                "risk_decision",
-                {"accepted": True, "orders": [_order_text(o) for o in basket.orders]},
-            )
-        placed = broker.submit_basket(basket)
-        report.submitted.extend(placed)
-        if on_decision:
-            for o in placed:
-                on_decision(
-                    "order_submitted",
-                    {
-                        "client_order_id": o.client_order_id,
-                        "symbol": o.symbol,
-                        "side": o.side.value,
-                        "qty": o.qty,
-                        "status": o.status,
-                        "filled_qty": o.filled_qty,
-                        "filled_avg_price": o.filled_avg_price,
-                    },
-                )
-        account = broker.account()
-        held = {sym: p.qty for sym, p in broker.positions().items()}
-    return report
-
-
-def _order_text(order: Order) -> str:
-    return f"{order.side.value} {order.qty} {order.symbol}"
 
 
 # --- Alpaca ---------------------------------------------------------------------------------------

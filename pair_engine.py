@@ -1,0 +1,683 @@
+"""The one trading engine: configuration, sizing, rebalance rule, ledger and the decision step that
+the backtest and the live loop (replay, paper and Alpaca) both call on every decision bar.
+
+    instruction weights (signal bar t) + the venue's account, holdings and quotes (bar t + delay)
+      -> target shares (one sizing rule) -> rebalance band -> `orders_toward`
+      -> risk snapshot (built once per basket) -> `RiskManager.pre_trade_check` -> `Venue`
+
+The loops keep only what differs: the clock, the data feed and persistence. Invariants:
+- A signal decided on bar t's close is acted on at bar t + `fill_delay_bars`; a simulated venue
+  fills at that bar's close, so a paper replay and a backtest of the same bars trade identically.
+- Client order ids come from (strategy, decision bar, signal bar, symbol, purpose, leg part): the
+  same decision always produces the same ids, in the backtest and live alike.
+- Borrow accrues once per calendar day, keyed by the day: charging a day twice (a crash and a
+  resume) is a no-op.
+Units: USD, whole shares, weights as signed fractions of equity per leg (long leg first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+import risk_management as rm
+from error_handling import ConfigurationError, RiskViolation
+from trading_execution import ApprovedBasket, ExecutionConfig, Fill, Order, Purpose, orders_toward
+
+#: The strategy name in client order ids; the backtest and the live loop must agree on it.
+STRATEGY = "pair"
+DEFAULT_DAILY_VOL = 0.02  # for market impact before 5 bars of returns exist
+VOL_BARS = 20
+
+
+# --- Configuration --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SizingConfig:
+    """How big a position is, as a fraction of equity per leg."""
+
+    #: Fraction of full Kelly (0.5 = half Kelly).
+    kelly_fraction: float = 0.5
+    #: Kelly cap per leg, fraction of equity.
+    max_leg_fraction: float = 0.5
+    #: Average win / average loss assumed by Kelly.
+    payoff_ratio: float = 1.0
+    #: Fixed size per leg for rules and action files (no probability).
+    rule_leg_fraction: float = 0.25
+    #: A Hold signal keeps the position ("keep") or closes it ("flat").
+    hold: str = "keep"
+
+    def __post_init__(self) -> None:
+        if self.hold not in ("keep", "flat"):
+            raise ConfigurationError(f"hold must be 'keep' or 'flat', not {self.hold!r}")
+        for name in ("kelly_fraction", "max_leg_fraction", "rule_leg_fraction"):
+            value = getattr(self, name)
+            if not 0 < value <= 5:
+                raise ConfigurationError(f"{name.replace('_', ' ')} must be in (0, 5]: {value}")
+        if not self.payoff_ratio > 0:
+            raise ConfigurationError(f"payoff ratio must be positive: {self.payoff_ratio}")
+
+
+@dataclass(frozen=True)
+class TradingConfig:
+    """Everything a run trades by besides prices and signals, for the backtest and live alike.
+    Defaults live here once; `main.py` builds its options and their help from these fields."""
+
+    #: Starting cash of a backtest or a fresh paper account, USD.
+    initial_capital: float = 100_000.0
+    #: Bars between the signal's close and the fill's close (1: the next close; 0: the same close).
+    fill_delay_bars: int = 1
+    #: Re-size a held direction only when a leg's target differs from the holding by more than
+    #: this fraction of the leg (0.25 = 25 %); a direction change always trades. 0 re-sizes on
+    #: any difference.
+    rebalance_band: float = 0.25
+    sizing: SizingConfig = field(default_factory=SizingConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    limits: rm.RiskLimits = field(default_factory=rm.RiskLimits)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.initial_capital, int | float) and self.initial_capital > 0):
+            raise ConfigurationError(f"initial capital must be positive: {self.initial_capital}")
+        if isinstance(self.fill_delay_bars, bool) or not (
+            isinstance(self.fill_delay_bars, int) and self.fill_delay_bars >= 0
+        ):
+            raise ConfigurationError(f"fill delay must be >= 0 bars: {self.fill_delay_bars}")
+        if not (isinstance(self.rebalance_band, int | float) and 0 <= self.rebalance_band < 1):
+            raise ConfigurationError(
+                f"rebalance band must be a fraction in [0, 1) of the leg: {self.rebalance_band!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (summary.json, the audit `start` record)."""
+        return _plain(self)
+
+    def with_values(self, values: Mapping[str, Any]) -> TradingConfig:
+        """A copy with dotted-path values replaced, e.g. {"limits.max_drawdown_pct": 0.2}.
+        Unknown names and wrong types are a ConfigurationError naming them."""
+        nested: dict[str, Any] = {}
+        for path, value in values.items():
+            node = nested
+            *parents, leaf = path.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return _replace(self, nested, "")
+
+    @classmethod
+    def from_toml(cls, path: str | Path, base: TradingConfig | None = None) -> TradingConfig:
+        """`base` (defaults) updated with a TOML file: top-level fields, and tables [sizing],
+        [execution], [execution.costs], [limits]."""
+        import tomllib
+
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigurationError(f"config file {file} not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"config file {file} cannot be read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"config file {file} is not valid TOML: {exc}") from None
+        try:
+            return _replace(base or cls(), data, "")
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"config file {file}: {exc}") from None
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (set, frozenset)):
+        return sorted(_plain(v) for v in obj)
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _replace(obj: Any, values: Mapping[str, Any], where: str) -> Any:
+    """`obj` (a frozen dataclass) with `values` (nested mappings) applied, types checked."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    changes: dict[str, Any] = {}
+    for name, value in values.items():
+        label = f"{where}{name}"
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigurationError(f"unknown setting {label!r} (known here: {known})")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigurationError(f"{label} must be a table of settings, got {value!r}")
+            changes[name] = _replace(current, value, f"{label}.")
+        else:
+            changes[name] = _coerce(label, current, value)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except TypeError as exc:
+        raise ConfigurationError(f"invalid settings under {where or 'top level'}: {exc}") from None
+
+
+def _coerce(label: str, current: Any, value: Any) -> Any:
+    """`value` in the type of the field's current value (int, float, str, enum, set, mapping)."""
+    if isinstance(current, enum.Enum):
+        try:
+            return type(current)(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in type(current))
+            raise ConfigurationError(f"{label} must be one of {choices}, got {value!r}") from None
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(current, float) or current is None:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(current, str) and isinstance(value, str):
+        return value
+    elif isinstance(current, (set, frozenset)) and isinstance(value, (list, tuple, set)):
+        return frozenset(str(v).upper() for v in value)
+    elif isinstance(current, Mapping) and isinstance(value, Mapping):
+        return {
+            str(k).upper(): tuple(v) if isinstance(v, (list, tuple)) else v
+            for k, v in value.items()
+        }
+    raise ConfigurationError(
+        f"{label} must be a {type(current).__name__} like {current!r}, got {value!r}"
+    )
+
+
+# --- Market inputs of the simulated fills ---------------------------------------------------------
+def daily_vol(close: np.ndarray) -> np.ndarray:
+    """Per bar and column: std of the last `VOL_BARS` daily returns ending at that bar (causal;
+    at least 5 returns, else `DEFAULT_DAILY_VOL`). For market impact."""
+    r = pd.DataFrame(np.asarray(close, dtype="float64")).pct_change()
+    vol = r.rolling(VOL_BARS, min_periods=5).std().fillna(DEFAULT_DAILY_VOL)
+    return vol.to_numpy()
+
+
+def adv_shares(close: np.ndarray, volume: np.ndarray | None, default_adv_usd: float) -> np.ndarray:
+    """Average daily volume in shares per bar: the mean of the previous `VOL_BARS` bars' volume
+    (causal: bar t's own volume is not known when its order is placed); the default dollar
+    volume / close where there is no earlier volume."""
+    close = np.asarray(close, dtype="float64")
+    fallback = default_adv_usd / close
+    if volume is None:
+        return fallback
+    adv = pd.DataFrame(np.asarray(volume, dtype="float64")).rolling(VOL_BARS, min_periods=1)
+    mean = adv.mean().shift(1).to_numpy()
+    return np.maximum(np.where(np.isfinite(mean), mean, fallback), 1.0)
+
+
+# --- Sizing and the rebalance rule ----------------------------------------------------------------
+def signal_weights(action: str, probability: float, sizing: SizingConfig) -> tuple[float, float]:
+    """(long leg, short leg) weights for one model signal: buy/sell sized by fractional Kelly on
+    the probability of the predicted direction; hold -> NaN (keep) or 0 (flat); a direction
+    without a Kelly edge -> 0 (flat)."""
+    if action == "hold":
+        return (math.nan, math.nan) if sizing.hold == "keep" else (0.0, 0.0)
+    if action not in ("buy", "sell"):
+        raise ConfigurationError(f"unknown signal action {action!r}")
+    direction = 1.0 if action == "buy" else -1.0
+    p_win = probability if action == "buy" else 1.0 - probability
+    frac = rm.kelly_fraction(
+        float(p_win),
+        sizing.payoff_ratio,
+        fraction=sizing.kelly_fraction,
+        cap=sizing.max_leg_fraction,
+    )
+    if frac <= 0:
+        return 0.0, 0.0
+    return direction * frac, -direction * frac
+
+
+def model_weights(signals: pd.DataFrame, sizing: SizingConfig) -> np.ndarray:
+    """(n, 2) instruction weights from `SignalGenerator.series` output, `signal_weights` per bar:
+    every buy or sell bar is an instruction (the rebalance band decides whether it trades)."""
+    out = np.empty((len(signals), 2))
+    actions = signals["action"].to_numpy()
+    probs = signals["probability"].to_numpy("float64")
+    for i, (a, p) in enumerate(zip(actions, probs, strict=True)):
+        out[i] = signal_weights(str(a), float(p), sizing)
+    return out
+
+
+def target_shares(
+    weights: Sequence[float], scale: float, prices: Sequence[float]
+) -> tuple[int, ...]:
+    """Signed whole shares per leg: weight x scale (equity, or 1 for USD weights) / price,
+    truncated toward zero."""
+    return tuple(math.trunc(w * scale / p) for w, p in zip(weights, prices, strict=True))
+
+
+def needs_rebalance(held: Mapping[str, int], target: Mapping[str, int], band: float) -> bool:
+    """The one rebalance rule: trade when a leg changes direction (or opens or closes), or when a
+    leg's target differs from its holding by more than `band` x the larger of the two."""
+    for sym, want in target.items():
+        have = held.get(sym, 0)
+        if have == want:
+            continue
+        if (have > 0) != (want > 0) or (have < 0) != (want < 0):
+            return True
+        if abs(want - have) > band * max(abs(want), abs(have)):
+            return True
+    return False
+
+
+# --- The ledger -----------------------------------------------------------------------------------
+def day_number(when: Any) -> int:
+    """Days since 1970-01-01 of a date or timestamp's calendar date (as given; no conversion)."""
+    ts = pd.Timestamp(when)
+    return int((ts.tz_localize(None) if ts.tzinfo else ts).normalize().value // 86_400_000_000_000)
+
+
+class Ledger:
+    """Cash, signed positions, average prices, realized P&L and borrow of one account (USD).
+
+    The backtest's book and the simulated broker's account are both this class: a fill changes
+    them in one way only. Borrow is charged per calendar day, keyed by `borrow_through` (a day
+    number): a second charge for a day already charged is refused."""
+
+    __slots__ = ("avg", "borrow_paid", "borrow_through", "cash", "qty", "realized")
+
+    def __init__(self, cash: float, symbols: Sequence[str] = ()):
+        self.cash = float(cash)
+        self.qty: dict[str, int] = dict.fromkeys(symbols, 0)
+        self.avg: dict[str, float] = dict.fromkeys(symbols, 0.0)
+        self.realized = 0.0
+        self.borrow_paid = 0.0
+        self.borrow_through: int | None = None
+
+    def apply(self, fill: Fill) -> None:
+        """Book a fill: position, average price, realized P&L on the closed part, cash."""
+        dq = fill.signed_qty
+        if dq == 0:
+            return
+        sym = fill.symbol
+        q, avg = self.qty.get(sym, 0), self.avg.get(sym, 0.0)
+        new = q + dq
+        if q == 0 or (q > 0) == (dq > 0):
+            self.avg[sym] = (avg * abs(q) + fill.price * abs(dq)) / abs(new)
+        else:
+            closed = min(abs(dq), abs(q))
+            self.realized += (fill.price - avg) * closed * (1 if q > 0 else -1)
+            if new == 0:
+                self.avg[sym] = 0.0
+            elif (new > 0) != (q > 0):
+                self.avg[sym] = fill.price
+        self.qty[sym] = new
+        self.cash += fill.cash_change
+
+    def borrow_due(
+        self,
+        day: int,
+        prior_prices: Mapping[str, float],
+        rates: Mapping[str, float],
+        day_count: float,
+    ) -> float:
+        """Borrow on the shorts for the calendar days after `borrow_through` up to `day`, on the
+        prior close (USD); 0 when the day is already charged or nothing was charged before."""
+        if self.borrow_through is None or day <= self.borrow_through:
+            return 0.0
+        days = day - self.borrow_through
+        fee = 0.0
+        for sym, q in self.qty.items():
+            if q < 0 and sym in prior_prices:
+                fee += -q * rates[sym] / day_count * (prior_prices[sym] * days)
+        return fee
+
+    def charge_borrow(self, day: int, fee: float) -> bool:
+        """Charge `fee` for the days through `day`; False (nothing charged) for a day already
+        charged."""
+        if self.borrow_through is not None and day <= self.borrow_through:
+            return False
+        self.cash -= fee
+        self.borrow_paid += fee
+        self.borrow_through = day
+        return True
+
+    def equity(self, prices: Mapping[str, float]) -> float:
+        """Cash plus every position marked at `prices`."""
+        return self.cash + sum(q * prices[s] for s, q in self.qty.items() if q)
+
+    def holdings(self) -> dict[str, int]:
+        """Signed shares per symbol (zeros included)."""
+        return dict(self.qty)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cash": self.cash,
+            "positions": {s: {"qty": q, "avg": self.avg.get(s, 0.0)} for s, q in self.qty.items()},
+            "realized_pnl": self.realized,
+            "borrow_paid": self.borrow_paid,
+            "borrow_through": self.borrow_through,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Ledger:
+        ledger = cls(float(data["cash"]))
+        for sym, pos in data["positions"].items():
+            ledger.qty[sym] = int(pos["qty"])
+            ledger.avg[sym] = float(pos["avg"])
+        ledger.realized = float(data.get("realized_pnl", 0.0))
+        ledger.borrow_paid = float(data.get("borrow_paid", 0.0))
+        through = data.get("borrow_through")
+        ledger.borrow_through = None if through is None else int(through)
+        return ledger
+
+
+# --- Venues and the decision step -----------------------------------------------------------------
+class AccountView(Protocol):
+    equity: float
+    cash: float
+    buying_power: float
+
+
+class QuoteView(Protocol):
+    price: float
+    time: pd.Timestamp
+
+
+class ClockView(Protocol):
+    at: pd.Timestamp
+    is_open: bool
+
+
+class Venue(Protocol):
+    """Where approved baskets go: the backtest venue, the simulated (paper) broker, Alpaca.
+
+    `simulated`: fills at a bar's close already known to the loop, and buying power is the gate's
+    Reg-T computation; `live_checks`: the gate applies market hours and the constants' price
+    sanity ranges (live rules) instead of the backtest's band around the previous close."""
+
+    name: str
+    simulated: bool
+    live_checks: bool
+
+    def account(self) -> Any: ...
+
+    def holdings(self) -> dict[str, int]: ...
+
+    def latest_prices(self, symbols: Sequence[str]) -> Mapping[str, Any]: ...
+
+    def clock(self) -> Any: ...
+
+    def known_orders(self, orders: Sequence[Order]) -> dict[str, Any]: ...
+
+    def submit_basket(self, basket: ApprovedBasket) -> list[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A basket the risk gate refused: the run continues, the denial is recorded."""
+
+    reason: str
+    message: str
+    purpose: str
+    orders: tuple[Order, ...]
+
+
+@dataclass
+class StepReport:
+    """What one decision step did."""
+
+    target: dict[str, int] | None = None
+    traded: bool = False
+    submitted: list[Any] = field(default_factory=list)
+    denials: list[Denial] = field(default_factory=list)
+    already_known: list[str] = field(default_factory=list)
+
+
+EventHook = Callable[[str, dict[str, Any]], None]
+
+
+def order_text(order: Order) -> str:
+    return f"{order.side.value} {order.qty} {order.symbol}"
+
+
+def rebalance(
+    venue: Venue,
+    risk: rm.RiskManager,
+    target: Mapping[str, int],
+    *,
+    purpose: Purpose,
+    id_parts: tuple[object, ...],
+    start_of_day_equity: float,
+    reference_prices: Mapping[str, float] | None = None,
+    report: StepReport | None = None,
+    on_event: EventHook | None = None,
+) -> StepReport:
+    """Move the venue's holdings to `target`: the reduce basket, then the increase basket, each
+    through `pre_trade_check` on a snapshot of the venue taken just before it. Orders the venue
+    already knows (a restart) are looked up, never sent twice."""
+    report = report or StepReport()
+    report.target = dict(target)
+    reduce, increase = orders_toward(venue.holdings(), target, purpose, id_parts)
+    for batch in (reduce, increase):
+        if batch:
+            submit_checked(
+                venue, risk, batch, start_of_day_equity, reference_prices, report, on_event
+            )
+    return report
+
+
+def submit_checked(
+    venue: Venue,
+    risk: rm.RiskManager,
+    batch: Sequence[Order],
+    start_of_day_equity: float,
+    reference_prices: Mapping[str, float] | None,
+    report: StepReport,
+    on_event: EventHook | None = None,
+) -> None:
+    """One basket: orders the venue already knows are looked up (never sent twice); the rest
+    pass `pre_trade_check` on a snapshot of the venue taken now, then go to the venue. A denial
+    is recorded in `report` (and sent to `on_event`), not raised."""
+    known = venue.known_orders(batch)
+    if known:
+        report.already_known.extend(known)
+        report.submitted.extend(known.values())
+        batch = [o for o in batch if o.client_order_id not in known]
+        if not batch:
+            return
+    try:
+        basket = risk.pre_trade_check(
+            batch, *snapshots(venue, batch, start_of_day_equity, reference_prices)
+        )
+    except RiskViolation as exc:
+        report.denials.append(Denial(exc.reason, exc.detail, batch[0].purpose.value, tuple(batch)))
+        if on_event is not None:
+            on_event(
+                "risk_decision",
+                {
+                    "accepted": False,
+                    "reason": exc.reason,
+                    "message": exc.detail,
+                    "orders": [order_text(o) for o in batch],
+                },
+            )
+        return
+    if on_event is not None:
+        on_event(
+            "risk_decision", {"accepted": True, "orders": [order_text(o) for o in basket.orders]}
+        )
+    placed = venue.submit_basket(basket)
+    report.submitted.extend(placed)
+    report.traded = True
+    if on_event is not None:
+        for o in placed:
+            on_event("order_submitted", _order_payload(o))
+
+
+def _order_payload(o: Any) -> dict[str, Any]:
+    return {
+        "client_order_id": o.client_order_id,
+        "symbol": o.symbol,
+        "side": getattr(o.side, "value", o.side),
+        "qty": o.qty,
+        "status": getattr(o.status, "value", o.status),
+        "filled_qty": getattr(o, "filled_qty", o.qty),
+        "filled_avg_price": getattr(o, "filled_avg_price", getattr(o, "price", None)),
+    }
+
+
+def snapshots(
+    venue: Venue,
+    orders: Sequence[Order],
+    start_of_day_equity: float,
+    reference_prices: Mapping[str, float] | None,
+) -> tuple[rm.PortfolioSnapshot, rm.MarketSnapshot]:
+    """The risk gate's view of the venue: account, holdings, quotes and clock, built once."""
+    account = venue.account()
+    held = venue.holdings()
+    symbols = list(dict.fromkeys([*held, *(o.symbol for o in orders)]))
+    quotes = venue.latest_prices(symbols)
+    clock = venue.clock()
+    portfolio = rm.PortfolioSnapshot(
+        equity=account.equity,
+        cash=account.cash,
+        positions=held,
+        start_of_day_equity=start_of_day_equity,
+        buying_power=None if venue.simulated else account.buying_power,
+    )
+    market = rm.MarketSnapshot(
+        now=clock.at,
+        prices={s: q.price for s, q in quotes.items()},
+        price_times={s: q.time for s, q in quotes.items()},
+        reference_prices=dict(reference_prices or {}),
+        market_open=clock.is_open,
+        live=venue.live_checks,
+    )
+    return portfolio, market
+
+
+def decide(
+    venue: Venue,
+    risk: rm.RiskManager,
+    config: TradingConfig,
+    weights: Sequence[float],
+    symbols: Sequence[str],
+    *,
+    id_parts: tuple[object, ...],
+    start_of_day_equity: float,
+    reference_prices: Mapping[str, float] | None = None,
+    per_usd: bool = False,
+    target: Mapping[str, int] | None = None,
+    on_event: EventHook | None = None,
+) -> StepReport:
+    """The decision step: instruction weights (NaN: keep) -> target shares on the venue's equity
+    and quotes -> the rebalance band -> `rebalance`. `target` replaces the sizing (the live loop's
+    write-ahead decision after a restart)."""
+    report = StepReport()
+    if target is None:
+        target = size_target(venue, weights, symbols, per_usd=per_usd)
+        if target is None:
+            return report
+    report.target = dict(target)
+    if not needs_rebalance(venue.holdings(), target, config.rebalance_band):
+        return report
+    return rebalance(
+        venue,
+        risk,
+        target,
+        purpose=Purpose.ENTRY,
+        id_parts=id_parts,
+        start_of_day_equity=start_of_day_equity,
+        reference_prices=reference_prices,
+        report=report,
+        on_event=on_event,
+    )
+
+
+def size_target(
+    venue: Venue, weights: Sequence[float], symbols: Sequence[str], *, per_usd: bool = False
+) -> dict[str, int] | None:
+    """The one sizing rule: signed shares per leg from instruction weights on the venue's equity
+    (or USD notionals) at its latest prices; None for a NaN (keep) instruction."""
+    if any(math.isnan(w) for w in weights):
+        return None
+    quotes = venue.latest_prices(symbols)
+    missing = [s for s in symbols if s not in quotes]
+    if missing:
+        raise ConfigurationError(f"no latest price for {', '.join(missing)} from {venue.name}")
+    scale = 1.0 if per_usd else venue.account().equity
+    shares = target_shares(weights, scale, [quotes[s].price for s in symbols])
+    return dict(zip(symbols, shares, strict=True))
+
+
+def control_drawdown(
+    venue: Venue,
+    risk: rm.RiskManager,
+    at: pd.Timestamp,
+    *,
+    id_parts: tuple[object, ...],
+    start_of_day_equity: float,
+    reference_prices: Mapping[str, float] | None = None,
+    on_event: EventHook | None = None,
+) -> StepReport | None:
+    """The one drawdown path: record the venue's equity with the risk manager; on a breach while
+    holding (trading halts there) liquidate every position with a reduce-only basket. Returns the
+    liquidation's report, or None when there was no breach."""
+    held = venue.holdings()
+    holding = any(held.values())
+    if not risk.update_equity(venue.account().equity, at, holding=holding):
+        return None
+    if on_event is not None:
+        on_event("halt", {"reason": risk.halt_reason, "equity": venue.account().equity})
+    return rebalance(
+        venue,
+        risk,
+        dict.fromkeys(held, 0),
+        purpose=Purpose.LIQUIDATION,
+        id_parts=id_parts,
+        start_of_day_equity=start_of_day_equity,
+        reference_prices=reference_prices,
+        on_event=on_event,
+    )
+
+
+def decision_ids(bar: Any, signal_bar: Any, strategy: str = STRATEGY) -> tuple[str, str, str]:
+    """The id parts of a decision: strategy, the bar it trades on and the bar its signal is from
+    (ISO dates)."""
+    return (strategy, _iso_day(bar), _iso_day(signal_bar))
+
+
+def _iso_day(when: Any) -> str:
+    if isinstance(when, str):
+        return when[:10]
+    return pd.Timestamp(when).strftime("%Y-%m-%d")
+
+
+__all__ = [
+    "STRATEGY",
+    "Denial",
+    "Ledger",
+    "SizingConfig",
+    "StepReport",
+    "TradingConfig",
+    "Venue",
+    "adv_shares",
+    "control_drawdown",
+    "daily_vol",
+    "decide",
+    "decision_ids",
+    "model_weights",
+    "needs_rebalance",
+    "rebalance",
+    "signal_weights",
+    "size_target",
+    "submit_checked",
+    "target_shares",
+]
