@@ -241,12 +241,10 @@ class FileSignals:
     """Instructions from a signal CSV (`backtest --signals`), on the feed's bars from `first`."""
 
     def __init__(self, path: str, pair: C.Pair, table: pd.DataFrame, first: int, sizing: Any):
-        import backtest_strategy as bt
-
         self.first = first
         dates = pd.DatetimeIndex(table.index)[first:]
         self.dates = dates
-        self._weights = bt.read_signal_file(path, pair, dates, sizing)
+        self._weights = pe.read_signal_file(path, pair, dates, sizing)
 
     def weights(self, table: pd.DataFrame, row: int) -> tuple[float, float]:
         i = row - self.first

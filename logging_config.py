@@ -4,7 +4,7 @@ Why: the file log (`logs/trading.log`) is read by machines (dashboard, post-mort
 is one JSON object with a UTC timestamp; the console is read by people. Both carry broker keys,
 webhook URLs and tokens only as `***REDACTED***`: the redacting filter sits on every handler this
 module installs, because a filter on a logger does not see records propagated from child loggers.
-Drift alerts go to their own append-only file (`logs/alerts.log`), one whole JSON line per write,
+Alerts go to their own append-only file (`logs/alerts.log`), one whole JSON line per write,
 so that concurrent writers (trainer, live loop, dashboard) never interleave partial lines.
 
 A foundation module: imports only `constants` and `error_handling`, and nothing heavy (no rich).
@@ -36,7 +36,6 @@ __all__ = [
     "RedactingFilter",
     "append_alert",
     "known_secrets",
-    "log_drift_alert",
     "redact",
     "secrets_from_env",
     "setup_logging",
@@ -50,8 +49,6 @@ SECRET_ENV_MARKERS: tuple[str, ...] = ("KEY", "SECRET", "TOKEN", "PASSWORD", "WE
 SLACK_WEBHOOK_HOST = "hooks.slack.com"
 #: Shorter env values are not treated as secrets: redacting "1" or "true" would wreck every line.
 MIN_ENV_SECRET_LENGTH = 8
-#: `source` of the records `log_drift_alert` writes.
-DRIFT_ALERT_SOURCE = "drift_detection"
 
 _log = logging.getLogger(__name__)
 
@@ -463,43 +460,3 @@ def append_alert(
 
     _log.warning("%s", written["message"], extra={"alert": written})
     return written
-
-
-# --- Drift alerts ---------------------------------------------------------------------------------
-def log_drift_alert(
-    feature: str,
-    statistic: float,
-    threshold: float,
-    *,
-    model: str | None = None,
-    details: dict[str, Any] | None = None,
-    severity: str = "HIGH",
-    home: Path | None = None,
-) -> dict[str, Any] | None:
-    """Dispatch one drift alert through `alert_dispatch` (alerts.log, and the webhook if set).
-
-    `statistic` is the drift measure of `feature` (e.g. PSI or a KS statistic) and `threshold` the
-    value it crossed. Returns the alerts.log record as written (None when an identical alert in
-    the coalescing window absorbed it); also logged at WARNING.
-    """
-    import alert_dispatch  # lazily: alert_dispatch builds on this module
-
-    merged: dict[str, Any] = {
-        "feature": feature,
-        "statistic": statistic,
-        "threshold": threshold,
-        "model": model,
-    }
-    merged.update({k: v for k, v in (details or {}).items() if k not in merged})
-    of_model = f" of model {model}" if model else ""
-    return alert_dispatch.send(
-        severity,
-        DRIFT_ALERT_SOURCE,
-        f"Feature drift: {feature}",
-        (
-            f"Feature {feature}{of_model} drifted: statistic {statistic:.4g} "
-            f"crossed threshold {threshold:.4g}"
-        ),
-        merged,
-        home=home,
-    ).record

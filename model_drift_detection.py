@@ -19,9 +19,9 @@ in small windows (E[PSI | no drift] is about (bins - 1) / n_current), so it coun
 says it is not noise; and a KS rejection with PSI < 0.1 is a real but harmless shift (KS rejects
 trivially small shifts once n is in the thousands), so it is not an alert.
 
-A foundation-level module: imports numpy, pandas, `constants`, `error_handling` and
-`logging_config`; scipy optionally. `drift_report` imports the registry, the processed data
-and the trainer's artifact loader inside the function (never TensorFlow).
+A stage-level module: imports numpy, pandas, `constants`, `error_handling`, `alert_dispatch`
+(alerts) and `model_artifacts` (the saved-model loader; it never imports TensorFlow for XGB);
+scipy optionally. `drift_report` imports the registry and the processed data inside the function.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+import alert_dispatch
 from constants import Pair, Paths, feature_names, paths
 from error_handling import ConfigurationError
-from logging_config import log_drift_alert
+from model_artifacts import load_artifacts, xgb_predict
 
 if TYPE_CHECKING:  # the registry is imported inside `drift_report` only
     from model_management import ModelRecord, ModelRegistry
@@ -72,6 +73,7 @@ __all__ = [
     "is_drifted",
     "ks_2samp_numpy",
     "ks_two_sample",
+    "log_drift_alert",
     "performance_drift",
     "population_stability_index",
     "prediction_drift",
@@ -615,6 +617,47 @@ def performance_drift(
 
 
 # --- Alerts (the only side effect) ----------------------------------------------------------------
+#: `source` of the records `log_drift_alert` writes.
+DRIFT_ALERT_SOURCE = "drift_detection"
+
+
+def log_drift_alert(
+    feature: str,
+    statistic: float,
+    threshold: float,
+    *,
+    model: str | None = None,
+    details: dict[str, Any] | None = None,
+    severity: str = "HIGH",
+    home: Path | None = None,
+) -> dict[str, Any] | None:
+    """Dispatch one drift alert through `alert_dispatch` (alerts.log, and the webhook if set).
+
+    `statistic` is the drift measure of `feature` (e.g. PSI or a KS statistic) and `threshold` the
+    value it crossed. Returns the alerts.log record as written (None when an identical alert in
+    the coalescing window absorbed it); also logged at WARNING.
+    """
+    merged: dict[str, Any] = {
+        "feature": feature,
+        "statistic": statistic,
+        "threshold": threshold,
+        "model": model,
+    }
+    merged.update({k: v for k, v in (details or {}).items() if k not in merged})
+    of_model = f" of model {model}" if model else ""
+    return alert_dispatch.send(
+        severity,
+        DRIFT_ALERT_SOURCE,
+        f"Feature drift: {feature}",
+        (
+            f"Feature {feature}{of_model} drifted: statistic {statistic:.4g} "
+            f"crossed threshold {threshold:.4g}"
+        ),
+        merged,
+        home=home,
+    ).record
+
+
 def emit_alerts(
     results: Iterable[DriftResult],
     *,
@@ -817,8 +860,6 @@ def _xgb_prediction_drift(
     directory: Path, validation: pd.DataFrame, current: pd.DataFrame
 ) -> DriftResult:
     """XGB probabilities on `current` against those on the validation rows (same scaler)."""
-    from train_model import load_artifacts, xgb_predict
-
     model, scaler = load_artifacts("xgb", directory)
     reference_probs = xgb_predict(model, scaler.transform(validation.to_numpy("float64")))
     current_probs = xgb_predict(model, scaler.transform(current.to_numpy("float64")))

@@ -254,6 +254,115 @@ def model_weights(signals: pd.DataFrame, sizing: SizingConfig) -> np.ndarray:
     return out
 
 
+def instructions_from_states(states: np.ndarray, leg_fraction: np.ndarray | float) -> np.ndarray:
+    """(n, 2) target weights from a direction state per bar (+1 buy the spread, -1 sell it, 0 flat,
+    NaN keep): an instruction only where the state changes; NaN rows elsewhere."""
+    states = np.asarray(states, dtype="float64")
+    held = pd.Series(states).ffill().fillna(0.0).to_numpy()
+    prev = np.concatenate([[0.0], held[:-1]])
+    change = held != prev
+    frac = np.broadcast_to(np.asarray(leg_fraction, dtype="float64"), held.shape)
+    w = np.full((len(held), 2), np.nan)
+    w[change, 0] = held[change] * frac[change]
+    w[change, 1] = -held[change] * frac[change]
+    return w
+
+
+ACTION_STATES = {"buy": 1.0, "sell": -1.0, "flat": 0.0, "hold": np.nan}
+
+
+def read_signal_file(
+    path: str, pair: Any, dates: pd.DatetimeIndex, sizing: SizingConfig
+) -> np.ndarray:
+    """(n, 2) weights on `dates` from a CSV: `date,action` (buy, sell, hold, flat or the pair's
+    signal text, `Pair.buy_signal` / `Pair.sell_signal`) or `date,<LONG>,<SHORT>` target weights
+    (signed fractions of equity; `long_weight,short_weight` also accepted). Each date must be a
+    bar."""
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigurationError(f"signal file {file} not found")
+    try:
+        raw = pd.read_csv(file, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"signal file {file} is not a readable CSV: {exc}") from None
+    # Keep file line numbers for messages: line 1 is the header, blank lines still count.
+    blank = (raw.apply(lambda col: col.str.strip()) == "").all(axis=1).to_numpy()
+    line_no = (np.arange(len(raw)) + 2)[~blank]
+    raw = raw[~blank].reset_index(drop=True)
+    cols = {c.strip().lower(): c for c in raw.columns}
+    if "date" not in cols:
+        raise ConfigurationError(
+            f"signal file {file} needs a 'date' column (got {list(raw.columns)})"
+        )
+    text = raw[cols["date"]].str.strip()
+    when = pd.to_datetime(text, format="ISO8601", errors="coerce")
+    if when.isna().any():
+        bad = int(np.flatnonzero(when.isna().to_numpy())[0])
+        raise ConfigurationError(
+            f"signal file {file} line {line_no[bad]}: bad date {text[bad]!r} (use YYYY-MM-DD)"
+        )
+    when = pd.DatetimeIndex(when).tz_localize(None).normalize()
+    index = pd.DatetimeIndex(dates).tz_localize(None).normalize()
+    pos = index.get_indexer(when)
+    if (pos < 0).any():
+        bad = int(np.flatnonzero(pos < 0)[0])
+        raise ConfigurationError(
+            f"signal file {file} line {line_no[bad]}: {when[bad].date()} is not a bar of the "
+            f"backtest ({index[0].date()} .. {index[-1].date()}; weekends and holidays have none)"
+        )
+    if pd.Index(pos).duplicated().any():
+        bad = int(np.flatnonzero(pd.Index(pos).duplicated())[0])
+        raise ConfigurationError(
+            f"signal file {file} line {line_no[bad]}: date {when[bad].date()} repeats"
+        )
+    weights = np.full((len(index), 2), np.nan)
+    long_col = cols.get(pair.long.lower()) or cols.get("long_weight")
+    short_col = cols.get(pair.short.lower()) or cols.get("short_weight")
+    if "action" in cols:
+        texts = {
+            "buy": 1.0,
+            "sell": -1.0,
+            "flat": 0.0,
+            "hold": np.nan,
+            pair.buy_signal.lower(): 1.0,
+            pair.sell_signal.lower(): -1.0,
+        }
+        states = np.full(len(index), np.nan)
+        for line, p, a in zip(line_no, pos, raw[cols["action"]], strict=True):
+            key = str(a).strip().lower()
+            if key not in texts:
+                raise ConfigurationError(
+                    f"signal file {file} line {line}: unknown action {a!r} "
+                    f"(use buy, sell, hold, flat, {pair.buy_signal!r} or {pair.sell_signal!r})"
+                )
+            states[p] = texts[key]
+        return instructions_from_states(states, sizing.rule_leg_fraction)
+    if long_col is None or short_col is None:
+        raise ConfigurationError(
+            f"signal file {file} needs an 'action' column or weight columns "
+            f"'{pair.long}','{pair.short}' (or 'long_weight','short_weight')"
+        )
+    for j, col in enumerate((long_col, short_col)):
+        try:
+            values = pd.to_numeric(raw[col].str.strip())
+        except (ValueError, TypeError):
+            bad = int(np.flatnonzero(pd.to_numeric(raw[col], errors="coerce").isna())[0])
+            raise ConfigurationError(
+                f"signal file {file} line {line_no[bad]}: weight {raw[col][bad]!r} is not a number"
+            ) from None
+        arr = values.to_numpy("float64")
+        if not np.isfinite(arr).all() or (np.abs(arr) > 5).any():
+            bad = int(np.flatnonzero(~np.isfinite(arr) | (np.abs(arr) > 5))[0])
+            raise ConfigurationError(
+                f"signal file {file} line {line_no[bad]}: weight {arr[bad]} must be finite and "
+                "within ±5 (a fraction of equity)"
+            )
+        weights[pos, j] = arr
+    return weights
+
+
 def target_shares(
     weights: Sequence[float], scale: float, prices: Sequence[float]
 ) -> tuple[int, ...]:
@@ -673,8 +782,10 @@ __all__ = [
     "daily_vol",
     "decide",
     "decision_ids",
+    "instructions_from_states",
     "model_weights",
     "needs_rebalance",
+    "read_signal_file",
     "rebalance",
     "signal_weights",
     "size_target",

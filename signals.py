@@ -21,6 +21,7 @@ import pandas as pd
 
 import constants as C
 from error_handling import ConfigurationError
+from model_artifacts import Scaler, load_artifacts, lstm_predict, xgb_predict
 
 ENV_ENSEMBLE_MODE = "ENSEMBLE_MODE"
 ENV_SIGNAL_MODEL = "SIGNAL_MODEL"  # model kind that decides when the ensemble is off
@@ -129,36 +130,32 @@ class LoadedModel:
     kind: str
     version: str
     model: Any
-    scaler: Any
+    scaler: Scaler
     lookback: int | None
     feature_names: tuple[str, ...]
     metadata: dict[str, Any]
 
     def probabilities(self, table: pd.DataFrame, rows: slice) -> np.ndarray:
         """P(label = 1) for table rows `rows`; the LSTM reads lookback-1 earlier rows too."""
-        import train_model as tm
-
         x = self.scaler.transform(table[list(self.feature_names)].to_numpy("float64"))
         start, stop, _ = rows.indices(len(table))
         if self.kind == "xgb":
-            return tm.xgb_predict(self.model, x[start:stop])
+            return xgb_predict(self.model, x[start:stop])
         lb = int(self.lookback or 1)
         if start < lb - 1:
             raise ConfigurationError(
                 f"the LSTM needs {lb - 1} bars before {table.index[start].date()} for its window"
             )
-        return tm.lstm_predict(self.model, x[start - lb + 1 : stop], lb)
+        return lstm_predict(self.model, x[start - lb + 1 : stop], lb)
 
 
 def load_model(
     registry: Any, version: str, pair: C.Pair, feature_names: Sequence[str]
 ) -> LoadedModel:
     """Verify (SHA-256, pair, features) and load a registered model."""
-    import train_model as tm
-
     record = registry.get(version)
     directory = registry.load(version, pair=pair, feature_names=list(feature_names))
-    model, scaler = tm.load_artifacts(record.name, directory)
+    model, scaler = load_artifacts(record.name, directory)
     return LoadedModel(
         record.name,
         version,

@@ -5,6 +5,8 @@ gap of LABEL_HORIZON_BARS between parts: row t's label uses the close of t+1, so
 last training label would peek at the first bar of the next part. Walk-forward validation uses
 expanding windows over train+validation; the holdout is touched once, at the end, and reported
 beside two baselines on the same dates. TensorFlow is imported only when the LSTM is trained.
+Saving, loading and scoring a fitted model live in `model_artifacts`, which signals and drift
+detection read without importing this module.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ import json
 import logging
 import os
 import platform
-import sys
 import tempfile
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +27,14 @@ import pandas as pd
 
 import constants as C
 from error_handling import ConfigurationError
+from model_artifacts import (
+    Scaler,
+    import_keras,
+    lstm_predict,
+    save_artifacts,
+    windows,
+    xgb_predict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,33 +127,6 @@ def walk_forward_folds(n_rows: int, folds: int, *, min_train: int = 250) -> list
     return out
 
 
-# --- Scaling --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Scaler:
-    """Per-feature standardization fit on the training part only; saved beside the model."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def fit(cls, x: np.ndarray) -> Scaler:
-        std = x.std(axis=0)
-        return cls(
-            tuple(map(float, x.mean(axis=0))), tuple(float(s) if s > 0 else 1.0 for s in std)
-        )
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        return ((x - np.asarray(self.mean)) / np.asarray(self.std)).astype("float32")
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def load(cls, path: Path) -> Scaler:
-        d = json.loads(path.read_text())
-        return cls(tuple(d["mean"]), tuple(d["std"]))
-
-
 # --- Metrics --------------------------------------------------------------------------------------
 def classification_metrics(
     y: np.ndarray, prob: np.ndarray, next_return: np.ndarray
@@ -228,53 +209,13 @@ def fit_xgb(x: np.ndarray, y: np.ndarray, config: TrainConfig) -> Any:
     return model
 
 
-def xgb_predict(model: Any, x: np.ndarray) -> np.ndarray:
-    """P(label = 1) per row."""
-    return model.predict_proba(x)[:, 1]
-
-
 # --- LSTM -----------------------------------------------------------------------------------------
 def tensorflow_available() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-# TensorFlow's C++ start-up chatter, printed on stderr before its log level is read (so
-# TF_CPP_MIN_LOG_LEVEL cannot hide it): noise for the operator, never an error.
-_TF_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
-
-
-def _import_keras() -> Any:
-    """Import keras (TensorFlow) with its start-up chatter filtered from stderr; anything else
-    TensorFlow prints while importing is passed through."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "keras" in sys.modules:
-        return sys.modules["keras"]
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import keras
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode(errors="replace")
-            kept = [line for line in text.splitlines() if not any(n in line for n in _TF_NOISE)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
-    return keras
-
-
-def windows(x: np.ndarray, lookback: int) -> np.ndarray:
-    """Windows ending at each row: out[i] = x[i : i + lookback], the window of row i+lookback-1."""
-    view = np.lib.stride_tricks.sliding_window_view(x, lookback, axis=0)  # (n-lb+1, f, lb)
-    return np.ascontiguousarray(np.moveaxis(view, -1, 1))
-
-
 def build_lstm(lookback: int, n_features: int, config: TrainConfig) -> Any:
-    keras = _import_keras()
+    keras = import_keras()
     model = keras.Sequential(
         [
             keras.Input((lookback, n_features)),
@@ -296,7 +237,7 @@ def fit_lstm(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> Any:
     """Fit on windows of already scaled features; early stopping on the validation windows."""
-    keras = _import_keras()
+    keras = import_keras()
     keras.utils.set_random_seed(config.seed)
     lb = config.lookback
     xt, yt = windows(x_train, lb), y_train[lb - 1 :]
@@ -324,27 +265,6 @@ def fit_lstm(
         callbacks=callbacks,
     )
     return model
-
-
-# A few windows (the live loop scores one bar at a time) go through a tf.function traced once per
-# model and input shape: ~1 ms, where predict_on_batch re-traces and costs 15-150 ms per call.
-_SMALL_BATCH = 16
-_compiled: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def lstm_predict(model: Any, x_scaled: np.ndarray, lookback: int) -> np.ndarray:
-    """P(label = 1) for rows lookback-1 .. n-1 (each needs a full window)."""
-    batch = windows(x_scaled, lookback)
-    if len(batch) > _SMALL_BATCH:
-        return np.asarray(model.predict_on_batch(batch)).reshape(-1)
-    fn = _compiled.get(model)
-    if fn is None:
-        import tensorflow as tf
-
-        fn = _compiled[model] = tf.function(
-            lambda t: model(t, training=False), reduce_retracing=True
-        )
-    return np.asarray(fn(batch.astype("float32"))).reshape(-1)
 
 
 # --- Orchestration --------------------------------------------------------------------------------
@@ -440,29 +360,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def save_artifacts(kind: str, model: Any, scaler: Scaler, directory: Path) -> None:
-    """Write the model and its scaler into `directory` (then handed to the registry)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    scaler.save(directory / "scaler.json")
-    if kind == "xgb":
-        model.save_model(directory / "model.json")
-    else:
-        model.save(directory / "model.keras")
-
-
-def load_artifacts(kind: str, directory: Path) -> tuple[Any, Scaler]:
-    """The model and scaler saved by `save_artifacts` (the registry verified them first)."""
-    scaler = Scaler.load(directory / "scaler.json")
-    if kind == "xgb":
-        from xgboost import XGBClassifier
-
-        model = XGBClassifier()
-        model.load_model(directory / "model.json")
-        return model, scaler
-    keras = _import_keras()
-    return keras.models.load_model(directory / "model.keras"), scaler
 
 
 def train(

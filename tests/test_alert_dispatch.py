@@ -323,11 +323,11 @@ def test_risk_halt_reaches_the_webhook(tmp_path, httpserver, monkeypatch):
 
 
 def test_drift_alert_goes_through_the_dispatcher(tmp_path, httpserver, monkeypatch):
-    import logging_config
+    import model_drift_detection
 
     httpserver.expect_request("/drift", method="POST").respond_with_data("ok")
     monkeypatch.setenv("ALERT_WEBHOOK_URL", httpserver.url_for("/drift"))
-    logging_config.log_drift_alert("rsi_14", 0.4, 0.25, model="xgb-1", home=tmp_path)
+    model_drift_detection.log_drift_alert("rsi_14", 0.4, 0.25, model="xgb-1", home=tmp_path)
     assert ad.get_dispatcher(tmp_path).flush(10)
     (request,) = posted(httpserver, "/drift")
     assert json.loads(request.get_data())["title"] == "Feature drift: rsi_14"

@@ -22,16 +22,29 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> 
         assert needle in err
 
 
+HEAVY = {"tensorflow", "keras", "pandas", "xgboost"}
+
+
 @pytest.mark.parametrize(
-    "args,shown",
+    "args,shown,heavy",
     [
-        (["main.py", "--help"], ["process", "check", "examples:"]),
-        (["main.py", "process", "--help"], ["--long", "--source", "csv:PATH"]),
-        (["main.py", "backtest", "--help"], ["--allow-in-sample", "--max-drawdown", "(0.10)"]),
-        (["main.py", "risk", "--help"], ["reset"]),
+        (["main.py", "--help"], ["process", "check", "examples:"], HEAVY),
+        (["main.py", "process", "--help"], ["--long", "--source", "csv:PATH"], HEAVY),
+        # The trading options read their defaults from pair_engine.TradingConfig (pandas).
+        (
+            ["main.py", "backtest", "--help"],
+            ["--allow-in-sample", "--max-drawdown", "(0.1)", "--rebalance-band", "(0.25)"],
+            HEAVY - {"pandas"},
+        ),
+        (
+            ["main.py", "live", "--help"],
+            ["--config", "--rebalance-band", "(0.25)"],
+            HEAVY - {"pandas"},
+        ),
+        (["main.py", "risk", "--help"], ["reset"], HEAVY),
     ],
 )
-def test_help_imports_no_tensorflow(tmp_path, args, shown):
+def test_help_imports_no_tensorflow(tmp_path, args, shown, heavy):
     proc = run("-X", "importtime", *args, home=tmp_path)
     assert proc.returncode == 0
     assert all(s in proc.stdout for s in shown)
@@ -41,7 +54,7 @@ def test_help_imports_no_tensorflow(tmp_path, args, shown):
         if "|" in line
     }
     assert "encodings" in imported  # the import log really was captured
-    assert not {"tensorflow", "keras", "pandas", "xgboost"} & imported
+    assert not heavy & imported
 
 
 def test_unknown_command_prints_usage_and_exits_2(tmp_path):

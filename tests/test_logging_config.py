@@ -1,4 +1,5 @@
-"""logging_config.py: JSON-lines file log, console log, redaction of secrets, drift alerts."""
+"""logging_config.py: JSON-lines file log, console log, redaction of secrets, the alerts.log sink
+(written here through model_drift_detection.log_drift_alert, the producer of drift alerts)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 import logging_config as L
 from constants import paths
 from error_handling import ConfigurationError
+from model_drift_detection import log_drift_alert
 
 SECRET = "sk-live-7f3a9c1e5b2d4f60"
 
@@ -369,7 +371,7 @@ def test_redact_is_idempotent(text):
 
 # --- Drift alerts ---------------------------------------------------------------------------------
 def test_drift_alert_appends_one_json_line_with_the_alert_fields(tmp_path):
-    record = L.log_drift_alert(
+    record = log_drift_alert(
         "spread_z_AAPL_MSFT", 0.31, 0.2, model="xgb-v3", details={"test": "psi"}, home=tmp_path
     )
 
@@ -391,8 +393,8 @@ def test_drift_alert_appends_one_json_line_with_the_alert_fields(tmp_path):
 
 
 def test_drift_alerts_append_rather_than_overwrite(tmp_path):
-    L.log_drift_alert("a", 1.0, 0.5, home=tmp_path)
-    L.log_drift_alert("b", 2.0, 0.5, severity="critical", home=tmp_path)
+    log_drift_alert("a", 1.0, 0.5, home=tmp_path)
+    log_drift_alert("b", 2.0, 0.5, severity="critical", home=tmp_path)
 
     lines = read_lines(paths(tmp_path).alerts_log)
     assert [line["details"]["feature"] for line in lines] == ["a", "b"]
@@ -401,7 +403,7 @@ def test_drift_alerts_append_rather_than_overwrite(tmp_path):
 
 def test_drift_alert_is_also_logged_as_a_warning(tmp_path):
     L.setup_logging(home=tmp_path, console=False)
-    L.log_drift_alert("rsi_14", 0.4, 0.25, home=tmp_path)
+    log_drift_alert("rsi_14", 0.4, 0.25, home=tmp_path)
 
     (entry,) = logged(tmp_path)
     assert entry["level"] == "WARNING"
@@ -411,7 +413,7 @@ def test_drift_alert_is_also_logged_as_a_warning(tmp_path):
 def test_drift_alert_line_is_redacted(tmp_path, monkeypatch):
     # A local port nothing listens on: the webhook sink's delivery fails fast, off the internet.
     monkeypatch.setenv("ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hooks/abcdefgh")
-    L.log_drift_alert(
+    log_drift_alert(
         "x",
         1.0,
         0.5,
@@ -436,7 +438,7 @@ def test_concurrent_drift_alerts_produce_exactly_one_valid_line_each(tmp_path):
 
     def write(i: int) -> None:
         start.wait()
-        L.log_drift_alert(f"f{i}", float(i), 0.5, details={"padding": padding}, home=tmp_path)
+        log_drift_alert(f"f{i}", float(i), 0.5, details={"padding": padding}, home=tmp_path)
 
     threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
     for t in threads:

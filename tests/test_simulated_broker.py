@@ -1,31 +1,22 @@
-"""The simulated broker, `execute_signal` through the risk gate, the shared order builder and the
-NYSE market clock."""
+"""The simulated broker, the engine's decision step on it through the risk gate, the shared
+order builder and the NYSE market clock."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import pandas as pd
 import pytest
 
+import pair_engine as pe
 import risk_management as rm
 import trading_api as ta
 from data_validation import market_clock
 from error_handling import ConfigurationError
-from trading_execution import BarQuote, ExecutionConfig, Purpose, Side, orders_toward
+from trading_execution import BarQuote, ExecutionConfig, Order, Purpose, Side, orders_toward
 
 NOW = pd.Timestamp("2022-01-04 15:00", tz="UTC")  # a Tuesday, market open
 BAR = pd.Timestamp("2022-01-03 21:00", tz="UTC")  # the last closed daily bar
-
-
-@dataclass(frozen=True)
-class FakeSignal:
-    """The fields execute_signal reads from signals.Signal (a plain record, not a model)."""
-
-    action: str
-    probability: float
-    bar_time: pd.Timestamp
 
 
 def broker(tmp_path, now=NOW, **kw) -> ta.SimulatedBroker:
@@ -152,60 +143,116 @@ def test_unreadable_state_file_is_a_clear_error(tmp_path):
         ta.SimulatedBroker(tmp_path / "broker.json")
 
 
-# --- execute_signal ----------------------------------------------------------------------------
+# --- The engine's decision step on the paper broker ----------------------------------------------
+LEGS = ("AAPL", "MSFT")
+
+
+def decide(
+    b: ta.SimulatedBroker,
+    action: str,
+    p: float,
+    gate: rm.RiskManager | None = None,
+    bar: pd.Timestamp = BAR,
+    **kw,
+):
+    """pair_engine.decide for a model signal on `b` (ids from `bar`), events collected."""
+    events: list[tuple[str, dict]] = []
+    report = pe.decide(
+        b,
+        gate or risk(),
+        pe.TradingConfig(**kw),
+        pe.signal_weights(action, p, pe.SizingConfig()),
+        LEGS,
+        id_parts=pe.decision_ids(bar, bar),
+        start_of_day_equity=b.account().equity,
+        on_event=lambda event, payload: events.append((event, payload)),
+    )
+    return report, events
+
+
 def test_buy_signal_opens_both_legs_sized_by_kelly_through_the_gate(tmp_path):
     b = broker(tmp_path)
-    decisions = []
-    report = ta.execute_signal(
-        FakeSignal("buy", 0.6, BAR),
-        b,
-        risk(),
-        long="AAPL",
-        short="MSFT",
-        on_decision=lambda event, payload: decisions.append((event, payload)),
-    )
+    report, events = decide(b, "buy", 0.6)
     # half Kelly at p = 0.6, b = 1: 0.5 x (0.6 - 0.4) = 10 % of equity per leg
     assert report.target == {"AAPL": int(10_000 / 180.0), "MSFT": -int(10_000 / 330.0)}
-    assert {s: p.qty for s, p in b.positions().items()} == report.target
-    assert [e for e, _ in decisions] == ["risk_decision", "order_submitted", "order_submitted"]
-    assert decisions[0][1]["accepted"] is True
+    assert b.holdings() == report.target
+    assert [e for e, _ in events] == ["risk_decision", "order_submitted", "order_submitted"]
+    assert events[0][1]["accepted"] is True
 
 
 def test_a_refused_basket_reaches_no_broker_and_is_reported_with_its_reason(tmp_path):
     b = broker(tmp_path)
-    report = ta.execute_signal(
-        FakeSignal("buy", 0.9, BAR), b, risk(max_leg_notional=5_000.0), long="AAPL", short="MSFT"
-    )
+    report, events = decide(b, "buy", 0.9, risk(max_leg_notional=5_000.0))
     assert report.submitted == [] and b.positions() == {}
-    assert report.rejections[0][0] == "leg_notional"
+    assert report.denials[0].reason == "leg_notional"
+    assert events == [("risk_decision", events[0][1])] and events[0][1]["accepted"] is False
 
 
 def test_market_closed_refuses_the_entry(tmp_path):
     saturday = pd.Timestamp("2022-01-08 15:00", tz="UTC")
     b = broker(tmp_path, now=saturday)
-    report = ta.execute_signal(FakeSignal("buy", 0.7, BAR), b, risk(), long="AAPL", short="MSFT")
-    assert report.rejections[0][0] == "market_closed" and b.positions() == {}
+    report, _ = decide(b, "buy", 0.7)
+    assert report.denials[0].reason == "market_closed" and b.positions() == {}
 
 
-def test_replaying_the_same_signal_after_a_restart_submits_nothing_new(tmp_path):
+def test_replaying_the_same_decision_after_a_restart_submits_nothing_new(tmp_path):
     b = broker(tmp_path)
-    signal = FakeSignal("sell", 0.3, BAR)
-    ta.execute_signal(signal, b, risk(), long="AAPL", short="MSFT")
+    first, _ = decide(b, "sell", 0.3)
     state = json.loads((tmp_path / "broker.json").read_text())
     restarted = ta.SimulatedBroker(tmp_path / "broker.json", now=lambda: NOW)
-    report = ta.execute_signal(signal, restarted, risk(), long="AAPL", short="MSFT")
-    assert report.submitted == [] or all(
-        o.client_order_id in state["orders"] for o in report.submitted
+    # The restart carries out the saved target again: the account already holds it.
+    report = pe.rebalance(
+        restarted,
+        risk(),
+        first.target,
+        purpose=Purpose.ENTRY,
+        id_parts=pe.decision_ids(BAR, BAR),
+        start_of_day_equity=restarted.account().equity,
     )
+    assert report.submitted == [] and restarted.holdings() == first.target
+    # An order the broker has is looked up by its client id, never sent again.
+    order = next(iter(state["orders"].values()))
+    resent = Order(order["symbol"], Side(order["side"]), order["qty"], order["client_order_id"])
+    assert list(restarted.known_orders([resent])) == [order["client_order_id"]]
     assert json.loads((tmp_path / "broker.json").read_text())["orders"] == state["orders"]
 
 
 def test_hold_keeps_the_position(tmp_path):
     b = broker(tmp_path)
-    ta.execute_signal(FakeSignal("buy", 0.6, BAR), b, risk(), long="AAPL", short="MSFT")
-    held = {s: p.qty for s, p in b.positions().items()}
-    report = ta.execute_signal(FakeSignal("hold", 0.5, BAR), b, risk(), long="AAPL", short="MSFT")
-    assert report.submitted == [] and {s: p.qty for s, p in b.positions().items()} == held
+    decide(b, "buy", 0.6)
+    held = b.holdings()
+    report, events = decide(b, "hold", 0.5)
+    assert report.submitted == [] and events == [] and b.holdings() == held
+
+
+def test_a_resize_inside_the_band_does_not_trade_and_one_beyond_it_does(tmp_path):
+    b = broker(tmp_path)
+    decide(b, "buy", 0.6)  # 10 % of equity per leg
+    small, _ = decide(
+        b, "buy", 0.62, bar=BAR + pd.Timedelta(days=1)
+    )  # 12 %: a 20 % change of the leg, inside the 25 % band
+    assert small.target != b.holdings() and small.submitted == []
+    large, _ = decide(b, "buy", 0.7, bar=BAR + pd.Timedelta(days=2))  # 20 %: twice the leg
+    assert large.traded, large.denials
+    assert b.holdings() == large.target
+
+
+def test_borrow_is_charged_once_per_day_however_often_the_bar_is_set(tmp_path):
+    b = broker(tmp_path)
+    decide(b, "buy", 0.6)  # short MSFT
+    later = pd.Timestamp("2022-01-06 21:00", tz="UTC")  # three calendar days after the bar
+    quotes = {
+        "AAPL": BarQuote(181.0, 0.015, 5e7 / 181.0, later),
+        "MSFT": BarQuote(331.0, 0.014, 5e7 / 331.0, later),
+    }
+    b.set_market(quotes)
+    once = b.borrow_paid
+    shares = -b.holdings()["MSFT"]
+    assert once == pytest.approx(shares * 330.0 * 0.003 * 3 / 360)
+    b.set_market(quotes)  # the same bar again (a restart): no second charge
+    restarted = ta.SimulatedBroker(tmp_path / "broker.json", now=lambda: NOW)
+    restarted.set_market(quotes)
+    assert b.borrow_paid == once and restarted.borrow_paid == once
 
 
 # --- Market clock ------------------------------------------------------------------------------

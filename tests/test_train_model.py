@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import constants as C
+import model_artifacts as ma
 import process_stock_data as psd
 import train_model as tm
 from tests.helpers import run
@@ -57,7 +58,7 @@ def test_walk_forward_reports_dates_and_metrics_per_fold(data):
 
 def test_windows_end_at_their_row():
     x = np.arange(30, dtype=float).reshape(10, 3)
-    w = tm.windows(x, 4)
+    w = ma.windows(x, 4)
     assert w.shape == (7, 4, 3)
     np.testing.assert_array_equal(w[0], x[0:4])
     np.testing.assert_array_equal(w[-1], x[6:10])
@@ -65,7 +66,7 @@ def test_windows_end_at_their_row():
 
 def test_scaler_is_fit_on_the_training_part_only(data):
     train, _, _ = tm.chronological_split(len(data.y), 0.15, 0.15)
-    scaler = tm.Scaler.fit(data.x[train.rows])
+    scaler = ma.Scaler.fit(data.x[train.rows])
     np.testing.assert_allclose(scaler.mean, data.x[train.rows].mean(axis=0))
     assert not np.allclose(scaler.mean, data.x.mean(axis=0))
 
@@ -73,9 +74,9 @@ def test_scaler_is_fit_on_the_training_part_only(data):
 def test_xgb_saved_and_reloaded_predicts_identically(data, tmp_path):
     train, val, holdout = tm.chronological_split(len(data.y), 0.15, 0.15)
     model, scaler, prob, covered = tm._fit_predict("xgb", data, train, val, holdout, TINY)
-    tm.save_artifacts("xgb", model, scaler, tmp_path)
-    again, scaler2 = tm.load_artifacts("xgb", tmp_path)
-    prob2 = tm.xgb_predict(again, scaler2.transform(data.x[covered.rows]))
+    ma.save_artifacts("xgb", model, scaler, tmp_path)
+    again, scaler2 = ma.load_artifacts("xgb", tmp_path)
+    prob2 = ma.xgb_predict(again, scaler2.transform(data.x[covered.rows]))
     np.testing.assert_array_equal(prob, prob2)
     assert covered == holdout
 
@@ -102,12 +103,12 @@ def test_lstm_holdout_predictions_cover_every_holdout_row(lstm):
 
 def test_lstm_saved_and_reloaded_predicts_identically(lstm, data, tmp_path):
     (model, scaler, prob, covered), _ = lstm
-    tm.save_artifacts("lstm", model, scaler, tmp_path)
-    again, scaler2 = tm.load_artifacts("lstm", tmp_path)
+    ma.save_artifacts("lstm", model, scaler, tmp_path)
+    again, scaler2 = ma.load_artifacts("lstm", tmp_path)
     x = scaler2.transform(data.x)
     ctx = covered.start - (TINY.lookback - 1)
     np.testing.assert_array_equal(
-        tm.lstm_predict(again, x[ctx : covered.stop], TINY.lookback), prob
+        ma.lstm_predict(again, x[ctx : covered.stop], TINY.lookback), prob
     )
 
 
@@ -116,7 +117,7 @@ def test_lstm_prediction_for_a_bar_ignores_later_bars(lstm, data):
     (model, scaler, prob, covered), _ = lstm
     x = scaler.transform(data.x)
     t = covered.start + 37
-    alone = tm.lstm_predict(model, x[t - TINY.lookback + 1 : t + 1], TINY.lookback)
+    alone = ma.lstm_predict(model, x[t - TINY.lookback + 1 : t + 1], TINY.lookback)
     assert alone[0] == pytest.approx(prob[37], abs=1e-6)
 
 
@@ -238,10 +239,10 @@ def test_models_promote_rollback_retire_from_the_command_line(tmp_path):
 @pytest.mark.skipif(not tm.tensorflow_available(), reason="TensorFlow (lstm profile) not installed")
 def test_keras_import_filters_tensorflow_start_up_chatter_but_not_other_stderr(tmp_path):
     code = (
-        "import sys, train_model as tm\n"
+        "import sys, model_artifacts as ma\n"
         "print('before', file=sys.stderr, flush=True)\n"
-        "keras = tm._import_keras()\n"
-        "assert tm._import_keras() is keras\n"
+        "keras = ma.import_keras()\n"
+        "assert ma.import_keras() is keras\n"
         "keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])\n"
         "print('after', file=sys.stderr)\n"
     )
@@ -249,4 +250,4 @@ def test_keras_import_filters_tensorflow_start_up_chatter_but_not_other_stderr(t
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert lines[0] == "before" and lines[-1] == "after"  # our own stderr is untouched
-    assert not [line for line in lines if any(noise in line for noise in tm._TF_NOISE)]
+    assert not [line for line in lines if any(noise in line for noise in ma._TF_NOISE)]
