@@ -876,6 +876,9 @@ def _iteration(session: _Session, now: pd.Timestamp) -> None:
         return
     if state.signal_bar != bar:
         _new_bar(session, rows, now)
+    if (state.last_bar is None or bar > state.last_bar) and rows - 1 >= session.first_row:
+        # Once per bar; a failed attempt (broker outage) is retried at the next iteration.
+        _decide(session, feed.table.iloc[:rows], rows - 1, now)
     session.summary.predictions += 1
     log.info(
         "prediction %s",
@@ -885,15 +888,14 @@ def _iteration(session: _Session, now: pd.Timestamp) -> None:
 
 
 def _new_bar(session: _Session, rows: int, now: pd.Timestamp) -> None:
-    """A bar closed: quotes to the paper broker, its signal (audited), the previous signal's
-    outcome, drift, then -- once per bar -- the decision and the bar's equity row."""
+    """A bar closed: quotes to the paper broker, its signal (audited), and -- the first time the
+    bar is seen -- the previous signal's outcome and the drift check."""
     feed, broker, state, audit = session.feed, session.broker, session.state, session.audit
     table = feed.table.iloc[:rows]
     row = rows - 1
     bar = pd.Timestamp(table.index[row])
-    state.signal_bar = bar
     if isinstance(broker, ta.SimulatedBroker):
-        broker.set_market(
+        broker.set_market(  # borrow is keyed by the bar's day: setting it again charges nothing
             bar_quotes(
                 feed.table,
                 rows,
@@ -903,6 +905,7 @@ def _new_bar(session: _Session, rows: int, now: pd.Timestamp) -> None:
             )
         )
     state.description = session.source.describe(table, row)
+    state.signal_bar = bar
     session.summary.bars += 1
     audit.append("signal", state.description)
     version = state.description.get("model")
@@ -918,7 +921,6 @@ def _new_bar(session: _Session, rows: int, now: pd.Timestamp) -> None:
     if state.bars_since_drift >= DRIFT_EVERY_BARS and isinstance(session.source, ModelSignals):
         state.bars_since_drift = 0
         _drift_check(session.pair, session.home, table)
-    _decide(session, table, row, now)
 
 
 def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp) -> None:

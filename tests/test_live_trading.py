@@ -88,7 +88,9 @@ def audit_records(home: C.Paths) -> int:
 
 
 def broker_state(home: C.Paths) -> dict:
-    return json.loads(home.paper_broker_file.read_text())
+    """The paper account's file: its orders, and its ledger's cash and positions at top level."""
+    state = json.loads(home.paper_broker_file.read_text())
+    return {**state, **state["ledger"]}
 
 
 # --- A month of replay ---------------------------------------------------------------------------
@@ -104,10 +106,12 @@ def test_a_month_replays_in_seconds_predicting_only_inside_market_hours(home, ca
         pd.Timestamp(r.sim_time) for r in caplog.records if r.getMessage().startswith("prediction")
     ]
     sessions = 20  # January 2022: 21 weekdays, Martin Luther King Day closed
-    assert len(times) == summary.predictions == sessions * 78  # every 5 min, 09:30-16:00
+    # Every 5 min, 09:30-16:00, and one iteration on Tuesday 1 February to decide Monday's bar
+    # (every bar dated START..END is decided, as in a backtest of the same dates).
+    assert len(times) == summary.predictions == sessions * 78 + 1
     assert all(market_clock(t).is_open for t in times)
     assert {t.tz_convert(NY).date() for t in times} == {
-        d.date() for d in pd.bdate_range("2022-01-03", "2022-01-31") if d.day != 17
+        d.date() for d in pd.bdate_range("2022-01-03", "2022-02-01") if d.day != 17
     }
     assert took < 60, f"a month of replay took {took:.1f} s"
     # Trades happened through the gate, and what is held is on disk.
@@ -116,13 +120,13 @@ def test_a_month_replays_in_seconds_predicting_only_inside_market_hours(home, ca
     assert saved["schema_version"] == lt.SCHEMA_VERSION and saved["pending_decision"] is None
     held = {s: p["qty"] for s, p in broker_state(home)["positions"].items() if p["qty"]}
     assert {s: p["qty"] for s, p in saved["positions"].items()} == held
-    assert saved["last_processed_bar"].startswith("2022-01-28")  # Monday 31st trades Friday's bar
+    assert saved["last_processed_bar"].startswith("2022-01-31")
     # The audit chain is intact and tells the story.
     assert audit_logging.verify(home.audit_log).ok
     events = [r.event for r in audit_logging.AuditLog(home.audit_log).records()]
     assert events[0] == "start" and events[-1] == "stop"
     assert {"signal", "risk_decision", "order_submitted", "fill", "position_change"} <= set(events)
-    assert events.count("signal") == summary.bars == 20
+    assert events.count("signal") == summary.bars == 21  # 2021-12-31 .. 2022-01-31
 
 
 def test_each_bar_is_decided_once_however_many_intervals_see_it(home):
@@ -321,7 +325,7 @@ def test_a_broker_outage_is_logged_and_retried_next_interval(home):
 def test_an_open_circuit_breaker_halts_new_entries(home):
     from error_handling import CircuitOpenError
 
-    config = replay_config("2022-01-03", "2022-01-04")
+    config = replay_config("2022-01-03", "2022-01-07")
     clock = lt.ReplayClock(config.replay_start)
     broker = _flaky(home, clock, 1, CircuitOpenError)
     summary = lt.run_trading_loop(config=config, pair=PAIR, home=home, clock=clock, broker=broker)
@@ -362,7 +366,7 @@ def test_a_failure_that_opens_the_brokers_breaker_halts_trading_at_once(home):
         def latest_prices(self, symbols):
             return self.breaker.call(super().latest_prices, symbols)
 
-    config = replay_config("2022-01-03", "2022-01-04")
+    config = replay_config("2022-01-03", "2022-01-07")
     clock = lt.ReplayClock(config.replay_start)
     broker = BreakerBroker(
         home.ensure().paper_broker_file, now=clock.now, failures=1, error=BrokerError
