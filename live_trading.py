@@ -255,7 +255,8 @@ class FileSignals:
 
     def describe(self, table: pd.DataFrame, row: int) -> dict[str, Any]:
         w = self.weights(table, row)
-        return {"bar": pd.Timestamp(table.index[row]).isoformat(), "weights": list(w)}
+        weights = None if any(math.isnan(x) for x in w) else list(w)  # None: no instruction
+        return {"bar": pd.Timestamp(table.index[row]).isoformat(), "weights": weights}
 
     def record_outcome(self, table: pd.DataFrame, row: int) -> list[Any]:
         return []
