@@ -60,6 +60,8 @@ EVENT_TYPES = frozenset(
         "start",
         "stop",
         "model_selected",
+        "model_promoted",  # an automatic canary promotion (A/B test)
+        "model_rolled_back",  # an automatic canary rollback (A/B test)
         "signal",
         "risk_decision",
         "order_submitted",
