@@ -833,51 +833,20 @@ def backtest(
     """Load (or process) the pair's data, get signals (training a model first if there is none),
     run the strategy and the two benchmarks, and write results/<run-id>/."""
     import constants as C
-    import process_stock_data as psd
-    from error_handling import DataError
 
     home = (home or C.paths()).ensure()
-    pair = request.pair
+    pair, cfg = request.pair, request.config
     notes: list[str] = []
-    try:
-        table, _meta = psd.load_processed(pair, home)
-    except DataError:
-        table, _ = psd.process(C.data_source_name(), pair, home=home)
-        notes.append(f"processed {pair.long}/{pair.short} from {C.data_source_name()} first")
+    table = _processed_table(pair, home, notes)
+    weights, dates, label, model_info = _strategy_weights(request, table, home, progress, notes)
     close_cols = [f"{pair.long}_close", f"{pair.short}_close"]
-    model_info: dict[str, Any] = {}
-    if request.signal_file:
-        dates = pd.DatetimeIndex(table.index)
-        lo = dates.searchsorted(pd.Timestamp(request.start)) if request.start else 0
-        hi = (
-            dates.searchsorted(pd.Timestamp(request.end), side="right")
-            if request.end
-            else len(dates)
-        )
-        dates = dates[lo:hi]
-        if len(dates) < 2:
-            raise ConfigurationError("fewer than 2 bars in the requested range")
-        weights = read_signal_file(request.signal_file, pair, dates, request.config.sizing)
-        model_info = {"signal_file": str(request.signal_file), "in_sample": False}
-        label = "signal file"
-    else:
-        import train_model as tm
-
-        trained = tm.ensure_active_model(pair, home, progress=progress)
-        if trained:
-            notes.append(trained)
-        sig, dates, model_info = _signals_for_range(request, table, home, notes)
-        weights = model_weights(sig, request.config.sizing)
-        label = "model"
     prices = table.loc[dates, close_cols]
     prices.columns = [pair.long, pair.short]
-    cfg = request.config
     history = table[close_cols].loc[: dates[0]].iloc[:-1]  # closes before the run: vol warm-up
     history.columns = prices.columns
     strategy = run_backtest(
         prices, weights, cfg, label=label, strategy=pe.STRATEGY, history=history
     )
-
     # Benchmark 1: the spread z-score rule, same costs and risk gate. The z-score uses the full
     # processed history up to each bar (causal), so it is warm on the first backtest bar.
     all_close = table[close_cols].to_numpy("float64")
@@ -892,14 +861,65 @@ def backtest(
     )
     # Benchmark 2: buy and hold the long leg with all capital, no costs.
     buy_hold = cfg.initial_capital * prices[pair.long] / prices[pair.long].iloc[0]
-
-    notes.append(
-        f"average daily volume assumed ${cfg.execution.default_adv_usd:,.0f} per leg"
-        + ("" if f"{pair.long}_{C.VOLUME_FEATURE}" in table.columns else " (no volume in source)")
-        + "; set it with --adv-usd"
+    has_volume = f"{pair.long}_{C.VOLUME_FEATURE}" in table.columns
+    notes.extend(_run_notes(cfg, has_volume))
+    summary = _summary(request, dates, label, model_info, notes, strategy, zscore, buy_hold)
+    run_dir = write_results(
+        home.results_dir,
+        summary,
+        strategy,
+        zscore,
+        buy_hold,
+        run_id=run_id,
+        charts=request.write_charts,
     )
+    return BacktestReport(request, strategy, zscore, buy_hold, summary, run_dir, notes)
+
+
+def _processed_table(pair: Any, home: Any, notes: list[str]) -> pd.DataFrame:
+    """The pair's processed table, processing the default source first when there is none."""
+    import constants as C
+    import process_stock_data as psd
+    from error_handling import DataError
+
+    try:
+        table, _meta = psd.load_processed(pair, home)
+    except DataError:
+        table, _ = psd.process(C.data_source_name(), pair, home=home)
+        notes.append(f"processed {pair.long}/{pair.short} from {C.data_source_name()} first")
+    return table
+
+
+def _strategy_weights(
+    request: BacktestRequest, table: pd.DataFrame, home: Any, progress: Any, notes: list[str]
+) -> tuple[np.ndarray, pd.DatetimeIndex, str, dict[str, Any]]:
+    """(instruction weights, bars, label, what the report says about the source): a signal file
+    over the requested bars, or the model's out-of-sample signals (training one if needed)."""
+    if request.signal_file:
+        dates = pd.DatetimeIndex(table.index)
+        lo = dates.searchsorted(pd.Timestamp(request.start)) if request.start else 0
+        hi = (
+            dates.searchsorted(pd.Timestamp(request.end), side="right")
+            if request.end
+            else len(dates)
+        )
+        dates = dates[lo:hi]
+        if len(dates) < 2:
+            raise ConfigurationError("fewer than 2 bars in the requested range")
+        weights = read_signal_file(request.signal_file, request.pair, dates, request.config.sizing)
+        return weights, dates, "signal file", {"signal_file": str(request.signal_file)}
+    import train_model as tm
+
+    trained = tm.ensure_active_model(request.pair, home, progress=progress)
+    if trained:
+        notes.append(trained)
+    sig, dates, model_info = _signals_for_range(request, table, home, notes)
+    return model_weights(sig, request.config.sizing), dates, "model", model_info
+
+
+def _run_notes(cfg: TradingConfig, has_volume: bool) -> list[str]:
     delay = cfg.fill_delay_bars
-    notes.append(
+    timing = (
         "fills at the close of the bar after the signal"
         if delay == 1
         else (
@@ -908,16 +928,37 @@ def backtest(
             else f"fills {delay} bars after the signal"
         )
     )
-    summary = {
+    return [
+        f"average daily volume assumed ${cfg.execution.default_adv_usd:,.0f} per leg"
+        + ("" if has_volume else " (no volume in source)")
+        + "; set it with --adv-usd",
+        timing,
+    ]
+
+
+def _summary(
+    request: BacktestRequest,
+    dates: pd.DatetimeIndex,
+    label: str,
+    model_info: dict[str, Any],
+    notes: list[str],
+    strategy: BacktestResult,
+    zscore: BacktestResult,
+    buy_hold: pd.Series,
+) -> dict[str, Any]:
+    """summary.json: the run, the strategy and benchmark figures, the effective configuration."""
+    cfg, pair = request.config, request.pair
+    return {
         "run": {
             "pair": [pair.long, pair.short],
             "start": str(dates[0].date()),
             "end": str(dates[-1].date()),
             "bars": len(dates),
             "strategy": label,
+            "in_sample": False,
             **model_info,
             "initial_capital": cfg.initial_capital,
-            "fill_delay_bars": delay,
+            "fill_delay_bars": cfg.fill_delay_bars,
             "notes": notes,
         },
         "strategy": summarize(strategy),
@@ -936,16 +977,6 @@ def backtest(
             for r in strategy.rejections
         ],
     }
-    run_dir = write_results(
-        home.results_dir,
-        summary,
-        strategy,
-        zscore,
-        buy_hold,
-        run_id=run_id,
-        charts=request.write_charts,
-    )
-    return BacktestReport(request, strategy, zscore, buy_hold, summary, run_dir, notes)
 
 
 def _json_default(value: Any) -> Any:

@@ -230,47 +230,11 @@ def _read_registry(models_dir: str, stamp: tuple[Any, ...]) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _paper_equity(
-    broker_file: str,
-    broker_stat: tuple[int, int],
-    closes_file: str,
-    closes_stat: tuple[int, int],
-    legs: tuple[str, str],
-) -> tuple[pd.Series, float]:
-    """Paper equity marked at each daily close, rebuilt from the simulated broker's filled orders
-    (fill price, fees, session) and the processed closes; and the borrow fees it leaves out
-    (the broker accrues them as one running total, not per day). USD; index = bar date. Empty
-    when the broker traded symbols other than `legs` (an earlier session on another pair)."""
-    broker = json.loads(Path(broker_file).read_text(encoding="utf-8"))
-    filled = [o for o in broker.get("orders", {}).values() if o.get("filled_qty")]
-    if not filled:
-        return pd.Series(dtype="float64"), 0.0
-    orders = pd.DataFrame(filled)
-    session = (
-        pd.to_datetime(orders["submitted_at"], utc=True)
-        .dt.tz_convert("America/New_York")
-        .dt.normalize()
-        .dt.tz_localize(None)
-    )
-    signed = orders["filled_qty"].astype(float) * orders["side"].map({"buy": 1.0, "sell": -1.0})
-    flows = -signed * orders["filled_avg_price"].astype(float) - orders["fees"].astype(float)
-    symbols = sorted(orders["symbol"].unique())
-    if not set(symbols) <= set(legs):
-        return pd.Series(dtype="float64"), 0.0
-    table = pd.read_parquet(closes_file, columns=[f"{s}_close" for s in symbols])
-    last = pd.Timestamp(str(broker.get("borrow_through") or session.max())[:10])
-    days = table.loc[session.min() - pd.Timedelta(days=7) : last].index
+def _equity_log(path: str, stat: tuple[int, int]) -> pd.DataFrame:
+    """data/equity_<mode>.csv, one row per bar (the stats are the cache key)."""
+    import live_trading
 
-    def running_total(values: pd.Series) -> pd.Series:
-        """Cumulative sum of `values` by session, as of each bar date."""
-        total = values.groupby(session).sum().sort_index().cumsum()
-        return total.reindex(total.index.union(days)).ffill().fillna(0.0).reindex(days)
-
-    equity = float(broker.get("initial_cash", 0.0)) + running_total(flows)
-    for sym in symbols:
-        held = running_total(signed.where(orders["symbol"] == sym, 0.0))
-        equity += held * table.loc[days, f"{sym}_close"]
-    return equity.rename("equity"), float(broker.get("borrow_paid", 0.0))
+    return live_trading.read_equity_log(Path(path))
 
 
 # --- Panels ---------------------------------------------------------------------------------------
@@ -391,9 +355,8 @@ def panel_positions(home: C.Paths, pair: C.Pair) -> None:
         st.info(f"No positions yet: {LIVE_HINT} to create positions.json")
         return
     rows = []
-    for sym, p in sorted((state.get("positions") or {}).items()):
-        qty, avg, price = float(p["qty"]), float(p["avg_entry_price"]), p.get("market_price")
-        price = float(price) if price is not None else math.nan
+    for sym, p in sorted(state.positions.items()):
+        qty, avg, price = float(p.qty), p.avg_entry_price, p.market_price
         rows.append(
             {
                 "leg": sym,
@@ -417,7 +380,7 @@ def panel_positions(home: C.Paths, pair: C.Pair) -> None:
             "unrealized P&L",
         ],
     )
-    cash, equity = float(state.get("cash", math.nan)), float(state.get("equity", math.nan))
+    cash, equity = state.cash, state.equity
     c = st.columns(4)
     c[0].metric("Equity", f"${equity:,.2f}")
     c[1].metric("Cash", f"${cash:,.2f}")
@@ -434,70 +397,48 @@ def panel_positions(home: C.Paths, pair: C.Pair) -> None:
         )
     else:
         st.caption("Flat: no open position.")
-    open_orders = state.get("open_orders") or []
+    open_orders = list(state.open_orders)
     if open_orders:
         st.warning(f"{len(open_orders)} open order(s) at the broker")
         st.dataframe(pd.DataFrame(open_orders), hide_index=True)
     st.caption(
-        f"{home.positions_file} · {state.get('mode', '?')} · {state.get('broker', '?')} broker · "
-        f"updated {state.get('updated_at', '—')} · last processed bar "
-        f"{state.get('last_processed_bar') or '—'}"
+        f"{home.positions_file} · {state.mode} · {state.broker} broker · "
+        f"updated {state.updated_at} · last processed bar {state.last_processed_bar or '—'}"
     )
-    _equity_over_time(home, pair, state)
+    _equity_over_time(home, state)
 
 
-def _equity_over_time(home: C.Paths, pair: C.Pair, state: dict[str, Any]) -> None:
-    """Paper: equity rebuilt from the simulated broker's fills marked at daily closes. Otherwise the
-    equity the loop reported: audit records that carry one (stop, halt) and positions.json."""
+def _equity_over_time(home: C.Paths, state: Any) -> None:
+    """The loop's equity row per bar (data/equity_<mode>.csv, written by the loop after each
+    bar's decision: the same accounting as a backtest's equity.csv)."""
     import plotly.graph_objects as go
 
-    broker_stat = _stat(home.paper_broker_file)
-    closes_stat = _stat(home.processed_file(pair))
-    if state.get("broker") == "simulated" and broker_stat and closes_stat:
-        curve, borrow = _paper_equity(
-            str(home.paper_broker_file),
-            broker_stat,
-            str(home.processed_file(pair)),
-            closes_stat,
-            pair.tickers,
-        )
-        if len(curve) >= 2:
-            fig = go.Figure(go.Scatter(x=curve.index, y=curve, name="marked at close"))
-            fig.update_layout(
-                title="Paper equity (USD), marked at each daily close",
-                height=300,
-                margin={"l": 10, "r": 10, "t": 40, "b": 10},
-            )
-            st.plotly_chart(fig, key="equity_over_time")
-            st.caption(
-                f"Rebuilt from the filled orders in {home.paper_broker_file.name} and the closes "
-                f"in {home.processed_file(pair).name}; it leaves out borrow "
-                f"fees (${borrow:,.2f} so far), so its last point is above the broker's equity "
-                f"${float(state.get('equity', math.nan)):,.2f} by about that much."
-            )
-            return
-    points = [
-        (pd.Timestamp(rec["time"]), float(rec["payload"]["equity"]), rec["event"])
-        for rec in _audit_tail(home)
-        if isinstance(rec["payload"].get("equity"), int | float) and "time" in rec
-    ]
-    if state.get("updated_at") and state.get("equity") is not None:
-        points.append((pd.Timestamp(state["updated_at"]), float(state["equity"]), "positions.json"))
-    if len(points) < 2:
-        st.caption(
-            "Equity over time: one point so far (the live loop records equity in the audit log "
-            "at stop and halt only)."
-        )
+    import live_trading
+
+    path = live_trading.equity_log_path(home, state.mode)
+    stat = _stat(path)
+    if stat is None:
+        st.caption(f"Equity over time: no {path.name} yet (the loop writes a row per bar).")
         return
-    frame = pd.DataFrame(points, columns=["time", "equity", "source"]).sort_values("time")
-    fig = go.Figure(
-        go.Scatter(x=frame["time"], y=frame["equity"], mode="lines+markers", text=frame["source"])
-    )
+    try:
+        log_rows = _equity_log(str(path), stat)
+    except (ValueError, KeyError, OSError) as exc:
+        st.error(f"{path} is unreadable: {exc}")
+        return
+    if len(log_rows) < 2:
+        st.caption(f"Equity over time: one bar so far in {path.name}.")
+        return
+    fig = go.Figure(go.Scatter(x=log_rows.index, y=log_rows["equity"], name="equity"))
     fig.update_layout(
-        title="Reported equity (USD)", height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10}
+        title=f"{state.mode.capitalize()} equity (USD) at each bar's close",
+        height=300,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
     st.plotly_chart(fig, key="equity_over_time")
-    st.caption("Points: audit records that carry equity (stop, halt) and positions.json now.")
+    st.caption(
+        f"From {path}: cash plus positions marked at each close after that bar's decision, "
+        f"borrow included (${log_rows['borrow_paid'].iloc[-1]:,.2f} so far)."
+    )
 
 
 def panel_prices(home: C.Paths, pair: C.Pair) -> None:

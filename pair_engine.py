@@ -278,8 +278,6 @@ def read_signal_file(
     signal text, `Pair.buy_signal` / `Pair.sell_signal`) or `date,<LONG>,<SHORT>` target weights
     (signed fractions of equity; `long_weight,short_weight` also accepted). Each date must be a
     bar."""
-    from pathlib import Path
-
     file = Path(path)
     if not file.is_file():
         raise ConfigurationError(f"signal file {file} not found")
@@ -317,33 +315,59 @@ def read_signal_file(
         raise ConfigurationError(
             f"signal file {file} line {line_no[bad]}: date {when[bad].date()} repeats"
         )
-    weights = np.full((len(index), 2), np.nan)
+    if "action" in cols:
+        return _action_weights(file, raw[cols["action"]], line_no, pos, len(index), pair, sizing)
+    return _column_weights(file, raw, cols, line_no, pos, len(index), pair)
+
+
+def _action_weights(
+    file: Path,
+    actions: pd.Series,
+    line_no: np.ndarray,
+    pos: np.ndarray,
+    n: int,
+    pair: Any,
+    sizing: SizingConfig,
+) -> np.ndarray:
+    """Instructions of an action file: a fixed leg fraction where the state changes."""
+    texts = {
+        "buy": 1.0,
+        "sell": -1.0,
+        "flat": 0.0,
+        "hold": np.nan,
+        pair.buy_signal.lower(): 1.0,
+        pair.sell_signal.lower(): -1.0,
+    }
+    states = np.full(n, np.nan)
+    for line, p, a in zip(line_no, pos, actions, strict=True):
+        key = str(a).strip().lower()
+        if key not in texts:
+            raise ConfigurationError(
+                f"signal file {file} line {line}: unknown action {a!r} "
+                f"(use buy, sell, hold, flat, {pair.buy_signal!r} or {pair.sell_signal!r})"
+            )
+        states[p] = texts[key]
+    return instructions_from_states(states, sizing.rule_leg_fraction)
+
+
+def _column_weights(
+    file: Path,
+    raw: pd.DataFrame,
+    cols: Mapping[str, str],
+    line_no: np.ndarray,
+    pos: np.ndarray,
+    n: int,
+    pair: Any,
+) -> np.ndarray:
+    """Instructions of a weight file: its weights on its rows, NaN elsewhere."""
     long_col = cols.get(pair.long.lower()) or cols.get("long_weight")
     short_col = cols.get(pair.short.lower()) or cols.get("short_weight")
-    if "action" in cols:
-        texts = {
-            "buy": 1.0,
-            "sell": -1.0,
-            "flat": 0.0,
-            "hold": np.nan,
-            pair.buy_signal.lower(): 1.0,
-            pair.sell_signal.lower(): -1.0,
-        }
-        states = np.full(len(index), np.nan)
-        for line, p, a in zip(line_no, pos, raw[cols["action"]], strict=True):
-            key = str(a).strip().lower()
-            if key not in texts:
-                raise ConfigurationError(
-                    f"signal file {file} line {line}: unknown action {a!r} "
-                    f"(use buy, sell, hold, flat, {pair.buy_signal!r} or {pair.sell_signal!r})"
-                )
-            states[p] = texts[key]
-        return instructions_from_states(states, sizing.rule_leg_fraction)
     if long_col is None or short_col is None:
         raise ConfigurationError(
             f"signal file {file} needs an 'action' column or weight columns "
             f"'{pair.long}','{pair.short}' (or 'long_weight','short_weight')"
         )
+    weights = np.full((n, 2), np.nan)
     for j, col in enumerate((long_col, short_col)):
         try:
             values = pd.to_numeric(raw[col].str.strip())
