@@ -262,9 +262,13 @@ def panel_live_status(home: C.Paths, pair: C.Pair) -> None:
         _badge("NO HEARTBEAT", "#6b7280")
         st.info(f"No heartbeat yet: {LIVE_HINT} to create data/heartbeat.json")
     else:
-        beat = _read_json(str(home.heartbeat_file), *stat)
-        if not isinstance(beat, dict) or "time" not in beat:
-            raise ValueError(f"{home.heartbeat_file} is not a heartbeat (no 'time')")
+        import live_trading
+
+        raw = _read_json(str(home.heartbeat_file), *stat)
+        try:
+            beat = live_trading.Heartbeat.from_json(raw).to_json()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{home.heartbeat_file} is not a heartbeat ({exc})") from None
         mode = str(beat.get("mode", "")).lower()
         if mode == "live":
             _badge("LIVE — REAL MONEY", "#c62828")

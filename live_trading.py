@@ -491,12 +491,63 @@ def read_equity_log(path: Path) -> pd.DataFrame:
     return frame.drop_duplicates("date", keep="last").set_index("date").sort_index()
 
 
-def _write_heartbeat(path: Path, beat: Mapping[str, Any]) -> None:
+@dataclass(frozen=True)
+class Heartbeat:
+    """data/heartbeat.json: what the loop is doing, rewritten every iteration (times ISO, UTC;
+    money USD). Read by `status` and the dashboard through `read`."""
+
+    status: str  # running | waiting for the open | stopped
+    time: str  # wall clock of the write
+    loop_time: str  # the loop's clock (the replay's simulated time)
+    pid: int
+    mode: str  # paper | live
+    broker: str
+    market_open: bool
+    next_open: str
+    next_close: str
+    equity: float
+    cash: float
+    positions: Mapping[str, int]
+    halted: bool
+    halt_reason: str | None
+    circuit_breakers: Mapping[str, str]
+    last_bar: str | None
+    interval_s: float
+    stopped_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Heartbeat:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"not a heartbeat object: {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(n for n in names - set(data) if n != "stopped_at")
+        if missing:
+            raise ValueError(f"heartbeat lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def read(cls, path: Path) -> Heartbeat | None:
+        """The heartbeat file, None when absent; ConfigurationError naming it when unreadable."""
+        if not path.exists():
+            return None
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"{path} is not a readable heartbeat ({exc}); the loop rewrites it at its next "
+                "iteration, or delete it"
+            ) from None
+
+
+def _write_heartbeat(path: Path, beat: Heartbeat) -> None:
     """Atomic rename without fsync: a heartbeat is rewritten every iteration and losing the last
     one to a power cut only makes the loop look older than it is."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(beat, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(beat.to_json(), indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -653,11 +704,13 @@ def run_trading_loop(
                     "equity": summary.equity,
                 },
             )
-            if home.heartbeat_file.exists():
-                beat = json.loads(home.heartbeat_file.read_text())
-                beat["status"] = "stopped"
-                beat["stopped_at"] = pd.Timestamp.now(tz="UTC").isoformat()
-                _write_heartbeat(home.heartbeat_file, beat)
+            beat = _last_beat(home)
+            if beat is not None:
+                stopped_at = pd.Timestamp.now(tz="UTC").isoformat()
+                _write_heartbeat(
+                    home.heartbeat_file,
+                    dataclasses.replace(beat, status="stopped", stopped_at=stopped_at),
+                )
         finally:
             stopper.restore()
             lock.release()
@@ -1050,29 +1103,37 @@ def _watch(deadman: DeadMansSwitch, clock: Any, interval_s: float, stop: threadi
         deadman.check(clock.now())
 
 
-def _beat(now: pd.Timestamp, session: _Session, mclock: Any, status: str) -> dict[str, Any]:
+def _last_beat(home: C.Paths) -> Heartbeat | None:
+    """The heartbeat on disk, None when absent or unreadable (it is rewritten anyway)."""
+    try:
+        return Heartbeat.read(home.heartbeat_file)
+    except ConfigurationError:
+        return None
+
+
+def _beat(now: pd.Timestamp, session: _Session, mclock: Any, status: str) -> Heartbeat:
     broker, risk = session.broker, session.risk
     account = broker.account()
     breaker = getattr(broker, "breaker", None)
-    return {
-        "status": status,
-        "time": pd.Timestamp.now(tz="UTC").isoformat(),
-        "loop_time": now.isoformat(),
-        "pid": os.getpid(),
-        "mode": session.mode,
-        "broker": broker.name,
-        "market_open": bool(mclock.is_open),
-        "next_open": mclock.next_open.isoformat(),
-        "next_close": mclock.next_close.isoformat(),
-        "equity": round(account.equity, 2),
-        "cash": round(account.cash, 2),
-        "positions": {s: q for s, q in broker.holdings().items() if q},
-        "halted": risk.halted,
-        "halt_reason": risk.halt_reason,
-        "circuit_breakers": {breaker.name: breaker.state.value} if breaker is not None else {},
-        "last_bar": session.state.last_bar.isoformat() if session.state.last_bar else None,
-        "interval_s": session.config.interval_s,
-    }
+    return Heartbeat(
+        status=status,
+        time=pd.Timestamp.now(tz="UTC").isoformat(),
+        loop_time=now.isoformat(),
+        pid=os.getpid(),
+        mode=session.mode,
+        broker=broker.name,
+        market_open=bool(mclock.is_open),
+        next_open=mclock.next_open.isoformat(),
+        next_close=mclock.next_close.isoformat(),
+        equity=round(account.equity, 2),
+        cash=round(account.cash, 2),
+        positions={s: q for s, q in broker.holdings().items() if q},
+        halted=risk.halted,
+        halt_reason=risk.halt_reason,
+        circuit_breakers={breaker.name: breaker.state.value} if breaker is not None else {},
+        last_bar=session.state.last_bar.isoformat() if session.state.last_bar else None,
+        interval_s=session.config.interval_s,
+    )
 
 
 def _default_feed(pair: C.Pair, home: C.Paths, *, replay: bool) -> BarFeed:
@@ -1100,10 +1161,10 @@ def status(home: C.Paths | None = None) -> dict[str, Any]:
     clock = market_clock(now)
     out["market_open_now"] = clock.is_open
     out["next_open"] = clock.next_open.isoformat()
-    if home.heartbeat_file.exists():
-        beat = json.loads(home.heartbeat_file.read_text())
+    beat = Heartbeat.read(home.heartbeat_file)
+    if beat is not None:
         out["heartbeat"] = beat
-        out["heartbeat_age_s"] = (now - pd.Timestamp(beat["time"])).total_seconds()
+        out["heartbeat_age_s"] = (now - pd.Timestamp(beat.time)).total_seconds()
     out["positions"] = read_positions(home.positions_file)
     risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
     out["halted"] = risk.halted
@@ -1114,10 +1175,16 @@ def status(home: C.Paths | None = None) -> dict[str, Any]:
 __all__ = [
     "BarFeed",
     "DeadMansSwitch",
+    "EquityRow",
+    "Heartbeat",
     "LiveConfig",
     "LoopSummary",
+    "PendingDecision",
+    "PositionsState",
     "RealClock",
     "ReplayClock",
+    "read_equity_log",
+    "read_positions",
     "reconcile",
     "run_trading_loop",
     "status",

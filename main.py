@@ -960,13 +960,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("loop: not started yet: run `python main.py live` (or --replay to try it)")
     else:
         age = st["heartbeat_age_s"]
-        state = beat.get("status", "?")
-        running = state != "stopped" and age < 3 * 300
+        state = beat.status
+        running = state != "stopped" and age < 3 * beat.interval_s
         print(
             f"loop: {'RUNNING' if running else 'STOPPED'} ({state}); last heartbeat "
-            f"{age:,.0f} s ago; mode {beat.get('mode', '?').upper()}, broker {beat.get('broker')}"
+            f"{age:,.0f} s ago; mode {beat.mode.upper()}, broker {beat.broker}"
         )
-        breakers = beat.get("circuit_breakers") or {}
+        breakers = beat.circuit_breakers
         print(
             "circuit breakers: "
             + (", ".join(f"{k} {v}" for k, v in breakers.items()) or "none in use")
