@@ -173,6 +173,8 @@ class _BacktestVenue:
         self.j = 0
         self.now: pd.Timestamp = run.dates[0]
         self.px: list[float] = run.close[0].tolist()
+        self._quotes: dict[str, _Quote] = {}
+        self._clock = _Clock(self.now, True)
         self.fills: list[tuple[Any, ...]] = []
         self.costs = dict.fromkeys(COST_KINDS, 0.0)
         self.carry: list[Order] = []
@@ -181,6 +183,9 @@ class _BacktestVenue:
 
     def at_bar(self, j: int, now: pd.Timestamp) -> None:
         self.j, self.now, self.px = j, now, self.run.close[j].tolist()
+        s0, s1 = self.run.symbols
+        self._quotes = {s0: _Quote(self.px[0], now), s1: _Quote(self.px[1], now)}
+        self._clock = _Clock(now, True)
 
     def mark(self, px: list[float] | None = None) -> float:
         px = px or self.px
@@ -201,11 +206,10 @@ class _BacktestVenue:
         return dict(self.book.qty)
 
     def latest_prices(self, symbols: Any) -> dict[str, _Quote]:
-        s0, s1 = self.run.symbols
-        return {s0: _Quote(self.px[0], self.now), s1: _Quote(self.px[1], self.now)}
+        return self._quotes  # the bar's closes (set once per bar by `at_bar`)
 
     def clock(self) -> _Clock:
-        return _Clock(self.now, True)
+        return self._clock
 
     def known_orders(self, orders: Any) -> dict[str, Any]:
         return {}  # a backtest never restarts: no order is known before it is sent
@@ -401,9 +405,10 @@ class _BacktestRun:
         """Charge the borrow of bars (a, b] with the current positions, keyed by b's day."""
         if b <= a:
             return
-        c = self._borrow_coef()
+        q = self.venue.book.qty
         fee = 0.0
-        if c[0] != 0.0 or c[1] != 0.0:
+        if q[self.symbols[0]] < 0 or q[self.symbols[1]] < 0:
+            c = self._borrow_coef()
             base = self.base
             fee = c[0] * (base[b, 0] - base[a, 0]) + c[1] * (base[b, 1] - base[a, 1])
         self.venue.book.charge_borrow(int(self.day[b]), fee)
@@ -468,14 +473,16 @@ class _BacktestRun:
         self._charge_borrow(j - 1, j)
         self.refs = dict(zip(self.symbols, prev, strict=True))
         self.sod = sod
-        liquidation = pe.control_drawdown(
-            venue,
-            self.risk,
-            now,
-            id_parts=(self.strategy, self.date_str(j), "dd"),
-            start_of_day_equity=sod,
-            reference_prices=self.refs,
-        )
+        liquidation = None
+        if self._may_breach(venue.mark()):
+            liquidation = pe.control_drawdown(
+                venue,
+                self.risk,
+                now,
+                id_parts=(self.strategy, self.date_str(j), "dd"),
+                start_of_day_equity=sod,
+                reference_prices=self.refs,
+            )
         if liquidation is not None:
             self.halted_at = now
             venue.carry.clear()
@@ -503,6 +510,18 @@ class _BacktestRun:
         self.record.append(
             (j, b.cash, b.qty[self.symbols[0]], b.qty[self.symbols[1]], b.borrow_paid)
         )
+
+    def _may_breach(self, equity: float) -> bool:
+        """False when bar equity cannot breach the drawdown limit (then only the peak moves): a
+        speed filter in front of `pair_engine.control_drawdown`, which decides."""
+        risk = self.risk
+        if risk.halted:
+            return False
+        peak = max(risk.equity_peak or equity, equity)
+        if equity > peak * (1.0 - self.cfg.limits.max_drawdown_pct):
+            risk.raise_peak(equity)
+            return False
+        return True
 
     def _recalls(self, j: int, now: pd.Timestamp) -> None:
         """A short in a recalled symbol is bought in, the other leg closed with it."""

@@ -675,7 +675,8 @@ def snapshots(
     """The risk gate's view of the venue: account, holdings, quotes and clock, built once."""
     account = venue.account()
     held = venue.holdings()
-    symbols = list(dict.fromkeys([*held, *(o.symbol for o in orders)]))
+    symbols = list(held)
+    symbols.extend(o.symbol for o in orders if o.symbol not in held)
     quotes = venue.latest_prices(symbols)
     clock = venue.clock()
     portfolio = rm.PortfolioSnapshot(
