@@ -756,20 +756,7 @@ def _start(
     first_row = 0
     if config.replay:
         first_row = feed.closed_rows(pd.Timestamp(config.replay_start))
-    if config.signal_file:
-        source: Any = FileSignals(config.signal_file, pair, feed.table, first_row, trading.sizing)
-    else:
-        if generator is None:
-            import signals as sg
-
-            if config.replay:  # a new user's first replay trains the model it needs
-                import train_model as tm
-
-                trained = tm.ensure_active_model(pair, home)
-                if trained:
-                    log.info("%s", trained)
-            generator = sg.SignalGenerator(pair, home=home)
-        source = ModelSignals(generator, trading.sizing)
+    source = _signal_source(config, pair, home, feed, first_row, generator)
     session = _Session(config, pair, home, broker, risk, source, feed, audit, summary, mode)
     session.first_row = first_row
     session.state.last_bar = last_bar
@@ -800,6 +787,25 @@ def _start(
     _reconcile(session, saved)
     session.save_positions(clock.now())
     return session, clock
+
+
+def _signal_source(
+    config: LiveConfig, pair: C.Pair, home: C.Paths, feed: BarFeed, first_row: int, generator: Any
+) -> ModelSignals | FileSignals:
+    """A signal file's instructions, or the registry's models (a replay trains one if needed)."""
+    if config.signal_file:
+        return FileSignals(config.signal_file, pair, feed.table, first_row, config.trading.sizing)
+    if generator is None:
+        import signals as sg
+
+        if config.replay:  # a new user's first replay trains the model it needs
+            import train_model as tm
+
+            trained = tm.ensure_active_model(pair, home)
+            if trained:
+                log.info("%s", trained)
+        generator = sg.SignalGenerator(pair, home=home)
+    return ModelSignals(generator, config.trading.sizing)
 
 
 def _reconcile(session: _Session, saved: PositionsState | None) -> None:

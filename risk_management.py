@@ -388,6 +388,26 @@ class RiskManager:
                 f"market is closed at {market.now}; orders wait for the next session",
             )
 
+        now = self._check_fresh(orders, market)
+        self._check_prices(orders, market)
+        positions = portfolio.positions
+        if _is_reduce_only(orders, positions):
+            return ApprovedBasket(tuple(orders), now, True)
+        if self._halted:
+            raise RiskViolation(
+                RiskReason.TRADING_HALTED.value,
+                f"trading is halted ({self._halt_reason}); only reducing orders pass. "
+                f"{_RESET_HINT}",
+            )
+        self._check_order_sizes(orders, prices)
+        gross, opening = self._check_exposure(orders, positions, prices, now)
+        self._check_capital(portfolio, gross, opening, prices)
+        return ApprovedBasket(tuple(orders), now, False)
+
+    def _check_fresh(self, orders: Sequence[Order], market: MarketSnapshot) -> pd.Timestamp:
+        """Stale data: every order's symbol has a price no older than the limit. Returns `now`
+        as a Timestamp."""
+        prices = market.prices
         # Integer nanoseconds since the epoch (UTC for aware timestamps): pandas' Timestamp minus
         # Float seconds: a Timedelta costs ~9 us with a timezone, and ns overflow after 2262.
         price_times = market.price_times
@@ -417,6 +437,12 @@ class RiskManager:
                     f"{self.limits.max_price_age_days:g} days",
                 )
 
+        return now
+
+    def _check_prices(self, orders: Sequence[Order], market: MarketSnapshot) -> None:
+        """Price sanity: live, the per-symbol ranges of constants; backtest, the band around the
+        reference price."""
+        prices, live = market.prices, market.live
         refs = market.reference_prices
         for order in orders:
             sym = order.symbol
@@ -437,17 +463,7 @@ class RiskManager:
                     + (f" (reference ${ref:,.2f})" if ref is not None else ""),
                 )
 
-        positions = portfolio.positions
-        if _is_reduce_only(orders, positions):
-            return ApprovedBasket(tuple(orders), now, True)
-
-        if self._halted:
-            raise RiskViolation(
-                RiskReason.TRADING_HALTED.value,
-                f"trading is halted ({self._halt_reason}); only reducing orders pass. "
-                f"{_RESET_HINT}",
-            )
-
+    def _check_order_sizes(self, orders: Sequence[Order], prices: Mapping[str, float]) -> None:
         max_qty = self._max_order_qty
         max_notional = self._max_order_notional
         for order in orders:
@@ -463,6 +479,15 @@ class RiskManager:
                     f"{order.symbol} order of {order.qty:,} shares > limit {max_qty:,} shares",
                 )
 
+    def _check_exposure(
+        self,
+        orders: Sequence[Order],
+        positions: Mapping[str, int],
+        prices: Mapping[str, float],
+        now: pd.Timestamp,
+    ) -> tuple[float, float]:
+        """Leg, gross and net exposure after the basket. Returns (gross exposure, USD the basket
+        opens)."""
         post = dict(positions)
         opening = 0.0  # USD of the basket that opens or increases exposure
         for order in orders:
@@ -513,7 +538,17 @@ class RiskManager:
                 RiskReason.NET_EXPOSURE.value,
                 f"net exposure after basket ${net:,.0f} exceeds limit ±${self._max_net:,.0f}",
             )
+        return gross, opening
 
+    def _check_capital(
+        self,
+        portfolio: PortfolioSnapshot,
+        gross: float,
+        opening: float,
+        prices: Mapping[str, float],
+    ) -> None:
+        """Leverage, buying power and the daily loss limit."""
+        positions = portfolio.positions
         equity = portfolio.equity
         if not equity > 0.0:
             raise RiskViolation(
@@ -550,8 +585,6 @@ class RiskManager:
                 f"${sod:,.0f}, limit {self.limits.daily_loss_limit_pct:.1%}); only reducing "
                 "orders pass until tomorrow",
             )
-
-        return ApprovedBasket(tuple(orders), now, False)
 
 
 def _is_reduce_only(orders: Sequence[Order], positions: Mapping[str, int]) -> bool:
