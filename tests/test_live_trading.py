@@ -24,7 +24,7 @@ import live_trading as lt
 import process_stock_data as psd
 import train_model as tm
 from data_validation import market_clock
-from tests.helpers import ROOT, run
+from tests.helpers import ROOT, copy_home, replay_config, run
 
 PAIR = C.Pair("AAPL", "MSFT")
 NY = "America/New_York"
@@ -42,19 +42,7 @@ def trained_home(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(trained_home, tmp_path) -> C.Paths:
-    """A private copy of the trained home (data and models; no live state yet)."""
-    for part in ("data", "models"):
-        shutil.copytree(trained_home / part, tmp_path / part)
-    return C.paths(tmp_path)
-
-
-def replay_config(start: str, end: str, **kw) -> lt.LiveConfig:
-    """Sessions from `start` to `end` inclusive (New York dates)."""
-    return lt.LiveConfig(
-        replay_start=pd.Timestamp(start).tz_localize(NY).tz_convert("UTC"),
-        replay_end=(pd.Timestamp(end) + pd.Timedelta(days=1)).tz_localize(NY).tz_convert("UTC"),
-        **kw,
-    )
+    return copy_home(trained_home, tmp_path)
 
 
 def env_for(home: C.Paths) -> dict[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import constants as C
 import live_trading as lt
 import process_stock_data as psd
 import train_model as tm
-from tests.helpers import ROOT
+from tests.helpers import ROOT, copy_home, replay_config
 
 PAIR = C.Pair("AAPL", "MSFT")
 NY = "America/New_York"
@@ -46,17 +45,7 @@ def trained_home(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(trained_home, tmp_path) -> C.Paths:
-    for part in ("data", "models"):
-        shutil.copytree(trained_home / part, tmp_path / part)
-    return C.paths(tmp_path)
-
-
-def replay_config(start: str, end: str, **kw) -> lt.LiveConfig:
-    return lt.LiveConfig(
-        replay_start=pd.Timestamp(start).tz_localize(NY).tz_convert("UTC"),
-        replay_end=(pd.Timestamp(end) + pd.Timedelta(days=1)).tz_localize(NY).tz_convert("UTC"),
-        **kw,
-    )
+    return copy_home(trained_home, tmp_path)
 
 
 def backtest(home: C.Paths, **kw) -> bs.BacktestResult:
