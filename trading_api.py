@@ -1,15 +1,17 @@
-"""Brokers behind one interface, and `execute_signal`: pair signal -> gated orders -> broker.
+"""Brokers behind one interface; each is a `pair_engine.Venue` that the engine's decision step
+(`pair_engine.decide`) sends its approved baskets to.
 
-- `SimulatedBroker` (the default): local, fills through `OrderExecutor` with the backtest's cost
-  model, its own state persisted atomically so a restart continues where it stopped.
+- `SimulatedBroker` (the default): the paper account; fills through `OrderExecutor` with the
+  backtest's cost model at the latest bar's close, booked in the backtest's `Ledger`, its state
+  persisted atomically so a restart continues where it stopped.
 - `AlpacaBroker`: alpaca-py's TradingClient (paper unless live), base URLs configurable.
 
 Invariants:
 - A broker accepts only an `ApprovedBasket`, which only `RiskManager.pre_trade_check` creates:
   no order reaches a broker around the risk gate.
-- Client order ids are derived from (strategy, bar time, leg, purpose): a retry or a restart of
-  the same decision produces the same ids, and an order whose id the broker already knows is looked
-  up, never submitted again.
+- Client order ids are derived from (strategy, bar, signal bar, leg, purpose): a retry or a
+  restart of the same decision produces the same ids, and an order whose id the broker already
+  knows is looked up, never submitted again.
 """
 
 from __future__ import annotations
