@@ -27,6 +27,7 @@ examples:
   python main.py backtest                        out-of-sample backtest with costs and risk gate
   python main.py backtest --signals my.csv       your own signals through the same engine
   python main.py live --replay 2022-01-03 2022-03-31   the trading loop on history (paper)
+  python main.py backtest --config trading.toml  backtest and live take the same settings
   python main.py live --once                     one live iteration (cron); paper by default
   python main.py status                          is the loop running, positions, halted?
   python main.py audit verify                    check the audit log's hash chain

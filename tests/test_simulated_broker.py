@@ -278,3 +278,29 @@ def test_market_clock_knows_holidays_early_closes_and_daylight_saving(
 def test_market_clock_needs_a_timezone():
     with pytest.raises(ValueError, match="timezone-aware"):
         market_clock(pd.Timestamp("2024-07-03 16:30"))
+
+
+def test_a_version_1_paper_account_is_read_into_the_ledger(tmp_path):
+    """A paper account written before the shared ledger keeps its cash, positions and borrow."""
+    path = tmp_path / "broker.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "cash": 90_000.0,
+                "initial_cash": 100_000.0,
+                "positions": {
+                    "AAPL": {"qty": 50, "avg": 180.0},
+                    "MSFT": {"qty": -30, "avg": 330.0},
+                },
+                "orders": {},
+                "quotes": {},
+                "borrow_paid": 1.25,
+                "borrow_through": "2022-01-03T00:00:00+00:00",
+            }
+        )
+    )
+    b = ta.SimulatedBroker(path, now=lambda: NOW)
+    assert b.holdings() == {"AAPL": 50, "MSFT": -30}
+    assert b.ledger.cash == 90_000.0 and b.borrow_paid == 1.25
+    assert b.ledger.borrow_through == pe.day_number("2022-01-03")
