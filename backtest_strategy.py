@@ -479,7 +479,7 @@ class _BacktestRun:
                 venue,
                 self.risk,
                 now,
-                id_parts=(self.strategy, self.date_str(j), "dd"),
+                id_parts=pe.drawdown_ids(self.date_str(j), self.strategy),
                 start_of_day_equity=sod,
                 reference_prices=self.refs,
             )

@@ -243,7 +243,6 @@ class FileSignals:
     def __init__(self, path: str, pair: C.Pair, table: pd.DataFrame, first: int, sizing: Any):
         self.first = first
         dates = pd.DatetimeIndex(table.index)[first:]
-        self.dates = dates
         self._weights = pe.read_signal_file(path, pair, dates, sizing)
 
     def weights(self, table: pd.DataFrame, row: int) -> tuple[float, float]:
@@ -468,14 +467,10 @@ def append_equity_row(path: Path, row: EquityRow, symbols: tuple[str, ...]) -> b
     """Append `row` (fsync) unless the file already has its date (a restart re-running the bar);
     returns whether it was written."""
     header = "date,equity,cash,borrow_paid," + ",".join(f"qty_{s}" for s in symbols) + "\n"
-    if path.exists():
-        with open(path, "rb") as fh:
-            fh.seek(max(fh.seek(0, os.SEEK_END) - 4096, 0))
-            tail = fh.read().decode("utf-8", "replace").splitlines()
-        if tail and tail[-1].split(",", 1)[0] >= row.date:
-            return False
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    last = last_equity_row(path)
+    if last is not None and last[0] >= row.date:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
         if fh.tell() == 0:
             fh.write(header)
@@ -483,6 +478,19 @@ def append_equity_row(path: Path, row: EquityRow, symbols: tuple[str, ...]) -> b
         fh.flush()
         os.fsync(fh.fileno())
     return True
+
+
+def last_equity_row(path: Path) -> list[str] | None:
+    """The fields of the last data row of an equity log (its tail only); None when there is
+    none (no file, or only a header)."""
+    if not path.exists():
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(max(fh.seek(0, os.SEEK_END) - 4096, 0))
+        lines = fh.read().decode("utf-8", "replace").splitlines()
+    if not lines or not lines[-1][:1].isdigit():
+        return None
+    return lines[-1].split(",")
 
 
 def read_equity_log(path: Path) -> pd.DataFrame:
@@ -999,7 +1007,7 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
         broker,
         risk,
         now,
-        id_parts=(pe.STRATEGY, pe.decision_ids(bar, bar)[1], "dd"),
+        id_parts=pe.drawdown_ids(bar),
         start_of_day_equity=sod,
         on_event=session.on_event,
     )
@@ -1014,15 +1022,13 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
             # baskets of a flip re-sends exactly the same orders (same ids, same quantities).
             state.pending = PendingDecision(bar.isoformat(), dict(target), sod)
             session.save_positions(now)
-            pe.decide(
+            pe.trade_to(
                 broker,
                 risk,
                 trading,
-                (math.nan, math.nan),
-                symbols,
+                target,
                 id_parts=pe.decision_ids(bar, table.index[src]),
                 start_of_day_equity=sod,
-                target=target,
                 on_event=session.on_event,
             )
     after = broker.holdings()
@@ -1048,13 +1054,8 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
 def _last_close_equity(log_path: Path, broker: ta.Broker) -> float:
     """Equity at the previous bar's close (the last equity row), for the daily loss limit; the
     broker's equity now when there is none."""
-    if log_path.exists():
-        with open(log_path, "rb") as fh:
-            fh.seek(max(fh.seek(0, os.SEEK_END) - 4096, 0))
-            lines = fh.read().decode("utf-8", "replace").splitlines()
-        if lines and lines[-1][:1].isdigit():
-            return float(lines[-1].split(",")[1])
-    return broker.account().equity
+    last = last_equity_row(log_path)
+    return float(last[1]) if last is not None else broker.account().equity
 
 
 def _record_outcome(session: _Session, table: pd.DataFrame, row: int) -> None:

@@ -708,18 +708,39 @@ def decide(
     start_of_day_equity: float,
     reference_prices: Mapping[str, float] | None = None,
     per_usd: bool = False,
-    target: Mapping[str, int] | None = None,
     on_event: EventHook | None = None,
 ) -> StepReport:
-    """The decision step: instruction weights (NaN: keep) -> target shares on the venue's equity
-    and quotes -> the rebalance band -> `rebalance`. `target` replaces the sizing (the live loop's
-    write-ahead decision after a restart)."""
-    report = StepReport()
+    """The decision step: instruction weights (NaN: keep) -> `size_target` on the venue's equity
+    and quotes -> `trade_to` (the rebalance band, then `rebalance`)."""
+    target = size_target(venue, weights, symbols, per_usd=per_usd)
     if target is None:
-        target = size_target(venue, weights, symbols, per_usd=per_usd)
-        if target is None:
-            return report
-    report.target = dict(target)
+        return StepReport()
+    return trade_to(
+        venue,
+        risk,
+        config,
+        target,
+        id_parts=id_parts,
+        start_of_day_equity=start_of_day_equity,
+        reference_prices=reference_prices,
+        on_event=on_event,
+    )
+
+
+def trade_to(
+    venue: Venue,
+    risk: rm.RiskManager,
+    config: TradingConfig,
+    target: Mapping[str, int],
+    *,
+    id_parts: tuple[object, ...],
+    start_of_day_equity: float,
+    reference_prices: Mapping[str, float] | None = None,
+    on_event: EventHook | None = None,
+) -> StepReport:
+    """A sized target through the rebalance band, then `rebalance`: the second half of `decide`,
+    called on its own by the live loop, which saves the target before any order."""
+    report = StepReport(target=dict(target))
     if not needs_rebalance(venue.holdings(), target, config.rebalance_band):
         return report
     return rebalance(
@@ -782,6 +803,11 @@ def control_drawdown(
     )
 
 
+def drawdown_ids(bar: Any, strategy: str = STRATEGY) -> tuple[str, str, str]:
+    """The id parts of a drawdown liquidation on `bar` (ISO date)."""
+    return (strategy, _iso_day(bar), "dd")
+
+
 def decision_ids(bar: Any, signal_bar: Any, strategy: str = STRATEGY) -> tuple[str, str, str]:
     """The id parts of a decision: strategy, the bar it trades on and the bar its signal is from
     (ISO dates)."""
@@ -807,6 +833,7 @@ __all__ = [
     "daily_vol",
     "decide",
     "decision_ids",
+    "drawdown_ids",
     "instructions_from_states",
     "model_weights",
     "needs_rebalance",
@@ -816,4 +843,5 @@ __all__ = [
     "size_target",
     "submit_checked",
     "target_shares",
+    "trade_to",
 ]

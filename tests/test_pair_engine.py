@@ -223,6 +223,7 @@ def test_heartbeat_round_trips_and_a_corrupt_one_is_named(tmp_path):
 
 def test_an_equity_row_is_written_once_per_bar(tmp_path):
     path = tmp_path / "equity_paper.csv"
+    path.write_text("date,equity,cash,borrow_paid,qty_A,qty_B\n")  # a torn first append
     row = lt.EquityRow("2022-01-03", 100.0, 50.0, 0.0, {"A": 1, "B": -1})
     assert lt.append_equity_row(path, row, ("A", "B"))
     assert not lt.append_equity_row(path, row, ("A", "B"))  # a restart re-running the bar
