@@ -1,7 +1,7 @@
-"""AlpacaBroker against a local Alpaca: a small in-memory exchange behind a real HTTP server on
-127.0.0.1 (pytest-httpserver), answering the REST paths alpaca-py 0.44 calls with the JSON shapes of
-its models (TradeAccount, Order, Position, Clock, latest trades). The exchange is a test double of
-Alpaca; our code and alpaca-py run unmodified.
+"""AlpacaBroker against a local Alpaca: a small in-memory exchange (tests/local_alpaca.py) behind a
+real HTTP server on 127.0.0.1 (pytest-httpserver), answering the REST paths alpaca-py 0.44 calls
+with the JSON shapes of its models (TradeAccount, Order, Position, Clock, latest trades). The
+exchange is a test double of Alpaca; our code and alpaca-py run unmodified.
 
 What is specified: the broker's view of account, clock, prices, positions and orders; the failure
 policy (timeouts, retries of 429/5xx only, the circuit breaker and its alert); and that an order is
@@ -13,10 +13,7 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
-import uuid
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +24,6 @@ pytest.importorskip("alpaca")
 pytest.importorskip("pytest_httpserver")
 
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
 
 import alert_dispatch
 import risk_management as rm
@@ -38,290 +34,14 @@ from error_handling import (
     CircuitOpenError,
     ConfigurationError,
 )
+from tests.local_alpaca import BY_CLIENT_ID, KEY_ID, NOW, ORDERS, PRICES, SECRET, FakeAlpaca
 from trading_api import Account, AlpacaBroker, BrokerUnavailable, OrderRejected, Position, Quote
 from trading_execution import ApprovedBasket, Order, OrderType, Purpose, Side, client_order_id
 
 # alpaca-py's import of its live-stream module warns about websockets' legacy API; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
 
-KEY_ID, SECRET = "PKTEST1234567890", "local-test-secret-0123456789"
-NOW = pd.Timestamp("2024-01-03 15:00:00", tz="UTC")  # 10:00 New York, the session is open
-PRICES = {"AAPL": 184.25, "MSFT": 370.60}
 TIMEOUT_S = 0.3
-STALL_S = 2.0  # how long a stalled answer is held back at most (released when the test ends)
-ORDERS = "/v2/orders"
-BY_CLIENT_ID = "/v2/orders:by_client_order_id"
-
-
-# --- A local Alpaca -------------------------------------------------------------------------------
-def _iso(stamp: pd.Timestamp) -> str:
-    return stamp.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _error(status: int, message: str) -> Response:
-    """Alpaca's error body: {"code": <8 digits>, "message": ...}."""
-    body = {"code": status * 100_000 + 10_000, "message": message}
-    return Response(json.dumps(body), status=status, content_type="application/json")
-
-
-_MESSAGES = {
-    400: "qty must be > 0",
-    401: "request is not authorized",
-    403: "insufficient buying power",
-    404: "order not found",
-    422: "invalid order",
-    429: "rate limit exceeded",
-    500: "internal server error occurred",
-    503: "service unavailable",
-}
-
-
-class FakeAlpaca:
-    """Alpaca's trading and market-data REST API in memory. A market order is accepted (the POST
-    answer says so) and, while `fill` is on, fills at once at the last trade price.
-
-    `fail(method, path, *faults)` queues what the next requests to that path get instead of the
-    normal answer: an HTTP status (Alpaca's error body), "stall" (the answer comes after the
-    client gave up) or "lost" (the request takes effect, then its answer stalls)."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self.lock = threading.Lock()
-        self.release = threading.Event()
-        self.hits: Counter[tuple[str, str]] = Counter()
-        self.script: dict[tuple[str, str], list[int | str]] = {}
-        self.orders: list[dict[str, Any]] = []
-        self.posted: list[dict[str, Any]] = []  # every POST /v2/orders body
-        self.positions: dict[str, list[float]] = {}  # symbol -> [signed qty, average entry]
-        self.cash = 100_000.0
-        self.fill = True
-        self.feeds: list[str] = []
-        self.account_id = str(uuid.uuid4())
-
-    # --- Test controls ---------------------------------------------------------------------------
-    def fail(self, method: str, path: str, *faults: int | str) -> None:
-        self.script.setdefault((method, path), []).extend(faults)
-
-    @property
-    def requests(self) -> int:
-        return sum(self.hits.values())
-
-    def orders_for(self, cid: str) -> list[dict[str, Any]]:
-        return [o for o in self.orders if o["client_order_id"] == cid]
-
-    # --- HTTP ------------------------------------------------------------------------------------
-    def handle(self, request: Request) -> Response:
-        key = (request.method, request.path)
-        with self.lock:
-            self.hits[key] += 1
-            queue = self.script.get(key)
-            fault = queue.pop(0) if queue else None
-        if isinstance(fault, int):
-            return _error(fault, _MESSAGES[fault])
-        if fault == "stall":
-            self.release.wait(STALL_S)
-        if request.headers.get("APCA-API-KEY-ID") != KEY_ID or (
-            request.headers.get("APCA-API-SECRET-KEY") != SECRET
-        ):
-            return _error(401, _MESSAGES[401])
-        with self.lock:
-            response = self._route(request)
-        if fault == "lost":
-            self.release.wait(STALL_S)
-        return response
-
-    def _route(self, request: Request) -> Response:
-        method, path = request.method, request.path
-        if (method, path) == ("GET", "/v2/account"):
-            return self._json(self._account())
-        if (method, path) == ("GET", "/v2/clock"):
-            return self._json(
-                {
-                    "timestamp": "2024-01-03T10:00:00.123456-05:00",
-                    "is_open": True,
-                    "next_open": "2024-01-04T09:30:00-05:00",
-                    "next_close": "2024-01-03T16:00:00-05:00",
-                }
-            )
-        if (method, path) == ("GET", "/v2/positions"):
-            return self._json([self._position(s) for s, p in self.positions.items() if p[0]])
-        if (method, path) == ("GET", "/v2/stocks/trades/latest"):
-            self.feeds.append(request.args.get("feed", ""))
-            symbols = request.args.get("symbols", "").split(",")
-            return self._json({"trades": {s: self._trade(s) for s in symbols if s in PRICES}})
-        if (method, path) == ("POST", ORDERS):
-            return self._submit(request.get_json())
-        if (method, path) == ("GET", ORDERS):
-            assert request.args.get("status") == "open"
-            working = ("new", "accepted", "pending_new", "partially_filled")
-            return self._json([o for o in self.orders if o["status"] in working])
-        if (method, path) == ("GET", BY_CLIENT_ID):
-            found = self.orders_for(request.args.get("client_order_id", ""))
-            return self._json(found[0]) if found else _error(404, _MESSAGES[404])
-        if method == "DELETE" and path.startswith(ORDERS + "/"):
-            return self._cancel(path.rsplit("/", 1)[1])
-        if method == "GET" and path.startswith(ORDERS + "/"):
-            found = [o for o in self.orders if o["id"] == path.rsplit("/", 1)[1]]
-            return self._json(found[0]) if found else _error(404, _MESSAGES[404])
-        return _error(404, "endpoint not found")
-
-    @staticmethod
-    def _json(payload: Any) -> Response:
-        return Response(json.dumps(payload), content_type="application/json")
-
-    # --- Exchange --------------------------------------------------------------------------------
-    def _submit(self, body: dict[str, Any]) -> Response:
-        self.posted.append(body)
-        cid = body.get("client_order_id") or str(uuid.uuid4())
-        if self.orders_for(cid):
-            return _error(422, "client_order_id must be unique")
-        symbol, side, qty = body["symbol"], body["side"], int(float(body["qty"]))
-        assert (body["type"], body["time_in_force"]) == ("market", "day")
-        stamp = _iso(NOW)
-        order = {
-            "id": str(uuid.uuid4()),
-            "client_order_id": cid,
-            "created_at": stamp,
-            "updated_at": stamp,
-            "submitted_at": stamp,
-            "filled_at": None,
-            "expired_at": None,
-            "expires_at": "2024-01-03T21:00:00Z",
-            "canceled_at": None,
-            "failed_at": None,
-            "replaced_at": None,
-            "replaced_by": None,
-            "replaces": None,
-            "asset_id": str(uuid.uuid5(uuid.NAMESPACE_DNS, symbol)),
-            "symbol": symbol,
-            "asset_class": "us_equity",
-            "notional": None,
-            "qty": str(qty),
-            "filled_qty": "0",
-            "filled_avg_price": None,
-            "order_class": "",
-            "order_type": "market",
-            "type": "market",
-            "side": side,
-            "position_intent": f"{side}_to_open",
-            "time_in_force": "day",
-            "limit_price": None,
-            "stop_price": None,
-            "status": "accepted",
-            "extended_hours": False,
-            "legs": None,
-            "trail_percent": None,
-            "trail_price": None,
-            "hwm": None,
-            "subtag": None,
-            "source": None,
-        }
-        answer = dict(order)
-        self.orders.append(order)
-        if self.fill:
-            self._fill(order)
-        return self._json(answer)
-
-    def _fill(self, order: dict[str, Any]) -> None:
-        price, qty = PRICES[order["symbol"]], int(order["qty"])
-        signed = qty if order["side"] == "buy" else -qty
-        held, avg = self.positions.get(order["symbol"], [0, 0.0])
-        new = held + signed
-        if held == 0 or (held > 0) == (signed > 0):
-            avg = (avg * abs(held) + price * qty) / abs(new)
-        self.positions[order["symbol"]] = [new, avg if new else 0.0]
-        self.cash -= signed * price
-        order.update(
-            status="filled",
-            filled_qty=str(qty),
-            filled_avg_price=f"{price:.2f}",
-            filled_at=_iso(NOW + pd.Timedelta(milliseconds=20)),
-        )
-
-    def _cancel(self, order_id: str) -> Response:
-        found = [o for o in self.orders if o["id"] == order_id]
-        if not found:
-            return _error(404, "order not found")
-        order = found[0]
-        if order["status"] in ("filled", "canceled", "expired", "rejected"):
-            return _error(422, f"order is not cancelable (status {order['status']})")
-        order.update(status="canceled", canceled_at=_iso(NOW + pd.Timedelta(seconds=1)))
-        return Response(status=204)
-
-    def _account(self) -> dict[str, Any]:
-        long_mv = sum(q * PRICES[s] for s, (q, _) in self.positions.items() if q > 0)
-        short_mv = sum(q * PRICES[s] for s, (q, _) in self.positions.items() if q < 0)
-        equity = self.cash + long_mv + short_mv
-        return {
-            "id": self.account_id,
-            "account_number": "PA3LOCALTEST",
-            "status": "ACTIVE",
-            "crypto_status": "ACTIVE",
-            "currency": "USD",
-            "buying_power": f"{2 * equity:.2f}",
-            "regt_buying_power": f"{2 * equity:.2f}",
-            "non_marginable_buying_power": f"{equity:.2f}",
-            "options_buying_power": f"{equity:.2f}",
-            "cash": f"{self.cash:.2f}",
-            "accrued_fees": "0",
-            "pending_transfer_in": "0",
-            "pending_transfer_out": "0",
-            "portfolio_value": f"{equity:.2f}",
-            "trading_blocked": False,
-            "transfers_blocked": False,
-            "account_blocked": False,
-            "created_at": "2023-05-01T14:02:11.123456Z",
-            "trade_suspended_by_user": False,
-            "multiplier": "2",
-            "shorting_enabled": True,
-            "equity": f"{equity:.2f}",
-            "last_equity": "100000",
-            "long_market_value": f"{long_mv:.2f}",
-            "short_market_value": f"{short_mv:.2f}",
-            "initial_margin": "0",
-            "maintenance_margin": "0",
-            "last_maintenance_margin": "0",
-            "sma": "0",
-            "options_approved_level": 0,
-            "options_trading_level": 0,
-        }
-
-    def _position(self, symbol: str) -> dict[str, Any]:
-        qty, avg = self.positions[symbol]
-        price = PRICES[symbol]
-        return {
-            "asset_id": str(uuid.uuid5(uuid.NAMESPACE_DNS, symbol)),
-            "symbol": symbol,
-            "exchange": "NASDAQ",
-            "asset_class": "us_equity",
-            "asset_marginable": True,
-            "qty": str(int(qty)),  # negative for a short
-            "qty_available": str(int(qty)),
-            "avg_entry_price": f"{avg:.2f}",
-            "side": "long" if qty > 0 else "short",
-            "market_value": f"{qty * price:.2f}",
-            "cost_basis": f"{qty * avg:.2f}",
-            "unrealized_pl": f"{qty * (price - avg):.2f}",
-            "unrealized_plpc": "0",
-            "unrealized_intraday_pl": f"{qty * (price - avg):.2f}",
-            "unrealized_intraday_plpc": "0",
-            "current_price": f"{price:.2f}",
-            "lastday_price": f"{price:.2f}",
-            "change_today": "0",
-        }
-
-    @staticmethod
-    def _trade(symbol: str) -> dict[str, Any]:
-        """The latest-trades endpoint's short keys (t, x, p, s, c, i, z), nanosecond time."""
-        return {
-            "t": "2024-01-03T14:59:59.123456789Z",
-            "x": "V",
-            "p": PRICES[symbol],
-            "s": 100,
-            "c": ["@"],
-            "i": 52983525029461,
-            "z": "C",
-        }
 
 
 # --- Fixtures and helpers -------------------------------------------------------------------------
