@@ -64,11 +64,19 @@ EVENT_TYPES = frozenset(
         "model_rolled_back",  # an automatic canary rollback (A/B test)
         "signal",
         "risk_decision",
+        "order_intent",  # written before an order is sent (a crash after it: looked up at start)
         "order_submitted",
-        "fill",
+        "order_update",  # the broker's later view of an order (an asynchronous fill, a cancel)
+        "order_done",  # an order ended with shares unfilled (canceled, expired, rejected)
+        "increase_withheld",  # a flip's reduce orders had not filled: its opening orders wait
+        "fill",  # each new fill once (a partial fill, its rest), recovered ones included
+        "bar_deferred",  # a bar's decision postponed (market closed): retried at the next open
+        "bar_skipped",  # a bar not traded (halted), with the reason
+        "foreign_positions",  # positions outside the pair, reported and left alone
         "position_change",
         "alert",
         "halt",
+        "broker_failure",
         "reconciliation",
         "recovery",
     }

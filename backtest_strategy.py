@@ -168,6 +168,7 @@ class _BacktestVenue:
 
     def __init__(self, run: _BacktestRun):
         self.run = run
+        self.order_prefix = run.order_prefix
         self.book = pe.Ledger(run.cfg.initial_capital, run.symbols)
         self.executor = OrderExecutor(run.cfg.execution)
         self.j = 0
@@ -213,6 +214,9 @@ class _BacktestVenue:
 
     def known_orders(self, orders: Any) -> dict[str, Any]:
         return {}  # a backtest never restarts: no order is known before it is sent
+
+    def await_fills(self, placed: Any, *, cancel_unfilled: bool) -> list[Any]:
+        return list(placed)  # filled (or capped) at the bar's close when placed
 
     def submit_basket(self, basket: ApprovedBasket) -> list[Fill]:
         run, j, now = self.run, self.j, self.now
@@ -308,8 +312,10 @@ class _BacktestRun:
         risk: rm.RiskManager | None,
         log_rejections: bool,
         per_usd: bool,
+        order_prefix: str = "pt",
     ):
         self.cfg, self.label, self.strategy = cfg, label, strategy
+        self.order_prefix = order_prefix
         self.log_rejections, self.per_usd = log_rejections, per_usd
         self.risk = risk or rm.RiskManager(cfg.limits, state_path=None, alerts=False)
         self.symbols = (str(prices.columns[0]), str(prices.columns[1]))
@@ -634,6 +640,7 @@ def run_backtest(
     risk: rm.RiskManager | None = None,
     log_rejections: bool = True,
     weight_unit: str = "equity",
+    order_prefix: str = "pt",
 ) -> BacktestResult:
     """Run the pair through the engine.
 
@@ -642,7 +649,8 @@ def run_backtest(
     decided on that bar's close; a NaN row means no instruction on that bar. volume (optional,
     shares, same shape as prices) gives average daily volume; without it
     `execution.default_adv_usd` is used. history (optional): closes before the first bar, for
-    the volatility warm-up. strategy: the name in client order ids (default: `label`).
+    the volatility warm-up. strategy: the name in client order ids (default: `label`);
+    order_prefix: their prefix (a trading home's `pt-<tag>`, as its live loop sends).
     """
     if weight_unit not in ("equity", "usd"):
         raise ConfigurationError(f"weight_unit must be 'equity' or 'usd', not {weight_unit!r}")
@@ -657,6 +665,7 @@ def run_backtest(
         risk=risk,
         log_rejections=log_rejections,
         per_usd=weight_unit == "usd",
+        order_prefix=order_prefix,
     )
     return run.run()
 
@@ -864,7 +873,13 @@ def backtest(
     history = table[close_cols].loc[: dates[0]].iloc[:-1]  # closes before the run: vol warm-up
     history.columns = prices.columns
     strategy = run_backtest(
-        prices, weights, cfg, label=label, strategy=pe.STRATEGY, history=history
+        prices,
+        weights,
+        cfg,
+        label=label,
+        strategy=pe.STRATEGY,
+        history=history,
+        order_prefix=home.order_prefix(),  # named as this home's live loop names them
     )
     # Benchmark 1: the spread z-score rule, same costs and risk gate. The z-score uses the full
     # processed history up to each bar (causal), so it is warm on the first backtest bar.

@@ -243,6 +243,38 @@ class Paths:
         return self.data_dir / "live.lock"
 
     @property
+    def order_tag_file(self) -> Path:
+        """This home's tag in every client order id (see `order_tag`)."""
+        return self.data_dir / "order_tag"
+
+    def order_tag(self) -> str:
+        """This home's stable tag (6 hex digits) in the prefix of every client order id,
+        `pt-<tag>-...`: two homes trading one account never share an id, so neither adopts the
+        other's orders. Drawn once at random and kept in data/order_tag (a moved or copied home
+        keeps it; a new home gets its own)."""
+        path = self.order_tag_file
+        for _ in range(2):
+            try:
+                tag = path.read_text(encoding="ascii").strip()
+            except FileNotFoundError:
+                _create_order_tag(path)
+                continue
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigurationError(f"{path} is unreadable ({exc})") from None
+            if not re.fullmatch(r"[0-9a-f]{6}", tag):
+                raise ConfigurationError(
+                    f"{path} holds {tag[:20]!r}, not a 6-hex-digit order tag; restore it from a "
+                    "backup (it is part of every client order id this home sent)"
+                )
+            return tag
+        raise ConfigurationError(f"cannot create {path}")
+
+    def order_prefix(self) -> str:
+        """The prefix of this home's client order ids, `pt-<tag>` (its backtests use it too, so
+        a backtest and a replay name their orders alike)."""
+        return f"pt-{self.order_tag()}"
+
+    @property
     def audit_log(self) -> Path:
         """Append-only, hash-chained record of what the live loop decided and did (JSON lines)."""
         return self.logs_dir / "audit.jsonl"
@@ -264,6 +296,24 @@ class Paths:
         for d in (self.data_dir, self.models_dir, self.logs_dir, self.results_dir):
             d.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def _create_order_tag(path: Path) -> None:
+    """Write a new random tag atomically: a temp file, fsync, then a hard link that fails when
+    the tag exists (a concurrent creator wins; its tag is then read). A crash leaves either no
+    tag or a whole one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(os.urandom(3).hex() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def paths(home: str | os.PathLike[str] | None = None) -> Paths:

@@ -163,6 +163,13 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._trial_in_flight = False
         self._last_error: str | None = None
+        self._first_error: str | None = None
+
+    @property
+    def first_error(self) -> str | None:
+        """The first error of the current run of failures (the cause, where later ones are
+        consequences); None after a success."""
+        return self._first_error
 
     @property
     def state(self) -> BreakerState:
@@ -212,6 +219,7 @@ class CircuitBreaker:
         """Close the breaker by hand (an operator's decision)."""
         with self._lock:
             self._failures = 0
+            self._first_error = None
             self._trial_in_flight = False
             self._transition(BreakerState.CLOSED)
 
@@ -222,6 +230,7 @@ class CircuitBreaker:
     def _record_success(self) -> None:
         with self._lock:
             self._failures = 0
+            self._first_error = None
             self._trial_in_flight = False
             self._transition(BreakerState.CLOSED)
 
@@ -229,6 +238,8 @@ class CircuitBreaker:
         with self._lock:
             self._failures += 1
             self._last_error = f"{type(exc).__name__}: {exc}"
+            if self._first_error is None:
+                self._first_error = str(exc)
             trial_failed = self._state is BreakerState.HALF_OPEN
             self._trial_in_flight = False
             if trial_failed or self._failures >= self.failure_threshold:

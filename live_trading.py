@@ -53,7 +53,7 @@ from error_handling import (
     DataSourceUnavailable,
     TradingError,
 )
-from trading_execution import BarQuote, Purpose
+from trading_execution import BarQuote, OrderStatus, Purpose
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,176 @@ class FileSignals:
         return []
 
 
+# --- The broker as the pair's venue, and the fill journal -----------------------------------------
+class PairVenue:
+    """The broker as the engine's `pair_engine.Venue` for one pair: it holds the pair's legs only.
+    A position outside the pair (bought by hand, another strategy) is reported (status, the
+    dashboard, an alert) but never traded and kept out of the pair's limits: the gate sees the
+    pair's legs against the account's whole equity."""
+
+    def __init__(self, broker: ta.Broker, symbols: tuple[str, ...]):
+        self.broker = broker
+        self.symbols = symbols
+        self.name = broker.name
+        self.simulated = broker.simulated
+        self.live_checks = broker.live_checks
+
+    @property
+    def order_prefix(self) -> str:
+        return self.broker.order_prefix
+
+    def account(self) -> ta.Account:
+        return self.broker.account()
+
+    def holdings(self) -> dict[str, int]:
+        return {s: q for s, q in self.broker.holdings().items() if s in self.symbols}
+
+    def latest_prices(self, symbols: Any) -> dict[str, ta.Quote]:
+        return self.broker.latest_prices(symbols)
+
+    def clock(self) -> Any:
+        return self.broker.clock()
+
+    def known_orders(self, orders: Any) -> dict[str, ta.BrokerOrder]:
+        return self.broker.known_orders(orders)
+
+    def submit_basket(self, basket: Any) -> list[ta.BrokerOrder]:
+        return self.broker.submit_basket(basket)
+
+    def await_fills(self, placed: Any, *, cancel_unfilled: bool) -> list[ta.BrokerOrder]:
+        return self.broker.await_fills(placed, cancel_unfilled=cancel_unfilled)
+
+
+@dataclass
+class _Tracked:
+    """An order the loop sent, as far as the audit log has recorded it."""
+
+    symbol: str
+    side: str
+    qty: int
+    filled: int = 0
+    avg_price: float = 0.0
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class FillDelta:
+    """Shares newly filled on one order, signed (a sell < 0), at `price` (USD), with `fees`."""
+
+    symbol: str
+    shares: int
+    price: float
+    fees: float
+
+
+class FillJournal:
+    """Every broker fill audited exactly once. A `fill` record carries the shares of one new
+    fill (a partial fill, or the rest) and the cumulative count; the audit log is the journal's
+    memory, so after any crash the fills the broker made that the log lacks are audited when
+    first seen -- at start-up, marked `recovered`. Orders are known to it from their
+    `order_intent` records (written before each submission)."""
+
+    def __init__(self, audit: AuditLog):
+        self.audit = audit
+        self.orders: dict[str, _Tracked] = {}
+
+    @classmethod
+    def from_audit(cls, audit: AuditLog) -> FillJournal:
+        journal = cls(audit)
+        orders = journal.orders
+        for record in audit.records():
+            event, p = record.event, record.payload
+            if event == "order_intent":
+                orders[p["client_order_id"]] = _Tracked(p["symbol"], p["side"], int(p["qty"]))
+            elif event == "fill" and p.get("client_order_id") in orders:
+                t = orders[p["client_order_id"]]
+                t.filled, t.avg_price = int(p["filled_qty"]), float(p["avg_price"])
+                t.done = t.done or t.filled >= t.qty
+            elif event == "order_done" and p.get("client_order_id") in orders:
+                orders[p["client_order_id"]].done = True
+        return journal
+
+    def open_ids(self) -> list[str]:
+        """Client ids of the orders not known to be done."""
+        return [cid for cid, t in self.orders.items() if not t.done]
+
+    def intend(self, payload: Mapping[str, Any]) -> None:
+        self.orders[payload["client_order_id"]] = _Tracked(
+            payload["symbol"], payload["side"], int(payload["qty"])
+        )
+
+    def observe(self, order: Any, *, recovered: bool = False) -> FillDelta | None:
+        """Audit what is new about `order` (a BrokerOrder or its event payload): the shares
+        filled since the last look, and its end when it ended short of its quantity."""
+        get = order.get if isinstance(order, Mapping) else lambda k: getattr(order, k, None)
+        cid = get("client_order_id")
+        t = self.orders.get(cid)
+        if t is None or t.done:
+            return None
+        filled = int(get("filled_qty") or 0)
+        status = OrderStatus(str(get("status")))
+        delta = None
+        if filled > t.filled:
+            avg = float(get("filled_avg_price"))
+            shares = filled - t.filled
+            price = (avg * filled - t.avg_price * t.filled) / shares
+            fees = float(get("fees") or 0.0) * shares / filled
+            self.audit.append(
+                "fill",
+                {
+                    "client_order_id": cid,
+                    "symbol": t.symbol,
+                    "side": t.side,
+                    "qty": shares,
+                    "price": round(price, 6),
+                    "filled_qty": filled,
+                    "avg_price": avg,
+                    "order_qty": t.qty,
+                    "status": status.value,
+                    "recovered": recovered,
+                },
+            )
+            t.filled, t.avg_price = filled, avg
+            sign = 1 if t.side == "buy" else -1
+            delta = FillDelta(t.symbol, sign * shares, price, fees)
+        if status.done and not t.done:
+            t.done = True
+            if t.filled < t.qty:
+                self.audit.append(
+                    "order_done",
+                    {
+                        "client_order_id": cid,
+                        "status": status.value,
+                        "filled_qty": t.filled,
+                        "qty": t.qty,
+                        "recovered": recovered,
+                    },
+                )
+        return delta
+
+    def poll(
+        self, broker: ta.Broker, *, recovered: bool = False, wait: bool = False
+    ) -> list[FillDelta]:
+        """Look up every open order at the broker and audit what is new; `wait`: first wait
+        (bounded by the broker's fill policy) for them to be done. An intent the broker never
+        received (a crash or failure before the POST) is closed as `not_at_broker`."""
+        current = []
+        for cid in self.open_ids():
+            found = broker.get_order_by_client_id(cid)
+            if found is None:
+                self.orders[cid].done = True
+                self.audit.append(
+                    "order_done",
+                    {"client_order_id": cid, "status": "not_at_broker", "recovered": recovered},
+                )
+            else:
+                current.append(found)
+        if wait and current:
+            current = broker.await_fills(current, cancel_unfilled=False)
+        deltas = [self.observe(o, recovered=recovered) for o in current]
+        return [d for d in deltas if d is not None]
+
+
 # --- Dead man's switch ------------------------------------------------------------------------
 class DeadMansSwitch:
     """Trips (once, until the next beat) when no iteration completed within `intervals` x
@@ -331,8 +501,10 @@ class HeldPosition:
 
 @dataclass(frozen=True)
 class PositionsState:
-    """data/positions.json: the loop's view of the account after every change (the broker wins
-    at start-up), the last bar decided and the decision in flight."""
+    """data/positions.json: the loop's view of the account after every change, from the broker's
+    confirmed fills (the broker wins at start-up): the pair's legs, positions outside the pair
+    (`foreign`, reported only), the loop's own orders still open, the last bar decided, the
+    last bar whose signal was audited, and the decision in flight."""
 
     mode: str
     broker: str
@@ -344,6 +516,8 @@ class PositionsState:
     last_processed_bar: str | None = None
     pending_decision: PendingDecision | None = None
     schema_version: int = SCHEMA_VERSION
+    foreign: Mapping[str, HeldPosition] = field(default_factory=dict)
+    last_signal_bar: str | None = None
 
     @classmethod
     def of(
@@ -353,31 +527,45 @@ class PositionsState:
         last_bar: pd.Timestamp | None,
         now: pd.Timestamp,
         pending: PendingDecision | None = None,
+        *,
+        symbols: tuple[str, ...] | None = None,
+        open_ids: Any = (),
+        signal_bar: pd.Timestamp | None = None,
     ) -> PositionsState:
+        """The broker's state now; `symbols`: the pair (None: every position is the pair's);
+        `open_ids`: the client ids of the loop's orders not yet done."""
         account = broker.account()
+        held = {
+            sym: HeldPosition(p.qty, round(p.avg_entry_price, 6), p.market_price)
+            for sym, p in sorted(broker.positions().items())
+        }
+        mine = {s: p for s, p in held.items() if symbols is None or s in symbols}
+        open_orders = []
+        for cid in open_ids:
+            o = broker.get_order_by_client_id(cid)
+            if o is not None and not o.done:
+                open_orders.append(
+                    {
+                        "client_order_id": o.client_order_id,
+                        "symbol": o.symbol,
+                        "side": o.side.value,
+                        "qty": o.qty,
+                        "filled_qty": o.filled_qty,
+                        "status": o.status.value,
+                    }
+                )
         return cls(
             mode=mode,
             broker=broker.name,
             updated_at=now.isoformat(),
             cash=round(account.cash, 6),
             equity=round(account.equity, 6),
-            positions={
-                sym: HeldPosition(p.qty, round(p.avg_entry_price, 6), p.market_price)
-                for sym, p in sorted(broker.positions().items())
-            },
-            open_orders=tuple(
-                {
-                    "client_order_id": o.client_order_id,
-                    "symbol": o.symbol,
-                    "side": o.side.value,
-                    "qty": o.qty,
-                    "filled_qty": o.filled_qty,
-                    "status": o.status,
-                }
-                for o in broker.open_orders()
-            ),
+            positions=mine,
+            open_orders=tuple(open_orders),
             last_processed_bar=last_bar.isoformat() if last_bar is not None else None,
             pending_decision=pending,
+            foreign={s: p for s, p in held.items() if s not in mine},
+            last_signal_bar=signal_bar.isoformat() if signal_bar is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -392,27 +580,35 @@ class PositionsState:
             "open_orders": [dict(o) for o in self.open_orders],
             "last_processed_bar": self.last_processed_bar,
             "pending_decision": self.pending_decision.to_json() if self.pending_decision else None,
+            "foreign": {s: dataclasses.asdict(p) for s, p in self.foreign.items()},
+            "last_signal_bar": self.last_signal_bar,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PositionsState:
         pending = data.get("pending_decision")
+
+        def held(raw: Mapping[str, Any]) -> dict[str, HeldPosition]:
+            return {
+                str(s): HeldPosition(
+                    int(p["qty"]), float(p["avg_entry_price"]), float(p["market_price"])
+                )
+                for s, p in raw.items()
+            }
+
         return cls(
             mode=str(data["mode"]),
             broker=str(data["broker"]),
             updated_at=str(data["updated_at"]),
             cash=float(data["cash"]),
             equity=float(data["equity"]),
-            positions={
-                str(s): HeldPosition(
-                    int(p["qty"]), float(p["avg_entry_price"]), float(p["market_price"])
-                )
-                for s, p in data.get("positions", {}).items()
-            },
+            positions=held(data.get("positions", {})),
             open_orders=tuple(data.get("open_orders") or ()),
             last_processed_bar=data.get("last_processed_bar"),
             pending_decision=PendingDecision.from_json(pending) if pending else None,
             schema_version=int(data["schema_version"]),
+            foreign=held(data.get("foreign") or {}),
+            last_signal_bar=data.get("last_signal_bar"),
         )
 
     def save(self, path: Path) -> None:
@@ -522,6 +718,10 @@ class Heartbeat:
     last_bar: str | None
     interval_s: float
     stopped_at: str | None = None
+    #: Signed shares of positions outside the pair (reported, never traded).
+    foreign_positions: Mapping[str, int] = field(default_factory=dict)
+    #: The last broker failure the loop saw (None once an iteration succeeds).
+    broker_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -530,8 +730,14 @@ class Heartbeat:
     def from_json(cls, data: Any) -> Heartbeat:
         if not isinstance(data, Mapping):
             raise ValueError(f"not a heartbeat object: {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names - set(data) if n != "stopped_at")
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
+        required = {
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        missing = sorted(required - set(data))
         if missing:
             raise ValueError(f"heartbeat lacks {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -559,22 +765,35 @@ def _write_heartbeat(path: Path, beat: Heartbeat) -> None:
     os.replace(tmp, path)
 
 
-def reconcile(saved: PositionsState | None, broker: ta.Broker) -> list[dict[str, Any]]:
-    """Differences between positions.json and the broker (the broker wins): one entry per symbol
-    whose quantity differs, and one for cash beyond a cent."""
+def reconcile(
+    saved: PositionsState | None,
+    broker: ta.Broker,
+    symbols: tuple[str, ...] | None = None,
+    recovered: Any = (),
+) -> list[dict[str, Any]]:
+    """Differences between positions.json and the broker (the broker wins): one entry per pair
+    symbol whose quantity differs, and one for cash beyond a cent. `recovered` (FillDelta) are
+    the loop's own fills found at start-up after positions.json was written: they are expected,
+    not differences. Positions outside `symbols` are reported apart (`foreign`)."""
     if saved is None:
         return []
     diffs: list[dict[str, Any]] = []
     mine = {s: p.qty for s, p in saved.positions.items()}
+    cash = saved.cash
+    for fill in recovered:
+        mine[fill.symbol] = mine.get(fill.symbol, 0) + fill.shares
+        cash -= fill.shares * fill.price + fill.fees
     theirs = broker.holdings()
     for sym in sorted(set(mine) | set(theirs)):
+        if symbols is not None and sym not in symbols:
+            continue
         if mine.get(sym, 0) != theirs.get(sym, 0):
             diffs.append(
                 {"symbol": sym, "saved_qty": mine.get(sym, 0), "broker_qty": theirs.get(sym, 0)}
             )
-    cash = broker.account().cash
-    if abs(saved.cash - cash) > 0.01:
-        diffs.append({"field": "cash", "saved": saved.cash, "broker": round(cash, 2)})
+    broker_cash = broker.account().cash
+    if abs(cash - broker_cash) > 0.01:
+        diffs.append({"field": "cash", "saved": round(cash, 2), "broker": round(broker_cash, 2)})
     return diffs
 
 
@@ -625,9 +844,14 @@ class _IterationState:
     last_bar: pd.Timestamp | None = None  # the latest bar whose decision was carried out
     pending: PendingDecision | None = None  # a decision saved but maybe not carried out
     signal_bar: pd.Timestamp | None = None  # the latest bar seen (its signal computed)
+    audited_signal_bar: pd.Timestamp | None = None  # the latest bar whose signal was audited
     description: dict[str, Any] | None = None  # that bar's signal, for the prediction log
     model_version: str | None = None
     bars_since_drift: int = DRIFT_EVERY_BARS
+    foreign: dict[str, int] = field(default_factory=dict)  # the last reported foreign positions
+    deferred_bar: pd.Timestamp | None = None  # the bar last deferred (audited once)
+    account: ta.Account | None = None  # the last account read (for a heartbeat in an outage)
+    broker_error: str | None = None
 
 
 @dataclass
@@ -645,22 +869,71 @@ class _Session:
     audit: AuditLog
     summary: LoopSummary
     mode: str
+    journal: FillJournal
     state: _IterationState = field(default_factory=_IterationState)
     deadman: DeadMansSwitch | None = None
     first_row: int = 0  # the first bar this run decides (the replay's START)
 
-    def save_positions(self, now: pd.Timestamp) -> None:
-        PositionsState.of(
-            self.broker, self.mode, self.state.last_bar, now, self.state.pending
-        ).save(self.home.positions_file)
+    @property
+    def venue(self) -> PairVenue:
+        return PairVenue(self.broker, self.pair.tickers)
+
+    def save_positions(self, now: pd.Timestamp) -> PositionsState:
+        """positions.json from the broker's confirmed state; a change in the positions outside
+        the pair is reported."""
+        st = self.state
+        saved = PositionsState.of(
+            self.broker,
+            self.mode,
+            st.last_bar,
+            now,
+            st.pending,
+            symbols=self.pair.tickers,
+            open_ids=self.journal.open_ids(),
+            signal_bar=st.audited_signal_bar,
+        )
+        saved.save(self.home.positions_file)
+        st.account = ta.Account(saved.equity, saved.cash, math.nan)
+        self._report_foreign(saved.foreign)
+        return saved
+
+    def _report_foreign(self, foreign: Mapping[str, HeldPosition]) -> None:
+        shares = {s: p.qty for s, p in foreign.items()}
+        if shares == self.state.foreign:
+            return
+        self.state.foreign = shares
+        if not shares:
+            self.audit.append("foreign_positions", {"positions": {}})
+            return
+        detail = {
+            s: {"qty": p.qty, "price": p.market_price, "value": round(p.qty * p.market_price, 2)}
+            for s, p in foreign.items()
+        }
+        text = ", ".join(
+            f"{s} {p.qty:+,} (${p.qty * p.market_price:,.2f})" for s, p in foreign.items()
+        )
+        self.audit.append("foreign_positions", {"positions": detail})
+        log.warning("positions outside %s/%s: %s (left alone)", *self.pair.tickers, text)
+        alert_dispatch.send(
+            "WARNING",
+            "foreign_positions",
+            "Positions outside the pair",
+            f"{self.broker.name} holds {text}, outside {self.pair.long}/{self.pair.short}; the "
+            "loop never trades them and keeps them out of the pair's limits",
+            {"positions": detail},
+            home=self.home.home,
+        )
 
     def on_event(self, event: str, payload: dict[str, Any]) -> None:
-        """The engine's decisions, into the audit log and the summary."""
+        """The engine's decisions, into the audit log and the summary; every fill through the
+        journal (audited once)."""
         self.audit.append(event, payload)
-        if event == "order_submitted":
-            self.summary.orders += 1
-            if payload.get("filled_qty"):
-                self.audit.append("fill", payload)
+        if event == "order_intent":
+            self.journal.intend(payload)
+        elif event in ("order_submitted", "order_update"):
+            if event == "order_submitted":
+                self.summary.orders += 1
+            self.journal.observe(payload)
         elif event == "risk_decision" and not payload.get("accepted"):
             self.summary.rejections += 1
 
@@ -679,7 +952,11 @@ def run_trading_loop(
     progress: Callable[[pd.Timestamp], None] | None = None,
 ) -> LoopSummary:
     """Run the loop until the replay ends, `--once` finishes, or a stop; returns what it did.
-    `generator` (a signals.SignalGenerator) replaces the one built from the registry."""
+    `generator` (a signals.SignalGenerator) replaces the one built from the registry.
+
+    A stop (SIGINT, SIGTERM, `stop`) at any moment -- an outage's retries included -- ends it
+    normally after the `stop` record; a broker failure otherwise raises (after the halt and the
+    `stop` record)."""
     config = config or LiveConfig()
     if config.live and paper_trading:
         raise ConfigurationError("live=True contradicts paper_trading=True")
@@ -692,37 +969,46 @@ def run_trading_loop(
     summary = LoopSummary()
     audit = AuditLog(home.audit_log)
     session: _Session | None = None
+    stopper.install()  # before any broker call: SIGTERM during a start-up outage is a stop too
     try:
-        session, clock = _start(config, pair, home, clock, broker, feed, generator, audit, summary)
-        stopper.install()
+        session, clock = _start(
+            config, pair, home, clock, broker, feed, generator, audit, summary, stopper
+        )
         _run(session, clock, stopper)
+    except (BrokerError, DataSourceUnavailable):
+        if not stopper.event.is_set():
+            summary.stopped_by = "error"
+            raise
+    finally:
         if stopper.event.is_set():
             summary.stopped_by = stopper.reason if stopper.reason != "end" else "stop"
-        summary.equity = session.broker.account().equity
-        return summary
-    finally:
         try:
-            if session is not None:
-                session.save_positions(pd.Timestamp.now(tz="UTC"))
-            audit.append(
-                "stop",
-                {
-                    "reason": summary.stopped_by,
-                    "iterations": summary.iterations,
-                    "equity": summary.equity,
-                },
-            )
-            beat = _last_beat(home)
-            if beat is not None:
-                stopped_at = pd.Timestamp.now(tz="UTC").isoformat()
-                _write_heartbeat(
-                    home.heartbeat_file,
-                    dataclasses.replace(beat, status="stopped", stopped_at=stopped_at),
-                )
+            _finish(session, home, audit, summary)
         finally:
             stopper.restore()
             lock.release()
             alert_dispatch.close_all()
+    return summary
+
+
+def _finish(session: _Session | None, home: C.Paths, audit: AuditLog, summary: LoopSummary) -> None:
+    """The last positions.json (when the broker answers), the `stop` record, a stopped
+    heartbeat: written however the run ended."""
+    if session is not None:
+        try:
+            summary.equity = session.save_positions(pd.Timestamp.now(tz="UTC")).equity
+        except (BrokerError, DataSourceUnavailable) as exc:
+            log.warning("positions.json not refreshed at stop: %s", exc)
+    audit.append(
+        "stop",
+        {"reason": summary.stopped_by, "iterations": summary.iterations, "equity": summary.equity},
+    )
+    beat = _last_beat(home)
+    if beat is not None:
+        stopped_at = pd.Timestamp.now(tz="UTC").isoformat()
+        _write_heartbeat(
+            home.heartbeat_file, dataclasses.replace(beat, status="stopped", stopped_at=stopped_at)
+        )
 
 
 def _start(
@@ -735,9 +1021,11 @@ def _start(
     generator: Any,
     audit: AuditLog,
     summary: LoopSummary,
+    stopper: _Stop,
 ) -> tuple[_Session, Any]:
-    """Feed, clock, broker, risk manager and signal source; the `start` record; reconciliation
-    with the broker (the broker wins)."""
+    """Feed, clock, broker, risk manager and signal source; the `start` record; the fills the
+    broker made since the last run (audited, recovered); reconciliation with the broker (the
+    broker wins). A broker failure here halts new entries with its cause, then raises."""
     mode = "live" if config.live else "paper"
     trading = config.trading
     if feed is None:
@@ -760,15 +1048,25 @@ def _start(
             execution=trading.execution,
             now=clock.now,
         )
+    broker.order_prefix = home.order_prefix()
+    broker.stop_event = stopper.event
     risk = rm.RiskManager(trading.limits, state_path=home.risk_state_file, home=home.home)
     first_row = 0
     if config.replay:
         first_row = feed.closed_rows(pd.Timestamp(config.replay_start))
     source = _signal_source(config, pair, home, feed, first_row, generator)
-    session = _Session(config, pair, home, broker, risk, source, feed, audit, summary, mode)
+    journal = FillJournal.from_audit(audit)
+    session = _Session(
+        config, pair, home, broker, risk, source, feed, audit, summary, mode, journal
+    )
     session.first_row = first_row
-    session.state.last_bar = last_bar
-    session.state.pending = saved.pending_decision if saved else None
+    state = session.state
+    state.last_bar = last_bar
+    state.pending = saved.pending_decision if saved else None
+    if saved is not None:
+        state.foreign = {s: p.qty for s, p in saved.foreign.items()}
+        if saved.last_signal_bar:
+            state.audited_signal_bar = pd.Timestamp(saved.last_signal_bar)
     audit.append(
         "start",
         {
@@ -780,6 +1078,7 @@ def _start(
             "replay": [str(config.replay_start), str(config.replay_end)] if config.replay else None,
             "once": config.once,
             "signals": config.signal_file or "model",
+            "order_prefix": broker.order_prefix,
             "config": trading.to_dict(),
         },
     )
@@ -792,9 +1091,46 @@ def _start(
         config.interval_s,
         f", replay {config.replay_start}..{config.replay_end}" if config.replay else "",
     )
-    _reconcile(session, saved)
-    session.save_positions(clock.now())
+    try:
+        recovered = journal.poll(broker, recovered=True)
+        if recovered:
+            log.warning(
+                "%d fill(s) made since the last run audited now (recovered)", len(recovered)
+            )
+        _reconcile(session, saved, recovered)
+        session.save_positions(clock.now())
+    except BrokerError as exc:
+        _broker_failed(session, exc, clock.now(), at_start=True)
+        raise
     return session, clock
+
+
+def _broker_failed(
+    session: _Session, exc: BaseException, now: pd.Timestamp, *, at_start: bool = False
+) -> None:
+    """A broker failure: audited; an open circuit breaker or a failure at start-up halts new
+    entries (persisted in risk_state.json) with its cause -- the first error of the breaker's
+    run of failures, not "circuit open" -- and a CRITICAL alert."""
+    broker, risk = session.broker, session.risk
+    cause = broker.failure_cause()
+    if cause is None and isinstance(exc, CircuitOpenError):
+        cause = str(exc)
+    session.state.broker_error = str(exc)
+    session.audit.append(
+        "broker_failure",
+        {
+            "error": str(exc),
+            "cause": cause,
+            "at_start": at_start,
+            "breakers": broker.breaker_states(),
+        },
+    )
+    if cause is None and not at_start:
+        return
+    reason = f"broker {broker.name} failing{' at start-up' if at_start else ''}: {cause or exc}"
+    if not risk.halted:
+        risk.halt(reason, now)
+        session.audit.append("halt", {"reason": reason, "cause": cause or str(exc)})
 
 
 def _signal_source(
@@ -816,11 +1152,14 @@ def _signal_source(
     return ModelSignals(generator, config.trading.sizing)
 
 
-def _reconcile(session: _Session, saved: PositionsState | None) -> None:
+def _reconcile(session: _Session, saved: PositionsState | None, recovered: Any = ()) -> None:
     home, broker = session.home, session.broker
-    diffs = reconcile(saved, broker)
+    diffs = reconcile(saved, broker, session.pair.tickers, recovered)
     session.summary.reconciliation_differences = len(diffs)
-    session.audit.append("reconciliation", {"differences": diffs, "broker_wins": True})
+    session.audit.append(
+        "reconciliation",
+        {"differences": diffs, "broker_wins": True, "recovered_fills": len(recovered)},
+    )
     if diffs:
         log.warning(
             "reconciliation: %d difference(s) between positions.json and the broker "
@@ -854,9 +1193,10 @@ def _replay_done(session: _Session, now: pd.Timestamp) -> bool:
 
 
 def _run(session: _Session, clock: Any, stopper: _Stop) -> None:
-    """Iterate inside market hours, sleep outside them, until the replay ends, `--once`, or a
-    stop."""
-    config, home, broker, risk = session.config, session.home, session.broker, session.risk
+    """Iterate while the broker's clock says the market is open (the local NYSE calendar for a
+    simulated broker), sleep until its next open otherwise, until the replay ends, `--once`, or
+    a stop."""
+    config, home, broker = session.config, session.home, session.broker
 
     def trip(reason: str) -> None:
         alert_dispatch.send(
@@ -880,39 +1220,49 @@ def _run(session: _Session, clock: Any, stopper: _Stop) -> None:
             name="deadman",
         ).start()
     while not stopper.event.is_set():
-        now = clock.now()
-        if _replay_done(session, now):
+        if _replay_done(session, clock.now()):
             break
-        mclock = market_clock(now)
-        if not mclock.is_open:
-            _write_heartbeat(
-                home.heartbeat_file, _beat(now, session, mclock, "waiting for the open")
-            )
-            if config.once:
-                log.info("market closed at %s; next open %s", now, mclock.next_open)
-                break
-            clock.sleep((mclock.next_open - now).total_seconds(), stopper.event)
-            deadman.beat(clock.now())
-            continue
         try:
+            mclock = broker.clock()  # the broker's view of the session decides
+            now = mclock.at
+            if not mclock.is_open:
+                _write_heartbeat(
+                    home.heartbeat_file, _beat(now, session, mclock, "waiting for the open")
+                )
+                if config.once:
+                    log.info(
+                        "market closed at %s (broker's clock); next open %s", now, mclock.next_open
+                    )
+                    break
+                clock.sleep(max((mclock.next_open - now).total_seconds(), 1.0), stopper.event)
+                deadman.beat(clock.now())
+                continue
             _iteration(session, now)
         except (BrokerError, DataSourceUnavailable) as exc:
-            # The broker or the feed failed this time (retries and the breaker are behind
-            # this): log, audit, and try again next interval; the switch watches progress.
+            # The broker or the feed failed this time (retries and the breakers are behind
+            # this): audit, halt on an open breaker, and try again next interval.
+            if stopper.event.is_set():
+                break
             session.summary.errors += 1
-            log.error("iteration at %s failed: %s", now, exc)
-            session.audit.append("alert", {"source": "live_loop", "error": str(exc)})
-            breaker = getattr(broker, "breaker", None)
-            opened = breaker is not None and breaker.state.value == "open"
-            if (isinstance(exc, CircuitOpenError) or opened) and not risk.halted:
-                risk.halt(f"broker circuit breaker open: {exc}", now)
-                session.audit.append("halt", {"reason": risk.halt_reason})
+            log.error("iteration failed: %s", exc)
+            now = clock.now()
+            _broker_failed(session, exc, now)
+            _write_heartbeat(home.heartbeat_file, _beat(now, session, None, "broker unavailable"))
             if config.once:
+                alert_dispatch.send(
+                    "HIGH",
+                    "live_loop",
+                    "Live iteration failed",
+                    f"the --once iteration failed: {exc}",
+                    {"error": str(exc), "halted": session.risk.halted},
+                    home=home.home,
+                )
                 raise
             clock.sleep(config.interval_s, stopper.event)
             continue
+        session.state.broker_error = None
         session.summary.iterations += 1
-        deadman.beat(now)
+        deadman.beat(clock.now())
         _write_heartbeat(home.heartbeat_file, _beat(now, session, mclock, "running"))
         if config.once:
             break
@@ -920,8 +1270,11 @@ def _run(session: _Session, clock: Any, stopper: _Stop) -> None:
 
 
 def _iteration(session: _Session, now: pd.Timestamp) -> None:
-    """One pass: the latest closed bar; a new one is taken through `_new_bar` once."""
+    """One pass at the broker's time `now`: fills of the loop's open orders, then the latest
+    closed bar; a new one is taken through `_new_bar` once."""
     feed, pair, state = session.feed, session.pair, session.state
+    if session.journal.open_ids():
+        session.journal.poll(session.broker)
     feed.refresh()
     rows = feed.closed_rows(now)
     if rows < 2:
@@ -945,7 +1298,7 @@ def _iteration(session: _Session, now: pd.Timestamp) -> None:
     if state.signal_bar != bar:
         _new_bar(session, rows, now)
     if (state.last_bar is None or bar > state.last_bar) and rows - 1 >= session.first_row:
-        # Once per bar; a failed attempt (broker outage) is retried at the next iteration.
+        # Once per bar; a failed attempt (broker outage) or a closed market is retried.
         _decide(session, feed.table.iloc[:rows], rows - 1, now)
     session.summary.predictions += 1
     log.info(
@@ -956,8 +1309,9 @@ def _iteration(session: _Session, now: pd.Timestamp) -> None:
 
 
 def _new_bar(session: _Session, rows: int, now: pd.Timestamp) -> None:
-    """A bar closed: quotes to the paper broker, its signal (audited), and -- the first time the
-    bar is seen -- the previous signal's outcome and the drift check."""
+    """A bar closed: quotes to the paper broker, its signal (audited once per bar, restarts
+    included), and -- the first time the bar is seen -- the previous signal's outcome and the
+    drift check."""
     feed, broker, state, audit = session.feed, session.broker, session.state, session.audit
     table = feed.table.iloc[:rows]
     row = rows - 1
@@ -975,7 +1329,9 @@ def _new_bar(session: _Session, rows: int, now: pd.Timestamp) -> None:
     state.description = session.source.describe(table, row)
     state.signal_bar = bar
     session.summary.bars += 1
-    audit.append("signal", state.description)
+    if state.audited_signal_bar is None or bar > state.audited_signal_bar:
+        audit.append("signal", state.description)
+        state.audited_signal_bar = bar
     version = state.description.get("model")
     if version is not None and version != state.model_version:
         state.model_version = version
@@ -994,46 +1350,72 @@ def _new_bar(session: _Session, rows: int, now: pd.Timestamp) -> None:
 def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp) -> None:
     """The bar's decision through the engine: drawdown control, then the instruction of the
     signal `fill_delay_bars` bars back (a simulated venue fills at this bar's close, as in the
-    backtest); then the equity row and positions.json."""
+    backtest); the fills it got (waited for, bounded); then the equity row and positions.json.
+
+    A decision the gate refused because the market was closed is not marked done: it is retried
+    at the next iteration the broker's clock says is open. One refused while halted is marked
+    done with a `bar_skipped` record naming the halt."""
     broker, risk, state, config = session.broker, session.risk, session.state, session.config
+    venue = session.venue
     trading = config.trading
     bar = pd.Timestamp(table.index[row])
     symbols = session.pair.tickers
     log_path = equity_log_path(session.home, session.mode)
     pending = state.pending if state.pending and state.pending.bar == bar.isoformat() else None
     sod = pending.start_of_day_equity if pending else _last_close_equity(log_path, broker)
-    before = broker.holdings()
-    pe.control_drawdown(
-        broker,
+    before = venue.holdings()
+    reports = []
+    dd = pe.control_drawdown(
+        venue,
         risk,
         now,
         id_parts=pe.drawdown_ids(bar),
         start_of_day_equity=sod,
         on_event=session.on_event,
     )
+    if dd is not None:
+        reports.append(dd)
     delay = trading.fill_delay_bars if broker.simulated else max(trading.fill_delay_bars - 1, 0)
     src = row - delay
     if src >= session.first_row:
         target = pending.target if pending else None
         if target is None:
-            target = pe.size_target(broker, session.source.weights(table, src), symbols)
+            target = pe.size_target(venue, session.source.weights(table, src), symbols)
         if target is not None:
             # Write-ahead: the target is saved before any order, so a restart between the two
             # baskets of a flip re-sends exactly the same orders (same ids, same quantities).
             state.pending = PendingDecision(bar.isoformat(), dict(target), sod)
             session.save_positions(now)
-            pe.trade_to(
-                broker,
-                risk,
-                trading,
-                target,
-                id_parts=pe.decision_ids(bar, table.index[src]),
-                start_of_day_equity=sod,
-                on_event=session.on_event,
+            reports.append(
+                pe.trade_to(
+                    venue,
+                    risk,
+                    trading,
+                    target,
+                    id_parts=pe.decision_ids(bar, table.index[src]),
+                    start_of_day_equity=sod,
+                    on_event=session.on_event,
+                )
             )
-    after = broker.holdings()
+    if session.journal.open_ids():  # positions.json from confirmed fills: wait (bounded)
+        session.journal.poll(broker, wait=True)
+    after = venue.holdings()
     if after != before:
         session.audit.append("position_change", {"before": before, "after": after})
+    reasons = {d.reason for r in reports for d in r.denials}
+    if rm.RiskReason.MARKET_CLOSED.value in reasons:
+        if state.deferred_bar != bar:
+            state.deferred_bar = bar
+            session.audit.append(
+                "bar_deferred",
+                {"bar": bar.isoformat(), "reason": "market closed: retried at the next open"},
+            )
+        session.save_positions(now)
+        return
+    if rm.RiskReason.TRADING_HALTED.value in reasons:
+        session.audit.append(
+            "bar_skipped", {"bar": bar.isoformat(), "reason": f"halted: {risk.halt_reason}"}
+        )
     account = broker.account()
     append_equity_row(
         log_path,
@@ -1082,10 +1464,12 @@ def _record_outcome(session: _Session, table: pd.DataFrame, row: int) -> None:
 
 
 def _flatten(session: _Session, now: pd.Timestamp, why: str) -> None:
-    """Close both legs with a reduce-only basket (it passes a halted gate)."""
-    held = session.broker.holdings()
+    """Close both legs with a reduce-only basket (it passes a halted gate); positions outside
+    the pair are left alone."""
+    venue = session.venue
+    held = venue.holdings()
     report = pe.rebalance(
-        session.broker,
+        venue,
         session.risk,
         dict.fromkeys(held, 0),
         purpose=Purpose.LIQUIDATION,
@@ -1119,9 +1503,15 @@ def _last_beat(home: C.Paths) -> Heartbeat | None:
 
 
 def _beat(now: pd.Timestamp, session: _Session, mclock: Any, status: str) -> Heartbeat:
-    broker, risk = session.broker, session.risk
-    account = broker.account()
-    breaker = getattr(broker, "breaker", None)
+    """The heartbeat now. `mclock` None: the broker is failing -- nothing is asked of it (the
+    last account read and the local calendar are shown)."""
+    broker, risk, state = session.broker, session.risk, session.state
+    if mclock is None:
+        account, held = state.account, {}
+        mclock = market_clock(now)
+    else:
+        account = state.account = broker.account()
+        held = broker.holdings()
     return Heartbeat(
         status=status,
         time=pd.Timestamp.now(tz="UTC").isoformat(),
@@ -1132,14 +1522,16 @@ def _beat(now: pd.Timestamp, session: _Session, mclock: Any, status: str) -> Hea
         market_open=bool(mclock.is_open),
         next_open=mclock.next_open.isoformat(),
         next_close=mclock.next_close.isoformat(),
-        equity=round(account.equity, 2),
-        cash=round(account.cash, 2),
-        positions={s: q for s, q in broker.holdings().items() if q},
+        equity=round(account.equity, 2) if account else math.nan,
+        cash=round(account.cash, 2) if account else math.nan,
+        positions={s: q for s, q in held.items() if q and s in session.pair.tickers},
         halted=risk.halted,
         halt_reason=risk.halt_reason,
-        circuit_breakers={breaker.name: breaker.state.value} if breaker is not None else {},
-        last_bar=session.state.last_bar.isoformat() if session.state.last_bar else None,
+        circuit_breakers=broker.breaker_states(),
+        last_bar=state.last_bar.isoformat() if state.last_bar else None,
         interval_s=session.config.interval_s,
+        foreign_positions=dict(state.foreign),
+        broker_error=state.broker_error,
     )
 
 
@@ -1172,11 +1564,32 @@ def status(home: C.Paths | None = None) -> dict[str, Any]:
     if beat is not None:
         out["heartbeat"] = beat
         out["heartbeat_age_s"] = (now - pd.Timestamp(beat.time)).total_seconds()
+    out["loop_pid"] = loop_pid(home)
     out["positions"] = read_positions(home.positions_file)
     risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
     out["halted"] = risk.halted
     out["halt_reason"] = risk.halt_reason
     return out
+
+
+def loop_pid(home: C.Paths) -> int | None:
+    """The pid of the `main.py live` holding this home's lock, None when no loop runs (the lock
+    is free: a heartbeat saying "running" is then a dead loop's last word)."""
+    import filelock
+
+    if not home.live_lock_file.exists():
+        return None
+    lock = filelock.FileLock(str(home.live_lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        pid_file = home.live_lock_file.with_suffix(".pid")
+        try:
+            return int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return -1  # held, but the pid file is gone or unreadable
+    lock.release()
+    return None
 
 
 __all__ = [

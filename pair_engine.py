@@ -533,11 +533,17 @@ class Venue(Protocol):
 
     `simulated`: fills at a bar's close already known to the loop, and buying power is the gate's
     Reg-T computation; `live_checks`: the gate applies market hours and the constants' price
-    sanity ranges (live rules) instead of the backtest's band around the previous close."""
+    sanity ranges (live rules) instead of the backtest's band around the previous close;
+    `order_prefix`: the prefix of every client order id it is sent (`pt-<home tag>`).
+
+    `await_fills` returns the venue's latest view of placed orders once they are done or a bound
+    has passed (a simulated venue's orders are done when placed); with `cancel_unfilled` an order
+    still working at the bound is cancelled first."""
 
     name: str
     simulated: bool
     live_checks: bool
+    order_prefix: str
 
     def account(self) -> Any: ...
 
@@ -550,6 +556,8 @@ class Venue(Protocol):
     def known_orders(self, orders: Sequence[Order]) -> dict[str, Any]: ...
 
     def submit_basket(self, basket: ApprovedBasket) -> list[Any]: ...
+
+    def await_fills(self, placed: Sequence[Any], *, cancel_unfilled: bool) -> list[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,6 +579,8 @@ class StepReport:
     submitted: list[Any] = field(default_factory=list)
     denials: list[Denial] = field(default_factory=list)
     already_known: list[str] = field(default_factory=list)
+    #: Reduce orders a real venue had not filled by the bound; the increase basket was withheld.
+    unfilled: list[Any] = field(default_factory=list)
 
 
 EventHook = Callable[[str, dict[str, Any]], None]
@@ -594,15 +604,42 @@ def rebalance(
 ) -> StepReport:
     """Move the venue's holdings to `target`: the reduce basket, then the increase basket, each
     through `pre_trade_check` on a snapshot of the venue taken just before it. Orders the venue
-    already knows (a restart) are looked up, never sent twice."""
+    already knows (a restart) are looked up, never sent twice.
+
+    A real venue fills asynchronously and refuses to open a short while the long it replaces is
+    still held (Alpaca: 403 "insufficient qty available"): there the increase basket waits until
+    every reduce order has filled (`Venue.await_fills`, bounded), and is withheld -- recorded in
+    `report.unfilled` and as an `increase_withheld` event -- when one has not."""
     report = report or StepReport()
     report.target = dict(target)
-    reduce, increase = orders_toward(venue.holdings(), target, purpose, id_parts)
-    for batch in (reduce, increase):
-        if batch:
-            submit_checked(
-                venue, risk, batch, start_of_day_equity, reference_prices, report, on_event
-            )
+    reduce, increase = orders_toward(
+        venue.holdings(), target, purpose, id_parts, prefix=venue.order_prefix
+    )
+    if reduce:
+        placed = submit_checked(
+            venue, risk, reduce, start_of_day_equity, reference_prices, report, on_event
+        )
+        if increase and placed and not venue.simulated:
+            settled = venue.await_fills(placed, cancel_unfilled=True)
+            if on_event is not None:
+                for o in settled:
+                    on_event("order_update", _order_payload(o))
+            report.unfilled = [o for o in settled if o.filled_qty < o.qty]
+            if report.unfilled:
+                if on_event is not None:
+                    on_event(
+                        "increase_withheld",
+                        {
+                            "reason": "reduce orders not filled within the bound",
+                            "unfilled": [_order_payload(o) for o in report.unfilled],
+                            "withheld": [order_text(o) for o in increase],
+                        },
+                    )
+                return report
+    if increase:
+        submit_checked(
+            venue, risk, increase, start_of_day_equity, reference_prices, report, on_event
+        )
     return report
 
 
@@ -614,17 +651,19 @@ def submit_checked(
     reference_prices: Mapping[str, float] | None,
     report: StepReport,
     on_event: EventHook | None = None,
-) -> None:
+) -> list[Any]:
     """One basket: orders the venue already knows are looked up (never sent twice); the rest
-    pass `pre_trade_check` on a snapshot of the venue taken now, then go to the venue. A denial
-    is recorded in `report` (and sent to `on_event`), not raised."""
+    pass `pre_trade_check` on a snapshot of the venue taken now, then go to the venue, each
+    announced first as an `order_intent` event. A denial is recorded in `report` (and sent to
+    `on_event`), not raised. Returns the venue's view of the basket's orders (known and placed;
+    empty when denied)."""
     known = venue.known_orders(batch)
     if known:
         report.already_known.extend(known)
         report.submitted.extend(known.values())
         batch = [o for o in batch if o.client_order_id not in known]
         if not batch:
-            return
+            return list(known.values())
     try:
         basket = risk.pre_trade_check(
             batch, *snapshots(venue, batch, start_of_day_equity, reference_prices)
@@ -641,17 +680,29 @@ def submit_checked(
                     "orders": [order_text(o) for o in batch],
                 },
             )
-        return
+        return list(known.values())
     if on_event is not None:
         on_event(
             "risk_decision", {"accepted": True, "orders": [order_text(o) for o in basket.orders]}
         )
+        for order in basket.orders:  # write-ahead: the audit names an order before it exists
+            on_event(
+                "order_intent",
+                {
+                    "client_order_id": order.client_order_id,
+                    "symbol": order.symbol,
+                    "side": order.side.value,
+                    "qty": order.qty,
+                    "purpose": order.purpose.value,
+                },
+            )
     placed = venue.submit_basket(basket)
     report.submitted.extend(placed)
     report.traded = True
     if on_event is not None:
         for o in placed:
             on_event("order_submitted", _order_payload(o))
+    return [*known.values(), *placed]
 
 
 def _order_payload(o: Any) -> dict[str, Any]:

@@ -336,12 +336,13 @@ class RiskManager:
         self._save()
 
     def halt(self, reason: str, at: pd.Timestamp) -> None:
-        """Halt trading by hand (persisted; a WARNING alert). A no-op when already halted."""
+        """Halt new entries (persisted; a CRITICAL alert naming `reason`). A no-op when already
+        halted."""
         if self._halted:
             return
         self._set_halt(reason, at)
         self._alert(
-            "WARNING",
+            "CRITICAL",
             "Trading halted",
             f"trading halted at {pd.Timestamp(at).isoformat()}: {reason}. {_RESET_HINT}.",
             {"reason": reason, "time": pd.Timestamp(at).isoformat()},

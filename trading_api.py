@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from trading_execution import (
     ExecutionConfig,
     Order,
     OrderExecutor,
+    OrderStatus,
     Purpose,
     Side,
 )
@@ -77,8 +79,9 @@ class Position:
 
 @dataclass(frozen=True)
 class BrokerOrder:
-    """An order as the broker knows it. `status`: new, accepted, partially_filled, filled,
-    canceled or rejected (Alpaca's words)."""
+    """An order as the broker knows it: `filled_qty` shares of `qty` filled so far at an average
+    `filled_avg_price` (USD; None before the first fill); `status` its place in the life cycle
+    (a canceled or expired order may have filled part of its shares)."""
 
     id: str
     client_order_id: str
@@ -87,14 +90,40 @@ class BrokerOrder:
     qty: int
     filled_qty: int
     filled_avg_price: float | None
-    status: str
+    status: OrderStatus
     submitted_at: pd.Timestamp
     purpose: str = Purpose.ENTRY.value
     fees: float = 0.0  # explicit fees charged (simulated broker)
 
     @property
     def done(self) -> bool:
-        return self.status in ("filled", "canceled", "rejected", "expired")
+        """No more shares will fill."""
+        return self.status.done
+
+
+@dataclass(frozen=True)
+class FillPolicy:
+    """How long the engine waits for a real broker's asynchronous fills, and what it does with a
+    reduce order still unfilled at the bound (a flip's increase orders wait for its reduce
+    orders: Alpaca refuses to open a short while the long is still held).
+
+    `timeout_s`: the bound (seconds); `poll_s`: between looks at the orders; `unfilled_reduce`:
+    "cancel" (the default: nothing is left working when the loop moves on) or "leave" (it stays
+    open, is saved as open and resolved at the next iteration)."""
+
+    timeout_s: float = 30.0
+    poll_s: float = 0.5
+    unfilled_reduce: str = "cancel"
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s >= 0:
+            raise ConfigurationError(f"--fill-timeout must be >= 0 seconds, got {self.timeout_s}")
+        if not self.poll_s > 0:
+            raise ConfigurationError(f"fill poll interval must be > 0 seconds, got {self.poll_s}")
+        if self.unfilled_reduce not in ("cancel", "leave"):
+            raise ConfigurationError(
+                f"--unfilled-reduce must be 'cancel' or 'leave', got {self.unfilled_reduce!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -115,6 +144,11 @@ class Broker(abc.ABC):
     simulated: bool = False
     #: The risk gate applies live rules (market hours, constants' price sanity ranges).
     live_checks: bool = True
+    #: Prefix of the client order ids this broker is sent (the live loop sets `pt-<home tag>`).
+    order_prefix: str = "pt"
+    fill_policy: FillPolicy = FillPolicy()
+    #: Set by the live loop: a stop (SIGTERM) cuts retries and waits short.
+    stop_event: threading.Event | None = None
 
     @abc.abstractmethod
     def account(self) -> Account: ...
@@ -142,6 +176,67 @@ class Broker(abc.ABC):
     def open_orders(self) -> list[BrokerOrder]:
         """Orders not yet done (filled, canceled or rejected)."""
         return []
+
+    def breaker_states(self) -> dict[str, str]:
+        """State of each circuit breaker by name (none for a local broker)."""
+        return {}
+
+    def failure_cause(self) -> str | None:
+        """The first error of an open circuit breaker (the cause of an outage), else None."""
+        return None
+
+    def stopping(self) -> bool:
+        return self.stop_event is not None and self.stop_event.is_set()
+
+    def pause(self, seconds: float) -> None:
+        """Wait `seconds`, returning early on a stop."""
+        if self.stop_event is not None:
+            self.stop_event.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    def await_fills(
+        self, placed: Sequence[BrokerOrder], *, cancel_unfilled: bool
+    ) -> list[BrokerOrder]:
+        """The broker's latest view of `placed` once every order is done or
+        `fill_policy.timeout_s` has passed (polled every `poll_s`; a stop ends the wait). With
+        `cancel_unfilled` and the policy's "cancel", an order still working at the bound is
+        cancelled (a fill racing the cancel is kept: the order is read again)."""
+        policy = self.fill_policy
+        deadline = time.monotonic() + policy.timeout_s
+        current = list(placed)
+        while True:
+            current = [o if o.done else self._refresh(o) for o in current]
+            if all(o.done for o in current) or time.monotonic() >= deadline or self.stopping():
+                break
+            self.pause(policy.poll_s)
+        working = [o for o in current if not o.done]
+        if working and cancel_unfilled and policy.unfilled_reduce == "cancel":
+            for o in working:
+                try:
+                    self.cancel_order(o.id)
+                except BrokerError as exc:  # it filled meanwhile, or the broker is failing
+                    log.warning("cancel of %s failed: %s", o.client_order_id, exc)
+            current = [o if o.done else self._refresh(o) for o in current]
+        for o in current:
+            if not o.done:
+                log.warning(
+                    "%s %s %d %s: %d of %d shares filled after %.0f s; left open",
+                    self.name,
+                    o.client_order_id,
+                    o.qty,
+                    o.symbol,
+                    o.filled_qty,
+                    o.qty,
+                    policy.timeout_s,
+                )
+        return current
+
+    def _refresh(self, order: BrokerOrder) -> BrokerOrder:
+        found = self.get_order_by_client_id(order.client_order_id)
+        if found is None:
+            raise BrokerError(f"{self.name} lost order {order.client_order_id}")
+        return dataclasses.replace(found, purpose=order.purpose)
 
     def holdings(self) -> dict[str, int]:
         """Signed shares per symbol held (pair_engine.Venue)."""
@@ -285,6 +380,13 @@ class SimulatedBroker(Broker):
     def cancel_order(self, order_id: str) -> None:
         """Simulated market orders fill at once: nothing is ever open to cancel."""
 
+    def await_fills(
+        self, placed: Sequence[BrokerOrder], *, cancel_unfilled: bool
+    ) -> list[BrokerOrder]:
+        """Done when placed: filled, or capped by the participation cap with the rest
+        canceled."""
+        return list(placed)
+
     def submit_basket(self, basket: ApprovedBasket) -> list[BrokerOrder]:
         basket = _require_approved(basket)
         orders = self._state["orders"]
@@ -304,9 +406,8 @@ class SimulatedBroker(Broker):
                     "qty": order.qty,
                     "filled_qty": fill.qty,
                     "filled_avg_price": fill.price if fill.qty else None,
-                    "status": "filled"
-                    if fill.qty == order.qty
-                    else ("partially_filled" if fill.qty else "canceled"),
+                    # The capped rest of an order is canceled (Alpaca's words for the same).
+                    "status": "filled" if fill.qty == order.qty else "canceled",
                     "submitted_at": now.isoformat(),
                     "purpose": order.purpose.value,
                     "fees": fill.costs.explicit,
@@ -350,6 +451,12 @@ def _state_v1_to_v2(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _stored_status(text: str) -> OrderStatus:
+    """A simulated order's stored status (a capped order was "partially_filled" before the life
+    cycle became one enum: its rest was canceled)."""
+    return OrderStatus.CANCELED if text == "partially_filled" else OrderStatus(text)
+
+
 def _order_from_state(raw: Mapping[str, Any]) -> BrokerOrder:
     return BrokerOrder(
         id=raw["id"],
@@ -359,7 +466,7 @@ def _order_from_state(raw: Mapping[str, Any]) -> BrokerOrder:
         qty=int(raw["qty"]),
         filled_qty=int(raw["filled_qty"]),
         filled_avg_price=raw["filled_avg_price"],
-        status=raw["status"],
+        status=_stored_status(raw["status"]),
         submitted_at=pd.Timestamp(raw["submitted_at"]),
         purpose=raw.get("purpose", Purpose.ENTRY.value),
         fees=float(raw.get("fees", 0.0)),
@@ -375,21 +482,29 @@ _ENV_ALPACA_TRADING_URL = "ALPACA_TRADING_URL"  # base URL without /v2; unset: a
 _ENV_ALPACA_DATA_URL = "ALPACA_DATA_URL"  # base URL without /v2; unset: alpaca-py's default
 _ENV_ALPACA_DATA_FEED = "ALPACA_DATA_FEED"  # iex (free, the default) or sip
 
-#: Alpaca's order statuses in our words (BrokerOrder.status). Any other (pending_cancel, held,
-#: accepted_for_bidding, ...) is an order still working: accepted, or partially_filled once
+#: Alpaca's order statuses in our life cycle (BrokerOrder.status). Any other (pending_cancel,
+#: held, accepted_for_bidding, ...) is an order still working: accepted, or partially_filled once
 #: shares have filled.
 _ALPACA_STATUS = {
-    "new": "accepted",
-    "accepted": "accepted",
-    "pending_new": "accepted",
-    "partially_filled": "partially_filled",
-    "filled": "filled",
-    "canceled": "canceled",
-    "expired": "canceled",
-    "done_for_day": "canceled",
-    "replaced": "canceled",
-    "rejected": "rejected",
+    "pending_new": OrderStatus.NEW,
+    "new": OrderStatus.ACCEPTED,
+    "accepted": OrderStatus.ACCEPTED,
+    "partially_filled": OrderStatus.PARTIALLY_FILLED,
+    "filled": OrderStatus.FILLED,
+    "canceled": OrderStatus.CANCELED,
+    "done_for_day": OrderStatus.CANCELED,
+    "replaced": OrderStatus.CANCELED,
+    "expired": OrderStatus.EXPIRED,
+    "rejected": OrderStatus.REJECTED,
 }
+
+#: The circuit breakers of the Alpaca broker, one per kind of endpoint, so that failures of one
+#: kind open it whatever succeeds elsewhere: order placement and cancels (POST/DELETE
+#: /v2/orders), the account's state (account, positions, clock, order look-ups) and market data.
+BREAKER_KINDS = ("orders", "account", "market_data")
+#: Consecutive failed HTTP attempts that open each breaker: one order that fails all 3 attempts
+#: opens "orders" (and halts new entries).
+BREAKER_THRESHOLDS = {"orders": 3, "account": 5, "market_data": 5}
 
 
 class OrderRejected(BrokerError):
@@ -416,8 +531,9 @@ class AlpacaBroker(Broker):
 
     alpaca-py sends requests without a timeout and itself retries 429/504 on every method, POST
     /v2/orders included. Here its retry is off and every request has `timeout_s` (seconds, to
-    connect and between bytes of the answer). Each HTTP attempt runs through `breaker` (open:
-    CircuitOpenError at once, no request). Timeouts, dropped connections, 429 and 5xx are retried
+    connect and between bytes of the answer). Each HTTP attempt runs through the circuit breaker
+    of its kind of endpoint (`breakers`, see BREAKER_KINDS; open: CircuitOpenError at once, no
+    request). Timeouts, dropped connections, 429 and 5xx are retried
     up to `attempts` calls in all, `backoff_s` x 2^n seconds apart (then BrokerUnavailable); any
     other 4xx raises OrderRejected at once, which the breaker does not count.
 
@@ -439,9 +555,12 @@ class AlpacaBroker(Broker):
         timeout_s: float = 10.0,
         attempts: int = 3,
         backoff_s: float = 0.5,
-        breaker: CircuitBreaker | None = None,
+        breakers: Mapping[str, CircuitBreaker] | None = None,
+        on_breaker_change: Callable[[Any], None] | None = None,
         data_feed: str = "iex",
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
+        fill_policy: FillPolicy | None = None,
+        order_prefix: str = "pt",
     ):
         try:
             from alpaca.data.enums import DataFeed
@@ -473,15 +592,10 @@ class AlpacaBroker(Broker):
         self.timeout_s = float(timeout_s)
         self.attempts = int(attempts)
         self.backoff_s = float(backoff_s)
-        self._sleep = sleep
-        if breaker is None:
-            breaker = CircuitBreaker(
-                "alpaca", failure_threshold=5, reset_timeout_s=60.0, excluded=(OrderRejected,)
-            )
-        elif not issubclass(OrderRejected, breaker.excluded):
-            # A business rejection says nothing about Alpaca's health: it must never open it.
-            breaker.excluded = (*breaker.excluded, OrderRejected)
-        self.breaker = breaker
+        self._sleep = sleep or self.pause
+        self.breakers = _alpaca_breakers(breakers, on_breaker_change)
+        self.fill_policy = fill_policy or FillPolicy()
+        self.order_prefix = order_prefix
         self._trading = TradingClient(
             api_key, secret_key, paper=paper, url_override=_alpaca_base_url(trading_url)
         )
@@ -497,11 +611,12 @@ class AlpacaBroker(Broker):
         *,
         paper: bool = True,
         home: str | os.PathLike[str] | None = None,
-        breaker: CircuitBreaker | None = None,
+        **options: Any,
     ) -> AlpacaBroker:
         """Keys from ALPACA_API_KEY / ALPACA_SECRET_KEY (the environment wins, else the encrypted
         store under `home`); base URLs from ALPACA_TRADING_URL / ALPACA_DATA_URL (no trailing
-        /v2; unset: Alpaca's own); the data feed from ALPACA_DATA_FEED (unset: iex)."""
+        /v2; unset: Alpaca's own); the data feed from ALPACA_DATA_FEED (unset: iex). `options`
+        go to the constructor."""
         from credential_manager import lookup
 
         api_key = lookup(_ENV_ALPACA_API_KEY, home=home)
@@ -527,29 +642,38 @@ class AlpacaBroker(Broker):
             trading_url=os.environ.get(_ENV_ALPACA_TRADING_URL) or None,
             data_url=os.environ.get(_ENV_ALPACA_DATA_URL) or None,
             data_feed=os.environ.get(_ENV_ALPACA_DATA_FEED) or "iex",
-            breaker=breaker,
+            **options,
         )
 
     # --- Failure policy ------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """`fn` (one alpaca-py call) through the breaker, retried on BrokerUnavailable.
+    def _call(self, kind: str, what: str, fn: Callable[[], T]) -> T:
+        """`fn` (one alpaca-py call) through the breaker of its `kind`, retried on
+        BrokerUnavailable (not after a stop).
 
         Not error_handling.retry_with_backoff: each retry is logged with its number, and the final
         error says how many attempts were made."""
+        breaker = self.breakers[kind]
         for attempt in range(1, self.attempts + 1):
             try:
-                return self.breaker.call(self._translated, what, fn)
+                return breaker.call(self._translated, what, fn)
             except BrokerUnavailable as exc:
-                if attempt == self.attempts:
-                    raise BrokerUnavailable(
-                        f"{exc} (gave up after {self.attempts} attempt(s))"
-                    ) from exc
+                if attempt == self.attempts or self.stopping():
+                    raise BrokerUnavailable(f"{exc} (gave up after {attempt} attempt(s))") from exc
                 wait_s = self.backoff_s * 2 ** (attempt - 1)
                 log.warning(
                     "%s; attempt %d of %d, retrying in %.1f s", exc, attempt, self.attempts, wait_s
                 )
                 self._sleep(wait_s)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def breaker_states(self) -> dict[str, str]:
+        return {b.name: b.state.value for b in self.breakers.values()}
+
+    def failure_cause(self) -> str | None:
+        for breaker in self.breakers.values():
+            if breaker.state.value != "closed" and breaker.first_error:
+                return f"{breaker.name}: {breaker.first_error}"
+        return None
 
     def _translated(self, what: str, fn: Callable[[], T]) -> T:
         """Run `fn`; its failures as BrokerUnavailable (retried), OrderRejected (not retried, not
@@ -584,7 +708,7 @@ class AlpacaBroker(Broker):
 
     # --- Broker interface ----------------------------------------------------------------------
     def account(self) -> Account:
-        raw: Any = self._call("GET /v2/account", self._trading.get_account)
+        raw: Any = self._call("account", "GET /v2/account", self._trading.get_account)
         return Account(
             equity=_alpaca_usd(raw.equity, "account equity"),
             cash=_alpaca_usd(raw.cash, "account cash"),
@@ -594,7 +718,7 @@ class AlpacaBroker(Broker):
 
     def positions(self) -> dict[str, Position]:
         """Signed shares (short < 0) per symbol, average entry and current price (USD)."""
-        raw: Any = self._call("GET /v2/positions", self._trading.get_all_positions)
+        raw: Any = self._call("account", "GET /v2/positions", self._trading.get_all_positions)
         out = {}
         for p in raw:
             shares = abs(_alpaca_shares(p.qty, f"position {p.symbol}"))
@@ -608,7 +732,7 @@ class AlpacaBroker(Broker):
         return out
 
     def clock(self) -> MarketClock:
-        raw: Any = self._call("GET /v2/clock", self._trading.get_clock)
+        raw: Any = self._call("account", "GET /v2/clock", self._trading.get_clock)
         at = _utc(raw.timestamp)
         return MarketClock(
             at=at,
@@ -629,7 +753,9 @@ class AlpacaBroker(Broker):
             return {}
         request = StockLatestTradeRequest(symbol_or_symbols=list(wanted), feed=self.data_feed)
         trades = self._call(
-            "GET /v2/stocks/trades/latest", lambda: self._data.get_stock_latest_trade(request)
+            "market_data",
+            "GET /v2/stocks/trades/latest",
+            lambda: self._data.get_stock_latest_trade(request),
         )
         return {
             wanted[sym]: Quote(wanted[sym], float(trade.price), _utc(trade.timestamp))
@@ -646,7 +772,9 @@ class AlpacaBroker(Broker):
         from alpaca.trading.requests import GetOrdersRequest
 
         request = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500)  # Alpaca's maximum
-        raw = self._call("GET /v2/orders", lambda: self._trading.get_orders(filter=request))
+        raw = self._call(
+            "account", "GET /v2/orders", lambda: self._trading.get_orders(filter=request)
+        )
         return [_order_from_alpaca(o) for o in raw]
 
     def cancel_order(self, order_id: str) -> None:
@@ -673,7 +801,7 @@ class AlpacaBroker(Broker):
                         return
                 raise
 
-        self._call(f"DELETE /v2/orders/{order_id}", cancel)
+        self._call("orders", f"DELETE /v2/orders/{order_id}", cancel)
 
     def submit_basket(self, basket: ApprovedBasket) -> list[BrokerOrder]:
         """Each order as a DAY market order, unless Alpaca already has its client id (then that
@@ -699,7 +827,9 @@ class AlpacaBroker(Broker):
     def _lookup(self, client_order_id: str) -> Any:
         """Alpaca's order with this client id, or None; under the failure policy."""
         return self._call(
-            "GET /v2/orders:by_client_order_id", lambda: self._find_order(client_order_id)
+            "account",
+            "GET /v2/orders:by_client_order_id",
+            lambda: self._find_order(client_order_id),
         )
 
     def _find_order(self, client_order_id: str) -> Any:
@@ -748,7 +878,7 @@ class AlpacaBroker(Broker):
                         return found
                 raise
 
-        raw = self._call("POST /v2/orders", post)
+        raw = self._call("orders", "POST /v2/orders", post)
         result = _order_from_alpaca(raw, order.purpose.value)
         log.info(
             "alpaca order %s: %s %d %s -> %s",
@@ -759,6 +889,32 @@ class AlpacaBroker(Broker):
             result.status,
         )
         return result
+
+
+def _alpaca_breakers(
+    given: Mapping[str, CircuitBreaker] | None, on_change: Callable[[Any], None] | None
+) -> dict[str, CircuitBreaker]:
+    """One breaker per kind (BREAKER_KINDS): those `given`, the rest with BREAKER_THRESHOLDS
+    and a 60 s reset. None counts a business rejection (OrderRejected): it says nothing about
+    Alpaca's health."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(BREAKER_KINDS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown breaker kind(s) {', '.join(unknown)}; kinds: {', '.join(BREAKER_KINDS)}"
+        )
+    out = {}
+    for kind in BREAKER_KINDS:
+        breaker = given.get(kind) or CircuitBreaker(
+            f"alpaca {kind}",
+            failure_threshold=BREAKER_THRESHOLDS[kind],
+            reset_timeout_s=60.0,
+            on_state_change=on_change,
+        )
+        if not issubclass(OrderRejected, breaker.excluded):
+            breaker.excluded = (*breaker.excluded, OrderRejected)
+        out[kind] = breaker
+    return out
 
 
 def _harden_alpaca_client(client: Any, timeout_s: float) -> None:
@@ -847,7 +1003,9 @@ def _order_from_alpaca(raw: Any, purpose: str = Purpose.ENTRY.value) -> BrokerOr
         qty=_alpaca_shares(raw.qty, f"order {cid} qty"),
         filled_qty=filled,
         filled_avg_price=float(price) if price is not None and filled else None,
-        status=_ALPACA_STATUS.get(status, "partially_filled" if filled else "accepted"),
+        status=_ALPACA_STATUS.get(
+            status, OrderStatus.PARTIALLY_FILLED if filled else OrderStatus.ACCEPTED
+        ),
         submitted_at=_utc(raw.submitted_at),
         purpose=purpose,
     )

@@ -34,11 +34,26 @@ class OrderType(enum.StrEnum):
 
 
 class OrderStatus(enum.StrEnum):
+    """An order's life cycle, one vocabulary end to end (Alpaca's words): new -> accepted ->
+    partially_filled -> filled / canceled / rejected / expired."""
+
     NEW = "new"
-    FILLED = "filled"
+    ACCEPTED = "accepted"
     PARTIALLY_FILLED = "partially_filled"
-    CANCELLED = "cancelled"
+    FILLED = "filled"
+    CANCELED = "canceled"
     REJECTED = "rejected"
+    EXPIRED = "expired"
+
+    @property
+    def done(self) -> bool:
+        """No more shares will fill (filled, canceled, rejected or expired)."""
+        return self in _DONE
+
+
+_DONE = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
+)
 
 
 class Purpose(enum.StrEnum):
@@ -74,14 +89,16 @@ class Order:
         return self.qty if self.side is Side.BUY else -self.qty
 
 
-def client_order_id(*parts: object) -> str:
+def client_order_id(*parts: object, prefix: str = "pt") -> str:
     """Deterministic id from what defines the order (run, bar, symbol, purpose, leg): a retry or
-    restart of the same decision produces the same id, so the broker refuses a duplicate."""
+    restart of the same decision produces the same id, so the broker refuses a duplicate.
+    `prefix` names who sends it: `pt-<home tag>` in a trading home (constants.Paths.order_tag),
+    so two homes on one account never share an id."""
     # The repr of the list of parts is unambiguous (quotes escaped): ("a|b", "c") and
     # ("a", "b|c") must not share an id.
     text = repr([str(p) for p in parts])
     digest = hashlib.sha256(text.encode()).hexdigest()[:20]
-    return f"pt-{digest}"
+    return f"{prefix}-{digest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +221,7 @@ class OrderExecutor:
         qty = min(order.qty, cap)
         status = OrderStatus.FILLED if qty == order.qty else OrderStatus.PARTIALLY_FILLED
         if qty <= 0:
-            status = OrderStatus.CANCELLED
+            status = OrderStatus.CANCELED
         price = quote.price
         if order.purpose is Purpose.BUY_IN:
             price *= 1.0 + cfg.buy_in_penalty_bps / 1e4
@@ -240,6 +257,7 @@ def orders_toward(
     target: Mapping[str, int],
     purpose: Purpose,
     id_parts: tuple[object, ...],
+    prefix: str = "pt",
 ) -> tuple[list[Order], list[Order]]:
     """(reducing orders, increasing orders) that move signed share `positions` to `target`.
 
@@ -259,11 +277,11 @@ def orders_toward(
             closing = abs(have) if crossing else abs(have) - abs(want)
             exit_purpose = Purpose.EXIT if purpose is Purpose.ENTRY else purpose
             side = Side.SELL if have > 0 else Side.BUY
-            cid = client_order_id(*id_parts, sym, exit_purpose, "reduce")
+            cid = client_order_id(*id_parts, sym, exit_purpose, "reduce", prefix=prefix)
             reduce.append(Order(sym, side, closing, cid, purpose=exit_purpose))
             have = have - closing if have > 0 else have + closing
         if want != have:
             side = Side.BUY if want > have else Side.SELL
-            cid = client_order_id(*id_parts, sym, purpose, "open")
+            cid = client_order_id(*id_parts, sym, purpose, "open", prefix=prefix)
             increase.append(Order(sym, side, abs(want - have), cid, purpose=purpose))
     return reduce, increase

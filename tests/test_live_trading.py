@@ -210,6 +210,8 @@ def test_sigkill_at_random_points_never_loses_or_doubles_a_trade(
     for part in ("data", "models"):
         shutil.copytree(trained_home / part, ref_root / part)
     reference = C.paths(ref_root)
+    # The same order tag: client ids name their home, and the two must name theirs alike.
+    reference.order_tag_file.write_text(home.order_tag() + "\n")
     lt.run_trading_loop(config=replay_config(*window), pair=PAIR, home=reference)
 
     rng = random.Random(20221)
@@ -302,12 +304,12 @@ def test_a_broker_outage_is_logged_and_retried_next_interval(home):
     broker = _flaky(home, clock, 3, BrokerError)
     summary = lt.run_trading_loop(config=config, pair=PAIR, home=home, clock=clock, broker=broker)
     assert summary.errors == 3 and summary.orders > 0  # it went on trading afterwards
-    alerts = [
-        r
-        for r in audit_logging.AuditLog(home.audit_log).records()
-        if r.event == "alert" and r.payload.get("source") == "live_loop"
+    failures = [
+        r for r in audit_logging.AuditLog(home.audit_log).records() if r.event == "broker_failure"
     ]
-    assert len(alerts) == 3 and "test outage" in alerts[0].payload["error"]
+    assert len(failures) == 3 and "test outage" in failures[0].payload["error"]
+    # No breaker opened: a transient failure does not halt.
+    assert not any(r.event == "halt" for r in audit_logging.AuditLog(home.audit_log).records())
 
 
 def test_an_open_circuit_breaker_halts_new_entries(home):
@@ -354,6 +356,13 @@ def test_a_failure_that_opens_the_brokers_breaker_halts_trading_at_once(home):
         def latest_prices(self, symbols):
             return self.breaker.call(super().latest_prices, symbols)
 
+        def breaker_states(self):
+            return {self.breaker.name: self.breaker.state.value}
+
+        def failure_cause(self):
+            open_ = self.breaker.state.value != "closed"
+            return f"{self.breaker.name}: {self.breaker.first_error}" if open_ else None
+
     config = replay_config("2022-01-03", "2022-01-07")
     clock = lt.ReplayClock(config.replay_start)
     broker = BreakerBroker(
@@ -368,6 +377,8 @@ def test_a_failure_that_opens_the_brokers_breaker_halts_trading_at_once(home):
     summary = lt.run_trading_loop(config=config, pair=PAIR, home=home, clock=clock, broker=broker)
     assert summary.orders == 0 and summary.errors >= 1
     halts = [r for r in audit_logging.AuditLog(home.audit_log).records() if r.event == "halt"]
-    assert halts and "circuit breaker" in halts[0].payload["reason"]
+    # The halt names the cause (the first error), not the secondary "circuit open".
+    assert halts and "test outage" in halts[0].payload["reason"]
+    assert "circuit" not in halts[0].payload["reason"]
     alerts = [json.loads(line) for line in home.alerts_log.read_text().splitlines()]
     assert any(a["source"] == "circuit_breaker" and a["severity"] == "CRITICAL" for a in alerts)

@@ -170,7 +170,7 @@ def test_order_exactly_at_a_decimal_participation_cap_fills_in_full():
 def test_order_is_cancelled_when_the_cap_allows_no_shares():
     config = te.ExecutionConfig(costs=COSTS, participation_cap=0.10)
     fill = fill_one(order(te.Side.BUY, 5), config, quote(adv_shares=9))
-    assert (fill.qty, fill.status, fill.cash_change) == (0, te.OrderStatus.CANCELLED, 0.0)
+    assert (fill.qty, fill.status, fill.cash_change) == (0, te.OrderStatus.CANCELED, 0.0)
 
 
 @pytest.mark.parametrize("purpose", [te.Purpose.LIQUIDATION, te.Purpose.BUY_IN])
