@@ -254,21 +254,38 @@ def _audit_tail(home: C.Paths) -> list[dict[str, Any]]:
     return [] if stat is None else _read_audit_tail(str(home.audit_log), *stat)
 
 
-def panel_live_status(home: C.Paths, pair: C.Pair) -> None:
-    """Mode badge, loop running/stale/stopped, market now, halt and circuit breakers."""
+def _heartbeat(home: C.Paths) -> dict[str, Any] | None:
+    """data/heartbeat.json as the loop's `Heartbeat` fields (defaults filled in), None when
+    absent; ValueError naming the file when it is not a heartbeat."""
     stat = _stat(home.heartbeat_file)
-    beat: dict[str, Any] = {}
     if stat is None:
+        return None
+    import live_trading
+
+    raw = _read_json(str(home.heartbeat_file), *stat)
+    try:
+        return live_trading.Heartbeat.from_json(raw).to_json()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{home.heartbeat_file} is not a heartbeat ({exc})") from None
+
+
+def _loop_pid(home: C.Paths) -> int | None:
+    """The pid of the `main.py live` holding this home's lock (-1: held, pid unknown), None when
+    no loop runs. Never cached: the lock, not the heartbeat, says whether the loop is alive."""
+    import live_trading
+
+    return live_trading.loop_pid(home)
+
+
+def panel_live_status(home: C.Paths, pair: C.Pair) -> None:
+    """Mode badge, loop running/stale/stopped/dead, market now, halt, circuit breakers and the
+    last broker error."""
+    beat: dict[str, Any] = _heartbeat(home) or {}
+    pid = _loop_pid(home)
+    if not beat:
         _badge("NO HEARTBEAT", "#6b7280")
         st.info(f"No heartbeat yet: {LIVE_HINT} to create data/heartbeat.json")
     else:
-        import live_trading
-
-        raw = _read_json(str(home.heartbeat_file), *stat)
-        try:
-            beat = live_trading.Heartbeat.from_json(raw).to_json()
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{home.heartbeat_file} is not a heartbeat ({exc})") from None
         mode = str(beat.get("mode", "")).lower()
         if mode == "live":
             _badge("LIVE — REAL MONEY", "#c62828")
@@ -279,23 +296,35 @@ def panel_live_status(home: C.Paths, pair: C.Pair) -> None:
 
     now = pd.Timestamp.now(tz="UTC")
     cols = st.columns(4)
+    pid_text = "pid unknown" if pid == -1 else f"pid {pid}"
     if beat:
         age_s = (now - pd.Timestamp(beat["time"])).total_seconds()
         interval_s = _loop_interval_s(_audit_tail(home))
-        if beat.get("status") == "stopped":
-            state = "STOPPED"
+        said = str(beat.get("status") or "?")
+        if pid is None:  # no process holds the lock: whatever the heartbeat says, none runs
+            state = "STOPPED" if said == "stopped" else "NOT RUNNING"
         elif age_s > STALE_INTERVALS * interval_s:
             state = "STALE"
         else:
             state = "RUNNING"
-        cols[0].metric(
-            "Loop", state, f"heartbeat {_ago(age_s)} ago", delta_color="off", delta_arrow="off"
-        )
-        if state == "STALE":
+        delta = f"heartbeat {_ago(age_s)} ago" + (f", {pid_text}" if pid is not None else "")
+        cols[0].metric("Loop", state, delta, delta_color="off", delta_arrow="off")
+        if state == "NOT RUNNING":
+            st.error(
+                f"The loop is not running (last heartbeat said {said}: it died). Its pid "
+                f"{beat.get('pid')} holds no lock on {home.live_lock_file.name} and its last "
+                f"heartbeat is {_ago(age_s)} old; {LIVE_HINT} to restart it."
+            )
+        elif state == "STALE":
             st.warning(
                 f"No heartbeat for {_ago(age_s)} (more than {STALE_INTERVALS} x the "
-                f"{interval_s:g} s interval): the live loop (pid {beat.get('pid')}) may have died"
+                f"{interval_s:g} s interval): the live loop ({pid_text}) still holds the lock "
+                "but may be stuck"
             )
+    elif pid is not None:
+        cols[0].metric(
+            "Loop", "RUNNING", f"{pid_text}, no heartbeat yet", delta_color="off", delta_arrow="off"
+        )
     else:
         cols[0].metric("Loop", "NOT STARTED")
 
@@ -343,6 +372,9 @@ def panel_live_status(home: C.Paths, pair: C.Pair) -> None:
         )
     elif beat:
         st.caption(f"Circuit breakers: none reported by the {beat.get('broker', '?')} broker")
+    if beat.get("broker_error"):
+        error = str(beat["broker_error"]).replace("$", "\\$")  # no LaTeX from a message
+        st.error(f"Last broker error: {error}")
     if beat:
         st.caption(
             f"Heartbeat {beat['time']} (loop clock {beat.get('loop_time', '—')}); "
@@ -357,6 +389,7 @@ def panel_positions(home: C.Paths, pair: C.Pair) -> None:
     state = live_trading.read_positions(home.positions_file)
     if state is None:
         st.info(f"No positions yet: {LIVE_HINT} to create positions.json")
+        _foreign_positions(home, pair, None)
         return
     rows = []
     for sym, p in sorted(state.positions.items()):
@@ -401,6 +434,7 @@ def panel_positions(home: C.Paths, pair: C.Pair) -> None:
         )
     else:
         st.caption("Flat: no open position.")
+    _foreign_positions(home, pair, state)
     open_orders = list(state.open_orders)
     if open_orders:
         st.warning(f"{len(open_orders)} open order(s) at the broker")
@@ -410,6 +444,41 @@ def panel_positions(home: C.Paths, pair: C.Pair) -> None:
         f"updated {state.updated_at} · last processed bar {state.last_processed_bar or '—'}"
     )
     _equity_over_time(home, state)
+
+
+def _foreign_positions(home: C.Paths, pair: C.Pair, state: Any) -> None:
+    """A warning listing the account's positions outside the pair (symbol, signed shares, price,
+    value): from positions.json's `foreign` (the loop writes it with every save, prices
+    included), else, with no positions.json, from the heartbeat's `foreign_positions` (shares
+    only). The loop never trades them and keeps them out of the pair's risk limits."""
+    if state is not None:
+        held = [
+            (sym, int(p.qty), float(p.market_price)) for sym, p in sorted(state.foreign.items())
+        ]
+        source = home.positions_file.name
+    else:
+        try:
+            beat = _heartbeat(home) or {}
+        except ValueError:  # the live status panel reports the unreadable heartbeat
+            beat = {}
+        foreign = beat.get("foreign_positions") or {}
+        held = [(str(sym), int(qty), None) for sym, qty in sorted(foreign.items())]
+        source = home.heartbeat_file.name
+    held = [h for h in held if h[1]]
+    if not held:
+        return
+    items = []
+    for sym, qty, price in held:
+        if price is None or not math.isfinite(price):
+            items.append(f"{sym} {qty:+,} shares (price not recorded)")
+        else:
+            items.append(f"{sym} {qty:+,} shares at {price:,.2f} USD = {qty * price:,.2f} USD")
+    st.warning(
+        f"{len(held)} position(s) outside the pair {pair.long}/{pair.short} in the account: "
+        + "; ".join(items)
+        + ". They are not traded by the loop and are kept out of the pair's limits "
+        f"(exposure, position sizes); from {source}."
+    )
 
 
 def _equity_over_time(home: C.Paths, state: Any) -> None:

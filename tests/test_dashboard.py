@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -190,12 +191,62 @@ def test_refresh_interval_comes_from_the_environment(home, monkeypatch):
 
 # --- Live status --------------------------------------------------------------------------------
 def _rewrite_heartbeat(home: C.Paths, **changes) -> None:
-    beat = json.loads(home.heartbeat_file.read_text())
-    beat.update(changes)
-    home.heartbeat_file.write_text(json.dumps(beat))
+    """The replay's heartbeat with `changes`, written as the loop writes it (a `Heartbeat`)."""
+    import live_trading as lt
+
+    beat = lt.Heartbeat.from_json(json.loads(home.heartbeat_file.read_text()))
+    home.heartbeat_file.write_text(json.dumps(dataclasses.replace(beat, **changes).to_json()))
 
 
-def test_live_mode_shows_the_red_real_money_badge(home):
+def _write_alpaca_heartbeat(home: C.Paths, **changes) -> None:
+    """A live loop's heartbeat on the Alpaca broker, built field by field."""
+    import live_trading as lt
+
+    now = pd.Timestamp.now(tz="UTC")
+    fields = {
+        "status": "running",
+        "time": now.isoformat(),
+        "loop_time": now.isoformat(),
+        "pid": 4242,
+        "mode": "paper",
+        "broker": "alpaca",
+        "market_open": True,
+        "next_open": (now + pd.Timedelta(days=1)).isoformat(),
+        "next_close": (now + pd.Timedelta(hours=3)).isoformat(),
+        "equity": 100_300.0,
+        "cash": 100_000.0,
+        "positions": {},
+        "halted": False,
+        "halt_reason": None,
+        "circuit_breakers": {
+            "alpaca orders": "closed",
+            "alpaca account": "closed",
+            "alpaca market_data": "closed",
+        },
+        "last_bar": "2022-03-15T00:00:00-04:00",
+        "interval_s": 300.0,
+    }
+    fields.update(changes)
+    home.heartbeat_file.write_text(json.dumps(lt.Heartbeat(**fields).to_json()))
+
+
+@pytest.fixture
+def live_lock(home):
+    """The lock and pid file of a running `main.py live`, held by this test (pid 4242)."""
+    import filelock
+
+    lock = filelock.FileLock(str(home.live_lock_file))
+    lock.acquire(timeout=5)
+    home.live_lock_file.with_suffix(".pid").write_text("4242\n")
+    yield 4242
+    lock.release()
+
+
+def loop_metric(at: AppTest):
+    return next(m for m in at.metric if m.label == "Loop")
+
+
+def test_live_mode_shows_the_red_real_money_badge(home, live_lock):
     now = pd.Timestamp.now(tz="UTC").isoformat()
     _rewrite_heartbeat(home, mode="live", status="running", time=now, broker="alpaca")
     at = run_app()
@@ -205,12 +256,72 @@ def test_live_mode_shows_the_red_real_money_badge(home):
     assert {m.label: m.value for m in at.metric}["Loop"] == "RUNNING"
 
 
-def test_a_running_loop_with_an_old_heartbeat_is_stale(home):
+def test_a_held_lock_with_a_fresh_heartbeat_is_running(home, live_lock):
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    _rewrite_heartbeat(home, status="running", time=now)
+    at = run_app()
+    loop = loop_metric(at)
+    assert loop.value == "RUNNING"
+    assert f"pid {live_lock}" in str(loop.proto.delta)
+    assert not any("not running" in e.lower() for e in texts(at.error))
+
+
+def test_a_running_heartbeat_with_no_lock_held_is_a_dead_loop(home):
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    _rewrite_heartbeat(home, status="running", time=now)
+    home.live_lock_file.touch()  # a lock file left behind, held by no process
+    at = run_app()
+    assert loop_metric(at).value == "NOT RUNNING"
+    dead = [e for e in texts(at.error) if "not running" in e]
+    assert len(dead) == 1
+    assert "The loop is not running (last heartbeat said running: it died)" in dead[0]
+    assert not any(m.value == "RUNNING" for m in at.metric)
+
+
+def test_waiting_for_the_open_with_no_lock_file_is_a_dead_loop(home):
+    _rewrite_heartbeat(home, status="waiting for the open")
+    at = run_app()
+    assert loop_metric(at).value == "NOT RUNNING"
+    assert any(
+        "not running (last heartbeat said waiting for the open: it died)" in e
+        for e in texts(at.error)
+    )
+
+
+def test_a_running_loop_with_an_old_heartbeat_is_stale(home, live_lock):
     old = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=2)).isoformat()
     _rewrite_heartbeat(home, status="running", time=old)
     at = run_app()
     assert {m.label: m.value for m in at.metric}["Loop"] == "STALE"
-    assert any("may have died" in w for w in texts(at.warning))
+    assert any("may be stuck" in w and "pid 4242" in w for w in texts(at.warning))
+
+
+def test_the_broker_error_is_shown_next_to_the_breakers(home, live_lock):
+    error = "alpaca orders: HTTP 503 Service Unavailable (circuit breaker opened)"
+    _write_alpaca_heartbeat(
+        home,
+        status="broker unavailable",
+        broker_error=error,
+        circuit_breakers={
+            "alpaca orders": "open",
+            "alpaca account": "closed",
+            "alpaca market_data": "closed",
+        },
+    )
+    at = run_app()
+    errors = texts(at.error)
+    assert f"Last broker error: {error}" in errors
+    breakers = next(e for e in errors if e.startswith("Circuit breakers:"))
+    assert "alpaca orders: **open**" in breakers
+    assert errors.index(f"Last broker error: {error}") == errors.index(breakers) + 1
+    assert loop_metric(at).value == "RUNNING"
+
+
+def test_no_broker_error_once_an_iteration_succeeds(home, live_lock):
+    _write_alpaca_heartbeat(home, broker_error=None)
+    at = run_app()
+    assert not any("broker error" in e.lower() for e in texts(at.error))
+    assert any(c.startswith("Circuit breakers: alpaca account") for c in texts(at.caption))
 
 
 def test_a_halt_in_the_risk_state_is_shown(home):
@@ -220,6 +331,53 @@ def test_a_halt_in_the_risk_state_is_shown(home):
     at = run_app()
     assert {m.label: m.value for m in at.metric}["Trading"] == "HALTED"
     assert any("drawdown 21% >= 20%" in e for e in texts(at.error))
+
+
+# --- Positions outside the pair -----------------------------------------------------------------
+def test_positions_outside_the_pair_are_listed_as_not_traded(home):
+    import live_trading as lt
+
+    pair = C.resolve_pair()
+    lt.PositionsState(
+        mode="paper",
+        broker="alpaca",
+        updated_at=pd.Timestamp.now(tz="UTC").isoformat(),
+        cash=50_000.0,
+        equity=100_000.0,
+        positions={
+            pair.long: lt.HeldPosition(100, 150.0, 155.0),
+            pair.short: lt.HeldPosition(-80, 200.0, 198.5),
+        },
+        foreign={"KO": lt.HeldPosition(5, 58.0, 60.0), "TSLA": lt.HeldPosition(-3, 250.0, 240.5)},
+    ).save(home.positions_file)
+    at = run_app()
+    foreign = [w for w in texts(at.warning) if "outside the pair" in w]
+    assert len(foreign) == 1
+    text = foreign[0]
+    assert "KO +5 shares at 60.00 USD = 300.00 USD" in text
+    assert "TSLA -3 shares at 240.50 USD = -721.50 USD" in text
+    assert "not traded by the loop" in text and "kept out of the pair's limits" in text
+    legs = frame_with(at, "unrealized P&L")
+    assert sorted(legs["leg"]) == sorted([pair.long, pair.short])  # the pair's table only
+    assert {m.label: m.value for m in at.metric}[
+        "Gross exposure"
+    ] == f"${100 * 155.0 + 80 * 198.5:,.2f}"
+    assert not at.error
+
+
+def test_no_foreign_warning_when_the_account_holds_only_the_pair(home):
+    at = run_app()
+    assert not any("outside the pair" in w for w in texts(at.warning))
+
+
+def test_without_positions_json_the_heartbeat_lists_foreign_shares(home):
+    home.positions_file.unlink()
+    _write_alpaca_heartbeat(home, foreign_positions={"KO": 5})
+    at = run_app()
+    foreign = [w for w in texts(at.warning) if "outside the pair" in w]
+    assert len(foreign) == 1
+    assert "KO +5 shares (price not recorded)" in foreign[0]
+    assert "not traded by the loop" in foreign[0] and "heartbeat.json" in foreign[0]
 
 
 # --- Missing and corrupt files ------------------------------------------------------------------
