@@ -215,7 +215,9 @@ class _BacktestVenue:
     def known_orders(self, orders: Any) -> dict[str, Any]:
         return {}  # a backtest never restarts: no order is known before it is sent
 
-    def await_fills(self, placed: Any, *, cancel_unfilled: bool) -> list[Any]:
+    def await_fills(
+        self, placed: Any, *, cancel_unfilled: bool, on_update: Any = None
+    ) -> list[Any]:
         return list(placed)  # filled (or capped) at the bar's close when placed
 
     def submit_basket(self, basket: ApprovedBasket) -> list[Fill]:

@@ -297,8 +297,10 @@ class PairVenue:
     def submit_basket(self, basket: Any) -> list[ta.BrokerOrder]:
         return self.broker.submit_basket(basket)
 
-    def await_fills(self, placed: Any, *, cancel_unfilled: bool) -> list[ta.BrokerOrder]:
-        return self.broker.await_fills(placed, cancel_unfilled=cancel_unfilled)
+    def await_fills(
+        self, placed: Any, *, cancel_unfilled: bool, on_update: Any = None
+    ) -> list[ta.BrokerOrder]:
+        return self.broker.await_fills(placed, cancel_unfilled=cancel_unfilled, on_update=on_update)
 
 
 @dataclass
@@ -426,7 +428,9 @@ class FillJournal:
             else:
                 current.append(found)
         if wait and current:
-            current = broker.await_fills(current, cancel_unfilled=False)
+            current = broker.await_fills(
+                current, cancel_unfilled=False, on_update=lambda o: self.observe(o)
+            )
         deltas = [self.observe(o, recovered=recovered) for o in current]
         return [d for d in deltas if d is not None]
 
@@ -1565,6 +1569,8 @@ def status(home: C.Paths | None = None) -> dict[str, Any]:
         out["heartbeat"] = beat
         out["heartbeat_age_s"] = (now - pd.Timestamp(beat.time)).total_seconds()
     out["loop_pid"] = loop_pid(home)
+    last = AuditLog(home.audit_log).last() if home.audit_log.exists() else None
+    out["last_audit_event"] = last.event if last is not None else None
     out["positions"] = read_positions(home.positions_file)
     risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
     out["halted"] = risk.halted

@@ -223,6 +223,21 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="close both legs when the dead man's switch trips",
     )
+    lv.add_argument(
+        "--fill-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="Alpaca: seconds to wait for asynchronous fills (a flip's opening orders wait for "
+        "its closing orders to fill; default 30)",
+    )
+    lv.add_argument(
+        "--unfilled-reduce",
+        choices=["cancel", "leave"],
+        default="cancel",
+        help="Alpaca: a closing order still unfilled at --fill-timeout is cancelled (default) or "
+        "left open; either way the opening orders are withheld until the next bar",
+    )
     if trading:
         _add_trading_options(lv)
     lv.set_defaults(func=cmd_live)
@@ -909,14 +924,13 @@ def cmd_live(args: argparse.Namespace) -> int:
     if args.live or args.broker == "alpaca":
         import alert_dispatch
         import trading_api as ta
-        from error_handling import CircuitBreaker
 
-        breaker = CircuitBreaker(
-            "alpaca",
-            failure_threshold=5,
-            reset_timeout_s=60,
-            on_state_change=alert_dispatch.breaker_alert_hook(home.home),
-        )
+        options = {
+            "on_breaker_change": alert_dispatch.breaker_alert_hook(home.home),
+            "fill_policy": ta.FillPolicy(
+                timeout_s=args.fill_timeout, unfilled_reduce=args.unfilled_reduce
+            ),
+        }
         if args.live:
             api_key, secret_key = _live_keys(home)
             _confirm_live()
@@ -926,10 +940,10 @@ def cmd_live(args: argparse.Namespace) -> int:
                 paper=False,
                 trading_url=os.environ.get("ALPACA_TRADING_URL") or None,
                 data_url=os.environ.get("ALPACA_DATA_URL") or None,
-                breaker=breaker,
+                **options,
             )
         else:
-            broker = ta.AlpacaBroker.from_environment(paper=True, home=home.home, breaker=breaker)
+            broker = ta.AlpacaBroker.from_environment(paper=True, home=home.home, **options)
     print(
         f"live loop: {'LIVE (real money)' if args.live else 'paper'}, "
         f"{broker.name if broker else 'simulated'} broker, {pair.long}/{pair.short}"
@@ -957,21 +971,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     home = C.paths()
     st = lt.status(home)
     beat = st.get("heartbeat")
-    if beat is None:
+    pid = st.get("loop_pid")
+    # No process holds the lock, yet the last run wrote no `stop` record: it was killed.
+    died = pid is None and st.get("last_audit_event") not in (None, "stop")
+    if beat is None and pid is None and not died:
         print("loop: not started yet: run `python main.py live` (or --replay to try it)")
     else:
+        if pid is not None:
+            state = f"RUNNING (pid {pid}; {beat.status if beat else 'no heartbeat yet'})"
+        elif died:
+            said = f"its last heartbeat said {beat.status!r}" if beat else "no heartbeat"
+            state = f"STOPPED (not running: it died without a `stop` record; {said})"
+        else:
+            state = "STOPPED"
+        if beat is None:
+            print(f"loop: {state}")
+    if beat is not None:
         age = st["heartbeat_age_s"]
-        state = beat.status
-        running = state != "stopped" and age < 3 * beat.interval_s
         print(
-            f"loop: {'RUNNING' if running else 'STOPPED'} ({state}); last heartbeat "
-            f"{age:,.0f} s ago; mode {beat.mode.upper()}, broker {beat.broker}"
+            f"loop: {state}; last heartbeat {age:,.0f} s ago; mode {beat.mode.upper()}, broker "
+            f"{beat.broker}"
         )
         breakers = beat.circuit_breakers
         print(
-            "circuit breakers: "
+            "circuit breakers (as the loop last recorded them): "
             + (", ".join(f"{k} {v}" for k, v in breakers.items()) or "none in use")
         )
+        if beat.broker_error:
+            print(f"broker: last failure: {beat.broker_error}")
     print(
         f"market: {'OPEN' if st['market_open_now'] else 'closed'} now; next open {st['next_open']}"
     )
@@ -989,6 +1016,23 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"positions: {legs or 'flat'}; equity ${positions.equity:,.2f}, cash "
             f"${positions.cash:,.2f}; last bar {positions.last_processed_bar}"
         )
+        if positions.open_orders:
+            print(
+                "open orders: "
+                + ", ".join(
+                    f"{o['side']} {o['qty']} {o['symbol']} ({o['filled_qty']} filled, "
+                    f"{o['status']})"
+                    for o in positions.open_orders
+                )
+            )
+        if positions.foreign:
+            print(
+                "outside the pair (never traded by the loop, kept out of its limits): "
+                + ", ".join(
+                    f"{sym} {p.qty:+,} @ {p.market_price:,.2f} (${p.qty * p.market_price:,.2f})"
+                    for sym, p in positions.foreign.items()
+                )
+            )
     return 0
 
 

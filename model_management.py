@@ -172,7 +172,13 @@ def _pair_text(pair: Pair) -> str:
 
 
 def _train_hint(pair: Pair) -> str:
-    return f"`python main.py train --long {pair.long} --short {pair.short}`"
+    """How to get a usable model back: train, then promote (while a champion exists a newly
+    trained model is only a canary, and the champion is the one that failed)."""
+    return (
+        f"`python main.py train --long {pair.long} --short {pair.short}`, then make the new "
+        "version active with `python main.py models promote VERSION` (a new model starts as a "
+        "canary; `python main.py models` lists the versions)"
+    )
 
 
 class ModelRegistry:

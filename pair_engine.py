@@ -557,7 +557,13 @@ class Venue(Protocol):
 
     def submit_basket(self, basket: ApprovedBasket) -> list[Any]: ...
 
-    def await_fills(self, placed: Sequence[Any], *, cancel_unfilled: bool) -> list[Any]: ...
+    def await_fills(
+        self,
+        placed: Sequence[Any],
+        *,
+        cancel_unfilled: bool,
+        on_update: Callable[[Any], Any] | None = None,
+    ) -> list[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,10 +626,13 @@ def rebalance(
             venue, risk, reduce, start_of_day_equity, reference_prices, report, on_event
         )
         if increase and placed and not venue.simulated:
-            settled = venue.await_fills(placed, cancel_unfilled=True)
+            update = None
             if on_event is not None:
-                for o in settled:
+
+                def update(o: Any) -> None:
                     on_event("order_update", _order_payload(o))
+
+            settled = venue.await_fills(placed, cancel_unfilled=True, on_update=update)
             report.unfilled = [o for o in settled if o.filled_qty < o.qty]
             if report.unfilled:
                 if on_event is not None:

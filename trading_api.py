@@ -196,17 +196,34 @@ class Broker(abc.ABC):
             time.sleep(seconds)
 
     def await_fills(
-        self, placed: Sequence[BrokerOrder], *, cancel_unfilled: bool
+        self,
+        placed: Sequence[BrokerOrder],
+        *,
+        cancel_unfilled: bool,
+        on_update: Callable[[BrokerOrder], Any] | None = None,
     ) -> list[BrokerOrder]:
         """The broker's latest view of `placed` once every order is done or
-        `fill_policy.timeout_s` has passed (polled every `poll_s`; a stop ends the wait). With
+        `fill_policy.timeout_s` has passed (polled every `poll_s`; a stop ends the wait);
+        `on_update` sees each new view of an order as it comes (a partial fill, the rest). With
         `cancel_unfilled` and the policy's "cancel", an order still working at the bound is
         cancelled (a fill racing the cancel is kept: the order is read again)."""
         policy = self.fill_policy
         deadline = time.monotonic() + policy.timeout_s
         current = list(placed)
+
+        def look() -> None:
+            for i, o in enumerate(current):
+                if not o.done:
+                    new = self._refresh(o)
+                    if on_update is not None and (new.filled_qty, new.status) != (
+                        o.filled_qty,
+                        o.status,
+                    ):
+                        on_update(new)
+                    current[i] = new
+
         while True:
-            current = [o if o.done else self._refresh(o) for o in current]
+            look()
             if all(o.done for o in current) or time.monotonic() >= deadline or self.stopping():
                 break
             self.pause(policy.poll_s)
@@ -217,7 +234,7 @@ class Broker(abc.ABC):
                     self.cancel_order(o.id)
                 except BrokerError as exc:  # it filled meanwhile, or the broker is failing
                     log.warning("cancel of %s failed: %s", o.client_order_id, exc)
-            current = [o if o.done else self._refresh(o) for o in current]
+            look()
         for o in current:
             if not o.done:
                 log.warning(
@@ -381,7 +398,11 @@ class SimulatedBroker(Broker):
         """Simulated market orders fill at once: nothing is ever open to cancel."""
 
     def await_fills(
-        self, placed: Sequence[BrokerOrder], *, cancel_unfilled: bool
+        self,
+        placed: Sequence[BrokerOrder],
+        *,
+        cancel_unfilled: bool,
+        on_update: Callable[[BrokerOrder], Any] | None = None,
     ) -> list[BrokerOrder]:
         """Done when placed: filled, or capped by the participation cap with the rest
         canceled."""

@@ -255,7 +255,7 @@ def test_a_refused_connection_is_retried_then_broker_unavailable():
 )
 def test_a_rejected_order_is_posted_once_and_does_not_trip_the_breaker(alpaca, status, reason):
     breaker = CircuitBreaker("alpaca", failure_threshold=1)  # one counted failure would open it
-    b = broker(alpaca, attempts=3, breaker=breaker)
+    b = broker(alpaca, attempts=3, breakers={"orders": breaker})
     alpaca.fail("POST", ORDERS, status)
 
     with pytest.raises(OrderRejected, match=f"HTTP {status}: {reason}") as raised:
@@ -273,13 +273,13 @@ def test_a_rejection_leaves_the_breaker_count_unchanged(alpaca):
     alpaca.fail("GET", "/v2/account", 500, 500, 500, 403)
     with pytest.raises(BrokerUnavailable):
         b.account()
-    assert b.breaker.failures == 3  # below the default threshold of 5
+    assert b.breakers["account"].failures == 3  # below the default threshold of 5
 
     with pytest.raises(OrderRejected, match="HTTP 403"):
         b.account()
 
     assert alpaca.hits["GET", "/v2/account"] == 4
-    assert b.breaker.failures == 3
+    assert b.breakers["account"].failures == 3
 
 
 def test_wrong_keys_are_rejected_once_with_a_hint(alpaca):
@@ -290,8 +290,8 @@ def test_wrong_keys_are_rejected_once_with_a_hint(alpaca):
 
 
 def test_a_breaker_passed_in_learns_not_to_count_rejections(alpaca):
-    b = broker(alpaca, breaker=CircuitBreaker("alpaca"))
-    assert OrderRejected in b.breaker.excluded
+    b = broker(alpaca, breakers={"orders": CircuitBreaker("alpaca")})
+    assert OrderRejected in b.breakers["orders"].excluded
 
 
 # --- Circuit breaker ------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def test_breaker_opens_after_failures_alerts_and_then_refuses_without_a_request(
         reset_timeout_s=60.0,
         on_state_change=alert_dispatch.breaker_alert_hook(tmp_path),
     )
-    b = broker(alpaca, attempts=1, breaker=breaker)
+    b = broker(alpaca, attempts=1, breakers={"account": breaker})
     alpaca.fail("GET", "/v2/account", *[500] * 5)
     for _ in range(2):
         with pytest.raises(BrokerUnavailable):
@@ -327,7 +327,7 @@ def test_retries_stop_as_soon_as_the_breaker_opens(alpaca):
     breaker = CircuitBreaker("alpaca", failure_threshold=2, reset_timeout_s=60.0)
     alpaca.fail("GET", "/v2/account", *[503] * 5)
     with pytest.raises(CircuitOpenError):
-        broker(alpaca, attempts=5, breaker=breaker).account()
+        broker(alpaca, attempts=5, breakers={"account": breaker}).account()
     assert alpaca.hits["GET", "/v2/account"] == 2
 
 

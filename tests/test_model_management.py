@@ -221,7 +221,9 @@ def test_a_model_of_another_pair_refuses_to_load_with_the_retrain_command(regist
         registry.load(record.version, pair=OTHER_PAIR, feature_names=FEATURES)
     assert str(caught.value) == (
         f"model {record.version} was trained for AAPL/MSFT, not KO/PEP; "
-        "retrain with `python main.py train --long KO --short PEP`"
+        "retrain with `python main.py train --long KO --short PEP`, then make the new version "
+        "active with `python main.py models promote VERSION` (a new model starts as a canary; "
+        "`python main.py models` lists the versions)"
     )
 
 

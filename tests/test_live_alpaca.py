@@ -1,0 +1,475 @@
+"""The live loop against a local Alpaca (tests/local_alpaca.py: a real HTTP server on 127.0.0.1
+answering with alpaca-py's field names) that fills asynchronously and partially, refuses what
+real Alpaca refuses (a flip's opening sell while the long is still held: 403 "insufficient qty
+available") and fails on demand. Our loop, alpaca-py and requests run unmodified.
+
+What is specified: a flip completes reduce-then-increase; positions.json is the broker's
+confirmed state; every broker fill is audited exactly once, after a crash too (recovered); the
+broker's clock decides; a bar refused for a closed market is retried, one refused while halted
+is audited as skipped; a position outside the pair never blocks it; the orders breaker opens on
+failing POSTs whatever GETs succeed, and halts with the cause; an outage at start-up halts;
+SIGTERM in an outage exits 0 after the `stop` record and `status` tells dead from running; two
+homes on one account never share a client order id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("alpaca")
+pytest.importorskip("pytest_httpserver")
+
+from pytest_httpserver import HTTPServer
+
+import audit_logging
+import constants as C
+import live_trading as lt
+import process_stock_data as psd
+import risk_management as rm
+from tests.helpers import ROOT, run
+from tests.local_alpaca import KEY_ID, ORDERS, SECRET, FakeAlpaca
+from trading_api import AlpacaBroker, BrokerUnavailable, FillPolicy
+
+pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
+
+PAIR = C.Pair("AAPL", "MSFT")
+BAR = "2022-12-28"  # the last bundled session
+OPEN_NOW = pd.Timestamp("2022-12-29 15:00", tz="UTC")  # 10:00 New York, a session day
+NEXT_OPEN = pd.Timestamp("2022-12-30 14:30", tz="UTC")
+NEXT_CLOSE = pd.Timestamp("2022-12-29 21:00", tz="UTC")
+
+
+# --- Fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory) -> Path:
+    """A home with the bundled pair processed (no model: these runs trade a signal file)."""
+    root = tmp_path_factory.mktemp("processed")
+    psd.process("bundled", PAIR, home=C.paths(root).ensure())
+    return root
+
+
+@pytest.fixture(scope="module")
+def table(processed) -> pd.DataFrame:
+    return psd.load_processed(PAIR, C.paths(processed))[0]
+
+
+def new_home(processed: Path, target: Path) -> C.Paths:
+    import shutil
+
+    shutil.copytree(processed / "data", target / "data")
+    return C.paths(target)
+
+
+@pytest.fixture
+def home(processed, tmp_path, monkeypatch) -> C.Paths:
+    for var in ("ALERT_WEBHOOK_URL", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return new_home(processed, tmp_path / "home")
+
+
+@pytest.fixture(scope="module")
+def _server() -> Iterator[tuple[HTTPServer, dict[str, FakeAlpaca]]]:
+    current: dict[str, FakeAlpaca] = {}
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.expect_request(re.compile(".*")).respond_with_handler(
+        lambda request: current["fake"].handle(request)
+    )
+    server.start()
+    yield server, current
+    server.stop()
+
+
+@pytest.fixture
+def alpaca(_server, table) -> Iterator[FakeAlpaca]:
+    """Alpaca at 10:00 New York on 2022-12-29 with the pair at the 2022-12-28 closes: short 60
+    AAPL, long 30 MSFT. Orders fill 0.3 s after the POST, in two parts; Alpaca's quantity rule
+    is on."""
+    server, current = _server
+    last = table.loc[BAR]
+    prices = {"AAPL": float(last["AAPL_close"]), "MSFT": float(last["MSFT_close"]), "KO": 62.5}
+    fake = FakeAlpaca(
+        fill_after_s=0.3,
+        partial=True,
+        qty_rule=True,
+        prices=prices,
+        positions={"AAPL": (-60, prices["AAPL"]), "MSFT": (30, prices["MSFT"])},
+        clock_now=OPEN_NOW,
+        next_open=NEXT_OPEN,
+        next_close=NEXT_CLOSE,
+        stamp_fraction=pd.Timedelta(0),
+    )
+    fake.url = server.url_for("").rstrip("/")
+    current["fake"] = fake
+    yield fake
+    fake.release.set()
+
+
+def signal_file(tmp_path: Path, long_weight: float = 0.3, short_weight: float = -0.3) -> str:
+    """Long AAPL / short MSFT at 30 % of equity each on the last bar: a flip of both legs."""
+    path = tmp_path / "signals.csv"
+    path.write_text(f"date,AAPL,MSFT\n{BAR},{long_weight},{short_weight}\n")
+    return str(path)
+
+
+def alpaca_broker(fake: FakeAlpaca, **kw: Any) -> AlpacaBroker:
+    kw.setdefault("timeout_s", 2.0)
+    kw.setdefault("backoff_s", 0.0)
+    kw.setdefault("fill_policy", FillPolicy(timeout_s=5.0, poll_s=0.05))
+    return AlpacaBroker(KEY_ID, SECRET, trading_url=fake.url, data_url=fake.url, **kw)
+
+
+def run_once(home: C.Paths, fake: FakeAlpaca, signals: str, table: pd.DataFrame, **kw: Any):
+    """One `--once` iteration in this process, on the processed bundled bars."""
+    broker = kw.pop("broker", None) or alpaca_broker(fake)
+    config = lt.LiveConfig(once=True, signal_file=signals, interval_s=1.0)
+    return lt.run_trading_loop(
+        config=config, pair=PAIR, home=home, broker=broker, feed=lt.BarFeed(table, PAIR), **kw
+    )
+
+
+def records(home: C.Paths, event: str | None = None) -> list[audit_logging.AuditRecord]:
+    log = audit_logging.AuditLog(home.audit_log)
+    return [r for r in log.records() if event is None or r.event == event]
+
+
+def alerts(home: C.Paths) -> list[dict[str, Any]]:
+    path = home.alerts_log
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def held(fake: FakeAlpaca) -> dict[str, int]:
+    return {s: int(q) for s, (q, _) in fake.positions.items() if q}
+
+
+def assert_each_fill_audited_once(home: C.Paths, fake: FakeAlpaca) -> None:
+    """The audit's fill records account for every share the broker filled, none twice: per
+    order, the audited cumulative counts rise through the broker's (a poll may see two fill
+    events at once, never one twice) to its total."""
+    audited: dict[str, list[int]] = {}
+    for r in records(home, "fill"):
+        audited.setdefault(r.payload["client_order_id"], []).append(r.payload["filled_qty"])
+        assert r.payload["qty"] > 0
+    made: dict[str, list[int]] = {}
+    for f in fake.fills:
+        made.setdefault(f["client_order_id"], []).append(f["filled_qty"])
+    assert set(audited) == set(made)
+    for cid, seen in audited.items():
+        assert seen == sorted(set(seen)) and set(seen) <= set(made[cid])
+        assert seen[-1] == made[cid][-1]
+
+
+def env(home: C.Paths, fake: FakeAlpaca) -> dict[str, str]:
+    return {
+        "ALPACA_API_KEY": KEY_ID,
+        "ALPACA_SECRET_KEY": SECRET,
+        "ALPACA_TRADING_URL": fake.url,
+        "ALPACA_DATA_URL": fake.url,
+        "ALERT_WEBHOOK_URL": "",
+        "TRADING_HOME": str(home.home),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "NO_PROXY": "127.0.0.1",
+    }
+
+
+def live_process(home: C.Paths, fake: FakeAlpaca, *args: str) -> subprocess.Popen:
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("TICKER_LONG", "TICKER_SHORT")}
+    environ.update(env(home, fake))
+    return subprocess.Popen(
+        [sys.executable, "main.py", "live", "--broker", "alpaca", *args],
+        cwd=ROOT,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition: Any, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+# --- Asynchronous fills ---------------------------------------------------------------------------
+def test_a_flip_with_async_partial_fills_reduces_then_increases(home, alpaca, table, tmp_path):
+    alpaca.fill_after_s = 1.0  # half at 0.5 s, the rest at 1 s: each part seen as it comes
+    signals = signal_file(tmp_path)
+    summary = run_once(home, alpaca, signals, table)
+
+    assert summary.errors == 0
+    target = held(alpaca)
+    assert target["AAPL"] > 0 > target["MSFT"]  # both legs flipped, no 403 on the way
+    sides = [(p["symbol"], p["side"]) for p in alpaca.posted]
+    assert sides == [("AAPL", "buy"), ("MSFT", "sell"), ("AAPL", "buy"), ("MSFT", "sell")]
+    assert [float(p["qty"]) for p in alpaca.posted[:2]] == [60, 30]  # the closes, then the opens
+    assert set(Counter(f["client_order_id"] for f in alpaca.fills).values()) == {2}  # partials
+    # positions.json is the broker's confirmed state, nothing left open.
+    saved = lt.read_positions(home.positions_file)
+    assert {s: p.qty for s, p in saved.positions.items()} == target
+    assert saved.open_orders == () and saved.last_processed_bar.startswith(BAR)
+    assert saved.cash == pytest.approx(alpaca.cash, abs=0.01)
+    assert_each_fill_audited_once(home, alpaca)
+    assert len(records(home, "fill")) == 8  # each order's two parts, one record each
+    assert len(records(home, "order_intent")) == 4
+
+    # A restart: the loop's own fills are no difference; the bar's signal is not audited again.
+    run_once(home, alpaca, signals, table)
+    (_, second) = records(home, "reconciliation")
+    assert second.payload["differences"] == []
+    assert not [a for a in alerts(home) if a["source"] == "reconciliation"]
+    assert len(records(home, "signal")) == 1
+    assert len(alpaca.posted) == 4
+
+
+def test_a_reduce_unfilled_at_the_bound_is_cancelled_and_the_increase_withheld(
+    home, alpaca, table, tmp_path
+):
+    alpaca.fill = False  # orders rest unfilled
+    broker = alpaca_broker(alpaca, fill_policy=FillPolicy(timeout_s=0.3, poll_s=0.05))
+    run_once(home, alpaca, signal_file(tmp_path), table, broker=broker)
+
+    assert [p["side"] for p in alpaca.posted] == ["buy", "sell"]  # the closes only
+    assert {o["status"] for o in alpaca.orders} == {"canceled"}
+    (withheld,) = records(home, "increase_withheld")
+    assert withheld.payload["withheld"] == [
+        o for o in withheld.payload["withheld"] if o.startswith(("buy", "sell"))
+    ]
+    assert len(records(home, "order_done")) == 2
+    assert held(alpaca) == {"AAPL": -60, "MSFT": 30}  # nothing moved, nothing left working
+    assert lt.read_positions(home.positions_file).open_orders == ()
+
+
+def test_a_sigkill_right_after_a_post_is_recovered_without_a_double(home, alpaca, tmp_path):
+    signals = signal_file(tmp_path)
+    alpaca.fail("POST", ORDERS, "lost")  # the first order is taken; its answer never comes
+    proc = live_process(home, alpaca, "--once", "--signals", signals, "--fill-timeout", "5")
+    try:
+        wait_for(lambda: len(alpaca.posted) == 1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    wait_for(lambda: alpaca.settle() or len(alpaca.fills) == 2)  # it fills while we are down
+    status = run("main.py", "status", home=home.home, extra_env=env(home, alpaca))
+    assert "STOPPED (not running: it died" in status.stdout
+
+    again = run(
+        "main.py",
+        "live",
+        "--broker",
+        "alpaca",
+        "--once",
+        "--signals",
+        signals,
+        home=home.home,
+        extra_env=env(home, alpaca),
+    )
+
+    assert again.returncode == 0, again.stderr
+    assert max(Counter(p["client_order_id"] for p in alpaca.posted).values()) == 1  # no double
+    assert held(alpaca)["AAPL"] > 0 > held(alpaca)["MSFT"]
+    assert_each_fill_audited_once(home, alpaca)
+    first = alpaca.posted[0]["client_order_id"]
+    recovered = [r for r in records(home, "fill") if r.payload["client_order_id"] == first]
+    assert recovered and all(r.payload["recovered"] for r in recovered)
+    assert sum(r.payload["qty"] for r in recovered) == 60  # found at start-up, audited once
+    saved = lt.read_positions(home.positions_file)
+    assert {s: p.qty for s, p in saved.positions.items()} == held(alpaca)
+
+
+# --- The broker's clock ---------------------------------------------------------------------------
+def test_the_brokers_open_market_trades_when_the_local_calendar_is_closed(
+    home, alpaca, table, tmp_path
+):
+    alpaca.clock_now = pd.Timestamp("2022-12-31 15:00", tz="UTC")  # a Saturday for NYSE
+    run_once(home, alpaca, signal_file(tmp_path), table)
+    assert len(alpaca.posted) == 4
+    assert lt.read_positions(home.positions_file).last_processed_bar.startswith(BAR)
+
+
+def test_the_brokers_closed_market_waits_and_the_bar_is_taken_at_its_open(
+    home, alpaca, table, tmp_path
+):
+    alpaca.is_open = False  # the local calendar says open at 10:00 New York on a session day
+    signals = signal_file(tmp_path)
+    run_once(home, alpaca, signals, table)
+    assert alpaca.posted == []
+    assert json.loads(home.heartbeat_file.read_text())["market_open"] is False
+    assert lt.read_positions(home.positions_file).last_processed_bar is None
+
+    alpaca.is_open = True
+    run_once(home, alpaca, signals, table)
+    assert len(alpaca.posted) == 4
+
+
+class ClosingAlpaca(FakeAlpaca):
+    """Open for the first `opens` clock requests, closed after: the market closes between the
+    loop's check and the risk gate's."""
+
+    opens = 1
+
+    @property  # type: ignore[override]
+    def is_open(self) -> bool:
+        self.opens -= 1
+        return self.opens >= 0
+
+    @is_open.setter
+    def is_open(self, value: bool) -> None:
+        pass
+
+
+def test_a_bar_refused_for_a_closed_market_is_deferred_then_traded(
+    _server, alpaca, home, table, tmp_path
+):
+    _, current = _server
+    closing = ClosingAlpaca(
+        fill_after_s=0.1,
+        qty_rule=True,
+        prices=alpaca.prices,
+        positions={s: tuple(p) for s, p in alpaca.positions.items()},
+        clock_now=OPEN_NOW,
+        next_open=NEXT_OPEN,
+        next_close=NEXT_CLOSE,
+        stamp_fraction=pd.Timedelta(0),
+    )
+    closing.url = alpaca.url
+    current["fake"] = closing
+    signals = signal_file(tmp_path)
+    run_once(home, closing, signals, table)
+
+    assert closing.posted == []
+    (deferred,) = records(home, "bar_deferred")
+    assert deferred.payload["bar"].startswith(BAR)
+    assert lt.read_positions(home.positions_file).last_processed_bar is None
+    assert not lt.equity_log_path(home, "paper").exists()  # no equity row for an undecided bar
+
+    closing.opens = 10  # open at the next try
+    run_once(home, closing, signals, table)
+    assert len(closing.posted) == 4
+    assert lt.read_positions(home.positions_file).last_processed_bar.startswith(BAR)
+
+
+# --- Positions outside the pair -------------------------------------------------------------------
+def test_a_foreign_position_is_reported_and_does_not_block_the_pair(home, alpaca, table, tmp_path):
+    alpaca.positions["KO"] = [5.0, 60.0]  # bought by hand
+    run_once(home, alpaca, signal_file(tmp_path), table)
+
+    assert {p["symbol"] for p in alpaca.posted} == {"AAPL", "MSFT"}
+    assert held(alpaca)["KO"] == 5 and held(alpaca)["AAPL"] > 0
+    saved = lt.read_positions(home.positions_file)
+    assert set(saved.positions) == {"AAPL", "MSFT"}
+    assert saved.foreign["KO"].qty == 5 and saved.foreign["KO"].market_price == 62.5
+    assert json.loads(home.heartbeat_file.read_text())["foreign_positions"] == {"KO": 5}
+    (report,) = records(home, "foreign_positions")
+    assert report.payload["positions"]["KO"]["value"] == pytest.approx(312.5)
+    assert any(a["source"] == "foreign_positions" and "KO" in a["message"] for a in alerts(home))
+    assert not records(home, "risk_decision") or all(
+        r.payload["accepted"] for r in records(home, "risk_decision")
+    )
+    status = run("main.py", "status", home=home.home, extra_env=env(home, alpaca))
+    assert "outside the pair" in status.stdout and "KO +5" in status.stdout
+
+
+# --- Breakers and halts ---------------------------------------------------------------------------
+def test_failing_posts_between_good_gets_open_the_orders_breaker_and_halt(
+    home, alpaca, table, tmp_path
+):
+    alpaca.positions.clear()  # flat: the first order is an opening one
+    broker = alpaca_broker(alpaca, attempts=1)  # one POST per run: failures spread over runs
+    signals = signal_file(tmp_path)
+    for _ in range(3):
+        alpaca.fail("POST", ORDERS, 500)
+        with pytest.raises(BrokerUnavailable, match="HTTP 500"):
+            run_once(home, alpaca, signals, table, broker=broker)
+
+    assert broker.breakers["orders"].state.value == "open"
+    assert broker.breakers["account"].state.value == "closed"  # its GETs kept succeeding
+    risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
+    assert risk.halted and "HTTP 500" in risk.halt_reason and "circuit" not in risk.halt_reason
+    halted = [a for a in alerts(home) if a["title"] == "Trading halted"]
+    assert halted and halted[0]["severity"] == "CRITICAL" and "HTTP 500" in halted[0]["message"]
+    assert [a["severity"] for a in alerts(home) if a["source"] == "live_loop"] == ["HIGH"] * 3
+    assert alpaca.orders == []
+
+    # The broker is back; the halt holds: the bar is skipped, and the skip says why.
+    run_once(home, alpaca, signals, table)
+    assert alpaca.orders == []
+    (skipped,) = records(home, "bar_skipped")
+    assert skipped.payload["reason"].startswith("halted: broker alpaca failing")
+
+
+def test_an_outage_at_start_up_halts_with_its_cause(home, table, tmp_path):
+    with socket.socket() as sock:  # a port on 127.0.0.1 nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    broker = AlpacaBroker(KEY_ID, SECRET, trading_url=url, data_url=url, backoff_s=0.0)
+    config = lt.LiveConfig(once=True, signal_file=signal_file(tmp_path))
+    with pytest.raises(BrokerUnavailable, match="connection failed"):
+        lt.run_trading_loop(
+            config=config, pair=PAIR, home=home, broker=broker, feed=lt.BarFeed(table, PAIR)
+        )
+
+    risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
+    assert risk.halted and "at start-up" in risk.halt_reason
+    assert "connection failed" in risk.halt_reason
+    assert records(home)[-1].event == "stop"
+    assert any(a["severity"] == "CRITICAL" and a["title"] == "Trading halted" for a in alerts(home))
+
+
+def test_sigterm_during_an_outage_exits_0_and_status_says_stopped(home, alpaca, tmp_path):
+    proc = live_process(home, alpaca, "--signals", signal_file(tmp_path), "--interval", "0.5")
+    try:
+        wait_for(lambda: home.heartbeat_file.exists())
+        alpaca.fail("GET", "/v2/clock", *[500] * 1000)  # the broker goes down
+        hits = alpaca.hits["GET", "/v2/clock"]
+        wait_for(lambda: alpaca.hits["GET", "/v2/clock"] >= hits + 4)
+        running = run("main.py", "status", home=home.home, extra_env=env(home, alpaca))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+    assert proc.returncode == 0, err
+    assert f"RUNNING (pid {proc.pid}" in running.stdout
+    last = records(home)[-1]
+    assert last.event == "stop" and last.payload["reason"] == "SIGTERM"
+    assert records(home, "broker_failure")
+    status = run("main.py", "status", home=home.home, extra_env=env(home, alpaca))
+    assert "loop: STOPPED;" in status.stdout
+    assert "HTTP 500" in status.stdout  # the last failure the loop recorded
+
+
+# --- Client order ids -----------------------------------------------------------------------------
+def test_two_homes_on_one_account_never_share_an_id(processed, alpaca, table, tmp_path):
+    first = new_home(processed, tmp_path / "a")
+    second = new_home(processed, tmp_path / "b")
+    alpaca.positions.clear()
+    signals = signal_file(tmp_path)
+    run_once(first, alpaca, signals, table)
+    ids_first = {o["client_order_id"] for o in alpaca.orders}
+    alpaca.positions.clear()  # flattened by hand: the second home makes the same decision
+
+    run_once(second, alpaca, signals, table)
+
+    ids_second = {o["client_order_id"] for o in alpaca.orders} - ids_first
+    assert len(ids_first) == len(ids_second) == 2
+    assert {c.rsplit("-", 1)[0] for c in ids_first} == {first.order_prefix()}
+    assert {c.rsplit("-", 1)[0] for c in ids_second} == {second.order_prefix()}
+    assert first.order_prefix() != second.order_prefix()
+    assert held(alpaca)["AAPL"] > 0  # the second home traded: it adopted none of the first's
