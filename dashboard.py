@@ -452,7 +452,7 @@ def _foreign_positions(home: C.Paths, pair: C.Pair, state: Any) -> None:
     included), else, with no positions.json, from the heartbeat's `foreign_positions` (shares
     only). The loop never trades them and keeps them out of the pair's risk limits."""
     if state is not None:
-        held = [
+        held: list[tuple[str, int, float | None]] = [
             (sym, int(p.qty), float(p.market_price)) for sym, p in sorted(state.foreign.items())
         ]
         source = home.positions_file.name

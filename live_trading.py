@@ -365,7 +365,7 @@ class FillJournal:
         """Audit what is new about `order` (a BrokerOrder or its event payload): the shares
         filled since the last look, and its end when it ended short of its quantity."""
         get = order.get if isinstance(order, Mapping) else lambda k: getattr(order, k, None)
-        cid = get("client_order_id")
+        cid = str(get("client_order_id"))
         t = self.orders.get(cid)
         if t is None or t.done:
             return None
@@ -373,7 +373,7 @@ class FillJournal:
         status = OrderStatus(str(get("status")))
         delta = None
         if filled > t.filled:
-            avg = float(get("filled_avg_price"))
+            avg = float(get("filled_avg_price") or 0.0)
             shares = filled - t.filled
             price = (avg * filled - t.avg_price * t.filled) / shares
             fees = float(get("fees") or 0.0) * shares / filled

@@ -925,7 +925,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         import alert_dispatch
         import trading_api as ta
 
-        options = {
+        options: dict[str, Any] = {
             "on_breaker_change": alert_dispatch.breaker_alert_hook(home.home),
             "fill_policy": ta.FillPolicy(
                 timeout_s=args.fill_timeout, unfilled_reduce=args.unfilled_reduce
@@ -974,7 +974,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     pid = st.get("loop_pid")
     # No process holds the lock, yet the last run wrote no `stop` record: it was killed.
     died = pid is None and st.get("last_audit_event") not in (None, "stop")
-    if beat is None and pid is None and not died:
+    if beat is None and pid is None and st.get("last_audit_event") is None:
         print("loop: not started yet: run `python main.py live` (or --replay to try it)")
     else:
         if pid is not None:
@@ -983,7 +983,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             said = f"its last heartbeat said {beat.status!r}" if beat else "no heartbeat"
             state = f"STOPPED (not running: it died without a `stop` record; {said})"
         else:
-            state = "STOPPED"
+            state = "STOPPED" if beat else "STOPPED (no iteration completed; see `audit tail`)"
         if beat is None:
             print(f"loop: {state}")
     if beat is not None:

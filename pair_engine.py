@@ -543,7 +543,9 @@ class Venue(Protocol):
     name: str
     simulated: bool
     live_checks: bool
-    order_prefix: str
+
+    @property
+    def order_prefix(self) -> str: ...
 
     def account(self) -> Any: ...
 

@@ -256,6 +256,37 @@ def test_a_reduce_unfilled_at_the_bound_is_cancelled_and_the_increase_withheld(
     assert lt.read_positions(home.positions_file).open_orders == ()
 
 
+def test_a_reduce_left_open_is_saved_as_open_and_resolved_at_the_next_start(
+    home, alpaca, table, tmp_path
+):
+    alpaca.fill_after_s = 1.5
+    alpaca.partial = False
+    broker = alpaca_broker(
+        alpaca, fill_policy=FillPolicy(timeout_s=0.2, poll_s=0.05, unfilled_reduce="leave")
+    )
+    signals = signal_file(tmp_path)
+    run_once(home, alpaca, signals, table, broker=broker)
+
+    saved = lt.read_positions(home.positions_file)
+    assert [(o["symbol"], o["status"]) for o in saved.open_orders] == [
+        ("AAPL", "new"),
+        ("MSFT", "new"),
+    ]
+    assert {s: p.qty for s, p in saved.positions.items()} == {"AAPL": -60, "MSFT": 30}
+    assert records(home, "increase_withheld") and not records(home, "fill")
+
+    wait_for(lambda: alpaca.settle() or len(alpaca.fills) == 2)
+    run_once(home, alpaca, signals, table)  # the same bar: decided already, only resolved
+
+    saved = lt.read_positions(home.positions_file)
+    assert saved.open_orders == () and held(alpaca) == {}
+    assert {s: p.qty for s, p in saved.positions.items()} == {}
+    assert all(r.payload["recovered"] for r in records(home, "fill"))
+    assert_each_fill_audited_once(home, alpaca)
+    (_, second) = records(home, "reconciliation")
+    assert second.payload["differences"] == [] and second.payload["recovered_fills"] == 2
+
+
 def test_a_sigkill_right_after_a_post_is_recovered_without_a_double(home, alpaca, tmp_path):
     signals = signal_file(tmp_path)
     alpaca.fail("POST", ORDERS, "lost")  # the first order is taken; its answer never comes
@@ -412,6 +443,22 @@ def test_failing_posts_between_good_gets_open_the_orders_breaker_and_halt(
     assert alpaca.orders == []
     (skipped,) = records(home, "bar_skipped")
     assert skipped.payload["reason"].startswith("halted: broker alpaca failing")
+
+
+def test_an_order_failing_all_its_attempts_in_a_once_run_halts_and_alerts(
+    home, alpaca, table, tmp_path
+):
+    alpaca.positions.clear()
+    alpaca.fail("POST", ORDERS, 500, 500, 500)
+    with pytest.raises(BrokerUnavailable, match="gave up after 3 attempt"):
+        run_once(home, alpaca, signal_file(tmp_path), table)
+
+    risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
+    assert risk.halted and "alpaca orders: alpaca POST /v2/orders: HTTP 500" in risk.halt_reason
+    severities = {a["title"]: a["severity"] for a in alerts(home)}
+    assert severities["Trading halted"] == "CRITICAL"
+    assert severities["Live iteration failed"] == "HIGH"
+    assert records(home)[-1].event == "stop"
 
 
 def test_an_outage_at_start_up_halts_with_its_cause(home, table, tmp_path):
