@@ -15,6 +15,7 @@ It prints the environment variables that point `python main.py live --broker alp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -25,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
@@ -523,6 +524,27 @@ class FakeAlpaca:
         after = offset + len(page)
         token = f"page-{after}" if after < len(rows) else None
         return self._json({"bars": bars, "next_page_token": token})
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[tuple[Any, dict[str, FakeAlpaca]]]:
+    """One threaded pytest-httpserver on 127.0.0.1 (a stalled answer does not block the retry)
+    sending every request to `current["fake"]`: a module's tests share the server, each with a
+    fresh FakeAlpaca."""
+    import re
+
+    from pytest_httpserver import HTTPServer
+
+    current: dict[str, FakeAlpaca] = {}
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.expect_request(re.compile(".*")).respond_with_handler(
+        lambda request: current["fake"].handle(request)
+    )
+    server.start()
+    try:
+        yield server, current
+    finally:
+        server.stop()
 
 
 def _utc(text: str | None, default: pd.Timestamp) -> pd.Timestamp:

@@ -11,7 +11,6 @@ never posted twice for one client order id (lost answers, restarts, 422 duplicat
 from __future__ import annotations
 
 import json
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -34,7 +33,16 @@ from error_handling import (
     CircuitOpenError,
     ConfigurationError,
 )
-from tests.local_alpaca import BY_CLIENT_ID, KEY_ID, NOW, ORDERS, PRICES, SECRET, FakeAlpaca
+from tests.local_alpaca import (
+    BY_CLIENT_ID,
+    KEY_ID,
+    NOW,
+    ORDERS,
+    PRICES,
+    SECRET,
+    FakeAlpaca,
+    serving,
+)
 from trading_api import Account, AlpacaBroker, BrokerUnavailable, OrderRejected, Position, Quote
 from trading_execution import ApprovedBasket, Order, OrderType, Purpose, Side, client_order_id
 
@@ -64,16 +72,8 @@ def _clean_environment(monkeypatch) -> None:
 
 @pytest.fixture(scope="module")
 def _local_server() -> Iterator[tuple[HTTPServer, dict[str, FakeAlpaca]]]:
-    """One threaded server on 127.0.0.1 for the module (a stalled answer does not block the
-    retry); each request goes to the current test's FakeAlpaca."""
-    current: dict[str, FakeAlpaca] = {}
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.expect_request(re.compile(".*")).respond_with_handler(
-        lambda request: current["fake"].handle(request)
-    )
-    server.start()
-    yield server, current
-    server.stop()
+    with serving() as served:
+        yield served
 
 
 @pytest.fixture

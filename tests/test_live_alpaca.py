@@ -15,7 +15,6 @@ homes on one account never share a client order id.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import subprocess
@@ -40,7 +39,7 @@ import live_trading as lt
 import process_stock_data as psd
 import risk_management as rm
 from tests.helpers import ROOT, run
-from tests.local_alpaca import KEY_ID, ORDERS, SECRET, FakeAlpaca
+from tests.local_alpaca import KEY_ID, ORDERS, SECRET, FakeAlpaca, serving
 from trading_api import AlpacaBroker, BrokerUnavailable, FillPolicy
 
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
@@ -82,14 +81,8 @@ def home(processed, tmp_path, monkeypatch) -> C.Paths:
 
 @pytest.fixture(scope="module")
 def _server() -> Iterator[tuple[HTTPServer, dict[str, FakeAlpaca]]]:
-    current: dict[str, FakeAlpaca] = {}
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.expect_request(re.compile(".*")).respond_with_handler(
-        lambda request: current["fake"].handle(request)
-    )
-    server.start()
-    yield server, current
-    server.stop()
+    with serving() as served:
+        yield served
 
 
 @pytest.fixture

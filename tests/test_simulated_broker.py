@@ -176,7 +176,13 @@ def test_buy_signal_opens_both_legs_sized_by_kelly_through_the_gate(tmp_path):
     # half Kelly at p = 0.6, b = 1: 0.5 x (0.6 - 0.4) = 10 % of equity per leg
     assert report.target == {"AAPL": int(10_000 / 180.0), "MSFT": -int(10_000 / 330.0)}
     assert b.holdings() == report.target
-    assert [e for e, _ in events] == ["risk_decision", "order_submitted", "order_submitted"]
+    assert [e for e, _ in events] == [  # each order announced before the basket is sent
+        "risk_decision",
+        "order_intent",
+        "order_intent",
+        "order_submitted",
+        "order_submitted",
+    ]
     assert events[0][1]["accepted"] is True
 
 
