@@ -503,6 +503,24 @@ def test_sigterm_during_an_outage_exits_0_and_status_says_stopped(home, alpaca, 
     assert "HTTP 500" in status.stdout  # the last failure the loop recorded
 
 
+def test_sigterm_during_a_start_up_outage_exits_0_after_the_stop_record(home, alpaca, tmp_path):
+    alpaca.fail("GET", "/v2/account", *[500] * 1000)  # down from the start
+    proc = live_process(home, alpaca, "--signals", signal_file(tmp_path))
+    try:
+        wait_for(lambda: alpaca.hits["GET", "/v2/account"] >= 1)  # now in its retries
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+    assert proc.returncode == 0, err
+    last = records(home)[-1]
+    assert last.event == "stop" and last.payload["reason"] == "SIGTERM"
+    assert alpaca.hits["GET", "/v2/account"] < 3  # the retries were cut short
+    risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
+    assert risk.halted and "HTTP 500" in risk.halt_reason  # the failure still halts
+
+
 # --- Client order ids -----------------------------------------------------------------------------
 def test_two_homes_on_one_account_never_share_an_id(processed, alpaca, table, tmp_path):
     first = new_home(processed, tmp_path / "a")
