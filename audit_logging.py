@@ -4,16 +4,38 @@ Why: after an incident we must be able to show what the system saw and did, and 
 record was not edited afterwards. Each line of `logs/audit.jsonl` is one JSON record whose `hash`
 is the SHA-256 of its own content plus the previous record's hash, so changing, removing,
 inserting or reordering any line breaks the chain at that line (`python main.py audit verify`).
-A chain can still be rewritten whole from the edited line on; keep copies elsewhere when that
-matters.
+A chain can still be rewritten whole from the edited line on, and a removed tail leaves a chain
+that is intact: the writer keeps an *anchor* (the last record's seq and hash, `AuditLog.anchor()`)
+in positions.json and the heartbeat, and `verify(path, anchor)` requires exactly that record.
 
 Invariants kept here:
-- seq runs 1, 2, 3, ... with no gaps; record 1's prev_hash is GENESIS_HASH.
+- seq runs 1, 2, 3, ... with no gaps within a segment; record 1's prev_hash is GENESIS_HASH.
 - one record = one line = one os.write on an O_APPEND descriptor, then fsync; the read of the last
   record and the write happen under `<log>.lock` (processes) and a per-path thread lock.
 - bytes after the last newline (a crash mid-write) are moved to `<log>.torn-<UTC stamp>` and a
   "recovery" record says so before the next record is written; nothing is silently dropped.
 - payloads are plain JSON with secrets redacted before they are hashed or written.
+- nothing here rewrites or deletes a complete line; `audit repair` only appends.
+
+The repair rule (`python main.py audit repair`, run by an operator; `verify` enforces it):
+- The log is read line by line. While the chain holds, each record must link to the one before
+  it (seq + 1, prev_hash, own hash). The first line where it does not is a *break* at line B;
+  B and every line after it are *skipped* (kept as found, not chain-checked) until a line R that
+  is a `chain_repair` record documenting the break. R documents it only when all of these hold:
+  its own hash recomputes; payload `first_bad_line` == B; payload `skipped_lines` == R - B and
+  `skipped_sha256` == SHA-256 of the bytes of lines B .. R-1; payload `last_good_hash` == the hash
+  of the last record verified before B (null when there is none); R's prev_hash == the `hash`
+  field of the last parseable line before R and R's seq == that line's seq + 1 (GENESIS_HASH and
+  seq 1 when no line before R parses). R then starts a new segment: the next record must link to
+  R. A break that no such record follows fails verification, naming B. So every byte stays
+  covered: lines before B by the chain and `last_good_hash`, lines B .. R-1 by `skipped_sha256`,
+  and R and later lines by the chain again.
+- A `chain_repair` record that follows an intact chain is an ordinary record (it links like any
+  other); that is how a truncation or a rewrite that only the anchor shows is documented.
+- Anchors: an anchor holds when some parseable line has exactly its seq and hash, or when a
+  `chain_repair` record in the chain (not a skipped one) carries it in payload `anchor` (the
+  operator repaired the log knowing that anchor). Otherwise the log was *truncated* (its last
+  record's seq is below the anchor's) or *rewritten* (a record with that seq has another hash).
 
 A foundation module: imports only the standard library, `constants` and `error_handling` at import
 time (filelock and logging_config inside functions), so `main.py --help` stays fast.
@@ -37,16 +59,20 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from constants import paths
-from error_handling import AuditIntegrityError, TradingError
+from constants import Paths, paths
+from error_handling import AuditIntegrityError, ConfigurationError, TradingError
 
 __all__ = [
     "EVENT_TYPES",
     "GENESIS_HASH",
+    "AuditAnchor",
     "AuditLog",
     "AuditRecord",
+    "StoredAnchor",
     "VerifyResult",
     "canonical_json",
+    "check_chain",
+    "read_stored_anchor",
     "record_hash",
     "register_cli",
     "verify",
@@ -79,6 +105,7 @@ EVENT_TYPES = frozenset(
         "broker_failure",
         "reconciliation",
         "recovery",
+        "chain_repair",  # `audit repair`: documents a break or a failed anchor; rewrites nothing
     }
 )
 #: Fields of a record on disk, in the order they are documented.
@@ -86,6 +113,9 @@ FIELDS: tuple[str, ...] = ("seq", "time", "event", "payload", "prev_hash", "hash
 #: Bytes read per step when looking for the last lines from the end of the file.
 TAIL_BLOCK_BYTES = 64 * 1024
 NO_RECORDS_HINT = "no audit records yet: `python main.py live` writes them"
+REPAIR_COMMAND = "python main.py audit repair"
+#: Key of the anchor in positions.json and data/heartbeat.json.
+ANCHOR_KEY = "audit_anchor"
 
 _log = logging.getLogger(__name__)
 
@@ -101,6 +131,47 @@ class AuditRecord:
     payload: dict[str, Any]  # plain JSON, secrets redacted
     prev_hash: str  # hash of the previous record; GENESIS_HASH for seq 1
     hash: str  # record_hash(seq, time, event, payload, prev_hash)
+
+
+@dataclass(frozen=True)
+class AuditAnchor:
+    """The last record the writer knows it wrote: kept outside the log (positions.json, the
+    heartbeat) so that a removed tail or a log rewritten past it is detected."""
+
+    seq: int  # the record's seq, >= 1
+    hash: str  # the record's hash: 64 lowercase hex digits
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seq, int) or isinstance(self.seq, bool) or self.seq < 1:
+            raise ValueError(f"audit anchor seq must be an integer >= 1, got {self.seq!r}")
+        if not (
+            isinstance(self.hash, str)
+            and len(self.hash) == 64
+            and all(c in "0123456789abcdef" for c in self.hash)
+        ):
+            raise ValueError(
+                f"audit anchor hash must be 64 lowercase hex digits, got {self.hash!r}"
+            )
+
+    @classmethod
+    def of(cls, record: AuditRecord) -> AuditAnchor:
+        """The anchor of `record` (what the live loop stores after each write)."""
+        return cls(record.seq, record.hash)
+
+    def to_json(self) -> dict[str, Any]:
+        """`{"seq": int, "hash": str}`, as stored under `audit_anchor`."""
+        return {"seq": self.seq, "hash": self.hash}
+
+    @classmethod
+    def from_json(cls, data: Any) -> AuditAnchor:
+        """Read `{"seq": int, "hash": str}`; ValueError naming what is wrong."""
+        if not isinstance(data, Mapping) or set(data) != {"seq", "hash"}:
+            raise ValueError(f'expected {{"seq": int, "hash": str}}, got {data!r}')
+        return cls(data["seq"], data["hash"])
+
+    def short(self) -> str:
+        """`seq 58 (hash abcd1234abcd…)` for messages."""
+        return f"seq {self.seq:,} (hash {self.hash[:12]}…)"
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -344,7 +415,8 @@ class AuditLog:
                 seq, prev_hash = last.seq, last.hash
             data = b""
             if torn:
-                recovery = self._set_aside_torn(fd, torn, complete_end, seq + 1, prev_hash)
+                saved = self._set_aside_torn(fd, torn, complete_end)
+                recovery = self._recovery_record(torn, complete_end, saved, seq + 1, prev_hash)
                 seq, prev_hash = recovery.seq, recovery.hash
                 data = _line(recovery)
             record = self._record(seq + 1, event, payload, prev_hash)
@@ -358,10 +430,8 @@ class AuditLog:
         digest = record_hash(seq, time, event, payload, prev_hash)
         return AuditRecord(seq, time, event, payload, prev_hash, digest)
 
-    def _set_aside_torn(
-        self, fd: int, torn: bytes, offset: int, seq: int, prev_hash: str
-    ) -> AuditRecord:
-        """Save the bytes of a half-written record, cut them off, and return the recovery record."""
+    def _set_aside_torn(self, fd: int, torn: bytes, offset: int) -> Path:
+        """Save the bytes of a half-written record, cut them off; return where they were saved."""
         stamp = _format_time(self._clock()).replace("-", "").replace(":", "").replace(".", "")
         base = f"{self.path}.torn-{stamp}"
         for attempt in range(1000):
@@ -382,11 +452,16 @@ class AuditLog:
         os.fsync(fd)
         _log.warning(
             "audit log %s ended in %d bytes of a half-written record (a crash while writing); "
-            "moved them to %s and appended a recovery record",
+            "moved them to %s",
             self.path,
             len(torn),
             saved,
         )
+        return saved
+
+    def _recovery_record(
+        self, torn: bytes, offset: int, saved: Path, seq: int, prev_hash: str
+    ) -> AuditRecord:
         payload = {
             "reason": "bytes after the last newline (a crash while writing) were moved aside",
             "torn_bytes": len(torn),
@@ -417,25 +492,99 @@ class AuditLog:
         tail = _tail_records(self.path, 1)
         return tail[0] if tail else None
 
+    def anchor(self) -> AuditAnchor | None:
+        """The last complete record's anchor (reads only the tail), or None for an empty log.
+
+        AuditIntegrityError when the last line is not a record.
+        """
+        last = self.last()
+        return AuditAnchor.of(last) if last is not None else None
+
+    def repair(
+        self, anchor: AuditAnchor | None = None, *, anchor_source: str = "the anchor"
+    ) -> AuditRecord | None:
+        """Make the log verify again by appending, never by rewriting; the record written or None.
+
+        Under the log's locks: half-written bytes at the end are moved aside as `append` does.
+        If the log then verifies (with `anchor`), only a "recovery" record is written when bytes
+        were moved, else nothing (None). Otherwise one `chain_repair` record documents the first
+        problem `verify` finds, per the repair rule in the module docstring; its payload names
+        the first bad line and seq, the reason, the last record verified before it, the skipped
+        lines' count and SHA-256, the line it links to and `anchor`.
+        """
+        import filelock
+
+        if not self.path.exists() and anchor is None:
+            return None  # nothing written yet, and nothing says anything was
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file_lock = filelock.FileLock(str(self.path) + ".lock", timeout=self.lock_timeout_s)
+        try:
+            with _thread_lock(self.path), file_lock:
+                return self._repair_locked(anchor, anchor_source)
+        except filelock.Timeout as exc:
+            raise TradingError(
+                f"could not lock {file_lock.lock_file} within {self.lock_timeout_s:g} s; another "
+                "process is writing the audit log (stop the live loop before a repair)"
+            ) from exc
+
+    def _repair_locked(self, anchor: AuditAnchor | None, anchor_source: str) -> AuditRecord | None:
+        created = not self.path.exists()  # an anchor but no log: the whole log was removed
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if created:
+                _fsync_dir(self.path.parent)
+            _lines, torn, complete_end = _read_tail(fd, 1)
+            saved = self._set_aside_torn(fd, torn, complete_end) if torn else None
+            scan = _scan(self.path, anchor, anchor_source)
+            last = scan.last_parsed
+            seq, prev_hash = (last.seq, last.hash) if last is not None else (0, GENESIS_HASH)
+            if scan.result.ok:
+                if saved is None:
+                    return None
+                record = self._recovery_record(torn, complete_end, saved, seq + 1, prev_hash)
+            else:
+                payload = _repair_payload(scan, anchor, anchor_source)
+                if saved is not None:
+                    payload |= {"torn_bytes": len(torn), "torn_saved_to": str(saved)}
+                record = self._record(
+                    seq + 1, "chain_repair", _plain_payload("chain_repair", payload), prev_hash
+                )
+            _write_all(fd, _line(record))
+            return record
+        finally:
+            os.close(fd)
+
 
 # --- Verification ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VerifyResult:
-    """Outcome of `verify`: where the chain first breaks, and how many records precede it."""
+    """Outcome of `verify`: where the log first fails, and how many records precede it."""
 
     ok: bool
-    count: int  # records verified OK before the first problem (all of them when ok)
-    first_bad_line: int | None  # 1-based line number of the first broken record
+    count: int  # lines verified before the first problem (all when ok), documented breaks included
+    first_bad_line: int | None  # 1-based line of the first problem (for a truncation: last + 1)
     reason: str | None  # why that line is broken
-    bad_seq: int | None = None  # seq the broken line claims, when it could be read
+    bad_seq: int | None = None  # seq of the broken line when it could be read, or the anchor's
+    repairs: int = 0  # breaks documented by a chain_repair record (see the repair rule)
+    skipped: int = 0  # lines kept as found between a documented break and its repair
+    anchor: AuditAnchor | None = None  # the anchor checked, if any
 
     def describe(self, path: Path | str) -> str:
         """One line for people: the verdict, where, why, and how much of the log still holds."""
         if self.ok:
-            if self.count == 0:
+            if self.count == 0 and self.anchor is None:
                 return f"{NO_RECORDS_HINT} ({path})"
             noun = "record" if self.count == 1 else "records"
-            return f"OK: {self.count:,} {noun}, hash chain intact ({path})"
+            text = f"OK: {self.count:,} {noun}, hash chain intact"
+            if self.repairs:
+                breaks = "break" if self.repairs == 1 else "breaks"
+                text += (
+                    f" apart from {self.repairs:,} documented {breaks} ({self.skipped:,} "
+                    "lines kept as found, covered by chain_repair records)"
+                )
+            if self.anchor is not None:
+                text += f", anchor seq {self.anchor.seq:,} holds"
+            return f"{text} ({path})"
         where = f"line {self.first_bad_line:,}"
         if self.bad_seq is not None:
             where += f" (record seq {self.bad_seq:,})"
@@ -445,25 +594,214 @@ class VerifyResult:
         return f"BROKEN at {where} of {path}: {self.reason}; {before}"
 
 
-def verify(path: Path) -> VerifyResult:
-    """Check every line of `path` against the chain, streaming (constant memory).
+def verify(
+    path: Path, anchor: AuditAnchor | None = None, *, anchor_source: str = "the anchor"
+) -> VerifyResult:
+    """Check every line of `path` against the chain and the repair rule, streaming (constant
+    memory); with `anchor`, also require that record (else: truncated or rewritten).
 
-    An absent or empty file is OK with count 0. Stops at the first problem.
+    An absent or empty file is OK with count 0 unless an anchor says records were written.
+    Reports the first problem; `anchor_source` names the anchor in messages ("positions.json").
     """
-    count = 0
-    prev_hash = GENESIS_HASH
-    if not Path(path).exists():
-        return VerifyResult(True, 0, None, None)
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            record, reason = _check_line(line)
-            if record is None:
-                return VerifyResult(False, count, number, reason)
-            reason = _chain_problem(record, count + 1, prev_hash)
-            if reason is not None:
-                return VerifyResult(False, count, number, reason, record.seq)
-            count, prev_hash = count + 1, record.hash
-    return VerifyResult(True, count, None, None)
+    return _scan(Path(path), anchor, anchor_source).result
+
+
+def check_chain(
+    path: Path, anchor: AuditAnchor | None = None, *, anchor_source: str = "the anchor"
+) -> None:
+    """Nothing when `verify(path, anchor)` passes; else AuditIntegrityError, one line naming the
+    file, the first bad line and the repair command (the live loop calls it before writing)."""
+    result = verify(path, anchor, anchor_source=anchor_source)
+    if result.ok:
+        return
+    command = REPAIR_COMMAND
+    if Path(path).resolve() != paths().audit_log:
+        command += f" --file {path}"
+    raise AuditIntegrityError(
+        f"{result.describe(path)}; not writing to a broken audit log: keep a copy as evidence, "
+        f"then run `{command}` to document the break (nothing is rewritten)"
+    )
+
+
+@dataclass(frozen=True)
+class _Position:
+    """A parsed line: its number, seq and stored hash."""
+
+    line: int
+    seq: int
+    hash: str
+
+
+@dataclass
+class _OpenBreak:
+    """A break not (yet) documented: where, why, and a digest of the lines skipped since."""
+
+    line: int
+    seq: int | None
+    reason: str
+    last_good: _Position | None  # the last record the chain verified before the break
+    digest: Any  # hashlib sha256 of the skipped lines' bytes, the break's line included
+    lines: int = 1
+    near_miss: str | None = None  # why a chain_repair record after it does not document it
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """Everything one pass over the log learns; `result` is what `verify` returns."""
+
+    result: VerifyResult
+    open_break: _OpenBreak | None  # the first undocumented break, if any
+    last_parsed: _Position | None  # the last line that parses (a repair links to it)
+    lines: int  # complete and torn lines read
+    anchor_problem: str | None  # why the anchor does not hold (also when the chain broke first)
+
+
+def _scan(path: Path, anchor: AuditAnchor | None, anchor_source: str) -> _Scan:
+    """One streaming pass applying the chain, the repair rule and the anchor rule."""
+    count = repairs = skipped = number = 0
+    expected_seq, prev_hash = 1, GENESIS_HASH
+    last_good: _Position | None = None
+    last_parsed: _Position | None = None
+    open_break: _OpenBreak | None = None
+    anchor_held = False
+    at_anchor: tuple[int, int, str] | None = None  # (line, records before it, its hash)
+    if path.exists():
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                record, reason = _check_line(line)
+                member = False
+                if open_break is not None:
+                    why_not = _repair_mismatch(record, open_break, last_parsed)
+                    if why_not is None:
+                        repairs, skipped, member = repairs + 1, skipped + open_break.lines, True
+                        count += open_break.lines  # covered by the repair's skipped_sha256
+                        open_break = None
+                    else:
+                        if record is not None and record.event == "chain_repair":
+                            names_it = record.payload.get("first_bad_line") == open_break.line
+                            if open_break.near_miss is None or names_it:
+                                open_break.near_miss = (
+                                    f"the chain_repair record at line {number:,} does not "
+                                    f"document it ({why_not})"
+                                )
+                        open_break.digest.update(line)
+                        open_break.lines += 1
+                else:
+                    if record is not None:
+                        reason = _chain_problem(record, expected_seq, prev_hash)
+                    if reason is None:
+                        member = True
+                    else:
+                        seq = record.seq if record is not None else None
+                        open_break = _OpenBreak(
+                            number, seq, reason, last_good, hashlib.sha256(line)
+                        )
+                if record is None:
+                    continue
+                if member:
+                    count += 1
+                    expected_seq, prev_hash = record.seq + 1, record.hash
+                    last_good = _Position(number, record.seq, record.hash)
+                    if anchor is not None and record.event == "chain_repair":
+                        anchor_held |= record.payload.get("anchor") == anchor.to_json()
+                last_parsed = _Position(number, record.seq, record.hash)
+                if anchor is not None and record.seq == anchor.seq:
+                    anchor_held |= record.hash == anchor.hash
+                    at_anchor = (number, count - member, record.hash)
+
+    anchor_problem, anchor_line, anchor_before = None, number + 1, count
+    if anchor is not None and not anchor_held:
+        if last_parsed is None or last_parsed.seq < anchor.seq:
+            last = f"the last record is seq {last_parsed.seq:,}" if last_parsed else "no records"
+            anchor_problem = f"truncated: {last}, but {anchor_source} anchors {anchor.short()}"
+        elif at_anchor is not None:
+            anchor_line, anchor_before, found = at_anchor
+            anchor_problem = (
+                f"rewritten: record seq {anchor.seq:,} has hash {found[:12]}…, but "
+                f"{anchor_source} anchors hash {anchor.hash[:12]}… (rewritten at or before it)"
+            )
+        else:
+            anchor_problem = (
+                f"rewritten: no record has seq {anchor.seq:,}, but {anchor_source} anchors "
+                f"{anchor.short()}"
+            )
+    if open_break is not None:
+        reason = open_break.reason
+        if open_break.near_miss:
+            reason += f"; {open_break.near_miss}"
+        bad = (open_break.line, reason, open_break.seq)
+        before = count
+        for_break = open_break
+    elif anchor_problem is not None:
+        bad = (anchor_line, anchor_problem, anchor.seq if anchor else None)
+        before = anchor_before
+        for_break = None
+    else:
+        result = VerifyResult(True, count, None, None, None, repairs, skipped, anchor)
+        return _Scan(result, None, last_parsed, number, None)
+    bad_line, why, bad_seq = bad
+    result = VerifyResult(False, before, bad_line, why, bad_seq, repairs, skipped, anchor)
+    return _Scan(result, for_break, last_parsed, number, anchor_problem)
+
+
+def _repair_mismatch(
+    record: AuditRecord | None, open_break: _OpenBreak, last_parsed: _Position | None
+) -> str | None:
+    """None when `record` is a chain_repair documenting `open_break` (the repair rule), else why
+    not, for a message."""
+    if record is None or record.event != "chain_repair":
+        return "not a chain_repair record"
+    recomputed = record_hash(
+        record.seq, record.time, record.event, record.payload, record.prev_hash
+    )
+    if recomputed != record.hash:
+        return "its own hash does not match"
+    payload = record.payload
+    if payload.get("first_bad_line") != open_break.line:
+        return f"it names line {payload.get('first_bad_line')}"
+    if (
+        payload.get("skipped_lines") != open_break.lines
+        or payload.get("skipped_sha256") != open_break.digest.hexdigest()
+    ):
+        return f"the lines from line {open_break.line:,} changed since"
+    last_good = open_break.last_good
+    if payload.get("last_good_hash") != (last_good.hash if last_good else None):
+        return f"the record before line {open_break.line:,} changed since"
+    seq, prev_hash = (last_parsed.seq, last_parsed.hash) if last_parsed else (0, GENESIS_HASH)
+    if record.prev_hash != prev_hash or record.seq != seq + 1:
+        return "it does not link to the last readable line before it"
+    return None
+
+
+def _repair_payload(scan: _Scan, anchor: AuditAnchor | None, anchor_source: str) -> dict[str, Any]:
+    """The chain_repair payload documenting the first problem of a failed `scan`."""
+    result, open_break, last = scan.result, scan.open_break, scan.last_parsed
+    payload: dict[str, Any] = {
+        "reason": open_break.reason if open_break else result.reason,
+        "first_bad_line": result.first_bad_line,
+        "first_bad_seq": result.bad_seq,
+        "last_good_line": None,
+        "last_good_seq": None,
+        "last_good_hash": None,
+        "skipped_lines": 0,
+        "skipped_sha256": hashlib.sha256(b"").hexdigest(),
+        "prev_line": last.line if last else None,  # the line this record links to
+        "prev_seq": last.seq if last else None,
+        "prev_hash_found": last.hash if last else GENESIS_HASH,
+        "anchor": anchor.to_json() if anchor else None,
+        "anchor_source": anchor_source if anchor else None,
+        "anchor_problem": scan.anchor_problem,
+    }
+    if open_break is not None:
+        good = open_break.last_good
+        payload |= {
+            "last_good_line": good.line if good else None,
+            "last_good_seq": good.seq if good else None,
+            "last_good_hash": good.hash if good else None,
+            "skipped_lines": open_break.lines,
+            "skipped_sha256": open_break.digest.hexdigest(),
+        }
+    return payload
 
 
 def _chain_problem(record: AuditRecord, expected_seq: int, prev_hash: str) -> str | None:
@@ -490,6 +828,59 @@ def _chain_problem(record: AuditRecord, expected_seq: int, prev_hash: str) -> st
     return None
 
 
+# --- Anchors kept by the live loop ----------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredAnchor:
+    """The anchor found in a TRADING_HOME's state files, and where (or why there is none)."""
+
+    anchor: AuditAnchor | None  # the higher-seq anchor of positions.json and the heartbeat
+    source: str  # the file it came from ("positions.json"), or "" when none was found
+    notes: tuple[str, ...]  # one note per file without a usable anchor ("positions.json: absent")
+
+    def describe(self) -> str:
+        """One line: which anchor is checked, or why none is."""
+        if self.anchor is None:
+            return (
+                f"no anchor found ({'; '.join(self.notes)}): a removed tail cannot be detected "
+                "from the chain alone"
+            )
+        return f"anchor {self.anchor.short()} from {self.source}"
+
+
+def read_stored_anchor(home: Paths | None = None) -> StoredAnchor:
+    """The `audit_anchor` of positions.json and data/heartbeat.json (the higher seq; positions.json
+    on a tie); an absent, unreadable or malformed file or key is noted, never raised."""
+    home = home or paths()
+    found: list[tuple[AuditAnchor, str]] = []
+    notes: list[str] = []
+    for file in (home.positions_file, home.heartbeat_file):
+        label = (
+            file.relative_to(home.home).as_posix() if file.is_relative_to(home.home) else str(file)
+        )
+        try:
+            data = json.loads(file.read_bytes())
+        except FileNotFoundError:
+            notes.append(f"{label}: absent")
+            continue
+        except OSError as exc:
+            notes.append(f"{label}: unreadable ({exc.strerror or exc})")
+            continue
+        except ValueError:
+            notes.append(f"{label}: not valid JSON")
+            continue
+        if not isinstance(data, dict) or ANCHOR_KEY not in data:
+            notes.append(f"{label}: no {ANCHOR_KEY}")
+            continue
+        try:
+            found.append((AuditAnchor.from_json(data[ANCHOR_KEY]), label))
+        except ValueError as exc:
+            notes.append(f"{label}: unusable {ANCHOR_KEY} ({exc})")
+    if not found:
+        return StoredAnchor(None, "", tuple(notes))
+    anchor, source = max(found, key=lambda item: item[0].seq)  # max keeps the first on a tie
+    return StoredAnchor(anchor, source, tuple(notes))
+
+
 # --- Command line ---------------------------------------------------------------------------------
 _DESCRIPTION = "\n\n".join(
     textwrap.fill(paragraph, 96)
@@ -498,14 +889,20 @@ _DESCRIPTION = "\n\n".join(
         "alert and halt to $TRADING_HOME/logs/audit.jsonl, one JSON record a line. Each record "
         "carries the SHA-256 of its content and of the record before it, so an edited, removed, "
         "inserted or reordered line breaks the chain where it happened.",
-        "verify: check the whole chain; exit 0 when intact, 11 naming the first broken line. "
+        "verify: check the whole chain, and the anchor the live loop keeps in positions.json "
+        "and data/heartbeat.json (the last record it wrote: a removed tail is detected); exit 0 "
+        "when intact, 11 naming the first broken line or seq.",
+        "repair: when verify fails, append one chain_repair record that documents the break "
+        "(where, why, what was found) and links to the last readable line; nothing is moved or "
+        "rewritten, and verify then accepts the break. On an intact log it changes nothing.",
         "tail: print the last records.",
     )
 )
 _EPILOG = """\
 examples:
   python main.py audit verify                    check $TRADING_HOME/logs/audit.jsonl
-  python main.py audit verify --file copy.jsonl  check a copy (e.g. from a backup)
+  python main.py audit verify --file copy.jsonl  check a copy (e.g. from a backup; no anchor)
+  python main.py audit repair                    document a break found by verify (append-only)
   python main.py audit tail                      the last 20 records
   python main.py audit tail -n 100               the last 100
 
@@ -529,16 +926,72 @@ def _format_tail_line(record: AuditRecord) -> str:
     return f"{record.seq:>8}  {record.time}  {record.event:<16} {payload}"
 
 
+def _log_and_anchor(args: argparse.Namespace) -> tuple[Path, StoredAnchor]:
+    """The log a command reads, and the home's anchor when that log is the home's own.
+
+    ConfigurationError (exit 2) for a --file that does not exist.
+    """
+    home = paths()
+    if not args.file:
+        return home.audit_log, read_stored_anchor(home)
+    path = Path(args.file)
+    if not path.exists():
+        raise ConfigurationError(f"no such file: {path}")
+    if path.resolve() == home.audit_log:
+        return path, read_stored_anchor(home)
+    return path, StoredAnchor(None, "", ("--file is not $TRADING_HOME/logs/audit.jsonl",))
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
-    path = Path(args.file) if args.file else paths().audit_log
+    path, stored = _log_and_anchor(args)
     try:
-        result = verify(path)
+        result = verify(path, stored.anchor, anchor_source=stored.source)
     except OSError as exc:
         raise TradingError(f"cannot read the audit log {path}: {exc.strerror or exc}") from exc
     message = result.describe(path)
     if not result.ok:
-        raise AuditIntegrityError(message)
+        raise AuditIntegrityError(f"{message}; to document it: `{REPAIR_COMMAND}`")
     print(message)
+    if result.count:
+        print(stored.describe())
+    return 0
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    path, stored = _log_and_anchor(args)
+    print(stored.describe())
+    try:
+        record = AuditLog(path).repair(stored.anchor, anchor_source=stored.source)
+        after = verify(path, stored.anchor, anchor_source=stored.source)
+    except OSError as exc:
+        raise TradingError(f"cannot repair the audit log {path}: {exc.strerror or exc}") from exc
+    if record is None:
+        print(f"nothing to repair: {after.describe(path)}; the file was not changed")
+    elif record.event == "recovery":
+        print(
+            f"moved {record.payload['torn_bytes']} bytes of a half-written last line to "
+            f"{record.payload['saved_to']} and appended recovery record seq {record.seq:,}"
+        )
+    else:
+        payload = record.payload
+        skipped = payload["skipped_lines"]
+        print(
+            f"appended chain_repair record seq {record.seq:,} documenting line "
+            f"{payload['first_bad_line']:,}: {payload['reason']}"
+        )
+        print(
+            f"it links to seq {payload['prev_seq']} (hash {payload['prev_hash_found'][:12]}…); "
+            f"{skipped:,} line{'s' if skipped != 1 else ''} kept as found; "
+            "nothing moved or rewritten"
+        )
+        if "torn_saved_to" in payload:
+            print(
+                f"moved {payload['torn_bytes']} bytes of a half-written last line to "
+                f"{payload['torn_saved_to']}"
+            )
+        print(f"now: {after.describe(path)}")
+    if not after.ok:
+        raise AuditIntegrityError(f"still broken after the repair: {after.describe(path)}")
     return 0
 
 
@@ -556,11 +1009,11 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 def register_cli(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Add `audit verify` and `audit tail` to main.py's sub-parsers."""
+    """Add `audit verify`, `audit repair` and `audit tail` to main.py's sub-parsers."""
     parser = commands.add_parser(
         "audit",
         parents=[common],
-        help="verify the hash-chained audit log of the live loop, or show its last records",
+        help="verify or repair the hash-chained audit log of the live loop, or show its end",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -571,11 +1024,24 @@ def register_cli(commands: Any, common: argparse.ArgumentParser) -> None:
     check = actions.add_parser(
         "verify",
         parents=[common],
-        help="check the hash chain; exit 11 naming the first broken line",
-        description="Recompute every record's hash and its link to the record before it.",
+        help="check the hash chain and the stored anchor; exit 11 naming the first broken line",
+        description="Recompute every record's hash and its link to the record before it, and "
+        "require the anchor (last record written) kept in positions.json / data/heartbeat.json.",
     )
     check.add_argument("--file", metavar="PATH", help=file_help)
     check.set_defaults(func=_cmd_verify)
+
+    fix = actions.add_parser(
+        "repair",
+        parents=[common],
+        help="document a break with an appended chain_repair record (rewrites nothing)",
+        description="When verify fails, append one chain_repair record naming the first bad line, "
+        "the reason and what was found, linked to the last readable line; verify then accepts "
+        "that break. Nothing is moved or rewritten; an intact log is left unchanged. Stop the "
+        "live loop first.",
+    )
+    fix.add_argument("--file", metavar="PATH", help=file_help)
+    fix.set_defaults(func=_cmd_repair)
 
     tail = actions.add_parser(
         "tail",

@@ -349,3 +349,258 @@ def test_cli_tail_prints_the_last_n_records(tmp_path):
     rows = done.stdout.splitlines()
     assert [row.split()[0] for row in rows] == ["2", "3"]
     assert rows[1].split()[2] == "fill" and '"qty":102' in rows[1]
+
+
+# --- Anchors --------------------------------------------------------------------------------------
+def _anchor_home(home: Path, n: int, *, drop_last: int = 0) -> audit.AuditAnchor:
+    """A home whose log had `n` records, positions.json anchoring the last; then `drop_last`
+    lines removed from the end of the log."""
+    log = _append_fills(home / "logs" / "audit.jsonl", n)
+    anchor = log.anchor()
+    assert anchor is not None
+    _store_anchor(home / "positions.json", anchor)
+    if drop_last:
+        log.path.write_bytes(b"".join(_lines(log.path)[:-drop_last]))
+    return anchor
+
+
+def _store_anchor(file: Path, anchor: audit.AuditAnchor) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps({"schema_version": 1, "audit_anchor": anchor.to_json()}))
+
+
+def test_anchor_is_the_last_records_seq_and_hash_and_round_trips_through_json(log_path):
+    assert AuditLog(log_path).anchor() is None
+    log = _append_fills(log_path, 3)
+    last = log.last()
+    assert last is not None
+
+    anchor = log.anchor()
+
+    assert anchor == audit.AuditAnchor(3, last.hash) == audit.AuditAnchor.of(last)
+    assert audit.AuditAnchor.from_json(json.loads(json.dumps(anchor.to_json()))) == anchor
+    for bad in ({"seq": 0, "hash": last.hash}, {"seq": 3, "hash": "abc"}, {"seq": 3}, [3]):
+        with pytest.raises(ValueError):
+            audit.AuditAnchor.from_json(bad)
+
+
+def test_a_removed_tail_is_found_only_with_an_anchor_and_names_both_seqs(log_path):
+    log = _append_fills(log_path, 5)
+    anchor = log.anchor()
+    log_path.write_bytes(b"".join(_lines(log_path)[:-1]))
+
+    assert verify(log_path).ok
+    result = verify(log_path, anchor, anchor_source="positions.json")
+
+    assert (result.ok, result.first_bad_line, result.bad_seq, result.count) == (False, 5, 5, 4)
+    assert result.reason is not None
+    assert result.reason.startswith(
+        "truncated: the last record is seq 4, but positions.json anchors seq 5 (hash "
+    )
+
+
+def test_a_chain_rewritten_whole_is_found_by_the_anchor_at_its_seq(log_path):
+    anchor = _append_fills(log_path, 3).anchor()
+    _write_chain(log_path, 3)  # another valid chain of the same length
+
+    assert verify(log_path).ok
+    result = verify(log_path, anchor)
+
+    assert (result.ok, result.first_bad_line, result.bad_seq) == (False, 3, 3)
+    assert result.reason is not None and result.reason.startswith("rewritten: record seq 3 has")
+
+
+def test_an_anchor_with_no_log_at_all_is_a_truncation(log_path):
+    anchor = audit.AuditAnchor(7, "a" * 64)
+
+    result = verify(log_path, anchor)
+
+    assert not result.ok and result.reason is not None
+    assert result.reason.startswith("truncated: no records, but the anchor anchors seq 7")
+
+
+def test_stored_anchor_takes_the_higher_seq_and_notes_unreadable_files(tmp_path):
+    import constants as C
+
+    home = C.paths(tmp_path)
+    read_none = audit.read_stored_anchor(home)
+    assert read_none.anchor is None and "positions.json: absent" in read_none.describe()
+    _store_anchor(home.positions_file, audit.AuditAnchor(3, "a" * 64))
+    _store_anchor(home.heartbeat_file, audit.AuditAnchor(5, "b" * 64))
+    assert audit.read_stored_anchor(home) == audit.StoredAnchor(
+        audit.AuditAnchor(5, "b" * 64), "data/heartbeat.json", ()
+    )
+    home.heartbeat_file.write_text('{"audit_anchor": ')
+
+    stored = audit.read_stored_anchor(home)
+
+    assert (stored.anchor, stored.source) == (audit.AuditAnchor(3, "a" * 64), "positions.json")
+    assert stored.notes == ("data/heartbeat.json: not valid JSON",)
+
+
+def test_cli_verify_exits_11_for_a_removed_tail_naming_the_anchors_seq(tmp_path):
+    _anchor_home(tmp_path, 5, drop_last=1)
+
+    done = run("main.py", "audit", "verify", home=tmp_path)
+
+    assert done.returncode == 11, done.stdout + done.stderr
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: BROKEN at line 5 (record seq 5)")
+    assert "the last record is seq 4, but positions.json anchors seq 5" in errors[0]
+    assert "python main.py audit repair" in errors[0]
+
+
+def test_cli_verify_without_an_anchor_is_ok_but_says_none_was_found(tmp_path):
+    _append_fills(tmp_path / "logs" / "audit.jsonl", 3)
+
+    done = run("main.py", "audit", "verify", home=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first.startswith("OK: 3 records, hash chain intact")
+    assert second.startswith(
+        "no anchor found (positions.json: absent; data/heartbeat.json: absent)"
+    )
+
+
+def test_cli_verify_exits_11_when_the_anchored_record_was_rewritten(tmp_path):
+    anchor = _anchor_home(tmp_path, 3)
+    _write_chain(tmp_path / "logs" / "audit.jsonl", 3)
+
+    done = run("main.py", "audit", "verify", home=tmp_path)
+
+    assert done.returncode == 11
+    assert "rewritten: record seq 3 has hash" in done.stderr
+    assert f"positions.json anchors hash {anchor.hash[:12]}" in done.stderr
+
+
+def test_cli_verify_of_a_missing_file_exits_2_with_one_line(tmp_path):
+    done = run(
+        "main.py", "audit", "verify", "--file", str(tmp_path / "missing.jsonl"), home=tmp_path
+    )
+
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: no such file: {tmp_path}/missing.jsonl"]
+
+
+# --- Refusing to write, and repairs ---------------------------------------------------------------
+def test_check_chain_passes_an_intact_log_and_raises_naming_the_line_and_the_repair(log_path):
+    log = _append_fills(log_path, 3)
+    audit.check_chain(log_path, log.anchor())
+    log_path.write_bytes(log_path.read_bytes().replace(b'"qty":101', b'"qty":901'))
+
+    with pytest.raises(audit.AuditIntegrityError) as caught:
+        audit.check_chain(log_path)
+
+    message = str(caught.value)
+    assert "\n" not in message and str(log_path) in message
+    assert "BROKEN at line 2 (record seq 2)" in message
+    assert f"python main.py audit repair --file {log_path}" in message
+
+
+def test_repair_documents_a_broken_chain_and_its_record_is_chained(log_path):
+    log = _append_fills(log_path, 5)
+    lines = _lines(log_path)
+    log_path.write_bytes(
+        lines[0] + lines[1].replace(b'"qty":101', b'"qty":901') + b"".join(lines[2:])
+    )
+    before = log_path.read_bytes()
+
+    repair = log.repair()
+
+    assert repair is not None and repair.event == "chain_repair"
+    assert log_path.read_bytes().startswith(before)  # only appended
+    assert (repair.seq, repair.prev_hash) == (6, json.loads(lines[-1])["hash"])
+    assert repair.payload["first_bad_line"] == 2 and repair.payload["first_bad_seq"] == 2
+    assert repair.payload["reason"] == "hash mismatch (record was modified)"
+    assert repair.payload["prev_hash_found"] == repair.prev_hash
+    assert repair.payload["skipped_lines"] == 4
+    assert verify(log_path) == audit.VerifyResult(True, 6, None, None, None, 1, 4)
+    after = log.append("stop")
+    assert after.prev_hash == repair.hash and verify(log_path).count == 7
+    # The repair record is itself under the chain: editing it breaks verification.
+    log_path.write_bytes(log_path.read_bytes().replace(b'"skipped_lines":4', b'"skipped_lines":3'))
+    assert verify(log_path).first_bad_line == 2
+
+
+def test_a_line_edited_after_its_repair_breaks_verification_again(log_path):
+    log = _append_fills(log_path, 5)
+    log_path.write_bytes(log_path.read_bytes().replace(b'"qty":101', b'"qty":901'))
+    log.repair()
+    log_path.write_bytes(log_path.read_bytes().replace(b'"qty":103', b'"qty":903'))
+
+    result = verify(log_path)
+
+    assert (result.ok, result.first_bad_line) == (False, 2)
+    assert result.reason is not None
+    assert "the chain_repair record at line 6 does not document it" in result.reason
+
+
+def test_a_break_after_a_repair_needs_its_own_repair(log_path):
+    log = _append_fills(log_path, 3)
+    log_path.write_bytes(log_path.read_bytes().replace(b'"qty":101', b'"qty":901'))
+    log.repair()
+    log.append("stop")
+    with log_path.open("ab") as f:
+        f.write(b"not json\n")
+
+    assert verify(log_path).first_bad_line == 6
+    log.repair()
+    assert verify(log_path) == audit.VerifyResult(True, 7, None, None, None, 2, 3)
+
+
+def test_repair_moves_a_torn_tail_aside_and_documents_the_break(log_path):
+    log = _append_fills(log_path, 3)
+    log_path.write_bytes(log_path.read_bytes().replace(b'"qty":101', b'"qty":901') + b'{"seq":')
+
+    repair = log.repair()
+
+    assert repair is not None and repair.payload["torn_bytes"] == len(b'{"seq":')
+    assert Path(repair.payload["torn_saved_to"]).read_bytes() == b'{"seq":'
+    assert verify(log_path).ok
+
+
+def test_cli_repair_then_verify_is_ok_for_a_broken_chain(tmp_path):
+    path = tmp_path / "logs" / "audit.jsonl"
+    _append_fills(path, 5)
+    path.write_bytes(path.read_bytes().replace(b'"qty":101', b'"qty":901'))
+
+    repaired = run("main.py", "audit", "repair", home=tmp_path)
+    checked = run("main.py", "audit", "verify", home=tmp_path)
+
+    assert repaired.returncode == 0, repaired.stderr
+    assert "appended chain_repair record seq 6 documenting line 2: hash mismatch" in repaired.stdout
+    assert "nothing moved or rewritten" in repaired.stdout
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith("OK: 6 records, hash chain intact apart from 1 documented")
+
+
+def test_cli_repair_of_an_intact_log_changes_nothing(tmp_path):
+    import hashlib
+
+    _anchor_home(tmp_path, 3)
+    path = tmp_path / "logs" / "audit.jsonl"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    done = run("main.py", "audit", "repair", home=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert "nothing to repair: OK: 3 records" in done.stdout
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_cli_repair_documents_a_removed_tail_and_verify_then_accepts_the_anchor(tmp_path):
+    anchor = _anchor_home(tmp_path, 5, drop_last=1)
+
+    repaired = run("main.py", "audit", "repair", home=tmp_path)
+    checked = run("main.py", "audit", "verify", home=tmp_path)
+
+    assert repaired.returncode == 0, repaired.stderr
+    assert "documenting line 5: truncated: the last record is seq 4" in repaired.stdout
+    record = AuditLog(tmp_path / "logs" / "audit.jsonl").last()
+    assert record is not None and record.event == "chain_repair"
+    assert record.payload["anchor"] == anchor.to_json()
+    assert record.payload["anchor_source"] == "positions.json"
+    assert checked.returncode == 0, checked.stderr
+    assert "anchor seq 5 holds" in checked.stdout
+    assert verify(tmp_path / "logs" / "audit.jsonl", anchor).ok
