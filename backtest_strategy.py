@@ -1059,6 +1059,7 @@ def write_results(
 
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
+    _remove_orphan_temp_folders(results_dir)
     run = summary["run"]
     if run_id is None:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -1070,7 +1071,9 @@ def write_results(
         suffix += 1
         final = results_dir / f"{run_id}-{suffix}"
     summary["run"]["run_id"] = final.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=results_dir))
+    # The creator's pid in the name lets a later run tell an orphan (creator killed) from a folder
+    # still being written; see _remove_orphan_temp_folders.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=results_dir))
     try:
         eq = strategy.equity.copy()
         eq["drawdown"] = eq["equity"] / eq["equity"].cummax() - 1.0
@@ -1091,6 +1094,73 @@ def write_results(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _remove_orphan_temp_folders(results_dir: str | os.PathLike[str]) -> list[str]:
+    """Remove the hidden temporary folders of write_results calls that died before their rename
+    (SIGKILL, power loss); return their names. A folder is an orphan when its creator's pid is
+    not running, or is running but started after the folder was last written (the pid was
+    reused); a folder without a pid (older versions) when it was last written before this process
+    started. Start times come from Linux /proc (elsewhere only dead pids count). Real results
+    folders (no leading dot) and other names are never touched."""
+    import re
+    import shutil
+
+    # `.<run-id>.<pid>.<suffix>`; before the pid was in the name `.<run-id>.<suffix>` (mkdtemp's
+    # suffix: 8 of a-z, 0-9 and _).
+    with_pid = re.compile(r"\.(?P<run_id>.+)\.(?P<pid>[0-9]+)\.[a-z0-9_]{8}")
+    without_pid = re.compile(r"\.(?P<run_id>.+)\.[a-z0-9_]{8}")
+
+    def started_at(pid: int) -> float | None:
+        """Start of process `pid` in epoch seconds (Linux /proc, to about 1 s); None elsewhere."""
+        try:
+            with open(f"/proc/{pid}/stat") as fh:  # field 22, after the ")" of the command
+                ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+            with open("/proc/stat") as fh:
+                boot = next(float(line.split()[1]) for line in fh if line.startswith("btime "))
+            return boot + ticks / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, StopIteration):
+            return None
+
+    slack_s = 2.0  # btime is whole seconds; mtimes and clock ticks are finer
+    me = started_at(os.getpid())  # None (no /proc): pid-less folders are left alone
+    removed = []
+    with os.scandir(results_dir) as entries:
+        for entry in entries:
+            if not entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                written = entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue  # removed meanwhile
+            match = with_pid.fullmatch(entry.name)
+            if match:
+                pid = int(match["pid"])
+                if pid == os.getpid():
+                    continue
+                try:
+                    os.kill(pid, 0)
+                    start = started_at(pid)
+                    orphan = start is not None and written + slack_s < start
+                except ProcessLookupError:
+                    orphan = True
+                except PermissionError:  # another user's live process
+                    orphan = False
+            elif without_pid.fullmatch(entry.name):
+                orphan = me is not None and written + slack_s < me
+            else:
+                orphan = False
+            if orphan:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+    if removed:
+        log.info(
+            "removed %d unfinished results folder(s) of killed runs in %s: %s",
+            len(removed),
+            results_dir,
+            ", ".join(removed),
+        )
+    return removed
 
 
 def _charts(folder: Any, eq: pd.DataFrame, summary: dict[str, Any]) -> None:

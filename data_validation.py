@@ -1,9 +1,10 @@
 """Validation of daily close prices before any feature is computed.
 
 Each rule raises `ValidationError` naming the rule, the ticker and the date, so a user can find the
-bad row. Rules for history: missing_column, non_numeric, bad_date, nan_or_inf, non_positive,
-duplicate_date, non_increasing_date, session_gap, split_artefact. Rules for live use only (history
-is split-adjusted, so AAPL at $0.26 in 1990 is right): price_sanity, stale_bar.
+bad row. Rules for history: missing_column, bad_date, future_bar (no bar dated after today in New
+York), non_numeric, nan_or_inf, non_positive, duplicate_date, non_increasing_date, session_gap,
+split_artefact. Rules for live use only (history is split-adjusted, so AAPL at $0.26 in 1990 is
+right): price_sanity, stale_bar.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,8 @@ from constants import (
     price_sanity_range,
 )
 from error_handling import ValidationError
+
+NEW_YORK = "America/New_York"
 
 # --- Split artefacts ------------------------------------------------------------------------------
 #: Price ratios P[t]/P[t-1] of an unadjusted split (2:1 .. 20:1) or reverse split (1:2 .. 1:20).
@@ -77,15 +80,20 @@ def validate_prices(
     now: pd.Timestamp | None = None,
     max_stale_sessions: int = MAX_STALE_SESSIONS,
     reference_prices: dict[str, float] | None = None,
+    today: pd.Timestamp | date | None = None,
+    source: str | None = None,
 ) -> ValidationReport:
     """Check `close` (session-date index, a column per ticker); raise on the first broken rule.
 
     `sessions=None` skips the gap rule. `live=True` adds the price sanity and stale-bar rules;
-    `now` is the current time (America/New_York or tz-naive) for the stale rule.
+    `now` is the current time (America/New_York or tz-naive) for the stale rule. `today` is the
+    New York date after which no bar may be dated (default: `now`'s New York date, else the
+    clock's); `source` (e.g. csv:PATH) is named in that rule's message.
     """
     rules = [
         "missing_column",
         "bad_date",
+        "future_bar",
         "non_numeric",
         "nan_or_inf",
         "non_positive",
@@ -106,6 +114,7 @@ def validate_prices(
         raise ValidationError("bad_date", "the index is not made of dates")
     if close.index.hasnans:
         raise ValidationError("bad_date", "a row has no date")
+    _check_future(close, tickers, _new_york_date(today, now), source)
 
     values: dict[str, np.ndarray] = {}
     for ticker in tickers:
@@ -159,6 +168,39 @@ def validate_prices(
         _check_stale(dates, tickers, now, max_stale_sessions, sessions)
 
     return ValidationReport(tuple(tickers), len(close), dates[0], dates[-1], tuple(rules))
+
+
+def _new_york_date(today: pd.Timestamp | date | None, now: pd.Timestamp | None) -> pd.Timestamp:
+    """Today as a tz-naive midnight: `today`, else the New York date of `now` or the clock."""
+    if today is not None:
+        return pd.Timestamp(today).normalize()
+    at = pd.Timestamp.now(tz=NEW_YORK) if now is None else pd.Timestamp(now)
+    if at.tzinfo is not None:
+        at = at.tz_convert(NEW_YORK).tz_localize(None)
+    return at.normalize()
+
+
+def _check_future(
+    close: pd.DataFrame, tickers: Sequence[str], today: pd.Timestamp, source: str | None
+) -> None:
+    """future_bar: a daily bar dated after today (New York) is a typo or a wrong file."""
+    days = pd.DatetimeIndex(close.index)
+    if days.tz is not None:
+        days = days.tz_convert(NEW_YORK).tz_localize(None)
+    future = np.asarray(days.normalize() > today)
+    if not future.any():
+        return
+    rows = close.loc[future, list(tickers)]
+    with_values = [t for t in tickers if rows[t].notna().any()] or list(tickers)
+    first = days[future].min()
+    count = int(future.sum())
+    raise ValidationError(
+        "future_bar",
+        f"first of {count} bar{'s' if count != 1 else ''} dated after today "
+        f"({today.date()} New York){f' in {source}' if source else ''}",
+        ticker=",".join(with_values),
+        date=first,
+    )
 
 
 def _numeric(column: pd.Series, ticker: str) -> np.ndarray:
@@ -282,7 +324,6 @@ def _check_stale(
 
 
 # --- Market hours ---------------------------------------------------------------------------------
-NEW_YORK = "America/New_York"
 
 
 @dataclass(frozen=True)

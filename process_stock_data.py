@@ -844,14 +844,19 @@ def process(
     start: str | None = None,
     end: str | None = None,
     home: C.Paths | None = None,
+    today: pd.Timestamp | None = None,
 ) -> tuple[pd.DataFrame, ProcessSummary]:
     """Load, validate, compute features and label, drop warm-up rows, write the processed file.
 
-    Writes data/processed_<LONG>_<SHORT>.parquet and its .json metadata atomically.
+    Writes data/processed_<LONG>_<SHORT>.parquet and its .json metadata atomically, only after
+    every rule passed. `today` (default: the clock's New York date) is the last date a bar may have.
     """
     home = (home or C.paths()).ensure()
+    today = today if today is not None else pd.Timestamp.now(tz=_NEW_YORK).tz_localize(None)
     prices = load_prices(source, pair.tickers, start=start, end=end, home=home)
-    report: ValidationReport = validate_prices(prices.close, pair.tickers)
+    report: ValidationReport = validate_prices(
+        prices.close, pair.tickers, today=today.normalize(), source=prices.source
+    )
     close = prices.close.astype("float64")
     volume = prices.volume.astype("float64") if prices.volume is not None else None
     features = compute_features(close, pair.long, pair.short, volume)

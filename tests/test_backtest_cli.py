@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -129,6 +130,89 @@ def test_results_folder_has_every_output_and_no_temporary_leftovers(tmp_path):
     assert set(summary["benchmarks"]) == {"zscore_rule", "buy_hold_long"}
     assert summary["run"]["start"] == "2022-01-03" and summary["run"]["end"] == "2022-12-28"
     assert [p.name for p in (home / "results").iterdir()] == [folder.name]
+
+
+def _march_2021_backtest(tmp_path: Path) -> list[str]:
+    signals = write_csv(tmp_path / "s.csv", [("date", "action"), ("2021-03-01", "buy")])
+    return ["main.py", "backtest", "--signals", str(signals), "--start", "2021-03-01",
+            "--end", "2021-03-31"]  # fmt: skip
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: the pid names no process now
+    return child.pid
+
+
+def test_a_backtest_killed_while_writing_leaves_a_temp_folder_the_next_run_removes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    home = tmp_path / "home"
+    results = home / "results"
+    env = {**os.environ, "TRADING_HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {k: v for k, v in env.items() if k not in ("TICKER_LONG", "TICKER_SHORT", "DATA_SOURCE")}
+    args = _march_2021_backtest(tmp_path)
+    victim = subprocess.Popen(
+        [sys.executable, *args], cwd=Path(__file__).resolve().parent.parent, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    leftover: list[Path] = []
+    while victim.poll() is None and not leftover and time.monotonic() < deadline:
+        leftover = [p for p in results.glob(".*") if p.is_dir()] if results.exists() else []
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert leftover, "the backtest finished before its temp folder was seen"
+    assert f".{victim.pid}." in leftover[0].name and leftover[0].exists()
+
+    res = run(*args, home=home)
+
+    assert res.returncode == 0, res.stderr
+    assert not leftover[0].exists()
+    assert [p.name for p in results.iterdir()] == [only_run_dir(home).name]
+
+
+def test_backtest_removes_only_the_temp_folders_no_running_process_can_finish(tmp_path):
+    """Dead creator: removed. Live creator (this test process): kept, unless the folder was written
+    before that process started (a reused pid). Pid-less folders of older versions: removed when
+    written before the run started. Real results and other hidden folders: kept."""
+    import os
+
+    results = tmp_path / "home" / "results"
+    names = {
+        "dead": f".20240102-030405_AAPL_MSFT_model.{_dead_pid()}.ab12cd34",
+        "live": f".20240102-030405_AAPL_MSFT_model.{os.getpid()}.ef56gh78",
+        "reused": f".20240102-030405_AAPL_MSFT_model.{os.getpid()}.zz99yy88",
+        "old_format": ".20240102-030405_AAPL_MSFT_model.k3j4h5g6",
+        "old_format_being_written": ".20240102-030406_AAPL_MSFT_model.q1w2e3r4",
+        "real": "20240102-030405_AAPL_MSFT_model",
+        "other_hidden": ".cache",
+    }
+    for name in names.values():
+        (results / name).mkdir(parents=True)
+        (results / name / "equity.csv").write_text("date,equity\n")
+    year_2000 = 946_684_800
+    for key in ("reused", "old_format"):
+        os.utime(results / names[key], (year_2000, year_2000))
+    in_ten_minutes = time.time() + 600
+    os.utime(results / names["old_format_being_written"], (in_ten_minutes, in_ten_minutes))
+
+    res = run(*_march_2021_backtest(tmp_path), home=tmp_path / "home")
+
+    assert res.returncode == 0, res.stderr
+    gone = {key for key, name in names.items() if not (results / name).exists()}
+    expected_gone = (
+        {"dead", "reused", "old_format"} if Path("/proc/self/stat").exists() else {"dead"}
+    )
+    assert gone == expected_gone
 
 
 @pytest.mark.parametrize(

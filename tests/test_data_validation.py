@@ -185,3 +185,85 @@ def test_stale_last_bar_in_live_use(prices):
     assert "2 sessions old" in str(err)
     before_open = pd.Timestamp("2020-01-03 08:00", tz="America/New_York")  # 01-03 not started yet
     dv.validate_prices(prices, ["AAPL", "MSFT"], live=True, now=before_open)
+
+
+# --- future_bar: no daily bar may be dated after today in New York --------------------------------
+def test_bar_after_today_is_refused_naming_the_first_date_the_count_and_the_source(prices):
+    """Data through 2019-12-31 checked on 2019-12-20: 12-23, 24, 26, 27, 30 and 31 are future."""
+    err = _expect(
+        "future_bar",
+        "AAPL,MSFT",
+        "2019-12-23",
+        dv.validate_prices,
+        prices,
+        ["AAPL", "MSFT"],
+        today=pd.Timestamp("2019-12-20"),
+        source="csv:/data/prices.csv",
+    )
+    assert "first of 6 bars dated after today (2019-12-20 New York)" in str(err)
+    assert "csv:/data/prices.csv" in str(err) and "\n" not in str(err)
+    assert "future_bar" in dv.validate_prices(prices, ["AAPL", "MSFT"], today="2019-12-31").rules
+
+
+def test_future_bar_is_reported_before_the_missing_values_it_brings(prices):
+    """A long-format file with one AAPL bar in 2030 leaves MSFT empty that day: the date is the
+    problem, and only AAPL has it."""
+    prices.loc[pd.Timestamp("2030-01-02")] = [123.0, np.nan]
+    err = _expect(
+        "future_bar",
+        "AAPL",
+        "2030-01-02",
+        dv.validate_prices,
+        prices,
+        ["AAPL", "MSFT"],
+        today=pd.Timestamp("2024-06-03"),
+    )
+    assert "MSFT" not in str(err) and "first of 1 bar dated" in str(err)
+
+
+def test_future_bar_in_live_use_takes_today_from_now(prices):
+    now = pd.Timestamp("2019-12-31 03:00", tz="UTC")  # 22:00 on 2019-12-30 in New York
+    _expect("future_bar", None, "2019-12-31", dv.validate_prices, prices, ["AAPL", "MSFT"], now=now)
+
+
+def test_process_with_future_bars_writes_nothing(tmp_path, home, prices):
+    import constants as C
+    import process_stock_data as psd
+
+    file = tmp_path / "prices.csv"
+    prices.rename_axis("date").to_csv(file)
+    with pytest.raises(ValidationError, match=r"\[future_bar\]"):
+        psd.process(
+            f"csv:{file}", C.Pair("AAPL", "MSFT"), home=home, today=pd.Timestamp("2019-06-28")
+        )
+    assert not home.processed_file(C.Pair("AAPL", "MSFT")).exists()
+    psd.process(f"csv:{file}", C.Pair("AAPL", "MSFT"), home=home, today=pd.Timestamp("2020-01-02"))
+    assert home.processed_file(C.Pair("AAPL", "MSFT")).exists()
+
+
+def test_cli_process_of_a_2030_csv_exits_4_in_one_line_and_keeps_the_processed_files(tmp_path):
+    import hashlib
+
+    from tests.helpers import run
+
+    home = tmp_path / "home"
+    assert run("main.py", "process", home=home).returncode == 0
+    data = home / "data"
+    before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in data.iterdir()}
+    assert len(before) == 2
+    days = pd.bdate_range("2030-01-02", "2032-12-31")
+    steps = np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.01, (len(days), 2)), axis=0))
+    file = tmp_path / "future.csv"
+    pd.DataFrame(steps * [100, 200], index=days, columns=["AAPL", "MSFT"]).rename_axis(
+        "date"
+    ).to_csv(file)
+
+    res = run("main.py", "process", "--source", f"csv:{file}", home=home)
+
+    assert res.returncode == 4, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "[future_bar]" in lines[0] and "2030-01-02" in lines[0] and str(file) in lines[0]
+    assert f"first of {len(days)} bars dated after today" in lines[0]
+    after = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in data.iterdir()}
+    assert after == before
