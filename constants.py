@@ -7,10 +7,13 @@ called (not at import), so `.env` loaded by `main.py` and `TRADING_HOME` set by 
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from error_handling import ConfigurationError
 
@@ -296,6 +299,91 @@ class Paths:
         for d in (self.data_dir, self.models_dir, self.logs_dir, self.results_dir):
             d.mkdir(parents=True, exist_ok=True)
         return self
+
+
+# --- The environment ------------------------------------------------------------------------------
+def _number(low: float, *, inclusive: bool) -> Any:
+    def check(value: str) -> str | None:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        ok = math.isfinite(number) and (number >= low if inclusive else number > low)
+        return None if ok else f"a number of seconds {'>=' if inclusive else '>'} {low:g}"
+
+    return check
+
+
+def _one_of(*allowed: str, exact: bool = False) -> Any:
+    def check(value: str) -> str | None:
+        text = value if exact else value.strip().lower()
+        return None if text in allowed else f"one of {', '.join(allowed)}"
+
+    return check
+
+
+def _url(value: str) -> str | None:
+    return None if re.match(r"https?://[^\s/]+", value.strip()) else "an http:// or https:// URL"
+
+
+def _symbol(value: str) -> str | None:
+    try:
+        validate_symbol(value)
+    except ConfigurationError:
+        return "a ticker: 1-10 characters, a letter first, then letters, digits, '.' or '-'"
+    return None
+
+
+def _source(value: str) -> str | None:
+    name = value.strip()
+    if name in ("bundled", "yfinance", "alpaca") or (name.startswith("csv:") and name[4:].strip()):
+        return None
+    return "bundled, yfinance, alpaca or csv:PATH"
+
+
+def _home(value: str) -> str | None:
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        return "a directory, but it is a file"
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        return "a directory this user can write to, but it is read-only"
+    return None
+
+
+_FLAGS = ("1", "true", "on", "yes", "0", "false", "off", "no")
+
+#: Every environment variable the application reads, with what it accepts; `check_environment`
+#: checks them all before any command does any work (tests/test_constants.py checks that every
+#: variable the code reads is here). An empty value means unset: the default applies.
+ENV_RULES: dict[str, Any] = {
+    ENV_TICKER_LONG: _symbol,
+    ENV_TICKER_SHORT: _symbol,
+    ENV_DATA_SOURCE: _source,
+    "TRADING_HOME": _home,
+    "TRADING_INTERVAL_S": _number(0, inclusive=False),
+    "LOG_LEVEL": _one_of("debug", "info", "warning", "error", "critical"),
+    "ENSEMBLE_MODE": _one_of(*_FLAGS),
+    "SIGNAL_MODEL": _one_of("xgb", "lstm", exact=True),
+    "ALERT_WEBHOOK_URL": _url,
+    "ALERT_FLUSH_TIMEOUT_S": _number(0, inclusive=True),
+    "DASHBOARD_REFRESH_S": _number(0, inclusive=True),
+    "ALPACA_TRADING_URL": _url,
+    "ALPACA_DATA_URL": _url,
+    "ALPACA_DATA_FEED": _one_of("iex", "sip", "delayed_sip", "boats", "overnight", "otc"),
+}
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """ConfigurationError (exit 2) naming the first variable of ENV_RULES whose value is not
+    allowed, and what is; run before any work, so a typo costs nothing."""
+    environ = os.environ if environ is None else environ
+    for name, rule in ENV_RULES.items():
+        value = environ.get(name, "")
+        if not value.strip():
+            continue
+        wanted = rule(value)
+        if wanted is not None:
+            raise ConfigurationError(f"{name}={value!r} is not allowed: it must be {wanted}")
 
 
 def _create_order_tag(path: Path) -> None:

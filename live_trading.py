@@ -38,12 +38,13 @@ import numpy as np
 import pandas as pd
 
 import alert_dispatch
+import audit_logging
 import constants as C
 import pair_engine as pe
 import risk_management as rm
 import trading_api as ta
 from atomic_io import atomic_write_json
-from audit_logging import AuditLog
+from audit_logging import AuditAnchor, AuditLog
 from data_validation import NEW_YORK, market_clock
 from error_handling import (
     BrokerError,
@@ -141,6 +142,14 @@ class LoopSummary:
     stopped_by: str = "end"
     equity: float | None = None
     model_changes: int = 0  # automatic canary promotions and rollbacks
+    #: Why bars passed without an order (market closed, halted, no new bar, hold, ...), in the
+    #: order first seen; `main.py live` prints them when nothing was traded.
+    idle_reasons: list[str] = field(default_factory=list)
+    started: bool = False  # the `start` record was written (then a `stop` record follows)
+
+    def idle(self, reason: str) -> None:
+        if reason not in self.idle_reasons:
+            self.idle_reasons.append(reason)
 
 
 # --- Data -----------------------------------------------------------------------------------------
@@ -522,6 +531,8 @@ class PositionsState:
     schema_version: int = SCHEMA_VERSION
     foreign: Mapping[str, HeldPosition] = field(default_factory=dict)
     last_signal_bar: str | None = None
+    #: The audit log's last record when this was written: a removed tail is detected.
+    audit_anchor: AuditAnchor | None = None
 
     @classmethod
     def of(
@@ -535,6 +546,7 @@ class PositionsState:
         symbols: tuple[str, ...] | None = None,
         open_ids: Any = (),
         signal_bar: pd.Timestamp | None = None,
+        audit_anchor: AuditAnchor | None = None,
     ) -> PositionsState:
         """The broker's state now; `symbols`: the pair (None: every position is the pair's);
         `open_ids`: the client ids of the loop's orders not yet done."""
@@ -570,6 +582,7 @@ class PositionsState:
             pending_decision=pending,
             foreign={s: p for s, p in held.items() if s not in mine},
             last_signal_bar=signal_bar.isoformat() if signal_bar is not None else None,
+            audit_anchor=audit_anchor,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -586,6 +599,7 @@ class PositionsState:
             "pending_decision": self.pending_decision.to_json() if self.pending_decision else None,
             "foreign": {s: dataclasses.asdict(p) for s, p in self.foreign.items()},
             "last_signal_bar": self.last_signal_bar,
+            "audit_anchor": self.audit_anchor.to_json() if self.audit_anchor else None,
         }
 
     @classmethod
@@ -613,6 +627,9 @@ class PositionsState:
             schema_version=int(data["schema_version"]),
             foreign=held(data.get("foreign") or {}),
             last_signal_bar=data.get("last_signal_bar"),
+            audit_anchor=AuditAnchor.from_json(anchor)
+            if (anchor := data.get("audit_anchor"))
+            else None,
         )
 
     def save(self, path: Path) -> None:
@@ -726,6 +743,8 @@ class Heartbeat:
     foreign_positions: Mapping[str, int] = field(default_factory=dict)
     #: The last broker failure the loop saw (None once an iteration succeeds).
     broker_error: str | None = None
+    #: The audit log's last record at this beat ({"seq", "hash"}): a removed tail is detected.
+    audit_anchor: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -895,6 +914,7 @@ class _Session:
             symbols=self.pair.tickers,
             open_ids=self.journal.open_ids(),
             signal_bar=st.audited_signal_bar,
+            audit_anchor=self.audit.anchor(),
         )
         saved.save(self.home.positions_file)
         st.account = ta.Account(saved.equity, saved.cash, math.nan)
@@ -997,7 +1017,10 @@ def run_trading_loop(
 
 def _finish(session: _Session | None, home: C.Paths, audit: AuditLog, summary: LoopSummary) -> None:
     """The last positions.json (when the broker answers), the `stop` record, a stopped
-    heartbeat: written however the run ended."""
+    heartbeat: written however the run ended -- unless it was refused before its `start`
+    record (a broken audit chain, a bad state file): then nothing is written."""
+    if not summary.started:
+        return
     if session is not None:
         try:
             summary.equity = session.save_positions(pd.Timestamp.now(tz="UTC")).equity
@@ -1010,9 +1033,10 @@ def _finish(session: _Session | None, home: C.Paths, audit: AuditLog, summary: L
     beat = _last_beat(home)
     if beat is not None:
         stopped_at = pd.Timestamp.now(tz="UTC").isoformat()
-        _write_heartbeat(
-            home.heartbeat_file, dataclasses.replace(beat, status="stopped", stopped_at=stopped_at)
+        stopped = dataclasses.replace(
+            beat, status="stopped", stopped_at=stopped_at, audit_anchor=_anchor_json(audit)
         )
+        _write_heartbeat(home.heartbeat_file, stopped)
 
 
 def _start(
@@ -1032,6 +1056,10 @@ def _start(
     broker wins). A broker failure here halts new entries with its cause, then raises."""
     mode = "live" if config.live else "paper"
     trading = config.trading
+    # Nothing is written before the audit chain, its anchor and the state files are read.
+    stored = audit_logging.read_stored_anchor(home)
+    audit_logging.check_chain(home.audit_log, stored.anchor, anchor_source=stored.source)
+    default_feed = feed is None
     if feed is None:
         feed = _default_feed(pair, home, replay=config.replay)
     saved = read_positions(home.positions_file)
@@ -1055,6 +1083,8 @@ def _start(
     broker.order_prefix = home.order_prefix()
     broker.stop_event = stopper.event
     risk = rm.RiskManager(trading.limits, state_path=home.risk_state_file, home=home.home)
+    if default_feed and not config.replay:
+        _refuse_an_old_feed(feed, pair, broker)
     first_row = 0
     if config.replay:
         first_row = feed.closed_rows(pd.Timestamp(config.replay_start))
@@ -1086,6 +1116,7 @@ def _start(
             "config": trading.to_dict(),
         },
     )
+    summary.started = True
     log.info(
         "live loop started: %s, %s broker, %s/%s, every %gs%s",
         mode,
@@ -1107,6 +1138,31 @@ def _start(
         _broker_failed(session, exc, clock.now(), at_start=True)
         raise
     return session, clock
+
+
+#: A live run refuses a data source whose last bar is older than this (days): it has no current
+#: data (the dead man's switch calls a feed stale after 4 days).
+OLD_FEED_DAYS = 5
+
+
+def _refuse_an_old_feed(feed: BarFeed, pair: C.Pair, broker: ta.Broker) -> None:
+    """ConfigurationError (exit 2), before anything is written, when the data source's last bar
+    closed more than OLD_FEED_DAYS ago by the broker's clock (the bundled history ends
+    2022-12-28): the fix is a current source, or a replay for history."""
+    try:
+        now = broker.clock().at
+    except BrokerError:
+        return  # the start-up below meets the failure and halts on it
+    last = feed.bar_close_time(len(feed.table) - 1)
+    age_days = (now - last).total_seconds() / 86_400
+    if age_days > OLD_FEED_DAYS:
+        source = C.data_source_name()
+        raise ConfigurationError(
+            f"the {source} data of {pair.long}/{pair.short} end on {last.date()} "
+            f"({age_days:,.0f} days ago): live trading needs current bars; set DATA_SOURCE="
+            "yfinance or alpaca (README, Data sources), or replay history with `python main.py "
+            "live --replay 2022-01-03 2022-03-31`"
+        )
 
 
 def _broker_failed(
@@ -1233,6 +1289,10 @@ def _run(session: _Session, clock: Any, stopper: _Stop) -> None:
                 _write_heartbeat(
                     home.heartbeat_file, _beat(now, session, mclock, "waiting for the open")
                 )
+                session.summary.idle(
+                    f"market closed by {broker.name}'s clock at {now:%Y-%m-%d %H:%M} UTC; next "
+                    f"open {mclock.next_open:%Y-%m-%d %H:%M} UTC"
+                )
                 if config.once:
                     log.info(
                         "market closed at %s (broker's clock); next open %s", now, mclock.next_open
@@ -1298,12 +1358,15 @@ def _iteration(session: _Session, now: pd.Timestamp) -> None:
             ),
         )
         log.warning("data feed stale (latest bar %s); not trading", bar.date())
+        session.summary.idle(f"the data feed is stale: its latest bar {bar.date()} is old")
         return
     if state.signal_bar != bar:
         _new_bar(session, rows, now)
     if (state.last_bar is None or bar > state.last_bar) and rows - 1 >= session.first_row:
         # Once per bar; a failed attempt (broker outage) or a closed market is retried.
         _decide(session, feed.table.iloc[:rows], rows - 1, now)
+    elif state.last_bar is not None and bar <= state.last_bar:
+        session.summary.idle(f"no new bar since {state.last_bar.date()} (decided already)")
     session.summary.predictions += 1
     log.info(
         "prediction %s",
@@ -1385,6 +1448,8 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
         target = pending.target if pending else None
         if target is None:
             target = pe.size_target(venue, session.source.weights(table, src), symbols)
+            if target is None:
+                session.summary.idle(f"the signal of {table.index[src].date()} says keep")
         if target is not None:
             # Write-ahead: the target is saved before any order, so a restart between the two
             # baskets of a flip re-sends exactly the same orders (same ids, same quantities).
@@ -1407,6 +1472,13 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
     if after != before:
         session.audit.append("position_change", {"before": before, "after": after})
     reasons = {d.reason for r in reports for d in r.denials}
+    for r in reports:
+        for d in r.denials:
+            session.summary.idle(f"the risk gate refused {d.purpose} orders: {d.reason}")
+        if r.target is not None and not r.traded and not r.denials and not r.unfilled:
+            session.summary.idle("the positions are within the rebalance band of the target")
+        if r.unfilled:
+            session.summary.idle("a closing order did not fill in time: the opening orders wait")
     if rm.RiskReason.MARKET_CLOSED.value in reasons:
         if state.deferred_bar != bar:
             state.deferred_bar = bar
@@ -1417,6 +1489,7 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
         session.save_positions(now)
         return
     if rm.RiskReason.TRADING_HALTED.value in reasons:
+        session.summary.idle(f"trading halted since {risk.halted_at}: {risk.halt_reason}")
         session.audit.append(
             "bar_skipped", {"bar": bar.isoformat(), "reason": f"halted: {risk.halt_reason}"}
         )
@@ -1536,7 +1609,13 @@ def _beat(now: pd.Timestamp, session: _Session, mclock: Any, status: str) -> Hea
         interval_s=session.config.interval_s,
         foreign_positions=dict(state.foreign),
         broker_error=state.broker_error,
+        audit_anchor=_anchor_json(session.audit),
     )
+
+
+def _anchor_json(audit: AuditLog) -> dict[str, Any] | None:
+    anchor = audit.anchor()
+    return anchor.to_json() if anchor is not None else None
 
 
 def _default_feed(pair: C.Pair, home: C.Paths, *, replay: bool) -> BarFeed:

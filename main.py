@@ -92,8 +92,12 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
         help="bundled (default, offline, 1990-2022), yfinance, alpaca, or csv:PATH "
         "(default: $DATA_SOURCE or bundled)",
     )
-    p.add_argument("--start", metavar="YYYY-MM-DD", help="first date to load (default: all)")
-    p.add_argument("--end", metavar="YYYY-MM-DD", help="last date to load (default: all)")
+    p.add_argument(
+        "--start", type=_iso_date, metavar="YYYY-MM-DD", help="first date to load (default: all)"
+    )
+    p.add_argument(
+        "--end", type=_iso_date, metavar="YYYY-MM-DD", help="last date to load (default: all)"
+    )
     p.set_defaults(func=cmd_process)
 
     t = commands.add_parser(
@@ -184,6 +188,7 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
     lv.add_argument(
         "--replay",
         nargs=2,
+        type=_iso_date,
         metavar=("START", "END"),
         help="replay bundled history from START to END (YYYY-MM-DD) with a simulated clock",
     )
@@ -435,8 +440,15 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser, trading: bo
         + CONFIG_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("--start", metavar="YYYY-MM-DD", help="first bar (default: after validation)")
-    b.add_argument("--end", metavar="YYYY-MM-DD", help="last bar (default: the last processed)")
+    b.add_argument(
+        "--start",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help="first bar (default: after validation)",
+    )
+    b.add_argument(
+        "--end", type=_iso_date, metavar="YYYY-MM-DD", help="last bar (default: the last processed)"
+    )
     b.add_argument("--model", metavar="VERSION", help="score with this model version")
     b.add_argument(
         "--allow-in-sample",
@@ -960,6 +972,8 @@ def cmd_live(args: argparse.Namespace) -> int:
         f"{summary.predictions} predictions on {summary.bars} new bars, {summary.orders} orders, "
         f"{summary.rejections} refused by the risk gate; equity {equity}"
     )
+    if summary.orders == 0 and summary.idle_reasons:
+        print("no order: " + "; ".join(summary.idle_reasons))
     print(f"positions: {home.positions_file}; audit: {home.audit_log}")
     return 0
 
@@ -1237,6 +1251,21 @@ def _redacted(text: str) -> str:
     return redact(text, known_secrets())
 
 
+def _iso_date(text: str) -> str:
+    """argparse type: a calendar date, YYYY-MM-DD (anything else: exit 2 naming the value)."""
+    import datetime
+    import re
+
+    value = text.strip()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(value)
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
+    return value
+
+
 def _one_line(text: str) -> str:
     return _redacted(" ".join(str(text).split()))
 
@@ -1265,6 +1294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}; run ./install.sh (see `python main.py check`)", file=sys.stderr)
         return 2
     try:
+        import constants
+
+        constants.check_environment()  # every variable, before any work
         _setup_logging(debug)
         return int(args.func(args))
     except TradingError as exc:

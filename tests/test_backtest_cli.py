@@ -218,7 +218,7 @@ def test_backtest_removes_only_the_temp_folders_no_running_process_can_finish(tm
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--start", "2021-13-45"], "--start wants YYYY-MM-DD"),
+        (["--start", "2021-13-45"], "'2021-13-45' is not a date YYYY-MM-DD"),
         (["--signals", "no-such-file.csv"], "not found"),
         (["--max-drawdown", "1.5"], "drawdown"),
         (["--capital", "-5"], "capital"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,113 @@ def test_no_module_spells_a_signal_string_literally():
         and ('"Buy AAPL' in f.read_text() or "'Buy AAPL" in f.read_text())
     ]
     assert offenders == []
+
+
+# --- The environment, checked before any work ---------------------------------------------------
+#: Variables whose values are secrets or free text: nothing to check but their presence.
+FREE_FORM = {
+    "ALERT_WEBHOOK_SECRET",
+    "ALPACA_API_KEY",
+    "ALPACA_SECRET_KEY",
+    "TRADING_LIVE_CONFIRM",
+    "TRADING_MASTER_PASSWORD",
+    "TRADING_NEW_MASTER_PASSWORD",
+}
+
+
+def test_every_environment_variable_the_code_reads_has_a_rule():
+    import re
+    from pathlib import Path
+
+    root = Path(C.__file__).parent
+    text = "\n".join(p.read_text() for p in root.glob("*.py"))
+    read = set(
+        re.findall(r'ENV_[A-Z_0-9]+\s*=\s*"([A-Z_0-9]+)"', text)
+        + re.findall(r'os\.environ\.get\("([A-Z_0-9]+)"', text)
+    )
+    assert len(read) >= 15
+    assert read - FREE_FORM == set(C.ENV_RULES)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "wanted"),
+    [
+        ("SIGNAL_MODEL", "gpt", "one of xgb, lstm"),
+        ("SIGNAL_MODEL", "XGB", "one of xgb, lstm"),
+        ("ENSEMBLE_MODE", "maybe", "one of 1, true"),
+        ("ALERT_FLUSH_TIMEOUT_S", "abc", "a number of seconds >= 0"),
+        ("ALERT_FLUSH_TIMEOUT_S", "-1", "a number of seconds >= 0"),
+        ("TRADING_INTERVAL_S", "0", "a number of seconds > 0"),
+        ("DASHBOARD_REFRESH_S", "nan", "a number of seconds >= 0"),
+        ("LOG_LEVEL", "LOUD", "one of debug"),
+        ("TICKER_LONG", "??", "a ticker"),
+        ("DATA_SOURCE", "csv:", "csv:PATH"),
+        ("DATA_SOURCE", "bloomberg", "bundled, yfinance, alpaca or csv:PATH"),
+        ("ALERT_WEBHOOK_URL", "hooks.example.com/x", "an http:// or https:// URL"),
+        ("ALPACA_TRADING_URL", "ftp://x", "an http:// or https:// URL"),
+        ("ALPACA_DATA_FEED", "nasdaq", "one of iex, sip"),
+    ],
+)
+def test_a_bad_environment_value_is_refused_naming_it(name, value, wanted):
+    with pytest.raises(ConfigurationError, match=re.escape(f"{name}={value!r}")) as raised:
+        C.check_environment({name: value})
+    assert wanted in str(raised.value)
+
+
+def test_good_and_empty_values_pass():
+    C.check_environment(
+        {
+            "SIGNAL_MODEL": "lstm",
+            "ENSEMBLE_MODE": "On",
+            "ALERT_FLUSH_TIMEOUT_S": "0",
+            "TRADING_INTERVAL_S": "0.5",
+            "LOG_LEVEL": "debug",
+            "TICKER_LONG": "brk.b",
+            "DATA_SOURCE": "csv:/tmp/prices.csv",
+            "ALERT_WEBHOOK_URL": "https://hooks.example.com/x",
+            "ALPACA_DATA_FEED": "SIP",
+            "DASHBOARD_REFRESH_S": "",  # empty: unset, the default applies
+        }
+    )
+
+
+def test_a_trading_home_that_is_a_file_or_read_only_is_refused(tmp_path):
+    file = tmp_path / "home"
+    file.write_text("")
+    with pytest.raises(ConfigurationError, match="it is a file"):
+        C.check_environment({"TRADING_HOME": str(file)})
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)
+    if os.access(read_only, os.W_OK):  # root ignores permissions: nothing to check there
+        return
+    with pytest.raises(ConfigurationError, match="read-only"):
+        C.check_environment({"TRADING_HOME": str(read_only)})
+
+
+def test_main_refuses_a_bad_variable_before_any_work(tmp_path):
+    from tests.helpers import run
+
+    proc = run("main.py", "backtest", home=tmp_path, extra_env={"SIGNAL_MODEL": "gpt"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: SIGNAL_MODEL='gpt' is not allowed: it must be one of xgb, lstm"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing trained, processed or logged
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("backtest", "--start", "2020-13-45"),
+        ("backtest", "--end", "yesterday"),
+        ("process", "--start", "2020-02-30"),
+        ("live", "--replay", "2022-01-03", "tomorrow"),
+    ],
+)
+def test_a_date_that_is_not_yyyy_mm_dd_is_exit_2_naming_it(tmp_path, args):
+    from tests.helpers import run
+
+    proc = run("main.py", *args, home=tmp_path)
+    assert proc.returncode == 2
+    assert f"{args[-1]!r} is not a date YYYY-MM-DD" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr

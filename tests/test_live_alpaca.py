@@ -231,7 +231,9 @@ def test_a_flip_with_async_partial_fills_reduces_then_increases(home, alpaca, ta
     assert len(records(home, "order_intent")) == 4
 
     # A restart: the loop's own fills are no difference; the bar's signal is not audited again.
-    run_once(home, alpaca, signals, table)
+    again = run_once(home, alpaca, signals, table)
+    assert again.orders == 0
+    assert again.idle_reasons == [f"no new bar since {BAR} (decided already)"]
     (_, second) = records(home, "reconciliation")
     assert second.payload["differences"] == []
     assert not [a for a in alerts(home) if a["source"] == "reconciliation"]
@@ -340,8 +342,11 @@ def test_the_brokers_closed_market_waits_and_the_bar_is_taken_at_its_open(
 ):
     alpaca.is_open = False  # the local calendar says open at 10:00 New York on a session day
     signals = signal_file(tmp_path)
-    run_once(home, alpaca, signals, table)
+    summary = run_once(home, alpaca, signals, table)
     assert alpaca.posted == []
+    assert summary.idle_reasons == [  # said, not silent
+        "market closed by alpaca's clock at 2022-12-29 15:00 UTC; next open 2022-12-30 14:30 UTC"
+    ]
     assert json.loads(home.heartbeat_file.read_text())["market_open"] is False
     assert lt.read_positions(home.positions_file).last_processed_bar is None
 
@@ -440,8 +445,9 @@ def test_failing_posts_between_good_gets_open_the_orders_breaker_and_halt(
     assert alpaca.orders == []
 
     # The broker is back; the halt holds: the bar is skipped, and the skip says why.
-    run_once(home, alpaca, signals, table)
+    summary = run_once(home, alpaca, signals, table)
     assert alpaca.orders == []
+    assert any(r.startswith("trading halted since") for r in summary.idle_reasons)
     (skipped,) = records(home, "bar_skipped")
     assert skipped.payload["reason"].startswith("halted: broker alpaca failing")
 

@@ -268,6 +268,58 @@ def test_status_reads_what_the_loop_wrote(home):
     assert "positions:" in proc.stdout and "risk: trading allowed" in proc.stdout
 
 
+def test_live_on_a_source_without_current_bars_refuses_before_writing_anything(tmp_path):
+    home = C.paths(tmp_path)
+    proc = main("live", "--once", home=home)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "the bundled data of AAPL/MSFT end on 2022-12-28" in last
+    assert "DATA_SOURCE=yfinance or alpaca" in last and "live --replay" in last
+    assert not home.audit_log.exists() and not home.positions_file.exists()
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_broken_audit_chain_refuses_the_loop_until_repaired(home):
+    window = ("live", "--replay", "2022-01-03", "2022-01-07")
+    assert main(*window, home=home).returncode == 0
+    lines = home.audit_log.read_text().splitlines(keepends=True)
+    lines[5] = lines[5].replace("2022", "2021", 1)  # line 6 rewritten
+    home.audit_log.write_text("".join(lines))
+    before = {p: _sha(p) for p in (home.audit_log, home.positions_file, home.paper_broker_file)}
+
+    refused = main(*window, home=home)
+
+    assert refused.returncode == 11
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "line 6" in last and "python main.py audit repair" in last
+    assert {p: _sha(p) for p in before} == before  # nothing written
+    assert main("audit", "repair", home=home).returncode == 0
+    again = main(*window, home=home)
+    assert again.returncode == 0, again.stderr
+    assert main("audit", "verify", home=home).returncode == 0
+
+
+def test_a_removed_audit_tail_is_detected_by_the_anchor(home):
+    window = ("live", "--replay", "2022-01-03", "2022-01-07")
+    assert main(*window, home=home).returncode == 0
+    saved = json.loads(home.positions_file.read_text())["audit_anchor"]
+    lines = home.audit_log.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["event"] == "stop"
+    home.audit_log.write_text("".join(lines[:-3]))  # the stop and two records before it
+
+    verify = main("audit", "verify", home=home)
+    refused = main(*window, home=home)
+
+    assert verify.returncode == 11 and "truncated" in verify.stdout + verify.stderr
+    assert refused.returncode == 11 and "truncated" in refused.stderr
+    assert saved["seq"] > len(lines) - 3
+
+
 def test_status_before_any_run_says_how_to_start(tmp_path):
     proc = main("status", home=C.paths(tmp_path))
     assert proc.returncode == 0
