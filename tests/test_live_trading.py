@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -204,60 +202,26 @@ def test_sigterm_stops_cleanly_and_a_second_instance_is_refused(home):
 def test_sigkill_at_random_points_never_loses_or_doubles_a_trade(
     home, trained_home, tmp_path_factory
 ):
+    """20 kills here (bench/bench_chaos.py runs 50 and more): the resumed replay ends with the
+    uninterrupted one's equity and cash to the cent, the same orders, and an audit that lists
+    every fill's shares exactly once."""
+    from tests.chaos import kill_and_resume
+
     window = ("2022-01-03", "2022-12-28")  # long enough that 20 short-lived runs don't finish it
-    # The reference: the same replay, uninterrupted, in its own home.
-    ref_root = tmp_path_factory.mktemp("reference")
-    for part in ("data", "models"):
-        shutil.copytree(trained_home / part, ref_root / part)
-    reference = C.paths(ref_root)
+    reference = copy_home(trained_home, tmp_path_factory.mktemp("reference"))
     # The same order tag: client ids name their home, and the two must name theirs alike.
     reference.order_tag_file.write_text(home.order_tag() + "\n")
     lt.run_trading_loop(config=replay_config(*window), pair=PAIR, home=reference)
 
-    rng = random.Random(20221)
-    kills = 0
-    for _ in range(60):  # at most: each run is killed or finishes
-        records_before = audit_records(home)
-        proc = live_process(home, "--replay", *window)
-        try:
-            # Kill inside the loop, not during start-up: after this run's "start" record.
-            deadline = time.monotonic() + 60
-            while audit_records(home) <= records_before and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.5))
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        if proc.returncode == 0:
-            break  # it finished before the kill
-        kills += 1
-        json.loads(home.positions_file.read_text())  # always parses
-        assert audit_logging.verify(home.audit_log).ok
-        if kills >= 20:
-            break
-    assert kills >= 20
-    starts = sum(1 for r in audit_logging.AuditLog(home.audit_log).records() if r.event == "start")
-    assert starts == kills  # every killed run got as far as the loop
-    final = main("live", "--replay", *window, home=home)
-    assert final.returncode == 0, final.stderr
+    report = kill_and_resume(home, reference, window, kills=20, seed=20221)
 
-    mine, theirs = broker_state(home), broker_state(reference)
-    assert {s: p["qty"] for s, p in mine["positions"].items()} == {
-        s: p["qty"] for s, p in theirs["positions"].items()
-    }
-    assert mine["cash"] == pytest.approx(theirs["cash"], abs=1e-6)
-    assert sorted(mine["orders"]) == sorted(theirs["orders"])  # the same client ids, each once
-    for cid, order in mine["orders"].items():  # ... with the same quantities and fill prices
-        other = theirs["orders"][cid]
-        assert (order["qty"], order["filled_qty"]) == (other["qty"], other["filled_qty"])
-        assert order["filled_avg_price"] == pytest.approx(other["filled_avg_price"], rel=1e-12)
-    fills = [
-        r.payload["client_order_id"]
-        for r in audit_logging.AuditLog(home.audit_log).records()
-        if r.event == "fill"
-    ]
-    assert len(fills) == len(set(fills))  # no id filled twice
-    assert audit_logging.verify(home.audit_log).ok
+    assert report.kills == 20
+    assert report.starts == report.kills + 1  # every killed run got as far as the loop
+    assert report.final_returncode == 0
+    assert report.positions_equal and report.ids_equal
+    assert abs(report.cash_diff) < 0.005 and abs(report.equity_diff) < 0.005
+    assert report.doubled_fills == [] and report.missing_fills == []
+    assert report.chain_ok
 
 
 def test_status_reads_what_the_loop_wrote(home):
