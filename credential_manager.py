@@ -15,10 +15,15 @@ Invariants:
   rename, fsync of the directory); the file is always mode 0600.
 - No plaintext fallback: without `cryptography` every operation raises CredentialError.
 - Every decrypted value and the master password are registered with the log redaction.
+- Every change (set, delete, change-password, the first write of a new store) is one critical
+  section under an inter-process lock on `credentials.enc.lock` (empty, mode 0600): inside it the
+  file is read and decrypted again and the change is applied to what is on disk, so concurrent
+  writers never lose each other's entries. A lock not obtained within `lock_timeout_s` raises
+  CredentialError naming the lock file. Readers take no lock: the file is replaced atomically.
 
-Limit: writers do not lock the file; two `credentials set` at the same instant keep the last one.
 A foundation module: imports only the standard library and `constants`, `error_handling`,
-`atomic_io` at import time (`cryptography` inside functions), so `main.py --help` stays fast.
+`atomic_io` at import time (`cryptography` and `filelock` inside functions), so `main.py --help`
+stays fast.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import getpass
 import importlib
 import json
@@ -35,7 +41,7 @@ import re
 import stat
 import sys
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -47,6 +53,7 @@ from error_handling import CredentialError
 __all__ = [
     "ENV_MASTER_PASSWORD",
     "ENV_NEW_MASTER_PASSWORD",
+    "LOCK_TIMEOUT_S",
     "MIN_PASSWORD_LENGTH",
     "STORE_VERSION",
     "CredentialStore",
@@ -70,6 +77,8 @@ _GCM_TAG_BYTES = 16
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 #: File mode of the store: owner read/write only.
 STORE_MODE = 0o600
+#: Seconds a change of the store waits for another process's change to finish before it fails.
+LOCK_TIMEOUT_S = 10.0
 
 _SET_HINT = "python main.py credentials set NAME"
 _LIST_HINT = "python main.py credentials list"
@@ -237,19 +246,28 @@ def _validate_name(name: str) -> str:
 
 
 # --- The store ------------------------------------------------------------------------------------
+class _WrongPassword(CredentialError):
+    """The file is a store, but this password's key does not decrypt it."""
+
+
 class CredentialStore:
     """AES-256-GCM encrypted name -> secret store in one file.
 
     `CredentialStore(path, password)` is a new, empty store (nothing read or written); `open`
-    reads an existing one. Every change rewrites the whole file atomically with a new nonce.
+    reads an existing one. Every change takes the lock file, re-reads the file, applies the change
+    to what it holds and rewrites the whole file atomically with a new nonce. `lock_timeout_s`:
+    seconds a change waits for another process's change before it raises CredentialError.
     """
 
-    def __init__(self, path: Path, password: str) -> None:
+    def __init__(
+        self, path: Path, password: str, *, lock_timeout_s: float = LOCK_TIMEOUT_S
+    ) -> None:
         _require_cryptography()
         if not isinstance(password, str) or not password:
             raise CredentialError("the master password is empty")
         self._path = Path(path)
         self._password = password
+        self._lock_timeout_s = float(lock_timeout_s)
         self._params = DEFAULT_KDF_PARAMS
         self._salt = os.urandom(SALT_BYTES)
         self._key: bytes | None = None  # derived on first use: scrypt costs ~0.1 s
@@ -261,10 +279,17 @@ class CredentialStore:
         return f"CredentialStore({str(self._path)!r}, {len(self._entries)} names)"
 
     @classmethod
-    def open(cls, path: Path, password: str, *, create: bool = False) -> CredentialStore:
+    def open(
+        cls,
+        path: Path,
+        password: str,
+        *,
+        create: bool = False,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
+    ) -> CredentialStore:
         """The store at `path` decrypted with `password`; with `create`, an empty store when there
         is no file yet (nothing is written until the first `set`)."""
-        store = cls(path, password)
+        store = cls(path, password, lock_timeout_s=lock_timeout_s)
         try:
             raw = store._path.read_bytes()
         except FileNotFoundError:
@@ -283,6 +308,11 @@ class CredentialStore:
     def path(self) -> Path:
         """The store's file."""
         return self._path
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file every change holds: the store's name plus `.lock`, in its directory."""
+        return self._path.with_name(self._path.name + ".lock")
 
     def names(self) -> list[str]:
         """Stored names, sorted."""
@@ -304,37 +334,86 @@ class CredentialStore:
         if not isinstance(value, str) or not value:
             raise CredentialError(f"the value for {name} is empty: nothing stored")
         _register_secrets(value)
-        self._write({**self._entries, name: value}, self._salt, self._params, self._password)
+        with self._locked():
+            self._reload()
+            self._write({**self._entries, name: value}, self._salt, self._params, self._password)
 
     def delete(self, name: str) -> None:
         """Remove `name` and write the file."""
-        if _validate_name(name) not in self._entries:
-            raise CredentialError(
-                f"no credential named {name!r} in {self._path}: `{_LIST_HINT}` shows the "
-                "stored names"
-            )
-        entries = {k: v for k, v in self._entries.items() if k != name}
-        self._write(entries, self._salt, self._params, self._password)
+        _validate_name(name)
+        with self._locked():
+            self._reload()
+            if name not in self._entries:
+                raise CredentialError(
+                    f"no credential named {name!r} in {self._path}: `{_LIST_HINT}` shows the "
+                    "stored names"
+                )
+            entries = {k: v for k, v in self._entries.items() if k != name}
+            self._write(entries, self._salt, self._params, self._password)
 
     def change_password(self, new_password: str) -> None:
         """Re-encrypt everything under `new_password` with a new random salt (so a new key)."""
         if not isinstance(new_password, str) or not new_password:
             raise CredentialError("the new master password is empty")
         _register_secrets(new_password)
-        self._write(self._entries, os.urandom(SALT_BYTES), DEFAULT_KDF_PARAMS, new_password)
+        with self._locked():
+            self._reload()
+            self._write(self._entries, os.urandom(SALT_BYTES), DEFAULT_KDF_PARAMS, new_password)
 
     # --- internals --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the inter-process lock on `lock_path` for one read-modify-write of the file."""
+        import filelock  # lazily: keeps this module's import light
+
+        lock = filelock.FileLock(self.lock_path, timeout=self._lock_timeout_s, mode=STORE_MODE)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except filelock.Timeout:
+            raise CredentialError(
+                f"could not lock {self.lock_path} within {self._lock_timeout_s:g} s: another "
+                f"process is changing {self._path} (or hung holding the lock); try again when it "
+                "has finished"
+            ) from None
+        except OSError as exc:
+            raise CredentialError(f"cannot lock {self.lock_path}: {exc.strerror or exc}") from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _reload(self) -> None:
+        """Under the lock: make the file's current content the base of the change, so a change
+        another process wrote since `open` is kept. No file: the in-memory entries are the base."""
+        try:
+            raw = self._path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise CredentialError(f"cannot read {self._path}: {exc.strerror}") from exc
+        if self._on_disk:
+            self._load(raw)
+            return
+        try:  # a new store, and another process created the file since: join it if ours opens it
+            self._load(raw)
+        except _WrongPassword:
+            raise CredentialError(
+                f"{self._path} already exists: open it with its master password instead of "
+                "creating a new store over it"
+            ) from None
+
     def _load(self, raw: bytes) -> None:
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         envelope = _parse(self._path, raw)
-        key = _derive_key(self._password, envelope.salt, envelope.params)
+        key = self._key_for(envelope.salt, envelope.params, self._password)
         try:
             aad = _aad(envelope.params, envelope.salt)
             plaintext = AESGCM(key).decrypt(envelope.nonce, envelope.ciphertext, aad)
         except InvalidTag:
-            raise CredentialError(
+            raise _WrongPassword(
                 f"cannot decrypt {self._path}: wrong master password or the file was modified"
             ) from None
         try:

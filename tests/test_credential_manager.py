@@ -12,8 +12,10 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import filelock
 import pytest
 
 import credential_manager as cm
@@ -169,11 +171,13 @@ def test_the_file_is_mode_0600_after_create_and_every_write_even_with_umask_0(st
         os.umask(previous_umask)
 
 
-def test_no_temp_file_is_left_behind(store_path):
+def test_no_temp_file_is_left_behind_only_the_empty_0600_lock_file(store_path):
     store = new_store(store_path, {"A": "1", "B": "2"})
     store.delete("A")
     store.change_password(OTHER_PASSWORD)
-    assert [p.name for p in store_path.parent.iterdir()] == [store_path.name]
+    lock_file = store_path.with_name("credentials.enc.lock")
+    assert sorted(p.name for p in store_path.parent.iterdir()) == [store_path.name, lock_file.name]
+    assert (lock_file.read_bytes(), mode_of(lock_file)) == (b"", 0o600)
 
 
 def test_every_write_uses_a_new_nonce_under_the_same_salt(store_path):
@@ -566,3 +570,119 @@ def test_a_new_master_password_shorter_than_12_characters_is_refused(source):
         cm.master_password(
             confirm=True, environ=environ, stdin=Terminal(), prompt=Answers(short, short)
         )
+
+
+# --- Concurrent writers ---------------------------------------------------------------------------
+#: `python main.py credentials set NAME` with its imports done before it waits at a barrier (a
+#: file that appears), so that all writers reach the store at the same instant.
+BARRIER_WRITER = """\
+import os, runpy, sys, time
+import credential_manager, main  # the slow part, done before the barrier
+barrier, name = sys.argv[1], sys.argv[2]
+deadline = time.monotonic() + 60
+while not os.path.exists(barrier):
+    if time.monotonic() > deadline:
+        sys.exit("the barrier never opened")
+    time.sleep(0.001)
+sys.argv = ["main.py", "credentials", "set", name]
+runpy.run_path("main.py", run_name="__main__")
+"""
+WRITERS = 8
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["existing-store", "creating-the-store"])
+def test_writers_started_at_once_all_keep_their_entries(tmp_path, existing):
+    store_file = tmp_path / "credentials.enc"
+    if existing:
+        new_store(store_file, {"ALREADY_THERE": "old"})
+    env = {k: v for k, v in os.environ.items() if k != cm.ENV_NEW_MASTER_PASSWORD}
+    env.update({"TRADING_HOME": str(tmp_path), cm.ENV_MASTER_PASSWORD: PASSWORD})
+    barrier = tmp_path / "go"
+    expected = {f"KEY_{i}": f"value-{i}-{SENTINEL}" for i in range(WRITERS)}
+    procs = []
+    for name, value in expected.items():
+        value_file = tmp_path / f"{name}.in"
+        value_file.write_text(value + "\n")
+        with value_file.open() as stdin:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", BARRIER_WRITER, str(barrier), name],
+                    cwd=ROOT,
+                    env=env,
+                    stdin=stdin,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+    barrier.touch()
+    results = [proc.communicate(timeout=120) for proc in procs]
+
+    assert [p.returncode for p in procs] == [0] * WRITERS, [err for _, err in results]
+    if existing:
+        expected["ALREADY_THERE"] = "old"
+    store = cm.CredentialStore.open(store_file, PASSWORD)
+    assert {name: store.get(name) for name in store.names()} == expected
+
+
+def test_a_change_keeps_what_another_store_object_wrote_since_it_was_opened(store_path):
+    new_store(store_path, {"KEEP": "1", "DROP": "2"})
+    first = cm.CredentialStore.open(store_path, PASSWORD)
+    second = cm.CredentialStore.open(store_path, PASSWORD)
+    first.set("FIRST", "a")
+    second.set("SECOND", "b")
+    first.delete("DROP")
+    reopened = cm.CredentialStore.open(store_path, PASSWORD)
+    assert {n: reopened.get(n) for n in reopened.names()} == {
+        "FIRST": "a",
+        "KEEP": "1",
+        "SECOND": "b",
+    }
+
+
+def test_a_new_store_joins_one_created_meanwhile_with_the_same_password(store_path):
+    late = cm.CredentialStore.open(store_path, PASSWORD, create=True)
+    new_store(store_path, {"EARLY": "1"})
+    late.set("LATE", "2")
+    assert cm.CredentialStore.open(store_path, PASSWORD).names() == ["EARLY", "LATE"]
+
+
+def test_a_change_after_another_process_changed_the_password_is_refused(store_path):
+    stale = new_store(store_path, {"KEY": "1"})
+    cm.CredentialStore.open(store_path, PASSWORD).change_password(OTHER_PASSWORD)
+    before = store_path.read_bytes()
+    with pytest.raises(CredentialError, match="wrong master password"):
+        stale.set("OTHER", "2")
+    assert store_path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda s: s.set("KEY", "new"), id="set"),
+        pytest.param(lambda s: s.delete("KEY"), id="delete"),
+        pytest.param(lambda s: s.change_password(OTHER_PASSWORD), id="change-password"),
+    ],
+)
+def test_a_held_lock_makes_a_change_fail_within_the_timeout_naming_the_lock_file(
+    store_path, change
+):
+    new_store(store_path, {"KEY": "old"})
+    before = store_path.read_bytes()
+    store = cm.CredentialStore.open(store_path, PASSWORD, lock_timeout_s=0.3)
+    lock_file = store_path.with_name("credentials.enc.lock")
+    assert store.lock_path == lock_file
+
+    with filelock.FileLock(lock_file):
+        started = time.monotonic()
+        with pytest.raises(CredentialError) as caught:
+            change(store)
+        waited_s = time.monotonic() - started
+
+    assert 0.3 <= waited_s < 5
+    message = str(caught.value)
+    assert message.startswith(f"could not lock {lock_file} within 0.3 s: another process is")
+    assert "\n" not in message
+    assert store_path.read_bytes() == before
+    change(store)  # the lock released, the same change goes through
+    assert store_path.read_bytes() != before
