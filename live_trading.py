@@ -1059,13 +1059,22 @@ def _start(
     # Nothing is written before the audit chain, its anchor and the state files are read.
     stored = audit_logging.read_stored_anchor(home)
     audit_logging.check_chain(home.audit_log, stored.anchor, anchor_source=stored.source)
-    default_feed = feed is None
-    if feed is None:
-        feed = _default_feed(pair, home, replay=config.replay)
     saved = read_positions(home.positions_file)
+    risk = rm.RiskManager(trading.limits, state_path=home.risk_state_file, home=home.home)
     last_bar = (
         pd.Timestamp(saved.last_processed_bar) if saved and saved.last_processed_bar else None
     )
+    clocks: list[Any] = [clock]  # the paper broker reads the loop's clock, set below
+    if broker is None:
+        broker = ta.SimulatedBroker(
+            home.paper_broker_file,
+            initial_cash=trading.initial_capital,
+            execution=trading.execution,
+            now=lambda: clocks[0].now(),
+        )
+    default_feed = feed is None
+    if feed is None:
+        feed = _default_feed(pair, home, replay=config.replay)
     if clock is None:
         clock = RealClock()
         if config.replay:
@@ -1073,18 +1082,11 @@ def _start(
             if last_bar is not None:  # resume after the last bar decided, never replay it
                 start = max(start, feed.bar_close_time(feed.row_of(last_bar)))
             clock = ReplayClock(start, config.speed)
-    if broker is None:
-        broker = ta.SimulatedBroker(
-            home.paper_broker_file,
-            initial_cash=trading.initial_capital,
-            execution=trading.execution,
-            now=clock.now,
-        )
-    broker.order_prefix = home.order_prefix()
-    broker.stop_event = stopper.event
-    risk = rm.RiskManager(trading.limits, state_path=home.risk_state_file, home=home.home)
+    clocks[0] = clock
     if default_feed and not config.replay:
         _refuse_an_old_feed(feed, pair, broker)
+    broker.order_prefix = home.order_prefix()
+    broker.stop_event = stopper.event
     first_row = 0
     if config.replay:
         first_row = feed.closed_rows(pd.Timestamp(config.replay_start))
