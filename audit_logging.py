@@ -847,9 +847,11 @@ class StoredAnchor:
         return f"anchor {self.anchor.short()} from {self.source}"
 
 
-def read_stored_anchor(home: Paths | None = None) -> StoredAnchor:
+def read_stored_anchor(home: Paths | None = None, *, strict: bool = False) -> StoredAnchor:
     """The `audit_anchor` of positions.json and data/heartbeat.json (the higher seq; positions.json
-    on a tie); an absent, unreadable or malformed file or key is noted, never raised."""
+    on a tie); an absent, unreadable or malformed file or key is noted, never raised -- unless
+    `strict` (`audit verify`, `audit repair`): then a file that exists but cannot be read as
+    JSON is a ConfigurationError naming it, since the anchor it may hold cannot be checked."""
     home = home or paths()
     found: list[tuple[AuditAnchor, str]] = []
     notes: list[str] = []
@@ -863,9 +865,19 @@ def read_stored_anchor(home: Paths | None = None) -> StoredAnchor:
             notes.append(f"{label}: absent")
             continue
         except OSError as exc:
+            if strict:
+                raise ConfigurationError(
+                    f"{file} is unreadable ({exc.strerror or exc}): the audit anchor it keeps "
+                    "cannot be checked; fix its permissions"
+                ) from None
             notes.append(f"{label}: unreadable ({exc.strerror or exc})")
             continue
         except ValueError:
+            if strict:
+                raise ConfigurationError(
+                    f"{file} is not valid JSON: the audit anchor it keeps cannot be checked; "
+                    "restore it from a backup or move it aside"
+                ) from None
             notes.append(f"{label}: not valid JSON")
             continue
         if not isinstance(data, dict) or ANCHOR_KEY not in data:
@@ -933,12 +945,12 @@ def _log_and_anchor(args: argparse.Namespace) -> tuple[Path, StoredAnchor]:
     """
     home = paths()
     if not args.file:
-        return home.audit_log, read_stored_anchor(home)
+        return home.audit_log, read_stored_anchor(home, strict=True)
     path = Path(args.file)
     if not path.exists():
         raise ConfigurationError(f"no such file: {path}")
     if path.resolve() == home.audit_log:
-        return path, read_stored_anchor(home)
+        return path, read_stored_anchor(home, strict=True)
     return path, StoredAnchor(None, "", ("--file is not $TRADING_HOME/logs/audit.jsonl",))
 
 

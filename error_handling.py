@@ -56,6 +56,13 @@ class ValidationError(DataError):
         return (type(self), (self.rule, self.detail, self.ticker, self.date))
 
 
+class RiskStateError(TradingError):
+    """The risk state file (halt flag, equity peak) is unreadable or invalid: nothing trades on
+    an unknown halt state."""
+
+    exit_code = 5
+
+
 class RiskViolation(TradingError):
     """An order was refused by the risk manager; `reason` is a stable code (e.g. 'leg_notional')."""
 

@@ -653,7 +653,7 @@ def read_positions(path: Path) -> PositionsState | None:
         )
     try:
         return PositionsState.from_json(data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigurationError(
             f"{path} is not a positions file ({type(exc).__name__}: {exc}); move it aside: the "
             "broker's positions will be used"
@@ -1085,12 +1085,13 @@ def _start(
     clocks[0] = clock
     if default_feed and not config.replay:
         _refuse_an_old_feed(feed, pair, broker)
-    broker.order_prefix = home.order_prefix()
-    broker.stop_event = stopper.event
     first_row = 0
     if config.replay:
+        _refuse_a_replay_past_the_data(config, feed, pair)
         first_row = feed.closed_rows(pd.Timestamp(config.replay_start))
     source = _signal_source(config, pair, home, feed, first_row, generator)
+    broker.order_prefix = home.order_prefix()  # its first write (a new home's tag)
+    broker.stop_event = stopper.event
     journal = FillJournal.from_audit(audit)
     session = _Session(
         config, pair, home, broker, risk, source, feed, audit, summary, mode, journal
@@ -1167,6 +1168,17 @@ def _refuse_an_old_feed(feed: BarFeed, pair: C.Pair, broker: ta.Broker) -> None:
         )
 
 
+def _refuse_a_replay_past_the_data(config: LiveConfig, feed: BarFeed, pair: C.Pair) -> None:
+    """ConfigurationError (exit 2) when the replay starts after the data's last bar."""
+    last = pd.Timestamp(feed.table.index[-1])
+    start = pd.Timestamp(config.replay_start).tz_convert(NEW_YORK).tz_localize(None).normalize()
+    if start > last:
+        raise ConfigurationError(
+            f"--replay from {start.date()}: the {C.data_source_name()} data of "
+            f"{pair.long}/{pair.short} end on {last.date()}; replay dates up to it"
+        )
+
+
 def _broker_failed(
     session: _Session, exc: BaseException, now: pd.Timestamp, *, at_start: bool = False
 ) -> None:
@@ -1211,6 +1223,7 @@ def _signal_source(
             if trained:
                 log.info("%s", trained)
         generator = sg.SignalGenerator(pair, home=home)
+        generator.check(feed.table)  # model integrity before anything is written
     return ModelSignals(generator, config.trading.sizing)
 
 

@@ -50,7 +50,9 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     pair = common.add_argument_group("pair")
     pair.add_argument(
-        "--long", metavar="SYMBOL", help="ticker to buy on an entry (default: $TICKER_LONG or AAPL)"
+        "--long",
+        metavar="SYMBOL",
+        help="ticker to buy on an entry (default: $TICKER_LONG or AAPL)",
     )
     pair.add_argument(
         "--short",
@@ -110,9 +112,27 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
         "are chronological; nothing is shuffled across time.",
     )
     t.add_argument("--model", default="all", choices=["lstm", "xgb", "all"], help="default: all")
-    t.add_argument("--epochs", type=int, default=15, metavar="N", help="LSTM epochs at most (15)")
-    t.add_argument("--folds", type=int, default=4, metavar="K", help="walk-forward folds (4)")
-    t.add_argument("--lookback", type=int, default=20, metavar="BARS", help="LSTM window (20)")
+    t.add_argument(
+        "--epochs",
+        type=_number(1, integer=True),
+        default=15,
+        metavar="N",
+        help="LSTM epochs at most (15)",
+    )
+    t.add_argument(
+        "--folds",
+        type=_number(2, integer=True),
+        default=4,
+        metavar="K",
+        help="walk-forward folds (4)",
+    )
+    t.add_argument(
+        "--lookback",
+        type=_number(2, integer=True),
+        default=20,
+        metavar="BARS",
+        help="LSTM window (20)",
+    )
     t.add_argument("--seed", type=int, default=42, help="random seed (42)")
     t.add_argument("--source", metavar="S", help="data source, as for `process`")
     t.add_argument(
@@ -163,7 +183,10 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
     )
     r.add_argument("action", nargs="?", default="status", choices=["status", "reset"])
     r.add_argument(
-        "--equity", type=float, metavar="USD", help="reset: new equity peak (default: keep)"
+        "--equity",
+        type=_number(0, inclusive=False),
+        metavar="USD",
+        help="reset: new equity peak (default: keep)",
     )
     r.set_defaults(func=cmd_risk)
 
@@ -230,7 +253,7 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
     )
     lv.add_argument(
         "--fill-timeout",
-        type=float,
+        type=_number(0),
         default=30.0,
         metavar="S",
         help="Alpaca: seconds to wait for asynchronous fills (a flip's opening orders wait for "
@@ -263,7 +286,9 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
         description="Starts the read-only Streamlit dashboard on 127.0.0.1 (see README, "
         "Dashboard, for reaching it safely from another machine).",
     )
-    db.add_argument("--port", type=int, default=8501, help="(8501)")
+    db.add_argument(
+        "--port", type=_number(1, integer=True, high=65535), default=8501, help="(8501)"
+    )
     db.add_argument(
         "--address",
         default="127.0.0.1",
@@ -295,7 +320,7 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
     )
     al.add_argument(
         "--timeout",
-        type=float,
+        type=_number(0, inclusive=False),
         default=30.0,
         metavar="S",
         help="seconds to wait for the webhook, retries included (30)",
@@ -652,21 +677,33 @@ def _trading_config(args: argparse.Namespace) -> Any:
     from pair_engine import TradingConfig
 
     config = TradingConfig.from_toml(args.config) if args.config else TradingConfig()
-    given = {
-        path: getattr(args, _option_dest(path))
-        for _, path, _, _ in TRADING_OPTIONS
-        if getattr(args, _option_dest(path)) is not None
-    }
-    config = config.with_values(given)
+    for flag, path, _, _ in TRADING_OPTIONS:  # one at a time: an error names its option
+        value = getattr(args, _option_dest(path))
+        if value is None:
+            continue
+        try:
+            config = config.with_values({path: value})
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{flag} {value}: {exc}") from None
     execution = config.execution
     if args.flat_commission is not None:
         execution = dataclasses.replace(execution, costs=tc.CostModel.flat(args.flat_commission))
     recalls: dict[str, list[str]] = {}
+    pair = C.resolve_pair(args.long, args.short)
     for item in args.recall:
         sym, _, day = item.partition(":")
         if not day:
             raise ConfigurationError(f"--recall wants SYM:YYYY-MM-DD, got {item!r}")
-        recalls.setdefault(C.validate_symbol(sym.strip().upper()), []).append(day.strip())
+        symbol = C.validate_symbol(sym.strip().upper())
+        if symbol not in pair.tickers:
+            raise ConfigurationError(
+                f"--recall {item}: {symbol} is not a leg of {pair.long}/{pair.short}"
+            )
+        try:
+            _iso_date(day)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigurationError(f"--recall {item}: {exc}") from None
+        recalls.setdefault(symbol, []).append(day.strip())
     if recalls:
         execution = dataclasses.replace(
             execution, recall_dates={k: tuple(v) for k, v in recalls.items()}
@@ -1251,6 +1288,29 @@ def _redacted(text: str) -> str:
     return redact(text, known_secrets())
 
 
+def _number(
+    low: float, *, integer: bool = False, inclusive: bool = True, high: float | None = None
+):
+    """argparse type: a finite number >= low (or > low), <= high when given."""
+    import math
+
+    def parse(text: str) -> float | int:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = math.nan
+        ok = math.isfinite(value) and (value >= low if inclusive else value > low)
+        if ok and high is not None:
+            ok = value <= high
+        if not ok:
+            bound = f"{'>=' if inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high else "")
+            kind = "a whole number" if integer else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind} {bound}")
+        return value
+
+    return parse
+
+
 def _iso_date(text: str) -> str:
     """argparse type: a calendar date, YYYY-MM-DD (anything else: exit 2 naming the value)."""
     import datetime
@@ -1284,9 +1344,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}; run ./install.sh (see `python main.py check`)", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    start, end = getattr(args, "start", None), getattr(args, "end", None)
+    if getattr(args, "replay", None):
+        start, end = args.replay
+    if start and end and start > end:  # both YYYY-MM-DD: text order is date order
+        flag = "--replay" if getattr(args, "replay", None) else "--start/--end"
+        parser.exit(2, f"error: {flag}: the end {end} is before the start {start}\n")
     _load_env()
     debug = bool(getattr(args, "debug", False))
-    if args.func is cmd_check:  # needs nothing installed
+    if args.func is cmd_check:  # needs nothing installed (constants is plain Python)
+        import constants
+        from error_handling import ConfigurationError
+
+        try:
+            constants.check_environment()
+        except ConfigurationError as exc:
+            print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+            return exc.exit_code
         return cmd_check(args)
     try:
         from error_handling import TradingError
@@ -1297,6 +1371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import constants
 
         constants.check_environment()  # every variable, before any work
+        for symbol in (getattr(args, "long", None), getattr(args, "short", None)):
+            if symbol is not None:  # every command, also those that do not trade the pair
+                constants.validate_symbol(symbol)
         _setup_logging(debug)
         return int(args.func(args))
     except TradingError as exc:

@@ -83,8 +83,14 @@ class TradingConfig:
     limits: rm.RiskLimits = field(default_factory=rm.RiskLimits)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.initial_capital, int | float) and self.initial_capital > 0):
-            raise ConfigurationError(f"initial capital must be positive: {self.initial_capital}")
+        if not (
+            isinstance(self.initial_capital, int | float)
+            and math.isfinite(self.initial_capital)
+            and self.initial_capital > 0
+        ):
+            raise ConfigurationError(
+                f"initial capital must be a positive number of USD: {self.initial_capital}"
+            )
         if isinstance(self.fill_delay_bars, bool) or not (
             isinstance(self.fill_delay_bars, int) and self.fill_delay_bars >= 0
         ):

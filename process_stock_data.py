@@ -817,12 +817,12 @@ class ProcessSummary:
     rules: list[str] = field(default_factory=list)
 
 
-def _warmup(features: pd.DataFrame) -> tuple[int, str]:
+def _warmup(features: pd.DataFrame, source: str = "the source") -> tuple[int, str]:
     """Leading rows with any NaN feature, and which features need that many."""
     valid = features.notna().all(axis=1).to_numpy()
     if not valid.any():
         raise DataError(
-            f"only {len(features)} bars: not enough history for the features "
+            f"{source}: only {len(features)} bars: not enough history for the features "
             f"(the longest needs {C.HEDGE_RATIO_BARS + C.SPREAD_ZSCORE_BARS - 1} bars)"
         )
     first = int(np.argmax(valid))
@@ -860,7 +860,7 @@ def process(
     close = prices.close.astype("float64")
     volume = prices.volume.astype("float64") if prices.volume is not None else None
     features = compute_features(close, pair.long, pair.short, volume)
-    warmup_rows, reason = _warmup(features)
+    warmup_rows, reason = _warmup(features, source)
     table = add_label(features, close, pair.long, pair.short).iloc[warmup_rows:]
     table = pd.concat([close.iloc[warmup_rows:].add_suffix("_close"), table], axis=1)
     table.index.name = "date"

@@ -32,7 +32,7 @@ import pandas as pd
 import alert_dispatch
 import constants as C
 from atomic_io import atomic_write_json
-from error_handling import ConfigurationError, RiskViolation
+from error_handling import ConfigurationError, RiskStateError, RiskViolation
 from trading_execution import ApprovedBasket, Order
 
 _INF = math.inf
@@ -243,7 +243,10 @@ class RiskManager:
             raise self._corrupt("has no boolean 'halted' field")
         peak = state.get("equity_peak")
         if peak is not None and (
-            isinstance(peak, bool) or not isinstance(peak, int | float) or not math.isfinite(peak)
+            isinstance(peak, bool)
+            or not isinstance(peak, int | float)
+            or not math.isfinite(peak)
+            or peak <= 0
         ):
             raise self._corrupt(f"has an invalid 'equity_peak': {peak!r}")
         reason = state.get("halt_reason")
@@ -259,8 +262,8 @@ class RiskManager:
         self._halted_at = at if self._halted else None
         self._equity_peak = float(peak) if peak is not None else None
 
-    def _corrupt(self, what: str) -> ConfigurationError:
-        return ConfigurationError(
+    def _corrupt(self, what: str) -> RiskStateError:
+        return RiskStateError(
             f"risk state file {self.state_path} {what}; refusing to trade on an unknown halt "
             f"state. Fix or delete the file, or {_RESET_HINT}"
         )
@@ -353,8 +356,8 @@ class RiskManager:
         INFO alert records it."""
         if equity is not None:
             equity = float(equity)
-            if not math.isfinite(equity):
-                raise ConfigurationError(f"equity must be a finite number of USD: {equity!r}")
+            if not math.isfinite(equity) or equity <= 0:
+                raise ConfigurationError(f"equity must be a positive number of USD: {equity!r}")
         previous = self._halt_reason
         self._halted = False
         self._halt_reason = None

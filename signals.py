@@ -191,6 +191,22 @@ class SignalGenerator:
         self.controllers = {k: ABTestController(self.registry, k, pair) for k in kinds}
         self._loaded: dict[str, LoadedModel] = {}
 
+    def check(self, table: pd.DataFrame) -> None:
+        """Load every model a bar may be scored with (each kind's champion and canary), so an
+        altered or missing artifact (ModelIntegrityError) or no model at all is found before
+        the caller writes anything."""
+        features = self._features(table)
+        for kind in self.controllers:
+            self.controllers[kind].select_model(pd.Timestamp(table.index[-1]).isoformat())
+            for record in (
+                self.registry.get_active_model(kind, self.pair),
+                self.registry.get_canary(kind, self.pair),
+            ):
+                if record is not None and record.version not in self._loaded:
+                    self._loaded[record.version] = load_model(
+                        self.registry, record.version, self.pair, features
+                    )
+
     def _model(self, kind: str, key: str, features: Sequence[str]) -> LoadedModel:
         version = self.controllers[kind].select_model(key).version
         if version not in self._loaded:

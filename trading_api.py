@@ -312,6 +312,8 @@ class SimulatedBroker(Broker):
             }
         try:
             state = json.loads(self.state_path.read_text())
+            if not isinstance(state, dict):
+                raise ValueError(f"a JSON {type(state).__name__}, not an object")
             if state.get("version") == 1:  # before the shared ledger: same fields, flat
                 state = _state_v1_to_v2(state)
             if state.get("version") != _STATE_VERSION:

@@ -614,8 +614,8 @@ CASES: list[Case] = [
     case("risk-unknown-action", "risk", "frobnicate", code=2, says="frobnicate", home="live"),
     case("live-positions-not-json", *REPLAY, code=2, says="positions.json", home="live",
          setup=put("positions.json", "{{{")),
-    case("live-heartbeat-not-json", *REPLAY, code=2, says="heartbeat.json", home="live",
-         setup=put("data/heartbeat.json", "{{{")),
+    # Not a case: a torn heartbeat (it is written without fsync, by design) must not stop a
+    # restart; the loop rewrites it (tests/test_live_trading.py).
     case("live-risk-state-not-json", *REPLAY, code=5, says="risk_state.json", home="live",
          setup=put("data/risk_state.json", "{{{")),
     case("live-paper-broker-not-json", *REPLAY, code=2, says="paper_broker.json", home="live",
@@ -754,7 +754,9 @@ def homes(tmp_path_factory) -> dict[str, Path]:
 
 
 def snapshot(folder: Path, home: Path) -> dict[str, str]:
-    """SHA-256 of every file under `folder`, but the logs that may record a refusal."""
+    """SHA-256 of every file under `folder`, but the logs that may record a refusal and the lock
+    files (`*.lock`, `data/live.pid`: which process holds a home, not state; `status` reads the
+    lock to tell a running loop from a dead one)."""
     logs = home / "logs"
     out = {}
     for path in sorted(folder.rglob("*")):
@@ -763,6 +765,8 @@ def snapshot(folder: Path, home: Path) -> dict[str, str]:
         if path.parent == logs and (
             path.name.startswith("trading.log") or path.name == "alerts.log"
         ):
+            continue
+        if path.suffix == ".lock" or path == home / "data" / "live.pid":
             continue
         out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out

@@ -284,6 +284,18 @@ def test_a_removed_audit_tail_is_detected_by_the_anchor(home):
     assert saved["seq"] > len(lines) - 3
 
 
+def test_a_torn_heartbeat_does_not_stop_a_restart(home):
+    """The heartbeat is rewritten every iteration without fsync: a power cut may tear it, and
+    the loop must simply write it again."""
+    home.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
+    home.heartbeat_file.write_text("{{{")
+    summary = lt.run_trading_loop(
+        config=replay_config("2022-01-03", "2022-01-04"), pair=PAIR, home=home
+    )
+    assert summary.iterations > 0
+    assert lt.Heartbeat.read(home.heartbeat_file).status == "stopped"
+
+
 def test_status_before_any_run_says_how_to_start(tmp_path):
     proc = main("status", home=C.paths(tmp_path))
     assert proc.returncode == 0

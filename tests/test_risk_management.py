@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import constants as C
-from error_handling import ConfigurationError, RiskViolation
+from error_handling import ConfigurationError, RiskStateError, RiskViolation
 from risk_management import (
     MarketSnapshot,
     PortfolioSnapshot,
@@ -382,12 +382,19 @@ def test_reset_appends_an_info_alert(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content", ["{not json", "[]", '{"halted": "yes"}', '{"halted": false, "equity_peak": "x"}']
+    "content",
+    [
+        "{not json",
+        "[]",
+        '{"halted": "yes"}',
+        '{"halted": false, "equity_peak": "x"}',
+        '{"halted": false, "equity_peak": -1}',
+    ],
 )
-def test_corrupt_state_file_is_a_configuration_error_naming_the_file(tmp_path, content):
+def test_corrupt_state_file_is_a_risk_state_error_naming_the_file(tmp_path, content):
     state = tmp_path / "risk_state.json"
     state.write_text(content)
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(RiskStateError) as info:  # exit 5, as the README's table says
         RiskManager(state_path=state, home=tmp_path)
     assert str(state) in str(info.value) and "risk reset" in str(info.value)
 
