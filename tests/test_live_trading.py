@@ -202,20 +202,20 @@ def test_sigterm_stops_cleanly_and_a_second_instance_is_refused(home):
 def test_sigkill_at_random_points_never_loses_or_doubles_a_trade(
     home, trained_home, tmp_path_factory
 ):
-    """20 kills here (bench/bench_chaos.py runs 50 and more): the resumed replay ends with the
+    """30 kills here (bench/bench_chaos.py runs 50 and more): the resumed replay ends with the
     uninterrupted one's equity and cash to the cent, the same orders, and an audit that lists
     every fill's shares exactly once."""
     from tests.chaos import kill_and_resume
 
-    window = ("2022-01-03", "2022-12-28")  # long enough that 20 short-lived runs don't finish it
+    window = ("2022-01-03", "2022-12-28")  # long enough that 30 short-lived runs don't finish it
     reference = copy_home(trained_home, tmp_path_factory.mktemp("reference"))
     # The same order tag: client ids name their home, and the two must name theirs alike.
     reference.order_tag_file.write_text(home.order_tag() + "\n")
     lt.run_trading_loop(config=replay_config(*window), pair=PAIR, home=reference)
 
-    report = kill_and_resume(home, reference, window, kills=20, seed=20221)
+    report = kill_and_resume(home, reference, window, kills=30, seed=20221)
 
-    assert report.kills == 20
+    assert report.kills == 30
     assert report.starts == report.kills + 1  # every killed run got as far as the loop
     assert report.final_returncode == 0
     assert report.positions_equal and report.ids_equal
