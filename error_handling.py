@@ -56,13 +56,6 @@ class ValidationError(DataError):
         return (type(self), (self.rule, self.detail, self.ticker, self.date))
 
 
-class RiskStateError(TradingError):
-    """The risk state file (halt flag, equity peak) is unreadable or invalid: nothing trades on
-    an unknown halt state."""
-
-    exit_code = 5
-
-
 class RiskViolation(TradingError):
     """An order was refused by the risk manager; `reason` is a stable code (e.g. 'leg_notional')."""
 
@@ -74,6 +67,18 @@ class RiskViolation(TradingError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.reason, self.detail))
+
+
+class RiskStateError(RiskViolation):
+    """The risk state file (halt flag, equity peak) is unreadable or invalid: nothing trades on
+    an unknown halt state. Exit 5 with the risk manager's other refusals."""
+
+    def __init__(self, message: str):
+        self.reason, self.detail = "risk_state", message
+        TradingError.__init__(self, message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.detail,))
 
 
 class BrokerError(TradingError):

@@ -1086,7 +1086,7 @@ def _start(
     if default_feed and not config.replay:
         _refuse_an_old_feed(feed, pair, broker)
     first_row = 0
-    if config.replay:
+    if config.replay and default_feed:
         _refuse_a_replay_past_the_data(config, feed, pair)
         first_row = feed.closed_rows(pd.Timestamp(config.replay_start))
     source = _signal_source(config, pair, home, feed, first_row, generator)

@@ -864,7 +864,7 @@ def cmd_risk(args: argparse.Namespace) -> int:
 
     import constants as C
     import risk_management as rm
-    from error_handling import ConfigurationError
+    from error_handling import RiskStateError
 
     home = C.paths().ensure()
     console = Console()
@@ -872,7 +872,7 @@ def cmd_risk(args: argparse.Namespace) -> int:
         try:
             manager = rm.RiskManager(state_path=home.risk_state_file, home=home.home)
             manager.reset(args.equity)
-        except ConfigurationError:  # a corrupt state file: start it again
+        except RiskStateError:  # a corrupt state file: start it again
             manager = rm.RiskManager.reset_file(home.risk_state_file, args.equity, home=home.home)
         console.print("halt cleared; new entries allowed")
     else:

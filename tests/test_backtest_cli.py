@@ -324,6 +324,6 @@ def test_risk_reset_repairs_a_corrupt_state_file(tmp_path):
     state.parent.mkdir(parents=True)
     state.write_text("{not json")
     status = run("main.py", "risk", home=tmp_path)
-    assert status.returncode == 2 and "risk reset" in status.stderr
+    assert status.returncode == 5 and "risk reset" in status.stderr  # exit 5: risk
     assert run("main.py", "risk", "reset", home=tmp_path).returncode == 0
     assert json.loads(state.read_text())["halted"] is False

@@ -21,6 +21,7 @@ from error_handling import (
     DataError,
     DataSourceUnavailable,
     ModelIntegrityError,
+    RiskStateError,
     RiskViolation,
     TradingError,
     ValidationError,
@@ -119,7 +120,14 @@ def test_only_the_intended_subclasses_inherit_their_parents_exit_code():
     from trading_api import BrokerUnavailable, OrderRejected  # broker errors defined there
 
     inheriting = {c for c in all_subclasses(TradingError) if "exit_code" not in vars(c)}
-    assert inheriting == {DataSourceUnavailable, CircuitOpenError, OrderRejected, BrokerUnavailable}
+    assert inheriting == {
+        DataSourceUnavailable,
+        CircuitOpenError,
+        OrderRejected,
+        BrokerUnavailable,
+        RiskStateError,
+    }
+    assert RiskStateError.exit_code == RiskViolation.exit_code
     assert OrderRejected.exit_code == BrokerUnavailable.exit_code == BrokerError.exit_code
     assert DataSourceUnavailable.exit_code == DataError.exit_code
     assert CircuitOpenError.exit_code == BrokerError.exit_code
