@@ -117,6 +117,7 @@ def test_each_error_kind_has_its_own_nonzero_exit_code():
 
 
 def test_only_the_intended_subclasses_inherit_their_parents_exit_code():
+    from credential_manager import _WrongPassword  # a wrong master password: exit 8
     from trading_api import BrokerUnavailable, OrderRejected  # broker errors defined there
 
     inheriting = {c for c in all_subclasses(TradingError) if "exit_code" not in vars(c)}
@@ -126,8 +127,10 @@ def test_only_the_intended_subclasses_inherit_their_parents_exit_code():
         OrderRejected,
         BrokerUnavailable,
         RiskStateError,
+        _WrongPassword,
     }
     assert RiskStateError.exit_code == RiskViolation.exit_code
+    assert _WrongPassword.exit_code == 8
     assert OrderRejected.exit_code == BrokerUnavailable.exit_code == BrokerError.exit_code
     assert DataSourceUnavailable.exit_code == DataError.exit_code
     assert CircuitOpenError.exit_code == BrokerError.exit_code
