@@ -437,9 +437,7 @@ class FillJournal:
             else:
                 current.append(found)
         if wait and current:
-            current = broker.await_fills(
-                current, cancel_unfilled=False, on_update=lambda o: self.observe(o)
-            )
+            current = broker.await_fills(current, cancel_unfilled=False, on_update=self.observe)
         deltas = [self.observe(o, recovered=recovered) for o in current]
         return [d for d in deltas if d is not None]
 

@@ -720,19 +720,9 @@ def _backtest_request(args: argparse.Namespace) -> Any:
     """The command line as a BacktestRequest (every value validated by the dataclasses)."""
     import backtest_strategy as bt
     import constants as C
-    from error_handling import ConfigurationError
 
     pair = C.resolve_pair(args.long, args.short)
     config = _trading_config(args)
-    for name in ("start", "end"):
-        value = getattr(args, name)
-        if value is not None:
-            try:
-                import pandas as pd
-
-                pd.Timestamp(value)
-            except ValueError:
-                raise ConfigurationError(f"--{name} wants YYYY-MM-DD, got {value!r}") from None
     return bt.BacktestRequest(
         pair=pair,
         start=args.start,
