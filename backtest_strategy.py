@@ -48,6 +48,7 @@ from trading_execution import (
     Side,
     client_order_id,
 )
+from trial_ledger import Trial, TrialCount, TrialLedger, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,66 @@ def rolling_spread_zscore(
     spread = a - beta * b
     z = (spread - spread.rolling(bars).mean()) / spread.rolling(bars).std()
     return z.to_numpy()
+
+
+def regression_spread_zscore(
+    log_long: np.ndarray, log_short: np.ndarray, bars: int = 60
+) -> np.ndarray:
+    """The textbook z-score: over the `bars` bars ending at t (causal), regress log(long) on
+    log(short); z is bar t's residual over the residuals' standard deviation (ddof 1), all with
+    the one slope of that window. NaN for the first `bars` - 1 bars."""
+    a, b = pd.Series(log_long), pd.Series(log_short)
+    roll_a, roll_b = a.rolling(bars), b.rolling(bars)
+    cov, var_b = roll_a.cov(b), roll_b.var()
+    beta = cov / var_b
+    resid_var = (roll_a.var() - beta * cov).clip(lower=0.0)
+    resid = (a - roll_a.mean()) - beta * (b - roll_b.mean())
+    z = resid / np.sqrt(resid_var)
+    return z.where(resid_var > 0).to_numpy()
+
+
+def textbook_zscore_states(zscore: np.ndarray, entry: float = 2.0, exit: float = 0.5) -> np.ndarray:
+    """The textbook rule as direction states: from flat, sell the spread above +entry and buy it
+    below -entry; a long closes once z >= -exit, a short once z <= +exit; no direct reversal (a
+    position closes first, and re-enters on a later bar). NaN z keeps the state."""
+    z = np.asarray(zscore, dtype="float64")
+    out = np.zeros(len(z))
+    state = 0.0
+    for i, v in enumerate(z):
+        if not math.isnan(v):
+            if state == 0.0:
+                state = -1.0 if v > entry else (1.0 if v < -entry else 0.0)
+            elif (state > 0 and v >= -exit) or (state < 0 and v <= exit):
+                state = 0.0
+        out[i] = state
+    return out
+
+
+class ZScoreRule(NamedTuple):
+    """A z-score benchmark: its z-score (log closes -> z) and its states (z -> directions)."""
+
+    zscore: Any
+    states: Any
+    description: str
+
+
+#: The z-score benchmarks (`--benchmark-rule`). Both use 60-bar windows, entry 2.0 and exit 0.5 by
+#: default, dollar-neutral legs of `--rule-fraction` (or `--leg-usd`), and z computed on the whole
+#: processed history up to each bar, so they are warm on the first backtest bar.
+ZSCORE_RULES: dict[str, ZScoreRule] = {
+    "current": ZScoreRule(
+        rolling_spread_zscore,
+        zscore_rule_states,
+        "spread log(long) - beta_t log(short) with beta_t the 60-bar OLS slope, z over the last "
+        "60 spread values (valid after 119 bars); reverses long<->short directly",
+    ),
+    "textbook": ZScoreRule(
+        regression_spread_zscore,
+        textbook_zscore_states,
+        "60-bar regression of log(long) on log(short), z = today's residual / residual std "
+        "(valid after 60 bars); exits at |z| <= exit before any reversal",
+    ),
+}
 
 
 # --- The backtest venue ---------------------------------------------------------------------------
@@ -756,8 +817,16 @@ class BacktestRequest:
     signal_file: str | None = None
     zscore_entry: float = 2.0
     zscore_exit: float = 0.5
+    #: The z-score benchmark's rule: "current" (reverses directly) or "textbook"; see ZSCORE_RULES.
+    benchmark_rule: str = "current"
     config: TradingConfig = field(default_factory=TradingConfig)
     write_charts: bool = True
+
+    def __post_init__(self) -> None:
+        if self.benchmark_rule not in ZSCORE_RULES:
+            raise ConfigurationError(
+                f"benchmark rule must be one of {', '.join(ZSCORE_RULES)}: {self.benchmark_rule!r}"
+            )
 
 
 @dataclass
@@ -885,12 +954,12 @@ def backtest(
     )
     # Benchmark 1: the spread z-score rule, same costs and risk gate. The z-score uses the full
     # processed history up to each bar (causal), so it is warm on the first backtest bar.
+    rule = ZSCORE_RULES[request.benchmark_rule]
     all_close = table[close_cols].to_numpy("float64")
-    z = rolling_spread_zscore(np.log(all_close[:, 0]), np.log(all_close[:, 1]))
-    z = pd.Series(z, index=table.index).loc[dates].to_numpy()
+    z = rule.zscore(np.log(all_close[:, 0]), np.log(all_close[:, 1]))
+    z = pd.Series(z, index=table.index).loc[dates].to_numpy()  # the rule starts flat on bar 0
     z_weights = instructions_from_states(
-        zscore_rule_states(z, request.zscore_entry, request.zscore_exit),
-        cfg.sizing.rule_leg_fraction,
+        rule.states(z, request.zscore_entry, request.zscore_exit), cfg.sizing.rule_leg_fraction
     )
     zscore = run_backtest(
         prices, z_weights, cfg, label="z-score rule", history=history, log_rejections=False
@@ -900,6 +969,23 @@ def backtest(
     has_volume = f"{pair.long}_{C.VOLUME_FEATURE}" in table.columns
     notes.extend(_run_notes(cfg, has_volume))
     summary = _summary(request, dates, label, model_info, notes, strategy, zscore, buy_hold)
+    run_id = reserve_run_id(home.results_dir, summary["run"], run_id)
+    summary["run"]["run_id"] = run_id
+    # Counted before the results are written: a run that dies after this still was a trial.
+    trials = record_trials(home.results_dir, request, summary)
+    returns = {
+        "strategy": strategy.returns,
+        "zscore_rule": zscore.returns,
+        "buy_hold_long": buy_hold / buy_hold.shift(1).fillna(cfg.initial_capital) - 1.0,
+    }
+    stats = uncertainty(returns, trials)
+    summary["strategy"].update(stats["strategy"])
+    for name in ("zscore_rule", "buy_hold_long"):
+        summary["benchmarks"][name].update(stats[name])
+    summary["run"]["statistics"] = {
+        **STATISTICS_METHOD,
+        "trials_file": str(TrialLedger(home.results_dir).path),
+    }
     run_dir = write_results(
         home.results_dir,
         summary,
@@ -910,6 +996,136 @@ def backtest(
         charts=request.write_charts,
     )
     return BacktestReport(request, strategy, zscore, buy_hold, summary, run_dir, notes)
+
+
+# --- Uncertainty: every Sharpe with its interval, deflation and tests against the benchmarks -----
+#: How the figures' uncertainty is computed (summary.json run.statistics).
+STATISTICS_METHOD: dict[str, Any] = {
+    "level": 0.95,
+    "bootstrap": "stationary (arch), optimal block length, percentile interval",
+    "reps": 1000,
+    "seed": 0,
+    "psr": "Bailey & Lopez de Prado 2012, with skew and kurtosis",
+    "dsr": "Bailey & Lopez de Prado 2014, over the distinct trials in trials.jsonl",
+}
+#: summary.json's p-value key for each column it is compared with.
+P_KEYS = {"zscore_rule": "p_vs_zscore", "buy_hold_long": "p_vs_buy_hold"}
+#: The verdict's names for the benchmarks.
+BENCHMARK_NAMES = {"zscore_rule": "the z-score rule", "buy_hold_long": "buy & hold"}
+
+
+def uncertainty(
+    returns: dict[str, pd.Series], trials: dict[str, TrialCount]
+) -> dict[str, dict[str, Any]]:
+    """Per column (strategy and benchmarks, daily returns on the same bars): the Sharpe's
+    bootstrap interval, PSR, DSR over its trials, the paired test against each benchmark, and
+    (strategy only) a one-line verdict. Pure: same inputs, same figures (seeded)."""
+    import performance_stats as ps
+
+    level, reps, seed = (
+        STATISTICS_METHOD["level"],
+        STATISTICS_METHOD["reps"],
+        STATISTICS_METHOD["seed"],
+    )
+    arrays = {k: np.asarray(v, dtype="float64") for k, v in returns.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for name, r in arrays.items():
+        est = ps.estimate_sharpe(r, level=level, reps=reps, seed=seed)
+        count = trials.get(name) or TrialCount(1, 0.0)
+        dsr = ps.deflated_sharpe_ratio(r, count.trials, count.sharpe_variance)
+        row: dict[str, Any] = {
+            "sharpe_ci_95": [est.ci_low, est.ci_high],
+            "psr": est.psr,
+            "dsr": dsr,
+            "trials": count.trials,
+            "trial_sharpe_variance": count.sharpe_variance,
+            "bootstrap_block_length": est.block_length,
+            "skew": est.skew,
+            "kurtosis": est.kurtosis,
+        }
+        for other, key in P_KEYS.items():
+            if other == name:
+                row[key] = None
+                continue
+            test = ps.sharpe_difference_test(r, arrays[other], level=level, reps=reps, seed=seed)
+            row[key] = test.p_value
+            row[f"sharpe_minus_{other}"] = test.difference
+        out[name] = row
+    strat = out["strategy"]
+    est = ps.estimate_sharpe(arrays["strategy"], level=level, reps=reps, seed=seed)
+    strat["verdict"] = ps.verdict(
+        est,
+        strat["dsr"] if strat["trials"] > 1 else None,
+        {BENCHMARK_NAMES[k]: strat[key] for k, key in P_KEYS.items()},
+        level=level,
+    )
+    return out
+
+
+def reserve_run_id(results_dir: Any, run: dict[str, Any], run_id: str | None = None) -> str:
+    """The results folder's name: `run_id`, or `<UTC stamp>_<LONG>_<SHORT>_<model|signals>`,
+    with -2, -3... when taken."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    if run_id is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        kind = "signals" if run.get("signal_file") else "model"
+        run_id = f"{stamp}_{run['pair'][0]}_{run['pair'][1]}_{kind}"
+    name, suffix = run_id, 1
+    while (Path(results_dir) / name).exists():
+        suffix += 1
+        name = f"{run_id}-{suffix}"
+    return name
+
+
+def record_trials(
+    results_dir: Any, request: BacktestRequest, summary: dict[str, Any]
+) -> dict[str, TrialCount]:
+    """Append this run's strategy and z-score benchmark to the home's trial ledger; return, per
+    column, the distinct trials on the same pair and bars (this run included)."""
+    from datetime import UTC, datetime
+
+    import atomic_io
+
+    run = summary["run"]
+    ledger = TrialLedger(results_dir)
+    cfg = summary["config"]
+    if request.signal_file:
+        source = f"signals:{atomic_io.sha256_file(request.signal_file)[:16]}"
+    else:
+        source = "model:" + ",".join(run.get("versions") or ["?"])
+    configs = {
+        "strategy": (source, {"config": cfg, "allow_in_sample": request.allow_in_sample}),
+        "zscore_rule": (
+            f"rule:{request.benchmark_rule}",
+            {
+                "config": cfg,
+                "entry": request.zscore_entry,
+                "exit": request.zscore_exit,
+            },
+        ),
+    }
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    counts: dict[str, TrialCount] = {}
+    for kind, (src, settings) in configs.items():
+        sharpe = summary["strategy" if kind == "strategy" else "benchmarks"]
+        sharpe = sharpe.get("sharpe") if kind == "strategy" else sharpe[kind].get("sharpe")
+        trial = Trial(
+            run_id=run["run_id"],
+            recorded_at=now,
+            pair=(run["pair"][0], run["pair"][1]),
+            start=run["start"],
+            end=run["end"],
+            bars=run["bars"],
+            kind=kind,
+            source=src,
+            config_hash=config_hash(settings),
+            sharpe=sharpe if sharpe is not None and math.isfinite(sharpe) else None,
+        )
+        ledger.record(trial)
+        counts[kind] = ledger.count(trial.pair, trial.start, trial.end, kind)
+    return counts
 
 
 def _processed_table(pair: Any, home: Any, notes: list[str]) -> pd.DataFrame:
@@ -995,6 +1211,12 @@ def _summary(
             **model_info,
             "initial_capital": cfg.initial_capital,
             "fill_delay_bars": cfg.fill_delay_bars,
+            "benchmark_rule": {
+                "name": request.benchmark_rule,
+                "entry_z": request.zscore_entry,
+                "exit_z": request.zscore_exit,
+                "description": ZSCORE_RULES[request.benchmark_rule].description,
+            },
             "notes": notes,
         },
         "strategy": summarize(strategy),
@@ -1054,22 +1276,12 @@ def write_results(
     import json
     import shutil
     import tempfile
-    from datetime import UTC, datetime
     from pathlib import Path
 
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     _remove_orphan_temp_folders(results_dir)
-    run = summary["run"]
-    if run_id is None:
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        kind = "signals" if run.get("signal_file") else "model"
-        run_id = f"{stamp}_{run['pair'][0]}_{run['pair'][1]}_{kind}"
-    final = results_dir / run_id
-    suffix = 1
-    while final.exists():
-        suffix += 1
-        final = results_dir / f"{run_id}-{suffix}"
+    final = results_dir / reserve_run_id(results_dir, summary["run"], run_id)
     summary["run"]["run_id"] = final.name
     # The creator's pid in the name lets a later run tell an orphan (creator killed) from a folder
     # still being written; see _remove_orphan_temp_folders.

@@ -200,6 +200,12 @@ def _read_run(
     return summary, equity
 
 
+def _ci_text(ci: Any) -> str:
+    if isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
+        return f"{ci[0]:.3f} .. {ci[1]:.3f}"
+    return "—"
+
+
 @st.cache_data(max_entries=8, show_spinner=False)
 def _read_registry(models_dir: str, stamp: tuple[Any, ...]) -> pd.DataFrame:
     """One row per registered model with its holdout metrics and artifact check (`stamp` is the
@@ -219,6 +225,8 @@ def _read_registry(models_dir: str, stamp: tuple[Any, ...]) -> pd.DataFrame:
                 "traffic": rec.traffic_fraction,
                 "holdout accuracy": metrics.get("accuracy"),
                 "holdout ROC AUC": metrics.get("roc_auc"),
+                "AUC 95 % CI": _ci_text(metrics.get("roc_auc_ci_95")),
+                "accuracy p vs majority": metrics.get("accuracy_p_value"),
                 "holdout log loss": metrics.get("log_loss"),
                 "holdout rows": metrics.get("rows"),
                 "integrity": "ok" if not bad else "BAD: " + ", ".join(bad),
@@ -609,6 +617,12 @@ _METRICS: tuple[tuple[str, str, str], ...] = (
     ("total_return", "total return", "{:+.2%}"),
     ("cagr", "CAGR", "{:+.2%}"),
     ("sharpe", "Sharpe", "{:.2f}"),
+    ("sharpe_ci_95", "Sharpe 95 % CI", "{:.2f} .. {:.2f}"),
+    ("psr", "P(Sharpe > 0)", "{:.3f}"),
+    ("dsr", "deflated Sharpe", "{:.3f}"),
+    ("trials", "trials (deflated by)", "{:,.0f}"),
+    ("p_vs_zscore", "vs z-score rule: p", "{:.3f}"),
+    ("p_vs_buy_hold", "vs buy & hold: p", "{:.3f}"),
     ("sortino", "Sortino", "{:.2f}"),
     ("max_drawdown", "max drawdown", "{:.2%}"),
     ("calmar", "Calmar", "{:.2f}"),
@@ -633,7 +647,10 @@ def _metrics_table(summary: dict[str, Any], long: str) -> pd.DataFrame:
         cells = []
         for key, _label, fmt in _METRICS:
             value = stats.get(key)
-            cells.append(fmt.format(value) if isinstance(value, int | float) else "—")
+            if isinstance(value, list) and all(isinstance(v, int | float) for v in value):
+                cells.append(fmt.format(*value))
+            else:
+                cells.append(fmt.format(value) if isinstance(value, int | float) else "—")
         table[name] = cells
     return pd.DataFrame(table, index=[label for _k, label, _f in _METRICS])
 
@@ -698,7 +715,52 @@ def panel_backtests(home: C.Paths, pair: C.Pair) -> None:
             title="Strategy drawdown (%)", height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10}
         )
         right.plotly_chart(dd, key="backtest_drawdown")
+    verdict = (summary.get("strategy") or {}).get("verdict")
+    if verdict:
+        st.markdown(f"**Verdict:** {verdict}")
+    sharpe_fig = _sharpe_error_bars(summary, long)
+    if sharpe_fig is not None:
+        st.plotly_chart(sharpe_fig, key="backtest_sharpe_ci")
     st.table(_metrics_table(summary, long))
+
+
+def _sharpe_error_bars(summary: dict[str, Any], long: str) -> Any:
+    """Each column's Sharpe with its 95 % bootstrap interval as an error bar (None for a run
+    written before the intervals existed)."""
+    import plotly.graph_objects as go
+
+    benchmarks = summary.get("benchmarks") or {}
+    columns = (
+        ("strategy", summary.get("strategy") or {}),
+        ("z-score rule", benchmarks.get("zscore_rule") or {}),
+        (f"buy & hold {long}", benchmarks.get("buy_hold_long") or {}),
+    )
+    names, sharpe, up, down = [], [], [], []
+    for name, stats in columns:
+        ci, value = stats.get("sharpe_ci_95"), stats.get("sharpe")
+        if not isinstance(value, int | float) or not ci or None in ci:
+            continue
+        names.append(name)
+        sharpe.append(value)
+        up.append(max(ci[1] - value, 0.0))
+        down.append(max(value - ci[0], 0.0))
+    if not names:
+        return None
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=sharpe,
+            error_y={"type": "data", "symmetric": False, "array": up, "arrayminus": down},
+            name="Sharpe",
+        )
+    )
+    fig.add_hline(y=0.0, line={"color": "#888", "width": 1})
+    fig.update_layout(
+        title="Sharpe ratio with its 95 % interval (stationary bootstrap)",
+        height=280,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    return fig
 
 
 def panel_alerts(home: C.Paths, pair: C.Pair) -> None:

@@ -485,6 +485,14 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser, trading: bo
     g = b.add_argument_group("benchmark")
     g.add_argument("--zscore-entry", type=float, default=2.0, metavar="Z", help="(2.0)")
     g.add_argument("--zscore-exit", type=float, default=0.5, metavar="Z", help="(0.5)")
+    g.add_argument(
+        "--benchmark-rule",
+        choices=("current", "textbook"),
+        default="current",
+        help="the z-score rule: current (spread with a rolling beta, reverses directly) or "
+        "textbook (regression residual z, closes at the exit band before reversing); README, "
+        "'The z-score benchmark' (current)",
+    )
     if trading:
         _add_trading_options(b)
     b.set_defaults(func=cmd_backtest)
@@ -583,7 +591,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(folds)
     start, end = report.ranges["holdout"]
     holdout = Table(title=f"Holdout {start} .. {end} (never seen in training or model selection)")
-    for col in ("model", "accuracy", "log-loss", "AUC", "rule return"):
+    for col in ("model", *tm.SUMMARY_COLUMNS):
         holdout.add_column(col)
     for row in tm.summary_rows(report):
         holdout.add_row(*row)
@@ -622,7 +630,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         console.print("No models registered yet: run `python main.py train`.")
         return 0
     table = Table(title=f"Models in {registry.root}")
-    for col in ("name", "version", "status", "created", "pair", "holdout acc", "AUC", "integrity"):
+    columns = ("name", "version", "status", "created", "pair", "holdout acc", "AUC (95 % CI)")
+    for col in (*columns, "integrity"):
         table.add_column(col, overflow="fold")
     for rec in records:
         metrics = rec.metadata.get("holdout_metrics", {})
@@ -634,11 +643,26 @@ def cmd_models(args: argparse.Namespace) -> int:
             rec.created[:19],
             f"{rec.long}/{rec.short}",
             f"{metrics.get('accuracy', float('nan')):.3f}",
-            f"{metrics.get('roc_auc', float('nan')):.3f}",
+            _auc_cell(metrics),
             "[green]OK" if not broken else f"[red]FAILED ({', '.join(broken)})",
         )
     console.print(table)
     return 0
+
+
+def _auc_cell(metrics: dict[str, Any]) -> str:
+    """'0.538 (0.506 .. 0.570)' from registry metadata, without importing numpy."""
+    import math
+
+    def ok(v: Any) -> bool:
+        return isinstance(v, int | float) and math.isfinite(v)
+
+    auc, ci = metrics.get("roc_auc"), metrics.get("roc_auc_ci_95") or []
+    if not ok(auc):
+        return "n/a"
+    if len(ci) == 2 and all(ok(v) for v in ci):
+        return f"{auc:.3f} ({ci[0]:.3f} .. {ci[1]:.3f})"
+    return f"{auc:.3f}"
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
@@ -732,6 +756,7 @@ def _backtest_request(args: argparse.Namespace) -> Any:
         signal_file=args.signals,
         zscore_entry=args.zscore_entry,
         zscore_exit=args.zscore_exit,
+        benchmark_rule=args.benchmark_rule,
         config=config,
         write_charts=not args.no_charts,
     )
@@ -751,6 +776,13 @@ def _fmt(value: Any, kind: str) -> str:
         return f"${value:,.2f}"
     if kind == "int":
         return f"{int(value):,}"
+    if kind == "ci":
+        low, high = value
+        if low is None or high is None:
+            return "n/a"
+        return f"{low:.2f} .. {high:.2f}"
+    if kind == "p":
+        return "<0.001" if value < 0.001 else f"{value:.3f}"
     return f"{value:.2f}"
 
 
@@ -758,6 +790,11 @@ REPORT_ROWS = (
     ("total return", "total_return", "pct"),
     ("CAGR", "cagr", "pct"),
     ("Sharpe", "sharpe", "ratio"),
+    ("Sharpe 95 % CI", "sharpe_ci_95", "ci"),
+    ("P(Sharpe > 0)", "psr", "p"),
+    ("deflated Sharpe (N trials)", "dsr", "dsr"),
+    ("vs z-score rule: p", "p_vs_zscore", "p"),
+    ("vs buy & hold: p", "p_vs_buy_hold", "p"),
     ("Sortino", "sortino", "ratio"),
     ("max drawdown", "max_drawdown", "pct"),
     ("Calmar", "calmar", "ratio"),
@@ -811,11 +848,21 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     table.add_column(f"strategy ({run['strategy']})", justify="right")
     table.add_column("z-score rule", justify="right")
     table.add_column(f"buy & hold {long}", justify="right")
+    columns = (strat, zs, bh)
     for name, key, kind in REPORT_ROWS:
-        table.add_row(
-            name, _fmt(strat.get(key), kind), _fmt(zs.get(key), kind), _fmt(bh.get(key), kind)
-        )
+        if kind == "dsr":  # the deflated Sharpe names how many trials it deflates by
+            name = f"deflated Sharpe ({strat.get('trials', 1)} trials)"
+            cells = [
+                _fmt(c.get(key), "p")
+                + ("" if c.get("trials") == strat.get("trials") else f" ({c.get('trials')})")
+                for c in columns
+            ]
+        else:
+            cells = [_fmt(c.get(key), kind) if key in c else "-" for c in columns]
+        table.add_row(name, *cells)
     console.print(table)
+    if strat.get("verdict"):
+        console.print(f"[bold]verdict:[/bold] {strat['verdict']}")
     costs = Table(title="Costs by kind (USD)")
     costs.add_column("kind")
     costs.add_column("strategy", justify="right")

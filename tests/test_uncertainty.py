@@ -1,0 +1,224 @@
+"""Every backtest figure with its uncertainty: the trial ledger, the deflated Sharpe over the
+trials counted there, summary.json's keys, the report's rows and verdict, the z-score benchmark's
+two rules, and the classifier's AUC interval and accuracy test in the train metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import backtest_strategy as bt
+import constants as C
+import performance_stats as ps
+from error_handling import ConfigurationError
+from pair_engine import TradingConfig
+from tests.helpers import run
+from trial_ledger import Trial, TrialCount, TrialLedger, config_hash
+
+PAIR = C.Pair("AAPL", "MSFT")
+START, END = "2021-01-04", "2021-12-31"
+KEYS = ("sharpe_ci_95", "psr", "dsr", "trials", "p_vs_zscore", "p_vs_buy_hold")
+
+
+def action_file(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("date,action\n" + "".join(f"{d},{a}\n" for d, a in rows))
+    return path
+
+
+SIGNALS = [
+    ("2021-02-01", "buy"),
+    ("2021-04-01", "sell"),
+    ("2021-06-01", "flat"),
+    ("2021-08-02", "buy"),
+    ("2021-11-01", "flat"),
+]
+
+
+def backtest(home: C.Paths, signal_file: Path, fraction: float = 0.25, **kw) -> bt.BacktestReport:
+    config = TradingConfig().with_values({"sizing.rule_leg_fraction": fraction})
+    request = bt.BacktestRequest(
+        pair=PAIR,
+        start=START,
+        end=END,
+        signal_file=str(signal_file),
+        config=config,
+        write_charts=False,
+        **kw,
+    )
+    return bt.backtest(request, home=home)
+
+
+def daily_returns(run_dir: Path, column: str, capital: float = 100_000.0) -> np.ndarray:
+    eq = pd.read_csv(run_dir / "equity.csv", index_col="date")[column]
+    return (eq / eq.shift(1).fillna(capital) - 1.0).to_numpy()
+
+
+# --- The ledger -----------------------------------------------------------------------------------
+def test_n_distinct_backtests_on_a_pair_deflate_by_n_and_a_rerun_is_not_a_new_trial(home, tmp_path):
+    signals = action_file(tmp_path / "s.csv", SIGNALS)
+    reports = [backtest(home, signals, fraction=f) for f in (0.1, 0.2, 0.3)]
+    assert [r.summary["strategy"]["trials"] for r in reports] == [1, 2, 3]
+    # The third run's DSR is the paper's formula over the three runs' Sharpes.
+    sharpes = [r.summary["strategy"]["sharpe"] for r in reports]
+    third = reports[-1]
+    returns = daily_returns(third.run_dir, "equity")
+    expected = ps.deflated_sharpe_ratio(returns, 3, float(np.var(sharpes, ddof=1)))
+    assert third.summary["strategy"]["dsr"] == pytest.approx(expected, rel=1e-9)
+    assert third.summary["strategy"]["dsr"] < third.summary["strategy"]["psr"]
+    # With one trial the deflated Sharpe is the probabilistic one.
+    first = reports[0].summary["strategy"]
+    assert first["dsr"] == pytest.approx(first["psr"], rel=1e-12)
+
+    again = backtest(home, signals, fraction=0.2)  # identical to the second: not a new trial
+    assert again.summary["strategy"]["trials"] == 3
+    other_file = action_file(tmp_path / "t.csv", SIGNALS[:3])  # another signal file: a trial
+    assert backtest(home, other_file, fraction=0.2).summary["strategy"]["trials"] == 4
+
+    ledger = list(TrialLedger(home.results_dir))
+    assert len(ledger) == 2 * 5  # strategy and z-score benchmark per run, reruns included
+    assert {t.run_id for t in ledger} == {r.run_dir.name for r in [*reports, again]} | {
+        p.name for p in home.results_dir.iterdir() if p.is_dir()
+    }
+
+
+def test_trials_on_other_dates_or_pairs_are_counted_apart(home, tmp_path):
+    signals = action_file(tmp_path / "s.csv", SIGNALS)
+    backtest(home, signals, fraction=0.1)
+    shorter = bt.BacktestRequest(
+        pair=PAIR, start=START, end="2021-11-30", signal_file=str(signals), write_charts=False
+    )
+    assert bt.backtest(shorter, home=home).summary["strategy"]["trials"] == 1
+    assert backtest(home, signals, fraction=0.3).summary["strategy"]["trials"] == 2
+
+
+def test_the_ledger_skips_a_torn_last_line_and_appends_after_it(tmp_path):
+    ledger = TrialLedger(tmp_path)
+    trial = Trial("r1", "2026-01-01T00:00:00+00:00", ("A", "B"), "2020-01-02", "2020-12-31",
+                  252, "strategy", "rule:x", config_hash({"a": 1}), 0.5)  # fmt: skip
+    ledger.record(trial)
+    with open(ledger.path, "a") as fh:
+        fh.write('{"run_id": "torn", "pair": ["A"')  # a crash mid-line
+    ledger.record(Trial(**{**trial.__dict__, "run_id": "r2", "config_hash": "other"}))
+    trials = list(ledger)
+    assert [t.run_id for t in trials] == ["r1", "r2"]
+    assert ledger.count(("A", "B"), "2020-01-02", "2020-12-31", "strategy").trials == 2
+
+
+def test_trial_count_variance_is_the_sample_variance_of_the_sharpes():
+    assert TrialCount.of([0.5]) == TrialCount(1, 0.0)
+    count = TrialCount.of([0.1, 0.5, 0.9, math.nan])
+    assert count.trials == 4  # an undefined Sharpe is still a trial
+    assert count.sharpe_variance == pytest.approx(np.var([0.1, 0.5, 0.9], ddof=1))
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+
+
+# --- summary.json and the report -----------------------------------------------------------------
+def test_summary_json_carries_the_uncertainty_of_every_column(home, tmp_path):
+    report = backtest(home, action_file(tmp_path / "s.csv", SIGNALS))
+    summary = json.loads((report.run_dir / "summary.json").read_text())
+    columns = {
+        "strategy": (summary["strategy"], "equity"),
+        "zscore_rule": (summary["benchmarks"]["zscore_rule"], "zscore_rule_equity"),
+        "buy_hold_long": (summary["benchmarks"]["buy_hold_long"], "buy_hold_equity"),
+    }
+    for name, (stats, column) in columns.items():
+        assert set(KEYS) <= set(stats), name
+        r = daily_returns(report.run_dir, column)
+        est = ps.estimate_sharpe(r, reps=1000, seed=0)
+        low, high = stats["sharpe_ci_95"]
+        assert (low, high) == pytest.approx((est.ci_low, est.ci_high), abs=1e-4)
+        assert low < stats["sharpe"] < high
+        assert stats["psr"] == pytest.approx(ps.probabilistic_sharpe_ratio(r), abs=1e-4)
+    strat = summary["strategy"]
+    assert strat["p_vs_zscore"] == pytest.approx(
+        ps.sharpe_difference_test(
+            daily_returns(report.run_dir, "equity"),
+            daily_returns(report.run_dir, "zscore_rule_equity"),
+            reps=1000,
+            seed=0,
+        ).p_value,
+        abs=1e-3,
+    )
+    assert summary["benchmarks"]["zscore_rule"]["p_vs_zscore"] is None
+    assert summary["benchmarks"]["buy_hold_long"]["p_vs_buy_hold"] is None
+    assert 0 <= strat["p_vs_buy_hold"] <= 1
+    assert isinstance(strat["verdict"], str) and "95 %" in strat["verdict"]
+    assert summary["run"]["statistics"]["reps"] == 1000
+    assert summary["run"]["benchmark_rule"]["name"] == "current"
+
+
+def test_the_report_prints_the_uncertainty_rows_and_a_verdict(tmp_path):
+    signals = action_file(tmp_path / "s.csv", SIGNALS)
+    home = tmp_path / "home"
+    args = ("main.py", "backtest", "--signals", str(signals), "--start", START, "--end", END,
+            "--no-charts")  # fmt: skip
+    res = run(*args, home=home)
+    assert res.returncode == 0, res.stderr
+    for row in ("Sharpe 95 % CI", "P(Sharpe > 0)", "deflated Sharpe (1 trials)",
+                "vs z-score rule: p", "vs buy & hold: p", "verdict:"):  # fmt: skip
+        assert row in res.stdout, row
+    res = run(*args, "--rule-fraction", "0.4", home=home)
+    assert "deflated Sharpe (2 trials)" in res.stdout
+
+
+# --- The z-score benchmark's two rules ------------------------------------------------------------
+def test_the_textbook_zscore_is_the_window_regression_residual_over_its_std():
+    rng = np.random.default_rng(7)
+    b = np.cumsum(rng.normal(0, 0.01, 400))
+    a = 0.7 * b + np.cumsum(rng.normal(0, 0.002, 400))
+    z = bt.regression_spread_zscore(a, b, bars=60)
+    assert np.isnan(z[:59]).all() and np.isfinite(z[59:]).all()
+    for t in (59, 200, 399):
+        x = np.c_[np.ones(60), b[t - 59 : t + 1]]
+        coef = np.linalg.lstsq(x, a[t - 59 : t + 1], rcond=None)[0]
+        resid = a[t - 59 : t + 1] - x @ coef
+        assert z[t] == pytest.approx(resid[-1] / resid.std(ddof=1), rel=1e-8)
+
+
+def test_the_textbook_rule_exits_before_it_reverses_and_the_current_rule_does_not():
+    z = np.array([0.0, 2.5, 1.0, -2.5, -1.0, 0.2, -2.1, 3.0, 3.0, 0.4])
+    textbook = bt.textbook_zscore_states(z, 2.0, 0.5)
+    assert textbook.tolist() == [0, -1, -1, 0, 1, 0, 1, 0, -1, 0]
+    current = bt.zscore_rule_states(z, 2.0, 0.5)
+    assert current[3] == 1.0  # reverses short -> long on the bar itself
+
+
+def test_benchmark_rule_textbook_changes_the_benchmark_and_is_recorded(home, tmp_path):
+    signals = action_file(tmp_path / "s.csv", SIGNALS)
+    current = backtest(home, signals)
+    textbook = backtest(home, signals, benchmark_rule="textbook")
+    a, b = current.summary["benchmarks"], textbook.summary["benchmarks"]
+    assert a["zscore_rule"]["final_equity"] != b["zscore_rule"]["final_equity"]
+    assert textbook.summary["run"]["benchmark_rule"]["name"] == "textbook"
+    # The strategy is the same trial; the benchmark under another rule is another.
+    assert textbook.summary["strategy"]["trials"] == 1
+    assert b["zscore_rule"]["trials"] == 2
+    with pytest.raises(ConfigurationError, match="benchmark rule"):
+        bt.BacktestRequest(pair=PAIR, benchmark_rule="fancy")
+
+
+# --- The classifier's uncertainty in the train metrics --------------------------------------------
+def test_train_metrics_carry_the_auc_interval_and_the_accuracy_p_value():
+    from scipy.stats import binomtest
+
+    import train_model as tm
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 600)
+    prob = np.clip(0.5 + 0.15 * (y - 0.5) + rng.normal(0, 0.2, 600), 0.01, 0.99)
+    m = tm.classification_metrics(y, prob, rng.normal(0, 0.01, 600))
+    low, high = m["roc_auc_ci_95"]
+    assert low < m["roc_auc"] < high
+    correct = int(((prob > 0.5) == y).sum())
+    majority = max(y.mean(), 1 - y.mean())
+    assert m["majority_rate"] == pytest.approx(majority)
+    assert m["accuracy_p_value"] == pytest.approx(
+        binomtest(correct, len(y), majority, alternative="greater").pvalue
+    )
+    row = dict(zip(tm.SUMMARY_COLUMNS, tm.metric_cells(m), strict=True))
+    assert row["AUC 95 % CI (DeLong)"] == f"{low:.3f} .. {high:.3f}"
