@@ -381,6 +381,12 @@ TRADING_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--half-spread-bps", "execution.costs.half_spread_bps", "BPS", "per side"),
     ("--impact-coef", "execution.costs.impact_coefficient", "Y", "square-root impact"),
     ("--borrow-rate", "execution.costs.borrow_rate_annual", "RATE", "annual short borrow"),
+    (
+        "--fees",
+        "execution.costs.regulatory_fees",
+        "",
+        "SEC Section 31 fee and FINRA TAF: the dated tables or none",
+    ),
     ("--adv-usd", "execution.default_adv_usd", "USD", "daily dollar volume if none in source"),
     ("--participation-cap", "execution.participation_cap", "F", "largest fill / ADV"),
     ("--remainder", "execution.remainder", "", "of a capped order"),

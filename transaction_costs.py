@@ -24,7 +24,11 @@ Costs and units
   in USD per $1M sold in force on the trade date (`SEC_FEE_RATES`), rounded *up* to the cent.
 - **FINRA Trading Activity Fee** (`finra_taf`), sells only, USD: ``min(rate × shares sold, max per
   trade)`` with the rate and cap in force on the trade date (`FINRA_TAF_RATES`), rounded to the
-  nearest cent.
+  nearest cent. 0 before the TAF began (October 2002). Shares are the quantity traded, which on
+  split-adjusted historical prices is far more shares than were traded then, so old sells mostly
+  pay the cap.
+- Both fees are 0 under ``CostModel(regulatory_fees=FeeSchedule.NONE)`` (``--fees none``);
+  `fee_assumptions` states in words what a run assumed for them.
 - **Short borrow fee** (`borrow_fee`), USD accrued: ``|short notional| × annual rate × days /
   day count`` (actual/360 by default), not rounded: it accrues daily and is summed.
 
@@ -41,6 +45,7 @@ is called per order in the backtest loop) and computes exactly what the array pa
 from __future__ import annotations
 
 import datetime
+import enum
 import functools
 import math
 from bisect import bisect_right
@@ -57,13 +62,81 @@ FloatArray = npt.NDArray[np.float64]
 
 # --- Dated regulatory fee tables ------------------------------------------------------------------
 # (effective ISO date, rate), sorted by date. The rate in force on a trade date is the last entry
-# with effective date <= trade date; dates before the first entry use the first entry. The SEC rate
-# applies to covered sales on "charge dates" (the trade date for regular-way trades) on or after
-# the effective date. "unverified" marks values not confirmed against the SEC or FINRA publication
-# itself (found only in secondary sources, or inferred).
+# with effective date <= trade date. The first row of each table, dated 0001-01-01, is the rate
+# before the fee existed (0), so every date has an entry and a fee is 0 before it began. The SEC
+# rate applies to covered sales on "charge dates" (the trade date for regular-way trades) on or
+# after the effective date. Each row cites its source; "unverified" marks a value or a date not
+# confirmed against the SEC, NASD or FINRA publication itself (found only in a secondary source, or
+# inferred, e.g. from the statutory lag after an appropriation). Where a rate in between is
+# unknown, the comment says which rate is carried and why.
 
 #: SEC Section 31 fee rate, USD per $1,000,000 of sell notional.
 SEC_FEE_RATES: tuple[tuple[str, float], ...] = (
+    # No Section 31 fee before the Securities Exchange Act of 1934.
+    ("0001-01-01", 0.00),
+    # Exchange Act enacted June 6, 1934 (Section 31 is in the original Act). The earliest rate
+    # documented here is "1/300 of one percent" ($33.33 per $1M; SRO tables print it 0.0000333),
+    # struck by the Fee Relief Act (Pub. L. 107-123) from 2001-12-28; a 1998 Traders Magazine
+    # article gives the same rate. When 1/300 began is not documented here: it is carried back to
+    # 1934, unverified for any date before 1998 (earlier rates, if different, are not modelled).
+    ("1934-06-06", 100.0 / 3.0),
+    # Fee Relief Act: $15.00 from December 28, 2001 (NASD Member Alerts 12/27/01 and 12/28/01;
+    # SEC Fee Rate Advisory #8, January 16, 2002).
+    ("2001-12-28", 15.00),
+    # FY2002 mid-year adjustment (NASD Member Alert 3/4/02). Rate confirmed by NASD Member Alert
+    # 3/3/03 ("current rate of $30.10"); the April 1 date from a secondary table: unverified.
+    ("2002-04-01", 30.10),
+    # FY2003 rate from March 22, 2003: NASD Member Alert 2/24/03; SEC Fee Rate Advisory #12.
+    ("2003-03-22", 25.20),
+    # FY2003 mid-year adjustment from April 1, 2003: SEC Fee Rate Advisory #12 (Feb 28, 2003).
+    ("2003-04-01", 46.80),
+    # FY2004 rate from February 22, 2004: NASD Member Alert 1/28/04 (Fee Rate Advisory #7).
+    ("2004-02-22", 39.00),
+    # FY2004 mid-year adjustment from April 1, 2004: NASD Member Alert 3/4/04 (Advisory #8).
+    ("2004-04-01", 23.40),
+    # FY2005 rate from January 7, 2005: secondary table only (traderstatus.com): unverified.
+    ("2005-01-07", 32.90),
+    # FY2005 mid-year adjustment (Fee Rate Advisory #7 for FY2005). Rate confirmed by NASD Member
+    # Alert 9/30/05 ("current rate of $41.80"); the April 1 date from a secondary table: unverified.
+    ("2005-04-01", 41.80),
+    # FY2006: $30.70 thirty days after the FY2006 appropriation (NASD Member Alert 9/30/05); the
+    # date, December 22, 2005, from a secondary table: unverified.
+    ("2005-12-22", 30.70),
+    # FY2007: $15.30 thirty days after the regular appropriation (SEC Fee Rate Advisory #4 for
+    # FY2007, Nov 17, 2006); in force by May 7, 2007 (Advisory #1 for FY2008). Date inferred as 30
+    # days after the full-year continuing resolution of February 15, 2007: unverified.
+    ("2007-03-17", 15.30),
+    # FY2008: $11.00 thirty days after the appropriation (Advisory #1 for FY2008); in force until
+    # the mid-year change (FINRA Information Notice 3/10/08). Date inferred as 30 days after the
+    # Consolidated Appropriations Act, 2008 (December 26, 2007): unverified.
+    ("2008-01-25", 11.00),
+    # FY2008 mid-year adjustment from April 1, 2008: FINRA Information Notice 3/10/08.
+    ("2008-04-01", 5.60),
+    # FY2009: rate in force from spring 2009 to January 2010 (SEC Fee Rate Advisory #1 for FY2010;
+    # FINRA Information Notice 10/2/09). Date inferred as 30 days after the Omnibus Appropriations
+    # Act, 2009 (March 11, 2009); $5.60 carried until then: unverified.
+    ("2009-04-10", 25.70),
+    # FY2010 rate from January 15, 2010 (SEC release 2009-270, as summarized by Lexology; the rate
+    # itself is in Fee Rate Advisories #1 and #2 for FY2010): date unverified.
+    ("2010-01-15", 12.70),
+    # FY2010 mid-year adjustment from April 1, 2010: FINRA Information Notice 3/10/10.
+    ("2010-04-01", 16.90),
+    # FY2011 rate from January 21, 2011: SEC Fee Rate Advisory #5 for FY2011 (Dec 22, 2010).
+    ("2011-01-21", 19.20),
+    # FY2012 rate from February 21, 2012 (order 34-66202, Jan 20, 2012), as summarized by Corporate
+    # Financial Weekly Digest: unverified.
+    ("2012-02-21", 18.00),
+    # FY2012 mid-year adjustment (order of March 2012, 77 FR 13663); rate confirmed in force by SEC
+    # Fee Rate Advisory #2 for FY2013 (Nov 15, 2012); the statutory April 1 date: unverified.
+    ("2012-04-01", 22.40),
+    # FY2013 rate (order 34-69449, Apr 25, 2013: 60 days after the March 26, 2013 resolution);
+    # rate confirmed by FINRA Information Notice 3/3/14. Date inferred: unverified.
+    ("2013-05-25", 17.40),
+    # FY2014 rate from March 18, 2014: FINRA Information Notice 3/3/14; still in force October 2014
+    # (FINRA Information Notice 10/7/14). The FY2015 order (34-74057, Jan 15, 2015) changed the
+    # rate in early 2015 to a value not found in the sources searched: $22.10 is carried until the
+    # FY2016 rate.
+    ("2014-03-18", 22.10),
     # $21.80 in force in Feb-Mar 2016: FINRA Information Notice 3/15/16; effective date unverified.
     ("2016-02-16", 21.80),
     # Rate confirmed in force through 2018-05-21 by SEC Fee Rate Advisory #3 for FY2018;
@@ -94,8 +167,27 @@ SEC_FEE_RATES: tuple[tuple[str, float], ...] = (
 
 #: FINRA Trading Activity Fee for covered equity sales: (USD per share sold, max USD per trade).
 FINRA_TAF_RATES: tuple[tuple[str, tuple[float, float]], ...] = (
+    # No TAF before NASD introduced it. It replaced NASD's Regulatory Fee, a member fee that was not
+    # charged per sale (SR-NASD-2002-98); NASD's "Section 3" transaction fee is its pass-through of
+    # the SEC Section 31 fee, modelled by SEC_FEE_RATES, not a TAF.
+    ("0001-01-01", (0.0, 0.0)),
+    # TAF pilot (SR-NASD-2002-98) from October 1, 2002: NASD "Adjustment to NASD Trading Activity
+    # Fee Initial Rates" (10/17/02), quoted on elitetrader.com: $0.0001/share, max $10 per trade,
+    # retroactive to October 1, 2002: unverified. NTM 03-43 raised the equity rate from September 1,
+    # 2003 (SR-NASD-2003-93); a broker notice in the same thread gives $0.0001/$10 for that date,
+    # so the rate in early-to-mid 2003 may have been lower. $0.0001/$10 is carried (unverified).
+    ("2002-10-01", (0.0001, 10.00)),
+    # NTM 04-84: rate and per-trade cap reduced from November 1, 2004. FINRA Regulatory Notice
+    # 11-27 confirms $0.000075/share "in place for over six years" and a $3.75 cap in 2011; that
+    # the cap was set on this date: unverified.
+    ("2004-11-01", (0.000075, 3.75)),
+    # FINRA Regulatory Notice 11-27: $0.000090/share, max $4.50, from July 1, 2011.
+    ("2011-07-01", (0.000090, 4.50)),
+    # FINRA Regulatory Notice 12-06: $0.000095/share, max $4.75, from March 1, 2012.
+    ("2012-03-01", (0.000095, 4.75)),
     # FINRA By-Laws Schedule A, Section 1: $0.000119/share, max $5.95 (FINRA TAF rule-flow
-    # document); in force through 2021. Effective date unverified.
+    # document); in force through 2021. Proposed May 2, 2012 (77 FR 27527); effective date
+    # unverified.
     ("2012-07-01", (0.000119, 5.95)),
     # SR-FINRA-2020-032 (phased fee increase), 2022 step: unverified.
     ("2022-01-01", (0.000130, 6.49)),
@@ -158,26 +250,38 @@ def _date_key(trade_date: object) -> int:
 
 
 def _lookup(keys: list[int], key: int) -> int:
+    # Every table starts at 0001-01-01 (datetime.date.min), so every date finds a row.
     return max(bisect_right(keys, key) - 1, 0)
 
 
 def sec_fee_rate(trade_date: object) -> float:
-    """SEC Section 31 fee rate in force on `trade_date`, USD per $1M of sell notional."""
+    """SEC Section 31 fee rate in force on `trade_date`, USD per $1M of sell notional (table)."""
     return _SEC_VALUES[_lookup(_SEC_KEYS, _date_key(trade_date))]
 
 
 def finra_taf_rate(trade_date: object) -> tuple[float, float]:
-    """FINRA TAF in force on `trade_date`: (USD per share sold, max USD per trade)."""
+    """FINRA TAF in force on `trade_date`: (USD per share sold, max USD per trade); (0, 0) before
+    the TAF began."""
     return _TAF_VALUES[_lookup(_TAF_KEYS, _date_key(trade_date))]
 
 
 # --- The cost model -------------------------------------------------------------------------------
+class FeeSchedule(enum.StrEnum):
+    """Which regulatory fees (SEC Section 31 fee, FINRA TAF) a cost model charges on sells."""
+
+    #: The dated tables for the trade date, or the model's per-field overrides where set.
+    DEFAULT = "default"
+    #: Neither fee, whatever the other fields say (commission, spread, impact, borrow unchanged).
+    NONE = "none"
+
+
 @dataclass(frozen=True)
 class CostModel:
     """How much an order costs. Every field has a default a new user can keep; all are >= 0.
 
-    The regulatory fields default to None, meaning "the dated table for the trade date"
-    (`SEC_FEE_RATES`, `FINRA_TAF_RATES`); a number overrides the table on every date.
+    Under `regulatory_fees` = DEFAULT the regulatory fields default to None, meaning "the dated
+    table for the trade date" (`SEC_FEE_RATES`, `FINRA_TAF_RATES`); a number overrides the table
+    on every date. Under NONE the SEC fee and TAF are 0 and those fields are ignored.
     """
 
     #: Commission per share traded, USD (IBKR Pro fixed: 0.005).
@@ -193,6 +297,9 @@ class CostModel:
     half_spread_bps: float = 2.0
     #: Y in the square-root impact law, dimensionless (default 0.5; literature: 0.5-1).
     impact_coefficient: float = 0.5
+    #: SEC Section 31 fee and FINRA TAF on sells: DEFAULT (default) = the dated tables or the
+    #: overrides below; NONE = neither fee. A string ("default", "none") is accepted.
+    regulatory_fees: FeeSchedule = FeeSchedule.DEFAULT
     #: SEC Section 31 fee, USD per $1M of sell notional; None (default) = `SEC_FEE_RATES` by date.
     sec_fee_per_million: float | None = None
     #: FINRA TAF, USD per share sold; None (default) = `FINRA_TAF_RATES` by date.
@@ -225,6 +332,13 @@ class CostModel:
         ):
             if getattr(self, name) is not None:
                 _check_amount(problems, name, getattr(self, name), unit + " or None")
+        schedule = self.regulatory_fees
+        if not isinstance(schedule, FeeSchedule):
+            try:
+                schedule = FeeSchedule(schedule)
+            except ValueError:
+                choices = ", ".join(repr(m.value) for m in FeeSchedule)
+                problems.append(f"regulatory_fees must be one of {choices}, got {schedule!r}")
         pct = self.commission_max_pct
         if not _is_real(pct) or not pct > 0:
             problems.append(
@@ -252,6 +366,7 @@ class CostModel:
             raise ConfigurationError("invalid cost model: " + "; ".join(problems))
         # A private copy: the model stays frozen even if the caller's dict changes later.
         object.__setattr__(self, "borrow_rate_overrides", overrides)
+        object.__setattr__(self, "regulatory_fees", schedule)
 
     @classmethod
     def flat(cls, commission: float) -> CostModel:
@@ -267,9 +382,7 @@ class CostModel:
             commission_max_pct=math.inf,
             half_spread_bps=0.0,
             impact_coefficient=0.0,
-            sec_fee_per_million=0.0,
-            finra_taf_per_share=0.0,
-            finra_taf_max=0.0,
+            regulatory_fees=FeeSchedule.NONE,
             borrow_rate_annual=0.0,
         )
 
@@ -417,13 +530,19 @@ def _ceil_cent(usd: float) -> float:
 
 
 def _sec_rate(date_key: int, model: CostModel) -> float:
-    """The model's SEC rate, or the table's on that yyyymmdd date (USD per $1M sold)."""
+    """The model's SEC rate, or the table's on that yyyymmdd date (USD per $1M sold); 0 under
+    FeeSchedule.NONE. Every SEC fee path (scalar, array, order_fill) goes through here."""
+    if model.regulatory_fees is FeeSchedule.NONE:
+        return 0.0
     rate = model.sec_fee_per_million
     return _SEC_VALUES[_lookup(_SEC_KEYS, date_key)] if rate is None else rate
 
 
 def _taf_rate(date_key: int, model: CostModel) -> tuple[float, float]:
-    """(USD per share sold, max USD per trade): the model's, else the table's on that date."""
+    """(USD per share sold, max USD per trade): the model's, else the table's on that date;
+    (0, 0) under FeeSchedule.NONE. Every TAF path goes through here."""
+    if model.regulatory_fees is FeeSchedule.NONE:
+        return 0.0, 0.0
     per_share, cap = model.finra_taf_per_share, model.finra_taf_max
     if per_share is None or cap is None:
         table_rate, table_cap = _TAF_VALUES[_lookup(_TAF_KEYS, date_key)]
@@ -448,7 +567,8 @@ def sec_fee(
     """SEC Section 31 fee on a sale of `sell_notional` USD, rounded up to the cent; 0 for 0 USD.
 
     The rate is `model.sec_fee_per_million` or, when None, the `SEC_FEE_RATES` entry for
-    `trade_date` (a str, date, datetime, numpy.datetime64 or pandas Timestamp; one date per call).
+    `trade_date` (a str, date, datetime, numpy.datetime64 or pandas Timestamp; one date per call);
+    0 under `FeeSchedule.NONE`.
     """
     rate = _sec_rate(_date_key(trade_date), model)
     if _is_scalar(sell_notional):
@@ -469,7 +589,8 @@ def finra_taf(
     """FINRA Trading Activity Fee on a sale, USD: ``min(rate × shares, max per trade)``.
 
     Rounded to the nearest cent; 0 for 0 shares. Rate and cap each come from the model when not
-    None, otherwise from `FINRA_TAF_RATES` for `trade_date` (one date per call).
+    None, otherwise from `FINRA_TAF_RATES` for `trade_date` (one date per call); 0 under
+    `FeeSchedule.NONE` and, from the table, before the TAF began.
     """
     per_share, cap = _taf_rate(_date_key(trade_date), model)
     if _is_scalar(shares_sold):
@@ -656,3 +777,106 @@ def order_fill(
         finra_taf=taf,
     )
     return (p * (1.0 - s) if sell else p * (1.0 + s)), costs
+
+
+# --- What a run assumed ---------------------------------------------------------------------------
+_TAF_NOTE = (
+    "FINRA TAF is charged per split-adjusted share: on adjusted historical prices it mostly hits "
+    "the per-trade cap"
+)
+
+
+def _in_force(table: tuple[tuple[str, Any], ...], keys: list[int], lo: int, hi: int) -> list[Any]:
+    """The rows of `table` in force on some date of lo..hi (yyyymmdd), oldest first."""
+    return list(table[_lookup(keys, lo) : _lookup(keys, hi) + 1])
+
+
+def _usd_range(values: list[float], fmt: str) -> str:
+    low, high = min(values), max(values)
+    return f"${low:{fmt}}" if low == high else f"${low:{fmt}} .. ${high:{fmt}}"
+
+
+def _per_share(usd: float) -> str:
+    return f"${usd:.6f}".rstrip("0").rstrip(".")
+
+
+def _per_share_range(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return _per_share(low) if low == high else f"{_per_share(low)} .. {_per_share(high)}"
+
+
+def _dated(rows: list[Any]) -> str:
+    """'(dated table, 6 rates, 2017-07-04 .. 2022-05-14)' for the rows in force."""
+    if len(rows) == 1:
+        return f"(dated table, {rows[0][0]} rate)"
+    return f"(dated table, {len(rows)} rates, {rows[0][0]} .. {rows[-1][0]})"
+
+
+def _sec_assumption(model: CostModel, lo: int, hi: int) -> str:
+    if model.sec_fee_per_million is not None:
+        rate = model.sec_fee_per_million
+        return f"SEC Section 31 fee: ${rate:.2f} per $1M sold on every date (override)"
+    rows = _in_force(SEC_FEE_RATES, _SEC_KEYS, lo, hi)
+    began = SEC_FEE_RATES[1][0]
+    before = rows[0] == SEC_FEE_RATES[0]
+    rows = rows[1:] if before else rows
+    if not rows:
+        return f"SEC Section 31 fee: none (it began {began})"
+    then = f"none before {began}, then " if before else ""
+    rates = _usd_range([rate for _, rate in rows], ".2f")
+    return f"SEC Section 31 fee: {then}{rates} per $1M sold {_dated(rows)}"
+
+
+def _taf_assumption(model: CostModel, lo: int, hi: int) -> tuple[str, bool]:
+    """The TAF line, and whether the run may have charged any TAF."""
+    per_share, cap = model.finra_taf_per_share, model.finra_taf_max
+    if per_share is not None and cap is not None:
+        return (
+            f"FINRA TAF: {_per_share(per_share)} per share sold, max ${cap:.2f} per trade on every "
+            "date (override)",
+            per_share > 0 and cap > 0,
+        )
+    rows = _in_force(FINRA_TAF_RATES, _TAF_KEYS, lo, hi)
+    began = FINRA_TAF_RATES[1][0]
+    before = rows[0] == FINRA_TAF_RATES[0]
+    rows = rows[1:] if before else rows
+    if not rows:
+        return f"FINRA TAF: none (it began {began})", False
+    rates = _per_share_range([rate for _, (rate, _) in rows])
+    caps = _usd_range([c for _, (_, c) in rows], ".2f")
+    if per_share is not None:  # the table's cap applies, and is 0 before the TAF began
+        since = f", 0 before {began}" if before else ""
+        return (
+            f"FINRA TAF: {_per_share(per_share)} per share sold (override), max {caps} per trade "
+            f"(dated table{since})",
+            per_share > 0,
+        )
+    since = f", none before {began}" if before else ""
+    if cap is not None:
+        return (
+            f"FINRA TAF: {rates} per share sold (dated table{since}), max ${cap:.2f} (override)",
+            cap > 0,
+        )
+    if before:
+        return (
+            f"FINRA TAF: none before {began}, then {rates} per share sold, max {caps} per trade",
+            True,
+        )
+    count = f"{rows[0][0]} rate" if len(rows) == 1 else f"{len(rows)} rates"
+    return f"FINRA TAF: {rates} per share sold, max {caps} per trade (dated table, {count})", True
+
+
+def fee_assumptions(model: CostModel, start: object, end: object) -> list[str]:
+    """What a run with `model` assumed for the SEC Section 31 fee and the FINRA TAF on trade dates
+    `start`..`end` (inclusive; any trade-date type): short lines for the report, in words.
+
+    Names the rates in force over the range (from the dated tables, or the overrides), "none
+    before" a fee began, or "off" under `FeeSchedule.NONE`. ValueError if `start` > `end`.
+    """
+    lo, hi = _date_key(start), _date_key(end)
+    if lo > hi:
+        raise ValueError(f"fee assumptions need start <= end, got {start!r} > {end!r}")
+    if model.regulatory_fees is FeeSchedule.NONE:
+        return ["SEC Section 31 fee and FINRA TAF: off (--fees none)"]
+    taf, taf_charged = _taf_assumption(model, lo, hi)
+    return [_sec_assumption(model, lo, hi), taf] + ([_TAF_NOTE] if taf_charged else [])

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 import transaction_costs as tc
 from error_handling import ConfigurationError
+from pair_engine import TradingConfig
+from tests.helpers import run
 
 # --- Strategies -----------------------------------------------------------------------------------
 money = st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False)
@@ -22,7 +24,8 @@ prices = st.floats(min_value=0.01, max_value=5_000.0, allow_nan=False, allow_inf
 vols = st.floats(min_value=0.0, max_value=0.2, allow_nan=False, allow_infinity=False)
 advs = st.floats(min_value=1.0, max_value=1e9, allow_nan=False, allow_infinity=False)
 days = st.floats(min_value=0.0, max_value=3_650.0, allow_nan=False, allow_infinity=False)
-trade_dates = st.dates(min_value=dt.date(2010, 1, 1), max_value=dt.date(2030, 12, 31))
+# From before the Exchange Act to after the last table row: every era of both fee tables.
+trade_dates = st.dates(min_value=dt.date(1930, 1, 1), max_value=dt.date(2030, 12, 31))
 
 
 def _rate(hi: float) -> st.SearchStrategy[float]:
@@ -37,6 +40,7 @@ cost_models = st.builds(
     commission_max_pct=st.one_of(st.floats(min_value=1e-4, max_value=0.05), st.just(math.inf)),
     half_spread_bps=_rate(100.0),
     impact_coefficient=_rate(2.0),
+    regulatory_fees=st.sampled_from(list(tc.FeeSchedule)),
     sec_fee_per_million=st.one_of(st.none(), _rate(100.0)),
     finra_taf_per_share=st.one_of(st.none(), _rate(0.001)),
     finra_taf_max=st.one_of(st.none(), _rate(20.0)),
@@ -295,9 +299,66 @@ def test_finra_taf_rate_changes_on_the_effective_date():
     assert tc.finra_taf_rate("2022-01-01") == (0.000130, 6.49)
 
 
-def test_dates_before_the_first_table_entry_use_the_first_entry():
-    assert tc.sec_fee_rate("1999-01-04") == tc.SEC_FEE_RATES[0][1]
-    assert tc.finra_taf_rate("1999-01-04") == tc.FINRA_TAF_RATES[0][1]
+@pytest.mark.parametrize(
+    ("day_before", "day_of", "old", "new"),
+    [
+        ("2003-03-21", "2003-03-22", 30.10, 25.20),
+        ("2003-03-31", "2003-04-01", 25.20, 46.80),
+        ("2004-02-21", "2004-02-22", 46.80, 39.00),
+        ("2004-03-31", "2004-04-01", 39.00, 23.40),
+        ("2008-03-31", "2008-04-01", 11.00, 5.60),
+        ("2010-03-31", "2010-04-01", 12.70, 16.90),
+        ("2011-01-20", "2011-01-21", 16.90, 19.20),
+        ("2014-03-17", "2014-03-18", 17.40, 22.10),
+    ],
+)
+def test_historical_sec_fee_rates_change_on_their_published_dates(day_before, day_of, old, new):
+    # Each pair is from an SEC Fee Rate Advisory, NASD Member Alert or FINRA Information Notice.
+    assert tc.sec_fee_rate(day_before) == old
+    assert tc.sec_fee_rate(day_of) == new
+    assert tc.sec_fee(1_000_000, day_of, DEFAULT) == new
+
+
+def test_sec_fee_before_2001_12_28_is_one_three_hundredth_of_one_percent():
+    assert tc.sec_fee_rate("1990-01-02") == pytest.approx(100 / 3)
+    assert tc.sec_fee_rate("2001-12-27") == pytest.approx(100 / 3)
+    assert tc.sec_fee_rate("2001-12-28") == 15.00
+    # One cent per $300 sold.
+    assert tc.sec_fee(30_000, "1996-05-01", DEFAULT) == 1.00
+
+
+def test_there_is_no_sec_fee_before_the_exchange_act():
+    assert tc.sec_fee_rate("1933-12-29") == 0.0
+    assert tc.sec_fee(1e9, "1929-10-29", DEFAULT) == 0.0
+
+
+def test_a_sell_in_2000_pays_the_2000_rate_not_the_2016_rate():
+    costs = _costs("sell", 1_000, 50.0, day="2000-06-01")
+    # $50,000 x $33.333... per million = $1.6667, rounded up to $1.67 (at $21.80 it would be $1.09)
+    assert costs.sec_fee == 1.67
+    assert costs.sec_fee != tc.sec_fee(50_000, "2016-06-01", DEFAULT) == 1.09
+
+
+def test_finra_taf_is_zero_before_it_began():
+    assert tc.finra_taf_rate("1995-06-01") == (0.0, 0.0)
+    assert tc.finra_taf_rate("2002-09-30") == (0.0, 0.0)
+    assert tc.finra_taf(10_000, "1995-06-01", DEFAULT) == 0.0
+    assert _costs("sell", 10_000, 50.0, day="1999-03-01").finra_taf == 0.0
+    assert tc.finra_taf_rate("2002-10-01") == (0.0001, 10.00)
+    assert tc.finra_taf(10_000, "2002-10-01", DEFAULT) == 1.00
+
+
+@pytest.mark.parametrize(
+    ("day_before", "day_of", "old", "new"),
+    [
+        ("2004-10-31", "2004-11-01", (0.0001, 10.00), (0.000075, 3.75)),
+        ("2011-06-30", "2011-07-01", (0.000075, 3.75), (0.000090, 4.50)),
+        ("2012-02-29", "2012-03-01", (0.000090, 4.50), (0.000095, 4.75)),
+    ],
+)
+def test_historical_finra_taf_rates_change_on_their_published_dates(day_before, day_of, old, new):
+    assert tc.finra_taf_rate(day_before) == old
+    assert tc.finra_taf_rate(day_of) == new
 
 
 @pytest.mark.parametrize(
@@ -362,13 +423,137 @@ def test_model_rates_override_the_dated_tables():
     assert tc.finra_taf(100_000, "2024-06-03", tc.CostModel(finra_taf_max=1.0)) == 1.0
 
 
-def test_fee_tables_are_sorted_and_cover_2018_to_2026():
+def test_fee_tables_are_sorted_non_negative_and_start_with_no_fee():
     for table in (tc.SEC_FEE_RATES, tc.FINRA_TAF_RATES):
         dates = [dt.date.fromisoformat(d) for d, _ in table]
         assert dates == sorted(dates) and len(set(dates)) == len(dates)
-        assert dates[0] <= dt.date(2018, 1, 1) and dates[-1] >= dt.date(2026, 1, 1)
+        assert dates[0] == dt.date.min and dates[-1] >= dt.date(2026, 1, 1)
+    assert tc.SEC_FEE_RATES[0][1] == 0.0 and tc.FINRA_TAF_RATES[0][1] == (0.0, 0.0)
     assert all(rate >= 0 for _, rate in tc.SEC_FEE_RATES)
-    assert all(rate > 0 and cap > 0 for _, (rate, cap) in tc.FINRA_TAF_RATES)
+    assert all(rate > 0 and cap > 0 for _, (rate, cap) in tc.FINRA_TAF_RATES[1:])
+    assert tc.sec_fee_rate(dt.date.min) == 0.0 and tc.finra_taf_rate(dt.date.min) == (0.0, 0.0)
+
+
+# --- The fee switch -------------------------------------------------------------------------------
+NO_FEES = tc.CostModel(regulatory_fees=tc.FeeSchedule.NONE)
+
+
+def test_no_fee_schedule_zeroes_sec_fee_and_taf_but_not_commission_spread_or_impact():
+    args = {"daily_vol": 0.02, "adv_shares": 1e6, "trade_date": "2024-06-03"}
+    with_fees = tc.trade_costs("sell", 1_000, 100.0, model=DEFAULT, **args)
+    without = tc.trade_costs("sell", 1_000, 100.0, model=NO_FEES, **args)
+    assert with_fees.sec_fee == 2.78 and with_fees.finra_taf == 0.17
+    assert without.sec_fee == 0.0 and without.finra_taf == 0.0
+    assert without.commission == with_fees.commission == 5.00
+    assert without.spread == with_fees.spread > 0 and without.impact == with_fees.impact > 0
+    _, filled = tc.order_fill("sell", 1_000, 100.0, model=NO_FEES, **args)
+    assert filled == without
+
+
+def test_no_fee_schedule_wins_over_explicit_fee_overrides():
+    model = tc.CostModel(
+        regulatory_fees=tc.FeeSchedule.NONE,
+        sec_fee_per_million=27.80,
+        finra_taf_per_share=0.000166,
+        finra_taf_max=8.30,
+    )
+    assert tc.sec_fee(1e6, "2024-06-03", model) == 0.0
+    assert tc.finra_taf(1_000, "2024-06-03", model) == 0.0
+    np.testing.assert_array_equal(tc.sec_fee(np.array([1e6, 2e6]), "2024-06-03", model), [0, 0])
+    np.testing.assert_array_equal(tc.finra_taf(np.array([10, 1e6]), "2024-06-03", model), [0, 0])
+
+
+def test_fee_schedule_is_accepted_as_its_string_value():
+    assert tc.CostModel(regulatory_fees="none").regulatory_fees is tc.FeeSchedule.NONE
+    assert tc.CostModel().regulatory_fees is tc.FeeSchedule.DEFAULT
+
+
+def test_flat_and_zero_models_use_no_fee_schedule():
+    assert tc.CostModel.flat(4.95).regulatory_fees is tc.FeeSchedule.NONE
+    assert tc.CostModel.zero().regulatory_fees is tc.FeeSchedule.NONE
+
+
+def test_trading_config_builds_the_no_fee_schedule_from_a_string():
+    config = TradingConfig.with_values(TradingConfig(), {"execution.costs.regulatory_fees": "none"})
+    assert config.execution.costs.regulatory_fees is tc.FeeSchedule.NONE
+    assert config.execution.costs.commission_per_share == DEFAULT.commission_per_share
+
+
+def test_toml_config_turns_the_regulatory_fees_off(tmp_path):
+    path = tmp_path / "costs.toml"
+    path.write_text('[execution.costs]\nregulatory_fees = "none"\n', encoding="utf-8")
+    assert TradingConfig.from_toml(path).execution.costs.regulatory_fees is tc.FeeSchedule.NONE
+
+
+def test_toml_config_refuses_an_unknown_fee_schedule(tmp_path):
+    path = tmp_path / "costs.toml"
+    path.write_text('[execution.costs]\nregulatory_fees = "off"\n', encoding="utf-8")
+    with pytest.raises(ConfigurationError, match="default, none"):
+        TradingConfig.from_toml(path)
+
+
+def test_backtest_help_lists_the_fee_switch(tmp_path):
+    proc = run("main.py", "backtest", "--help", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "--fees {default,none}" in proc.stdout
+
+
+# --- Fee assumptions for the report ---------------------------------------------------------------
+def test_fee_assumptions_name_the_rates_in_force_over_a_long_run():
+    lines = tc.fee_assumptions(DEFAULT, "1990-01-02", "2022-12-28")
+    sec, taf, note = lines
+    assert sec.startswith("SEC Section 31 fee: $5.10 .. $46.80 per $1M sold (dated table")
+    assert "1934-06-06 .. 2022-05-14" in sec
+    assert taf.startswith("FINRA TAF: none before 2002-10-01, then $0.000075 .. $0.00013 per share")
+    assert "max $3.75 .. $10.00 per trade" in taf
+    assert "split-adjusted" in note and "cap" in note
+    assert all(len(line) <= 110 for line in lines)
+
+
+def test_fee_assumptions_over_2018_to_2022():
+    sec, taf, _ = tc.fee_assumptions(DEFAULT, dt.date(2018, 1, 2), pd.Timestamp("2022-12-30"))
+    assert sec == (
+        "SEC Section 31 fee: $5.10 .. $23.10 per $1M sold (dated table, 6 rates, "
+        "2017-07-04 .. 2022-05-14)"
+    )
+    assert taf == (
+        "FINRA TAF: $0.000119 .. $0.00013 per share sold, max $5.95 .. $6.49 per trade "
+        "(dated table, 2 rates)"
+    )
+
+
+def test_fee_assumptions_before_the_taf_say_none_and_skip_the_share_note():
+    lines = tc.fee_assumptions(DEFAULT, "1995-01-03", "1999-12-31")
+    assert lines == [
+        "SEC Section 31 fee: $33.33 per $1M sold (dated table, 1934-06-06 rate)",
+        "FINRA TAF: none (it began 2002-10-01)",
+    ]
+
+
+def test_fee_assumptions_say_off_under_the_no_fee_schedule():
+    for model in (NO_FEES, tc.CostModel.flat(1.0)):
+        assert tc.fee_assumptions(model, "1990-01-02", "2022-12-28") == [
+            "SEC Section 31 fee and FINRA TAF: off (--fees none)"
+        ]
+
+
+def test_fee_assumptions_name_overrides():
+    model = tc.CostModel(sec_fee_per_million=10.0, finra_taf_per_share=0.0002, finra_taf_max=1.0)
+    sec, taf, _ = tc.fee_assumptions(model, "2010-01-04", "2012-12-31")
+    assert sec == "SEC Section 31 fee: $10.00 per $1M sold on every date (override)"
+    assert taf == "FINRA TAF: $0.0002 per share sold, max $1.00 per trade on every date (override)"
+    partial = tc.fee_assumptions(
+        tc.CostModel(finra_taf_per_share=0.0002), "2000-01-03", "2003-01-02"
+    )
+    assert partial[1] == (
+        "FINRA TAF: $0.0002 per share sold (override), max $10.00 per trade "
+        "(dated table, 0 before 2002-10-01)"
+    )
+
+
+def test_fee_assumptions_refuse_a_reversed_range():
+    with pytest.raises(ValueError, match="start <= end"):
+        tc.fee_assumptions(DEFAULT, "2022-01-03", "2021-01-04")
 
 
 # --- Borrow ---------------------------------------------------------------------------------------
@@ -509,6 +694,7 @@ def test_an_order_too_large_to_model_is_refused():
         ("borrow_rate_annual", -0.003),
         ("borrow_day_count", 364),
         ("half_spread_bps", "2"),
+        ("regulatory_fees", "off"),
     ],
 )
 def test_bad_cost_model_values_are_refused_naming_the_field(field, value):
