@@ -968,6 +968,7 @@ def backtest(
     buy_hold = cfg.initial_capital * prices[pair.long] / prices[pair.long].iloc[0]
     has_volume = f"{pair.long}_{C.VOLUME_FEATURE}" in table.columns
     notes.extend(_run_notes(cfg, has_volume))
+    notes.extend(tc.fee_assumptions(cfg.execution.costs, dates[0], dates[-1]))
     summary = _summary(request, dates, label, model_info, notes, strategy, zscore, buy_hold)
     run_id = reserve_run_id(home.results_dir, summary["run"], run_id)
     summary["run"]["run_id"] = run_id
@@ -1029,6 +1030,8 @@ def uncertainty(
     )
     arrays = {k: np.asarray(v, dtype="float64") for k, v in returns.items()}
     out: dict[str, dict[str, Any]] = {}
+    estimates: dict[str, Any] = {}
+    tests: dict[str, Any] = {}  # the strategy against each benchmark, for the verdict's wording
     for name, r in arrays.items():
         est = ps.estimate_sharpe(r, level=level, reps=reps, seed=seed)
         count = trials.get(name) or TrialCount(1, 0.0)
@@ -1050,13 +1053,15 @@ def uncertainty(
             test = ps.sharpe_difference_test(r, arrays[other], level=level, reps=reps, seed=seed)
             row[key] = test.p_value
             row[f"sharpe_minus_{other}"] = test.difference
+            if name == "strategy":
+                tests[BENCHMARK_NAMES[other]] = test
         out[name] = row
+        estimates[name] = est
     strat = out["strategy"]
-    est = ps.estimate_sharpe(arrays["strategy"], level=level, reps=reps, seed=seed)
     strat["verdict"] = ps.verdict(
-        est,
+        estimates["strategy"],
         strat["dsr"] if strat["trials"] > 1 else None,
-        {BENCHMARK_NAMES[k]: strat[key] for k, key in P_KEYS.items()},
+        tests,
         level=level,
     )
     return out

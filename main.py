@@ -864,7 +864,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 for c in columns
             ]
         else:
-            cells = [_fmt(c.get(key), kind) if key in c else "-" for c in columns]
+            # "-": a figure that does not apply (a benchmark against itself, trades of buy & hold)
+            cells = [
+                "-" if key not in c or (kind == "p" and c[key] is None) else _fmt(c[key], kind)
+                for c in columns
+            ]
         table.add_row(name, *cells)
     console.print(table)
     if strat.get("verdict"):

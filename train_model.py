@@ -144,7 +144,7 @@ def classification_metrics(
     both = len(np.unique(y)) == 2
     nan = float("nan")
     auc = ps.auc_delong(y, prob) if both else None
-    acc = ps.accuracy_vs_majority(y, (prob > 0.5).astype(int)) if len(y) else None
+    acc = ps.accuracy_vs_majority(y, (prob > 0.5).astype(int)) if both else None
     return {
         "accuracy": float(accuracy_score(y, prob > 0.5)),
         "log_loss": float(log_loss(y, prob, labels=[0, 1])),
