@@ -1,8 +1,8 @@
 """The trial ledger: every backtest ever run in a trading home, so a Sharpe is deflated by the
 number of things tried rather than by a guess.
 
-File: `<results>/trials.jsonl`, one JSON record per line, append-only. Each append takes the
-ledger's lock, writes one whole line and fsyncs it, so a crash leaves at most one torn last line,
+File: `<results>/trials.jsonl`, one JSON record per line, append-only. Each append locks the
+file (flock), writes one whole line and fsyncs it, so a crash leaves at most one torn last line,
 which readers skip (and `count` reports). Nothing is ever rewritten.
 
 What counts as a trial (Bailey & López de Prado 2014): a distinct configuration evaluated on the
@@ -102,22 +102,25 @@ class TrialLedger:
         self.path = Path(results_dir) / LEDGER_FILE
 
     def record(self, trial: Trial) -> None:
-        """Append one trial: a whole line, fsynced, under the ledger's lock."""
-        from filelock import FileLock
+        """Append one trial: a whole line, fsynced, under an exclusive lock on the file itself
+        (concurrent backtests in one home append whole lines, never interleaved)."""
+        import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(trial.to_json(), sort_keys=True, allow_nan=False) + "\n"
-        with FileLock(str(self.path) + ".lock"), open(self.path, "ab") as fh:
-            if fh.tell() > 0 and not self._ends_with_newline():
-                fh.write(b"\n")  # close a torn line left by a crash; readers skip it
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def _ends_with_newline(self) -> bool:
-        with open(self.path, "rb") as fh:
-            fh.seek(-1, os.SEEK_END)
-            return fh.read(1) == b"\n"
+        with open(self.path, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() > 0:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":  # close a torn line left by a crash; readers skip it
+                        fh.write(b"\n")
+                fh.write(line.encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def __iter__(self) -> Iterator[Trial]:
         """Every readable trial, oldest first; torn or foreign lines are skipped."""

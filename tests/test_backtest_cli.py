@@ -19,7 +19,7 @@ TINY = tm.TrainConfig(folds=2, epochs=2, lstm_units=4, xgb_trees=20, batch_size=
 
 
 def only_run_dir(home: Path) -> Path:
-    runs = [p for p in (home / "results").iterdir() if not p.name.startswith(".")]
+    runs = [p for p in (home / "results").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -129,7 +129,8 @@ def test_results_folder_has_every_output_and_no_temporary_leftovers(tmp_path):
     summary = json.loads((folder / "summary.json").read_text())
     assert set(summary["benchmarks"]) == {"zscore_rule", "buy_hold_long"}
     assert summary["run"]["start"] == "2022-01-03" and summary["run"]["end"] == "2022-12-28"
-    assert [p.name for p in (home / "results").iterdir()] == [folder.name]
+    # The run's folder and the trial ledger, nothing half-written beside them.
+    assert sorted(p.name for p in (home / "results").iterdir()) == [folder.name, "trials.jsonl"]
 
 
 def _march_2021_backtest(tmp_path: Path) -> list[str]:
@@ -177,7 +178,16 @@ def test_a_backtest_killed_while_writing_leaves_a_temp_folder_the_next_run_remov
 
     assert res.returncode == 0, res.stderr
     assert not leftover[0].exists()
-    assert [p.name for p in results.iterdir()] == [only_run_dir(home).name]
+    run_dir = only_run_dir(home)
+    assert sorted(p.name for p in results.iterdir()) == [run_dir.name, "trials.jsonl"]
+    # The killed run was counted as a trial before it wrote anything: both runs are in the
+    # ledger, as one distinct trial (the same configuration twice).
+    from trial_ledger import TrialLedger
+
+    strategy_trials = [t for t in TrialLedger(results) if t.kind == "strategy"]
+    assert len(strategy_trials) == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["strategy"]["trials"] == 1
 
 
 def test_backtest_removes_only_the_temp_folders_no_running_process_can_finish(tmp_path):
@@ -252,7 +262,7 @@ def test_default_backtest_is_out_of_sample_with_both_benchmarks(trained):
     assert "out of sample" in res.stdout
     for column in ("strategy (model)", "z-score rule", "buy & hold AAPL"):
         assert column in res.stdout
-    runs = sorted((trained / "results").iterdir())
+    runs = sorted(p for p in (trained / "results").iterdir() if p.is_dir())
     summary = json.loads((runs[-1] / "summary.json").read_text())
     active = ModelRegistry(C.paths(trained).models_dir).get_active_model("xgb", PAIR)
     validated_to = pd.Timestamp(active.metadata["ranges"]["validation"][1])
@@ -274,7 +284,7 @@ def test_allow_in_sample_labels_the_result(trained):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "IN-SAMPLE" in res.stdout
-    runs = sorted((trained / "results").iterdir())
+    runs = sorted(p for p in (trained / "results").iterdir() if p.is_dir())
     summary = json.loads((runs[-1] / "summary.json").read_text())
     assert summary["run"]["in_sample"] is True
     assert any("IN-SAMPLE" in note for note in summary["run"]["notes"])

@@ -141,10 +141,11 @@ def test_every_panel_renders_from_a_replayed_session(home):
     assert metrics["Equity"] == f"${saved['equity']:,.2f}"
 
     charts = at.get("plotly_chart")
-    assert len(charts) == 4  # equity over time, prices and spread, backtest equity, drawdown
+    # equity over time, prices and spread, backtest equity, drawdown, Sharpe with its interval
+    assert len(charts) == 5
     assert any(home.processed_file(pair).name in c for c in texts(at.caption))
 
-    runs = [d.name for d in home.results_dir.iterdir()]
+    runs = [d.name for d in home.results_dir.iterdir() if d.is_dir()]
     assert at.selectbox(key="backtest_run").options == runs
     metrics_table = at.table[0].value
     assert f"buy & hold {pair.long}" in metrics_table.columns
