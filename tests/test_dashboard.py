@@ -150,6 +150,19 @@ def test_every_panel_renders_from_a_replayed_session(home):
     metrics_table = at.table[0].value
     assert f"buy & hold {pair.long}" in metrics_table.columns
     assert "Sharpe" in metrics_table.index
+    # The run's uncertainty: the interval in the table and as an error bar, and the verdict.
+    summary = json.loads((home.results_dir / runs[0] / "summary.json").read_text())
+    low, high = summary["strategy"]["sharpe_ci_95"]
+    strategy_column = metrics_table.columns[0]
+    assert metrics_table.loc["Sharpe 95 % CI", strategy_column] == f"{low:.2f} .. {high:.2f}"
+    assert metrics_table.loc["trials (deflated by)", strategy_column] == str(
+        summary["strategy"]["trials"]
+    )
+    assert any(summary["strategy"]["verdict"] in m.value for m in at.markdown)
+    bars = json.loads(next(c for c in charts if c.key == "backtest_sharpe_ci").proto.spec)
+    error = bars["data"][0]["error_y"]
+    assert error["array"][0] == pytest.approx(high - summary["strategy"]["sharpe"])
+    assert error["arrayminus"][0] == pytest.approx(summary["strategy"]["sharpe"] - low)
 
     alerts = frame_with(at, "severity")
     assert list(alerts["title"]) == list(reversed(ALERT_TITLES.values()))  # newest first
