@@ -32,7 +32,7 @@ def write(tmp_path, text: str, name: str = "signals.csv") -> str:
 
 
 def read(tmp_path, text: str) -> np.ndarray:
-    return bs.read_signal_file(write(tmp_path, text), PAIR, DATES, SIZING)
+    return bs.read_signal_file(write(tmp_path, text), PAIR, DATES, SIZING).weights
 
 
 def expected(rows: dict[int, tuple[float, float]]) -> np.ndarray:
@@ -153,7 +153,7 @@ def test_signal_file_weight_beyond_five_is_refused_at_its_line(tmp_path, weight)
 def test_signal_file_without_action_or_weight_columns_is_refused(tmp_path):
     path = write(tmp_path, "date,AAPL,GOOG\n2021-01-04,0.1,-0.1\n")
     with pytest.raises(
-        ConfigurationError, match=re.escape(f"signal file {path} needs an 'action' column")
+        ConfigurationError, match=re.escape(f"signal file {path} needs an 'action' or 'state'")
     ):
         bs.read_signal_file(path, PAIR, DATES, SIZING)
 
