@@ -725,9 +725,9 @@ def last_equity_row(path: Path) -> list[str] | None:
 
 
 def read_equity_log(path: Path) -> pd.DataFrame:
-    """data/equity_<mode>.csv by date (the last row wins for a date written twice); numbers
-    parsed round-trip exactly (fractional share quantities are written as their repr)."""
-    frame = pd.read_csv(path, parse_dates=["date"], float_precision="round_trip")
+    """data/equity_<mode>.csv by date (the last row wins for a date written twice). A fractional
+    quantity is written as its repr, which pandas' default float parser reads back exactly."""
+    frame = pd.read_csv(path, parse_dates=["date"])
     return frame.drop_duplicates("date", keep="last").set_index("date").sort_index()
 
 
