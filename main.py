@@ -374,7 +374,12 @@ TRADING_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--kelly-fraction", "sizing.kelly_fraction", "F", "of full Kelly"),
     ("--kelly-cap", "sizing.max_leg_fraction", "F", "per leg, fraction of equity"),
     ("--payoff-ratio", "sizing.payoff_ratio", "B", "win/loss assumed by Kelly"),
-    ("--rule-fraction", "sizing.rule_leg_fraction", "F", "per-leg size of rules, action files"),
+    (
+        "--rule-fraction",
+        "sizing.rule_leg_fraction",
+        "F",
+        "per-leg size of rules, action and state files, fraction of equity",
+    ),
     (
         "--leg-usd",
         "sizing.leg_usd",
