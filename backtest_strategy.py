@@ -964,6 +964,7 @@ def _strategy_weights(
             request.pair,
             dates,
             request.config.sizing,
+            data_start=table.index[0],
             data_end=table.index[-1],
         )
         notes.extend(_signal_file_notes(found, first_processed=table.index[0]))
@@ -987,15 +988,14 @@ def _signal_file_notes(found: Instructions, first_processed: Any) -> list[str]:
     notes = []
     if found.skipped_before and found.first_bar is not None:
         first = found.first_bar
-        where = (
-            "the first processed bar"
-            if first == pd.Timestamp(first_processed)
-            else "the first bar of the backtest"
-        )
+        # Before the first processed bar every row is flat (warm-up); before a later --start the
+        # file only has to be flat by the first bar.
+        at_start = first == pd.Timestamp(first_processed)
+        where = "the first processed bar" if at_start else "the first bar of the backtest"
         rows = "row" if found.skipped_before == 1 else "rows"
         notes.append(
             f"signal file: {found.skipped_before} {rows} before {where} {first.date()} "
-            "skipped (all flat)"
+            f"skipped ({'all flat' if at_start else 'flat by then'})"
         )
     if found.ignored_after and found.last_bar is not None:
         rows = "row" if found.ignored_after == 1 else "rows"

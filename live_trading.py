@@ -257,7 +257,7 @@ class FileSignals:
     def __init__(self, path: str, pair: C.Pair, table: pd.DataFrame, first: int, sizing: Any):
         self.first = first
         dates = pd.DatetimeIndex(table.index)[first:]
-        found = pe.read_signal_file(path, pair, dates, sizing)
+        found = pe.read_signal_file(path, pair, dates, sizing, data_start=table.index[0])
         if found.skipped_before:
             log.info(
                 "signal file %s: %d flat rows before the first bar %s skipped",

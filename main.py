@@ -507,8 +507,9 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser, trading: bo
         "(1 long the spread, -1 short it, 0 flat, blank keep) or `date,<LONG>,<SHORT>` target\n"
         "weights (signed fractions of equity per leg). Actions and states trade where the\n"
         "state changes, sized by --rule-fraction of equity or --leg-usd USD per leg. Rows\n"
-        "before the first bar (the feature warm-up, or --start) must be flat and are skipped;\n"
-        "rows after --end are ignored; any other date must be a bar of the data.\n\n"
+        "before the first bar are skipped: those before the data (the feature warm-up) must\n"
+        "be flat, those before --start must leave the file flat by then. Rows after --end\n"
+        "are ignored; any other date must be a bar of the data.\n\n"
         + CONFIG_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

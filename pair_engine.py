@@ -337,6 +337,7 @@ def read_signal_file(
     dates: pd.DatetimeIndex,
     sizing: SizingConfig,
     *,
+    data_start: Any = None,
     data_end: Any = None,
 ) -> Instructions:
     """Instructions on `dates` (the bars of the run) from a CSV with a `date` column and one of:
@@ -345,11 +346,13 @@ def read_signal_file(
     both sized by `rule_instructions`; or `<LONG>,<SHORT>` target weights (signed fractions of
     equity; `long_weight,short_weight` also accepted).
 
-    Which rows count: a date inside `dates`' span must be one of its bars. A row dated before
-    the first bar (a feature warm-up, or before --start) is skipped when flat (flat, hold, state
-    0 or blank, weights 0/0) -- the run starts flat -- and refused otherwise. A row dated after
-    the last bar is ignored when it is still inside the data (`data_end`: the last bar of the
-    data, i.e. it is after --end) and refused otherwise (no such bar yet)."""
+    Which rows count: a date inside `dates`' span must be one of its bars. The run starts flat
+    on its first bar, so rows dated before it are skipped: one before the data's first bar
+    (`data_start`; None: before the first bar) -- the features' warm-up -- must itself be flat
+    (flat, hold, state 0 or blank, weights 0/0); rows inside the data but before the first bar
+    (before --start) must leave the file flat at it. A row dated after the last bar is ignored
+    when it is still inside the data (`data_end`: its last bar; i.e. after --end) and refused
+    otherwise (no such bar yet)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigurationError(f"signal file {file} not found")
@@ -389,23 +392,34 @@ def read_signal_file(
             states = _action_states(file, raw[cols["action"]], line_no, pair)
         else:
             states = _state_states(file, raw[cols["state"]], line_no)
-        flat = np.isnan(states) | (states == 0)
+        held = states  # NaN: keeps what was held
     else:
         weights = _column_weights(file, raw, cols, line_no, pair)
-        flat = (weights == 0).all(axis=1)
+        held = np.where((weights == 0).all(axis=1), 0.0, 1.0)
     # ... then where the rows fall.
     index = pd.DatetimeIndex(dates).tz_localize(None).normalize()
     first, last = index[0], index[-1]
     before = np.asarray(when < first)
     after = np.asarray(when > last)
-    if (before & ~flat).any():
-        bad = int(np.flatnonzero(before & ~flat)[0])
+    start = first if data_start is None else pd.Timestamp(data_start).tz_localize(None).normalize()
+    warm_up = before & np.asarray(when < start)
+    if (warm_up & (held != 0) & ~np.isnan(held)).any():
+        bad = int(np.flatnonzero(warm_up & (held != 0) & ~np.isnan(held))[0])
         raise ConfigurationError(
             f"signal file {file} line {line_no[bad]}: {when[bad].date()} is before the first bar "
-            f"of the backtest {first.date()} and is not flat; the run starts flat there, so an "
-            "earlier position cannot be taken (start the file flat, or backtest from an earlier "
-            "--start)"
+            f"of the backtest {first.date()} and is not flat; rows before the data's first bar "
+            f"{start.date()} (the features' warm-up) must be flat"
         )
+    earlier = np.flatnonzero(before & ~warm_up & ~np.isnan(held))
+    if len(earlier):
+        last_set = int(earlier[np.argmax(when[earlier])])  # the latest row that sets a position
+        if held[last_set] != 0:
+            raise ConfigurationError(
+                f"signal file {file} line {line_no[last_set]}: the position of "
+                f"{when[last_set].date()} is still held at the first bar of the backtest "
+                f"{first.date()}; the run starts flat, so start it where the file is flat (or "
+                "earlier)"
+            )
     end = None if data_end is None else pd.Timestamp(data_end).tz_localize(None).normalize()
     beyond = after if end is None else after & np.asarray(when > end)
     if beyond.any():

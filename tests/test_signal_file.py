@@ -388,6 +388,42 @@ def test_a_position_before_the_first_bar_is_refused_naming_its_line_and_the_firs
         bs.read_signal_file(path, PAIR, DATES, SIZING)
 
 
+def test_rows_before_start_inside_the_data_are_skipped_when_the_file_is_flat_by_the_first_bar(
+    tmp_path,
+):
+    text = "date,action\n2020-06-01,buy\n2020-12-30,hold\n2020-07-01,flat\n2021-01-05,sell\n"
+    found = bs.read_signal_file(write(tmp_path, text), PAIR, DATES, SIZING, data_start="2020-01-02")
+    assert found.skipped_before == 3
+    np.testing.assert_array_equal(found.weights, expected({1: (-F, F)}))
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "line"),
+    [
+        ("action", ("2020-06-01,buy", "2020-07-01,flat", "2020-08-03,sell", "2020-12-30,hold"), 4),
+        ("state", ("2020-06-01,-1", "2020-12-30,"), 2),
+        ("AAPL,MSFT", ("2020-06-01,0,0", "2020-09-01,0.2,-0.2"), 3),
+    ],
+)
+def test_a_position_held_into_the_first_bar_from_before_start_is_refused_naming_its_line(
+    tmp_path, header, rows, line
+):
+    path = write(tmp_path, f"date,{header}\n" + "\n".join(rows) + "\n")
+    with pytest.raises(
+        ConfigurationError,
+        match=refused_at(path, line) + r" the position of .* is still held at the first bar of "
+        "the backtest 2021-01-04",
+    ):
+        bs.read_signal_file(path, PAIR, DATES, SIZING, data_start="2020-01-02")
+
+
+def test_a_position_in_the_warm_up_before_the_data_is_refused_even_if_flat_later(tmp_path):
+    text = "date,state\n2019-12-30,1\n2019-12-31,0\n2021-01-05,1\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigurationError, match=refused_at(path, 2) + ".* warm-up"):
+        bs.read_signal_file(path, PAIR, DATES, SIZING, data_start="2020-01-02")
+
+
 def test_rows_after_the_last_bar_inside_the_data_are_ignored_and_counted(tmp_path):
     path = write(tmp_path, "date,action\n2021-01-05,buy\n2021-01-18,sell\n2021-01-19,flat\n")
     found = bs.read_signal_file(path, PAIR, DATES, SIZING, data_end="2021-06-30")

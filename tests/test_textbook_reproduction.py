@@ -265,6 +265,34 @@ def test_a_position_in_the_warm_up_rows_is_refused_with_its_line_and_the_first_b
     )
 
 
+def test_a_whole_history_file_backtests_a_sub_range_that_starts_flat(home, tmp_path):
+    """Rows before --start (flat) are skipped and rows after --end ignored, both counted in the
+    notes and summary.json; the run trades only the rows inside the range."""
+    signals = tmp_path / "s.csv"
+    signals.write_text(
+        "date,state\n2020-06-01,1\n2020-07-01,0\n2021-03-01,-1\n2021-03-15,0\n"
+        "2021-06-01,1\n2021-07-01,0\n2021-08-02,1\n"
+    )
+    request = bs.BacktestRequest(
+        PAIR, start="2021-01-04", end="2021-04-30", signal_file=str(signals), write_charts=False
+    )
+    report = bs.backtest(request, home=C.paths(home))
+    assert report.summary["run"]["signal_rows_skipped_before"] == 2
+    assert report.summary["run"]["signal_rows_ignored_after"] == 3
+    assert (
+        "signal file: 2 rows before the first bar of the backtest 2021-01-04 skipped (flat by then)"
+        in (report.notes)
+    )
+    assert (
+        "signal file: 3 rows after the last bar of the backtest 2021-04-30 ignored (outside --end)"
+        in (report.notes)
+    )
+    assert report.strategy.trades["date"].dt.strftime("%Y-%m-%d").unique().tolist() == [
+        "2021-03-02",
+        "2021-03-16",
+    ]
+
+
 def test_a_bad_state_value_is_refused_on_the_command_line_naming_its_line(home, tmp_path):
     signals = tmp_path / "s.csv"
     signals.write_text("date,state\n2021-03-01,1\n2021-03-02,short\n")
