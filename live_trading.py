@@ -260,7 +260,7 @@ class FileSignals:
         found = pe.read_signal_file(path, pair, dates, sizing, data_start=table.index[0])
         if found.skipped_before:
             log.info(
-                "signal file %s: %d flat rows before the first bar %s skipped",
+                "signal file %s: %d rows before the first bar %s skipped (flat by then)",
                 path,
                 found.skipped_before,
                 dates[0].date(),

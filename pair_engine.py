@@ -310,9 +310,9 @@ class Instructions:
     `weights`: (n, 2) per leg, long leg first, decided on that bar's close; a NaN row is no
     instruction. `per_usd`: True when they are signed USD notionals per leg (rule sizing with
     `SizingConfig.leg_usd`), False when they are signed fractions of equity. A signal file also
-    says what it left out: `skipped_before` flat rows dated before the first bar (`first_bar`; a
-    feature warm-up, or rows before --start), `ignored_after` rows dated after the last bar but
-    inside the data (after --end)."""
+    says what it left out: `skipped_before` rows dated before the first bar (`first_bar`; a
+    feature warm-up, or rows before --start; the file is flat by that bar), `ignored_after` rows
+    dated after the last bar (`last_bar`) but inside the data (after --end)."""
 
     weights: np.ndarray
     per_usd: bool = False
