@@ -509,8 +509,7 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser, trading: bo
         "state changes, sized by --rule-fraction of equity or --leg-usd USD per leg. Rows\n"
         "before the first bar are skipped: those before the data (the feature warm-up) must\n"
         "be flat, those before --start must leave the file flat by then. Rows after --end\n"
-        "are ignored; any other date must be a bar of the data.\n\n"
-        + CONFIG_EPILOG,
+        "are ignored; any other date must be a bar of the data.\n\n" + CONFIG_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument(
