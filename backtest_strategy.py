@@ -10,8 +10,10 @@ the per-bar path only runs where something happens.
 Time convention: an instruction stamped on bar t (decided on t's close) fills on bar
 t + `fill_delay_bars` at that bar's close. The default delay is 1 (next close): a decision cannot
 fill at the close it was computed from. The paper replay of the live loop does exactly the same.
-Units: prices and money in USD, quantities in whole shares, weights as signed fractions of equity
-per leg.
+Units: prices and money in USD, quantities in whole shares (int) or, with
+`SizingConfig.fractional_shares`, fractional shares (float; the qty columns of equity.csv and
+trades.csv are then floats), weights as signed fractions of equity per leg or, for rule sizing
+with `SizingConfig.leg_usd`, signed USD per leg.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ import risk_management as rm
 import transaction_costs as tc
 from error_handling import ConfigurationError
 from pair_engine import (
+    Instructions,
     SizingConfig,
     TradingConfig,
     instructions_from_states,
     model_weights,
     read_signal_file,
+    rule_instructions,
 )
 from trading_execution import (
     ApprovedBasket,
@@ -44,6 +48,7 @@ from trading_execution import (
     Order,
     OrderExecutor,
     Purpose,
+    Qty,
     RemainderPolicy,
     Side,
     client_order_id,
@@ -59,11 +64,13 @@ BacktestConfig = TradingConfig
 
 __all__ = [
     "BacktestConfig",
+    "Instructions",
     "SizingConfig",
     "TradingConfig",
     "instructions_from_states",
     "model_weights",
     "read_signal_file",
+    "rule_instructions",
 ]
 
 
@@ -401,7 +408,7 @@ class _BacktestRun:
         self.halted_at: pd.Timestamp | None = None
         self.event_bars = 0
         # State after each event bar: (bar, cash, qty long leg, qty short leg, borrow paid so far).
-        self.record: list[tuple[int, float, int, int, float]] = []
+        self.record: list[tuple[int, float, Qty, Qty, float]] = []
         self.risk.raise_peak(cfg.initial_capital)
 
     def _market_inputs(
@@ -649,7 +656,8 @@ class _BacktestRun:
         rec = np.vstack([[-1.0, cfg.initial_capital, 0.0, 0.0, 0.0], rec])
         last = np.searchsorted(rec[:, 0], np.arange(n), side="right") - 1
         state = rec[last]
-        qty_arr = state[:, 2:4].astype("int64")
+        fractional = cfg.sizing.fractional_shares
+        qty_arr = state[:, 2:4] if fractional else state[:, 2:4].astype("int64")
         coef = np.maximum(-state[:, 2:4], 0.0) * np.array(self.rates) / self.day_count
         since = self.base - self.base[np.maximum(state[:, 0].astype("int64"), 0)]
         accrued = (coef * since).sum(axis=1)
@@ -668,7 +676,8 @@ class _BacktestRun:
             index=self.dates,
         )
         equity.index.name = "date"
-        trades = pd.DataFrame(venue.fills, columns=TRADE_COLUMNS).astype(TRADE_DTYPES)
+        dtypes = FRACTIONAL_TRADE_DTYPES if fractional else TRADE_DTYPES
+        trades = pd.DataFrame(venue.fills, columns=TRADE_COLUMNS).astype(dtypes)
         trades["date"] = pd.DatetimeIndex(trades["date"], dtype=self.dates.dtype)
         book = venue.book
         unrealized = sum(
@@ -937,7 +946,9 @@ def backtest(
     pair, cfg = request.pair, request.config
     notes: list[str] = []
     table = _processed_table(pair, home, notes)
-    weights, dates, label, model_info = _strategy_weights(request, table, home, progress, notes)
+    instructions, dates, label, model_info = _strategy_weights(
+        request, table, home, progress, notes
+    )
     close_cols = [f"{pair.long}_close", f"{pair.short}_close"]
     prices = table.loc[dates, close_cols]
     prices.columns = [pair.long, pair.short]
@@ -945,12 +956,13 @@ def backtest(
     history.columns = prices.columns
     strategy = run_backtest(
         prices,
-        weights,
+        instructions.weights,
         cfg,
         label=label,
         strategy=pe.STRATEGY,
         history=history,
         order_prefix=home.order_prefix(),  # named as this home's live loop names them
+        weight_unit="usd" if instructions.per_usd else "equity",
     )
     # Benchmark 1: the spread z-score rule, same costs and risk gate. The z-score uses the full
     # processed history up to each bar (causal), so it is warm on the first backtest bar.
@@ -958,11 +970,17 @@ def backtest(
     all_close = table[close_cols].to_numpy("float64")
     z = rule.zscore(np.log(all_close[:, 0]), np.log(all_close[:, 1]))
     z = pd.Series(z, index=table.index).loc[dates].to_numpy()  # the rule starts flat on bar 0
-    z_weights = instructions_from_states(
-        rule.states(z, request.zscore_entry, request.zscore_exit), cfg.sizing.rule_leg_fraction
+    z_rule = rule_instructions(
+        rule.states(z, request.zscore_entry, request.zscore_exit), cfg.sizing
     )
     zscore = run_backtest(
-        prices, z_weights, cfg, label="z-score rule", history=history, log_rejections=False
+        prices,
+        z_rule.weights,
+        cfg,
+        label="z-score rule",
+        history=history,
+        log_rejections=False,
+        weight_unit="usd" if z_rule.per_usd else "equity",
     )
     # Benchmark 2: buy and hold the long leg with all capital, no costs.
     buy_hold = cfg.initial_capital * prices[pair.long] / prices[pair.long].iloc[0]
@@ -1149,9 +1167,9 @@ def _processed_table(pair: Any, home: Any, notes: list[str]) -> pd.DataFrame:
 
 def _strategy_weights(
     request: BacktestRequest, table: pd.DataFrame, home: Any, progress: Any, notes: list[str]
-) -> tuple[np.ndarray, pd.DatetimeIndex, str, dict[str, Any]]:
-    """(instruction weights, bars, label, what the report says about the source): a signal file
-    over the requested bars, or the model's out-of-sample signals (training one if needed)."""
+) -> tuple[Instructions, pd.DatetimeIndex, str, dict[str, Any]]:
+    """(instructions, bars, label, what the report says about the source): a signal file over
+    the requested bars, or the model's out-of-sample signals (training one if needed)."""
     if request.signal_file:
         dates = pd.DatetimeIndex(table.index)
         lo = dates.searchsorted(pd.Timestamp(request.start)) if request.start else 0
@@ -1163,15 +1181,51 @@ def _strategy_weights(
         dates = dates[lo:hi]
         if len(dates) < 2:
             raise ConfigurationError("fewer than 2 bars in the requested range")
-        weights = read_signal_file(request.signal_file, request.pair, dates, request.config.sizing)
-        return weights, dates, "signal file", {"signal_file": str(request.signal_file)}
+        found = read_signal_file(
+            request.signal_file,
+            request.pair,
+            dates,
+            request.config.sizing,
+            data_start=table.index[0],
+            data_end=table.index[-1],
+        )
+        notes.extend(_signal_file_notes(found, first_processed=table.index[0]))
+        info: dict[str, Any] = {
+            "signal_file": str(request.signal_file),
+            "signal_rows_skipped_before": found.skipped_before,
+            "signal_rows_ignored_after": found.ignored_after,
+        }
+        return found, dates, "signal file", info
     import train_model as tm
 
     trained = tm.ensure_active_model(request.pair, home, progress=progress)
     if trained:
         notes.append(trained)
     sig, dates, model_info = _signals_for_range(request, table, home, notes)
-    return model_weights(sig, request.config.sizing), dates, "model", model_info
+    return Instructions(model_weights(sig, request.config.sizing)), dates, "model", model_info
+
+
+def _signal_file_notes(found: Instructions, first_processed: Any) -> list[str]:
+    """What the report says about the rows of a signal file outside the backtest's bars."""
+    notes = []
+    if found.skipped_before and found.first_bar is not None:
+        first = found.first_bar
+        # Before the first processed bar every row is flat (warm-up); before a later --start the
+        # file only has to be flat by the first bar.
+        at_start = first == pd.Timestamp(first_processed)
+        where = "the first processed bar" if at_start else "the first bar of the backtest"
+        rows = "row" if found.skipped_before == 1 else "rows"
+        notes.append(
+            f"signal file: {found.skipped_before} {rows} before {where} {first.date()} "
+            f"skipped ({'all flat' if at_start else 'flat by then'})"
+        )
+    if found.ignored_after and found.last_bar is not None:
+        rows = "row" if found.ignored_after == 1 else "rows"
+        notes.append(
+            f"signal file: {found.ignored_after} {rows} after the last bar of the backtest "
+            f"{found.last_bar.date()} ignored (outside --end)"
+        )
+    return notes
 
 
 def _run_notes(cfg: TradingConfig, has_volume: bool) -> list[str]:
@@ -1444,3 +1498,5 @@ TRADE_DTYPES = {
     "status": "object",
     "client_order_id": "object",
 }
+#: trades.csv of a fractional-share run: the quantities are floats.
+FRACTIONAL_TRADE_DTYPES = {**TRADE_DTYPES, "qty": "float64", "requested_qty": "float64"}

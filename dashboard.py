@@ -406,7 +406,7 @@ def panel_positions(home: C.Paths, pair: C.Pair) -> None:
             {
                 "leg": sym,
                 "side": "long" if qty > 0 else "short" if qty < 0 else "flat",
-                "qty": int(qty),
+                "qty": p.qty,  # int, or a float in fractional shares
                 "avg entry": avg,
                 "market price": price,
                 "market value": qty * price,

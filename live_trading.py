@@ -54,7 +54,7 @@ from error_handling import (
     DataSourceUnavailable,
     TradingError,
 )
-from trading_execution import BarQuote, OrderStatus, Purpose
+from trading_execution import BarQuote, OrderStatus, Purpose, Qty, as_qty
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,9 @@ class ModelSignals:
     """Instructions from the registry's models: the signal of a bar (computed from the rows up to
     it, cached), sized by `pair_engine.signal_weights`; outcomes go back to the A/B test."""
 
+    #: Kelly weights are fractions of equity.
+    per_usd = False
+
     def __init__(self, generator: Any, sizing: pe.SizingConfig):
         self.generator = generator
         self.sizing = sizing
@@ -247,12 +250,23 @@ class ModelSignals:
 
 
 class FileSignals:
-    """Instructions from a signal CSV (`backtest --signals`), on the feed's bars from `first`."""
+    """Instructions from a signal CSV (`backtest --signals`), on the feed's bars from `first`;
+    `per_usd`: its weights are USD per leg (an action or state file with `leg_usd`), read the
+    same way as the backtest reads them (`pair_engine.read_signal_file`)."""
 
     def __init__(self, path: str, pair: C.Pair, table: pd.DataFrame, first: int, sizing: Any):
         self.first = first
         dates = pd.DatetimeIndex(table.index)[first:]
-        self._weights = pe.read_signal_file(path, pair, dates, sizing)
+        found = pe.read_signal_file(path, pair, dates, sizing, data_start=table.index[0])
+        if found.skipped_before:
+            log.info(
+                "signal file %s: %d rows before the first bar %s skipped (flat by then)",
+                path,
+                found.skipped_before,
+                dates[0].date(),
+            )
+        self._weights = found.weights
+        self.per_usd = found.per_usd
 
     def weights(self, table: pd.DataFrame, row: int) -> tuple[float, float]:
         i = row - self.first
@@ -318,8 +332,8 @@ class _Tracked:
 
     symbol: str
     side: str
-    qty: int
-    filled: int = 0
+    qty: Qty
+    filled: Qty = 0
     avg_price: float = 0.0
     done: bool = False
 
@@ -329,7 +343,7 @@ class FillDelta:
     """Shares newly filled on one order, signed (a sell < 0), at `price` (USD), with `fees`."""
 
     symbol: str
-    shares: int
+    shares: Qty
     price: float
     fees: float
 
@@ -352,10 +366,10 @@ class FillJournal:
         for record in audit.records():
             event, p = record.event, record.payload
             if event == "order_intent":
-                orders[p["client_order_id"]] = _Tracked(p["symbol"], p["side"], int(p["qty"]))
+                orders[p["client_order_id"]] = _Tracked(p["symbol"], p["side"], as_qty(p["qty"]))
             elif event == "fill" and p.get("client_order_id") in orders:
                 t = orders[p["client_order_id"]]
-                t.filled, t.avg_price = int(p["filled_qty"]), float(p["avg_price"])
+                t.filled, t.avg_price = as_qty(p["filled_qty"]), float(p["avg_price"])
                 t.done = t.done or t.filled >= t.qty
             elif event == "order_done" and p.get("client_order_id") in orders:
                 orders[p["client_order_id"]].done = True
@@ -367,7 +381,7 @@ class FillJournal:
 
     def intend(self, payload: Mapping[str, Any]) -> None:
         self.orders[payload["client_order_id"]] = _Tracked(
-            payload["symbol"], payload["side"], int(payload["qty"])
+            payload["symbol"], payload["side"], as_qty(payload["qty"])
         )
 
     def observe(self, order: Any, *, recovered: bool = False) -> FillDelta | None:
@@ -378,7 +392,7 @@ class FillJournal:
         t = self.orders.get(cid)
         if t is None or t.done:
             return None
-        filled = int(get("filled_qty") or 0)
+        filled = as_qty(get("filled_qty") or 0)
         status = OrderStatus(str(get("status")))
         delta = None
         if filled > t.filled:
@@ -482,7 +496,7 @@ class PendingDecision:
     out with the same target, so the same client ids and quantities go out."""
 
     bar: str  # ISO timestamp of the decision bar
-    target: Mapping[str, int]  # signed shares per leg
+    target: Mapping[str, Qty]  # signed shares per leg (floats in fractional shares)
     start_of_day_equity: float  # USD, for the daily loss limit
 
     def to_json(self) -> dict[str, Any]:
@@ -496,16 +510,17 @@ class PendingDecision:
     def from_json(cls, data: Mapping[str, Any]) -> PendingDecision:
         return cls(
             str(data["bar"]),
-            {str(s): int(q) for s, q in data["target"].items()},
+            {str(s): as_qty(q) for s, q in data["target"].items()},
             float(data.get("start_of_day_equity", math.nan)),
         )
 
 
 @dataclass(frozen=True)
 class HeldPosition:
-    """One leg in positions.json: signed shares, average entry and last price (USD)."""
+    """One leg in positions.json: signed shares (a float in fractional shares), average entry
+    and last price (USD)."""
 
-    qty: int
+    qty: Qty
     avg_entry_price: float
     market_price: float
 
@@ -607,7 +622,7 @@ class PositionsState:
         def held(raw: Mapping[str, Any]) -> dict[str, HeldPosition]:
             return {
                 str(s): HeldPosition(
-                    int(p["qty"]), float(p["avg_entry_price"]), float(p["market_price"])
+                    as_qty(p["qty"]), float(p["avg_entry_price"]), float(p["market_price"])
                 )
                 for s, p in raw.items()
             }
@@ -667,10 +682,11 @@ class EquityRow:
     equity: float
     cash: float
     borrow_paid: float
-    positions: Mapping[str, int]
+    positions: Mapping[str, Qty]
 
     def line(self, symbols: tuple[str, ...]) -> str:
-        qty = ",".join(str(int(self.positions.get(s, 0))) for s in symbols)
+        # repr of a fractional quantity: read back, it is the same float.
+        qty = ",".join(str(as_qty(self.positions.get(s, 0))) for s in symbols)
         return f"{self.date},{self.equity:.6f},{self.cash:.6f},{self.borrow_paid:.6f},{qty}\n"
 
 
@@ -709,7 +725,8 @@ def last_equity_row(path: Path) -> list[str] | None:
 
 
 def read_equity_log(path: Path) -> pd.DataFrame:
-    """data/equity_<mode>.csv by date (the last row wins for a date written twice)."""
+    """data/equity_<mode>.csv by date (the last row wins for a date written twice). A fractional
+    quantity is written as its repr, which pandas' default float parser reads back exactly."""
     frame = pd.read_csv(path, parse_dates=["date"])
     return frame.drop_duplicates("date", keep="last").set_index("date").sort_index()
 
@@ -730,7 +747,7 @@ class Heartbeat:
     next_close: str
     equity: float
     cash: float
-    positions: Mapping[str, int]
+    positions: Mapping[str, Qty]
     halted: bool
     halt_reason: str | None
     circuit_breakers: Mapping[str, str]
@@ -738,7 +755,7 @@ class Heartbeat:
     interval_s: float
     stopped_at: str | None = None
     #: Signed shares of positions outside the pair (reported, never traded).
-    foreign_positions: Mapping[str, int] = field(default_factory=dict)
+    foreign_positions: Mapping[str, Qty] = field(default_factory=dict)
     #: The last broker failure the loop saw (None once an iteration succeeds).
     broker_error: str | None = None
     #: The audit log's last record at this beat ({"seq", "hash"}): a removed tail is detected.
@@ -960,6 +977,18 @@ class _Session:
             self.summary.rejections += 1
 
 
+def refuse_unsupported_sizing(trading: pe.TradingConfig, broker: Any) -> None:
+    """ConfigurationError, before anything is written, when `broker` (a Broker or its class)
+    cannot trade what the sizing makes: fractional shares on Alpaca, which allows no fractional
+    short sale (a pair always has a short leg) and takes fractions only in market DAY orders."""
+    if trading.sizing.fractional_shares and not broker.fractional_shares:
+        raise ConfigurationError(
+            f"fractional shares cannot be traded with the {broker.name} broker (Alpaca allows no "
+            "fractional short sale and takes fractions only in market DAY orders); drop "
+            "--fractional-shares (or [sizing] fractional_shares), or use the simulated broker"
+        )
+
+
 def run_trading_loop(
     paper_trading: bool = True,
     *,
@@ -982,6 +1011,8 @@ def run_trading_loop(
     config = config or LiveConfig()
     if config.live and paper_trading:
         raise ConfigurationError("live=True contradicts paper_trading=True")
+    if broker is not None:
+        refuse_unsupported_sizing(config.trading, broker)
     home = (home or C.paths()).ensure()
     pair = pair or C.resolve_pair()
     stopper = _Stop()
@@ -1460,7 +1491,13 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
     if src >= session.first_row:
         target = pending.target if pending else None
         if target is None:
-            target = pe.size_target(venue, session.source.weights(table, src), symbols)
+            target = pe.size_target(
+                venue,
+                session.source.weights(table, src),
+                symbols,
+                per_usd=session.source.per_usd,
+                fractional=trading.sizing.fractional_shares,
+            )
             if target is None:
                 session.summary.idle(f"the signal of {table.index[src].date()} says keep")
         if target is not None:

@@ -374,7 +374,27 @@ TRADING_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--kelly-fraction", "sizing.kelly_fraction", "F", "of full Kelly"),
     ("--kelly-cap", "sizing.max_leg_fraction", "F", "per leg, fraction of equity"),
     ("--payoff-ratio", "sizing.payoff_ratio", "B", "win/loss assumed by Kelly"),
-    ("--rule-fraction", "sizing.rule_leg_fraction", "F", "per-leg size of rules, action files"),
+    (
+        "--rule-fraction",
+        "sizing.rule_leg_fraction",
+        "F",
+        "per-leg size of rules, action and state files, fraction of equity",
+    ),
+    (
+        "--leg-usd",
+        "sizing.leg_usd",
+        "USD",
+        "fixed USD per leg, instead of --rule-fraction x equity, for rule-sized positions: action "
+        "and state files and the z-score benchmark (Kelly-sized model signals and weight-column "
+        "files, fractions of equity, are unchanged)",
+    ),
+    (
+        "--fractional-shares",
+        "sizing.fractional_shares",
+        "",
+        "size legs in fractional shares instead of truncating to whole shares (backtest and the "
+        "simulated broker; refused with Alpaca)",
+    ),
     ("--commission-per-share", "execution.costs.commission_per_share", "USD", ""),
     ("--commission-min", "execution.costs.commission_min", "USD", "per order"),
     ("--commission-bps", "execution.costs.commission_bps", "BPS", "of notional"),
@@ -405,6 +425,24 @@ def _option_dest(path: str) -> str:
     return "cfg__" + path.replace(".", "__")
 
 
+def _field_type(defaults: Any, path: str) -> type:
+    """The value type of an optional (`X | None`) TradingConfig field, from its annotation: its
+    default None says nothing about what a value is."""
+    import dataclasses
+    import functools
+    import types
+    import typing
+
+    *parents, leaf = path.split(".")
+    owner = functools.reduce(getattr, parents, defaults)
+    hint = typing.get_type_hints(type(owner))[leaf]
+    field = next(f for f in dataclasses.fields(owner) if f.name == leaf)
+    args = [a for a in typing.get_args(hint) if a is not types.NoneType]
+    if isinstance(hint, types.UnionType) and len(args) == 1 and isinstance(args[0], type):
+        return args[0]
+    raise TypeError(f"TRADING_OPTIONS: no command-line type for {path} ({field.type})")
+
+
 def _add_trading_options(parser: argparse.ArgumentParser) -> None:
     """--config and the TRADING_OPTIONS, typed and documented from TradingConfig's defaults."""
     import enum
@@ -428,9 +466,14 @@ def _add_trading_options(parser: argparse.ArgumentParser) -> None:
             shown = default.value
         elif path == "sizing.hold":
             kw["choices"] = ["keep", "flat"]
+        elif isinstance(default, bool):  # a flag: given means True (the default is False)
+            kw["action"] = "store_true"
+            shown = "on" if default else "off"
         else:
-            kw["type"] = type(default)
+            kw["type"] = _field_type(defaults, path) if default is None else type(default)
             kw["metavar"] = metavar
+            if default is None:
+                shown = "off"
         g.add_argument(flag, help=f"{text} ({shown})".lstrip(), **kw)
     g.add_argument(
         "--flat-commission",
@@ -466,9 +509,13 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser, trading: bo
         "benchmarks (buy-and-hold of the long leg; the spread z-score rule under the same costs "
         "and gate) and writes results/<run-id>/ (equity.csv, trades.csv, summary.json, "
         "equity.png, equity.html).",
-        epilog="--signals FILE: a CSV with `date,action` (buy, sell, hold, flat) or\n"
-        "`date,<LONG>,<SHORT>` target weights (signed fractions of equity per leg).\n\n"
-        + CONFIG_EPILOG,
+        epilog="--signals FILE: a CSV with `date,action` (buy, sell, hold, flat), `date,state`\n"
+        "(1 long the spread, -1 short it, 0 flat, blank keep) or `date,<LONG>,<SHORT>` target\n"
+        "weights (signed fractions of equity per leg). Actions and states trade where the\n"
+        "state changes, sized by --rule-fraction of equity or --leg-usd USD per leg. Rows\n"
+        "before the first bar are skipped: those before the data (the feature warm-up) must\n"
+        "be flat, those before --start must leave the file flat by then. Rows after --end\n"
+        "are ignored; any other date must be a bar of the data.\n\n" + CONFIG_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument(
@@ -1020,6 +1067,9 @@ def cmd_live(args: argparse.Namespace) -> int:
     if args.live or args.broker == "alpaca":
         import alert_dispatch
         import trading_api as ta
+
+        # Before credentials or a confirmation are asked for: the sizing cannot trade there.
+        lt.refuse_unsupported_sizing(config.trading, ta.AlpacaBroker)
 
         options: dict[str, Any] = {
             "on_breaker_change": alert_dispatch.breaker_alert_hook(home.home),

@@ -12,7 +12,9 @@ The loops keep only what differs: the clock, the data feed and persistence. Inva
   same decision always produces the same ids, in the backtest and live alike.
 - Borrow accrues once per calendar day, keyed by the day: charging a day twice (a crash and a
   resume) is a no-op.
-Units: USD, whole shares, weights as signed fractions of equity per leg (long leg first).
+Units: USD; shares whole (int) or, with `SizingConfig.fractional_shares`, fractional (float);
+weights as signed fractions of equity per leg (long leg first), or signed USD per leg for rule
+sizing with `SizingConfig.leg_usd`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ import pandas as pd
 
 import risk_management as rm
 from error_handling import ConfigurationError, RiskViolation
-from trading_execution import ApprovedBasket, ExecutionConfig, Fill, Order, Purpose, orders_toward
+from trading_execution import (
+    ApprovedBasket,
+    ExecutionConfig,
+    Fill,
+    Order,
+    Purpose,
+    Qty,
+    as_qty,
+    orders_toward,
+)
 
 #: The strategy name in client order ids; the backtest and the live loop must agree on it.
 STRATEGY = "pair"
@@ -41,7 +52,7 @@ VOL_BARS = 20
 # --- Configuration --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SizingConfig:
-    """How big a position is, as a fraction of equity per leg."""
+    """How big a position is: a fraction of equity per leg, or fixed USD per leg for rules."""
 
     #: Fraction of full Kelly (0.5 = half Kelly).
     kelly_fraction: float = 0.5
@@ -53,10 +64,28 @@ class SizingConfig:
     rule_leg_fraction: float = 0.25
     #: A Hold signal keeps the position ("keep") or closes it ("flat").
     hold: str = "keep"
+    #: Fixed USD notional per leg for rule-sized positions (action and state files, the z-score
+    #: benchmark) instead of `rule_leg_fraction` x equity; None: the fraction. Kelly-sized model
+    #: signals and weight files (fractions of equity) are not affected.
+    leg_usd: float | None = None
+    #: Size legs in fractional shares (floats) instead of truncating to whole shares. The
+    #: simulated venues (backtest, paper broker) support it; Alpaca is refused at start-up.
+    fractional_shares: bool = False
 
     def __post_init__(self) -> None:
         if self.hold not in ("keep", "flat"):
             raise ConfigurationError(f"hold must be 'keep' or 'flat', not {self.hold!r}")
+        if not isinstance(self.fractional_shares, bool):
+            raise ConfigurationError(
+                f"fractional shares must be true or false, not {self.fractional_shares!r}"
+            )
+        leg = self.leg_usd
+        if leg is not None and (
+            isinstance(leg, bool)
+            or not isinstance(leg, int | float)
+            or not (math.isfinite(leg) and leg > 0)
+        ):
+            raise ConfigurationError(f"leg USD must be a positive, finite amount of USD: {leg!r}")
         for name in ("kelly_fraction", "max_leg_fraction", "rule_leg_fraction"):
             value = getattr(self, name)
             if not 0 < value <= 5:
@@ -200,9 +229,8 @@ def _coerce(label: str, current: Any, value: Any) -> Any:
             str(k).upper(): tuple(v) if isinstance(v, (list, tuple)) else v
             for k, v in value.items()
         }
-    raise ConfigurationError(
-        f"{label} must be a {type(current).__name__} like {current!r}, got {value!r}"
-    )
+    kind = "number" if current is None else type(current).__name__
+    raise ConfigurationError(f"{label} must be a {kind} like {current!r}, got {value!r}")
 
 
 # --- Market inputs of the simulated fills ---------------------------------------------------------
@@ -262,7 +290,8 @@ def model_weights(signals: pd.DataFrame, sizing: SizingConfig) -> np.ndarray:
 
 def instructions_from_states(states: np.ndarray, leg_fraction: np.ndarray | float) -> np.ndarray:
     """(n, 2) target weights from a direction state per bar (+1 buy the spread, -1 sell it, 0 flat,
-    NaN keep): an instruction only where the state changes; NaN rows elsewhere."""
+    NaN keep): an instruction only where the state changes; NaN rows elsewhere. `leg_fraction`
+    is the size per leg in the instructions' unit (a fraction of equity, or USD)."""
     states = np.asarray(states, dtype="float64")
     held = pd.Series(states).ffill().fillna(0.0).to_numpy()
     prev = np.concatenate([[0.0], held[:-1]])
@@ -274,16 +303,56 @@ def instructions_from_states(states: np.ndarray, leg_fraction: np.ndarray | floa
     return w
 
 
-ACTION_STATES = {"buy": 1.0, "sell": -1.0, "flat": 0.0, "hold": np.nan}
+@dataclass(frozen=True, eq=False)
+class Instructions:
+    """What a signal source hands the engine: instruction weights per bar and their unit.
+
+    `weights`: (n, 2) per leg, long leg first, decided on that bar's close; a NaN row is no
+    instruction. `per_usd`: True when they are signed USD notionals per leg (rule sizing with
+    `SizingConfig.leg_usd`), False when they are signed fractions of equity. A signal file also
+    says what it left out: `skipped_before` rows dated before the first bar (`first_bar`; a
+    feature warm-up, or rows before --start; the file is flat by that bar), `ignored_after` rows
+    dated after the last bar (`last_bar`) but inside the data (after --end)."""
+
+    weights: np.ndarray
+    per_usd: bool = False
+    skipped_before: int = 0
+    ignored_after: int = 0
+    first_bar: pd.Timestamp | None = None
+    last_bar: pd.Timestamp | None = None
+
+
+def rule_instructions(states: np.ndarray, sizing: SizingConfig) -> Instructions:
+    """The one sizing rule of direction states (a rule such as the z-score benchmark, an action or
+    a state file): `sizing.leg_usd` USD per leg when set, else `sizing.rule_leg_fraction` of
+    equity per leg; an instruction where the state changes (`instructions_from_states`)."""
+    if sizing.leg_usd is not None:
+        return Instructions(instructions_from_states(states, sizing.leg_usd), per_usd=True)
+    return Instructions(instructions_from_states(states, sizing.rule_leg_fraction))
 
 
 def read_signal_file(
-    path: str, pair: Any, dates: pd.DatetimeIndex, sizing: SizingConfig
-) -> np.ndarray:
-    """(n, 2) weights on `dates` from a CSV: `date,action` (buy, sell, hold, flat or the pair's
-    signal text, `Pair.buy_signal` / `Pair.sell_signal`) or `date,<LONG>,<SHORT>` target weights
-    (signed fractions of equity; `long_weight,short_weight` also accepted). Each date must be a
-    bar."""
+    path: str,
+    pair: Any,
+    dates: pd.DatetimeIndex,
+    sizing: SizingConfig,
+    *,
+    data_start: Any = None,
+    data_end: Any = None,
+) -> Instructions:
+    """Instructions on `dates` (the bars of the run) from a CSV with a `date` column and one of:
+    `action` (buy, sell, hold, flat or the pair's signal text, `Pair.buy_signal` /
+    `Pair.sell_signal`), `state` (+1 long the spread, -1 short it, 0 flat, blank or NaN keep),
+    both sized by `rule_instructions`; or `<LONG>,<SHORT>` target weights (signed fractions of
+    equity; `long_weight,short_weight` also accepted).
+
+    Which rows count: a date inside `dates`' span must be one of its bars. The run starts flat
+    on its first bar, so rows dated before it are skipped: one before the data's first bar
+    (`data_start`; None: before the first bar) -- the features' warm-up -- must itself be flat
+    (flat, hold, state 0 or blank, weights 0/0); rows inside the data but before the first bar
+    (before --start) must leave the file flat at it. A row dated after the last bar is ignored
+    when it is still inside the data (`data_end`: its last bar; i.e. after --end) and refused
+    otherwise (no such bar yet)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigurationError(f"signal file {file} not found")
@@ -300,6 +369,10 @@ def read_signal_file(
         raise ConfigurationError(
             f"signal file {file} needs a 'date' column (got {list(raw.columns)})"
         )
+    if "action" in cols and "state" in cols:
+        raise ConfigurationError(
+            f"signal file {file} has both an 'action' and a 'state' column; keep one"
+        )
     text = raw[cols["date"]].str.strip()
     when = pd.to_datetime(text, format="ISO8601", errors="coerce")
     if when.isna().any():
@@ -308,34 +381,76 @@ def read_signal_file(
             f"signal file {file} line {line_no[bad]}: bad date {text[bad]!r} (use YYYY-MM-DD)"
         )
     when = pd.DatetimeIndex(when).tz_localize(None).normalize()
-    index = pd.DatetimeIndex(dates).tz_localize(None).normalize()
-    pos = index.get_indexer(when)
-    if (pos < 0).any():
-        bad = int(np.flatnonzero(pos < 0)[0])
-        raise ConfigurationError(
-            f"signal file {file} line {line_no[bad]}: {when[bad].date()} is not a bar of the "
-            f"backtest ({index[0].date()} .. {index[-1].date()}; weekends and holidays have none)"
-        )
-    if pd.Index(pos).duplicated().any():
-        bad = int(np.flatnonzero(pd.Index(pos).duplicated())[0])
+    if when.duplicated().any():
+        bad = int(np.flatnonzero(when.duplicated())[0])
         raise ConfigurationError(
             f"signal file {file} line {line_no[bad]}: date {when[bad].date()} repeats"
         )
-    if "action" in cols:
-        return _action_weights(file, raw[cols["action"]], line_no, pos, len(index), pair, sizing)
-    return _column_weights(file, raw, cols, line_no, pos, len(index), pair)
+    # Every row's instruction first (a bad value is refused wherever its row is) ...
+    if "action" in cols or "state" in cols:
+        if "action" in cols:
+            states = _action_states(file, raw[cols["action"]], line_no, pair)
+        else:
+            states = _state_states(file, raw[cols["state"]], line_no)
+        held = states  # NaN: keeps what was held
+    else:
+        weights = _column_weights(file, raw, cols, line_no, pair)
+        held = np.where((weights == 0).all(axis=1), 0.0, 1.0)
+    # ... then where the rows fall.
+    index = pd.DatetimeIndex(dates).tz_localize(None).normalize()
+    first, last = index[0], index[-1]
+    before = np.asarray(when < first)
+    after = np.asarray(when > last)
+    start = first if data_start is None else pd.Timestamp(data_start).tz_localize(None).normalize()
+    warm_up = before & np.asarray(when < start)
+    if (warm_up & (held != 0) & ~np.isnan(held)).any():
+        bad = int(np.flatnonzero(warm_up & (held != 0) & ~np.isnan(held))[0])
+        raise ConfigurationError(
+            f"signal file {file} line {line_no[bad]}: {when[bad].date()} is before the first bar "
+            f"of the backtest {first.date()} and is not flat; rows before the data's first bar "
+            f"{start.date()} (the features' warm-up) must be flat"
+        )
+    earlier = np.flatnonzero(before & ~warm_up & ~np.isnan(held))
+    if len(earlier):
+        last_set = int(earlier[np.argmax(when[earlier])])  # the latest row that sets a position
+        if held[last_set] != 0:
+            raise ConfigurationError(
+                f"signal file {file} line {line_no[last_set]}: the position of "
+                f"{when[last_set].date()} is still held at the first bar of the backtest "
+                f"{first.date()}; the run starts flat, so start it where the file is flat (or "
+                "earlier)"
+            )
+    end = None if data_end is None else pd.Timestamp(data_end).tz_localize(None).normalize()
+    beyond = after if end is None else after & np.asarray(when > end)
+    if beyond.any():
+        bad = int(np.flatnonzero(beyond)[0])
+        raise ConfigurationError(
+            f"signal file {file} line {line_no[bad]}: {when[bad].date()} is after the last bar of "
+            f"the data {(end if end is not None else last).date()}; process newer data first"
+        )
+    inside = ~before & ~after
+    pos = index.get_indexer(when[inside])
+    if (pos < 0).any():
+        bad = int(np.flatnonzero(inside)[np.flatnonzero(pos < 0)[0]])
+        raise ConfigurationError(
+            f"signal file {file} line {line_no[bad]}: {when[bad].date()} is not a bar of the "
+            f"backtest ({first.date()} .. {last.date()}; weekends and holidays have none)"
+        )
+    skipped, ignored = int(before.sum()), int(after.sum())
+    if "action" in cols or "state" in cols:
+        on_bars = np.full(len(index), np.nan)
+        on_bars[pos] = states[inside]
+        rule = rule_instructions(on_bars, sizing)
+        return dataclasses.replace(
+            rule, skipped_before=skipped, ignored_after=ignored, first_bar=first, last_bar=last
+        )
+    on_bars_w = np.full((len(index), 2), np.nan)
+    on_bars_w[pos] = weights[inside]
+    return Instructions(on_bars_w, False, skipped, ignored, first, last)
 
 
-def _action_weights(
-    file: Path,
-    actions: pd.Series,
-    line_no: np.ndarray,
-    pos: np.ndarray,
-    n: int,
-    pair: Any,
-    sizing: SizingConfig,
-) -> np.ndarray:
-    """Instructions of an action file: a fixed leg fraction where the state changes."""
+def _action_states(file: Path, actions: pd.Series, line_no: np.ndarray, pair: Any) -> np.ndarray:
+    """The direction state of each row of an action column (NaN: hold, keep)."""
     texts = {
         "buy": 1.0,
         "sell": -1.0,
@@ -344,36 +459,54 @@ def _action_weights(
         pair.buy_signal.lower(): 1.0,
         pair.sell_signal.lower(): -1.0,
     }
-    states = np.full(n, np.nan)
-    for line, p, a in zip(line_no, pos, actions, strict=True):
+    states = np.empty(len(actions))
+    for i, (line, a) in enumerate(zip(line_no, actions, strict=True)):
         key = str(a).strip().lower()
         if key not in texts:
             raise ConfigurationError(
                 f"signal file {file} line {line}: unknown action {a!r} "
                 f"(use buy, sell, hold, flat, {pair.buy_signal!r} or {pair.sell_signal!r})"
             )
-        states[p] = texts[key]
-    return instructions_from_states(states, sizing.rule_leg_fraction)
+        states[i] = texts[key]
+    return states
+
+
+_STATE_VALUES = (1.0, -1.0, 0.0)
+
+
+def _state_states(file: Path, values: pd.Series, line_no: np.ndarray) -> np.ndarray:
+    """The direction state of each row of a state column: +1, -1, 0; blank or NaN keeps."""
+    states = np.empty(len(values))
+    for i, (line, v) in enumerate(zip(line_no, values, strict=True)):
+        key = str(v).strip()
+        if key == "" or key.lower() == "nan":
+            states[i] = np.nan
+            continue
+        try:
+            number = float(key)
+        except ValueError:
+            number = math.nan
+        if number not in _STATE_VALUES:
+            raise ConfigurationError(
+                f"signal file {file} line {line}: state {v!r} must be 1 (long the spread), "
+                "-1 (short it), 0 (flat) or blank (keep)"
+            )
+        states[i] = number
+    return states
 
 
 def _column_weights(
-    file: Path,
-    raw: pd.DataFrame,
-    cols: Mapping[str, str],
-    line_no: np.ndarray,
-    pos: np.ndarray,
-    n: int,
-    pair: Any,
+    file: Path, raw: pd.DataFrame, cols: Mapping[str, str], line_no: np.ndarray, pair: Any
 ) -> np.ndarray:
-    """Instructions of a weight file: its weights on its rows, NaN elsewhere."""
+    """The (rows, 2) target weights of a weight file, row by row."""
     long_col = cols.get(pair.long.lower()) or cols.get("long_weight")
     short_col = cols.get(pair.short.lower()) or cols.get("short_weight")
     if long_col is None or short_col is None:
         raise ConfigurationError(
-            f"signal file {file} needs an 'action' column or weight columns "
+            f"signal file {file} needs an 'action' or 'state' column or weight columns "
             f"'{pair.long}','{pair.short}' (or 'long_weight','short_weight')"
         )
-    weights = np.full((n, 2), np.nan)
+    weights = np.empty((len(raw), 2))
     for j, col in enumerate((long_col, short_col)):
         try:
             values = pd.to_numeric(raw[col].str.strip())
@@ -389,19 +522,21 @@ def _column_weights(
                 f"signal file {file} line {line_no[bad]}: weight {arr[bad]} must be finite and "
                 "within ±5 (a fraction of equity)"
             )
-        weights[pos, j] = arr
+        weights[:, j] = arr
     return weights
 
 
 def target_shares(
-    weights: Sequence[float], scale: float, prices: Sequence[float]
-) -> tuple[int, ...]:
-    """Signed whole shares per leg: weight x scale (equity, or 1 for USD weights) / price,
-    truncated toward zero."""
+    weights: Sequence[float], scale: float, prices: Sequence[float], *, fractional: bool = False
+) -> tuple[Qty, ...]:
+    """Signed shares per leg: weight x scale (equity, or 1 for USD weights) / price, truncated
+    toward zero to whole shares (int), or as fractional shares (float) when `fractional`."""
+    if fractional:
+        return tuple(float(w * scale / p) for w, p in zip(weights, prices, strict=True))
     return tuple(math.trunc(w * scale / p) for w, p in zip(weights, prices, strict=True))
 
 
-def needs_rebalance(held: Mapping[str, int], target: Mapping[str, int], band: float) -> bool:
+def needs_rebalance(held: Mapping[str, Qty], target: Mapping[str, Qty], band: float) -> bool:
     """The one rebalance rule: trade when a leg changes direction (or opens or closes), or when a
     leg's target differs from its holding by more than `band` x the larger of the two."""
     for sym, want in target.items():
@@ -433,7 +568,7 @@ class Ledger:
 
     def __init__(self, cash: float, symbols: Sequence[str] = ()):
         self.cash = float(cash)
-        self.qty: dict[str, int] = dict.fromkeys(symbols, 0)
+        self.qty: dict[str, Qty] = dict.fromkeys(symbols, 0)
         self.avg: dict[str, float] = dict.fromkeys(symbols, 0.0)
         self.realized = 0.0
         self.borrow_paid = 0.0
@@ -491,7 +626,7 @@ class Ledger:
         """Cash plus every position marked at `prices`."""
         return self.cash + sum(q * prices[s] for s, q in self.qty.items() if q)
 
-    def holdings(self) -> dict[str, int]:
+    def holdings(self) -> dict[str, Qty]:
         """Signed shares per symbol (zeros included)."""
         return dict(self.qty)
 
@@ -508,7 +643,7 @@ class Ledger:
     def from_json(cls, data: Mapping[str, Any]) -> Ledger:
         ledger = cls(float(data["cash"]))
         for sym, pos in data["positions"].items():
-            ledger.qty[sym] = int(pos["qty"])
+            ledger.qty[sym] = as_qty(pos["qty"])  # fractional shares stay floats
             ledger.avg[sym] = float(pos["avg"])
         ledger.realized = float(data.get("realized_pnl", 0.0))
         ledger.borrow_paid = float(data.get("borrow_paid", 0.0))
@@ -555,7 +690,7 @@ class Venue(Protocol):
 
     def account(self) -> Any: ...
 
-    def holdings(self) -> dict[str, int]: ...
+    def holdings(self) -> dict[str, Qty]: ...
 
     def latest_prices(self, symbols: Sequence[str]) -> Mapping[str, Any]: ...
 
@@ -588,7 +723,7 @@ class Denial:
 class StepReport:
     """What one decision step did."""
 
-    target: dict[str, int] | None = None
+    target: dict[str, Qty] | None = None
     traded: bool = False
     submitted: list[Any] = field(default_factory=list)
     denials: list[Denial] = field(default_factory=list)
@@ -607,7 +742,7 @@ def order_text(order: Order) -> str:
 def rebalance(
     venue: Venue,
     risk: rm.RiskManager,
-    target: Mapping[str, int],
+    target: Mapping[str, Qty],
     *,
     purpose: Purpose,
     id_parts: tuple[object, ...],
@@ -778,9 +913,12 @@ def decide(
     per_usd: bool = False,
     on_event: EventHook | None = None,
 ) -> StepReport:
-    """The decision step: instruction weights (NaN: keep) -> `size_target` on the venue's equity
-    and quotes -> `trade_to` (the rebalance band, then `rebalance`)."""
-    target = size_target(venue, weights, symbols, per_usd=per_usd)
+    """The decision step: instruction weights (NaN: keep; `per_usd`: USD per leg, else fractions
+    of equity) -> `size_target` on the venue's equity and quotes (whole or fractional shares, as
+    `config.sizing` says) -> `trade_to` (the rebalance band, then `rebalance`)."""
+    target = size_target(
+        venue, weights, symbols, per_usd=per_usd, fractional=config.sizing.fractional_shares
+    )
     if target is None:
         return StepReport()
     return trade_to(
@@ -799,7 +937,7 @@ def trade_to(
     venue: Venue,
     risk: rm.RiskManager,
     config: TradingConfig,
-    target: Mapping[str, int],
+    target: Mapping[str, Qty],
     *,
     id_parts: tuple[object, ...],
     start_of_day_equity: float,
@@ -825,10 +963,16 @@ def trade_to(
 
 
 def size_target(
-    venue: Venue, weights: Sequence[float], symbols: Sequence[str], *, per_usd: bool = False
-) -> dict[str, int] | None:
+    venue: Venue,
+    weights: Sequence[float],
+    symbols: Sequence[str],
+    *,
+    per_usd: bool = False,
+    fractional: bool = False,
+) -> dict[str, Qty] | None:
     """The one sizing rule: signed shares per leg from instruction weights on the venue's equity
-    (or USD notionals) at its latest prices; None for a NaN (keep) instruction."""
+    (or USD notionals, `per_usd`) at its latest prices, whole or `fractional`; None for a NaN
+    (keep) instruction."""
     if any(math.isnan(w) for w in weights):
         return None
     quotes = venue.latest_prices(symbols)
@@ -836,7 +980,8 @@ def size_target(
     if missing:
         raise ConfigurationError(f"no latest price for {', '.join(missing)} from {venue.name}")
     scale = 1.0 if per_usd else venue.account().equity
-    shares = target_shares(weights, scale, [quotes[s].price for s in symbols])
+    prices = [quotes[s].price for s in symbols]
+    shares = target_shares(weights, scale, prices, fractional=fractional)
     return dict(zip(symbols, shares, strict=True))
 
 
@@ -891,6 +1036,7 @@ def _iso_day(when: Any) -> str:
 __all__ = [
     "STRATEGY",
     "Denial",
+    "Instructions",
     "Ledger",
     "SizingConfig",
     "StepReport",
@@ -907,6 +1053,7 @@ __all__ = [
     "needs_rebalance",
     "read_signal_file",
     "rebalance",
+    "rule_instructions",
     "signal_weights",
     "size_target",
     "submit_checked",

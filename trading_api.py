@@ -6,6 +6,11 @@
   persisted atomically so a restart continues where it stopped.
 - `AlpacaBroker`: alpaca-py's TradingClient (paper unless live), base URLs configurable.
 
+Quantities are whole shares (int); the simulated broker also takes fractional shares (floats,
+kept as floats in its state file) when the sizing asks for them. Alpaca does not: it allows no
+fractional short sale and only fractional market DAY orders, so the live loop refuses
+`fractional_shares` with it at start-up (`Broker.fractional_shares`).
+
 Invariants:
 - A broker accepts only an `ApprovedBasket`, which only `RiskManager.pre_trade_check` creates:
   no order reaches a broker around the risk gate.
@@ -44,7 +49,9 @@ from trading_execution import (
     OrderExecutor,
     OrderStatus,
     Purpose,
+    Qty,
     Side,
+    as_qty,
 )
 
 log = logging.getLogger(__name__)
@@ -65,10 +72,11 @@ class Account:
 
 @dataclass(frozen=True)
 class Position:
-    """A holding: `qty` signed shares (short < 0), average entry price and last price (USD)."""
+    """A holding: `qty` signed shares (short < 0; a float in fractional shares), average entry
+    price and last price (USD)."""
 
     symbol: str
-    qty: int
+    qty: Qty
     avg_entry_price: float
     market_price: float
 
@@ -87,8 +95,8 @@ class BrokerOrder:
     client_order_id: str
     symbol: str
     side: Side
-    qty: int
-    filled_qty: int
+    qty: Qty
+    filled_qty: Qty
     filled_avg_price: float | None
     status: OrderStatus
     submitted_at: pd.Timestamp
@@ -144,6 +152,8 @@ class Broker(abc.ABC):
     simulated: bool = False
     #: The risk gate applies live rules (market hours, constants' price sanity ranges).
     live_checks: bool = True
+    #: It trades fractional shares the way the engine sizes them (short sales included).
+    fractional_shares: bool = False
     #: Prefix of the client order ids this broker is sent (the live loop sets `pt-<home tag>`).
     order_prefix: str = "pt"
     fill_policy: FillPolicy = FillPolicy()
@@ -284,6 +294,7 @@ class SimulatedBroker(Broker):
 
     name = "simulated"
     simulated = True
+    fractional_shares = True
 
     def __init__(
         self,
@@ -381,7 +392,7 @@ class SimulatedBroker(Broker):
             q = self._state["quotes"].get(sym)
             avg = self.ledger.avg.get(sym, 0.0)
             price = q["price"] if q else avg
-            out[sym] = Position(sym, int(qty), float(avg), float(price))
+            out[sym] = Position(sym, qty, float(avg), float(price))
         return out
 
     def account(self) -> Account:
@@ -486,8 +497,8 @@ def _order_from_state(raw: Mapping[str, Any]) -> BrokerOrder:
         client_order_id=raw["client_order_id"],
         symbol=raw["symbol"],
         side=Side(raw["side"]),
-        qty=int(raw["qty"]),
-        filled_qty=int(raw["filled_qty"]),
+        qty=as_qty(raw["qty"]),  # fractional shares stay floats
+        filled_qty=as_qty(raw["filled_qty"]),
         filled_avg_price=raw["filled_avg_price"],
         status=_stored_status(raw["status"]),
         submitted_at=pd.Timestamp(raw["submitted_at"]),
@@ -875,6 +886,11 @@ class AlpacaBroker(Broker):
         from alpaca.trading.requests import MarketOrderRequest
 
         cid = order.client_order_id
+        if isinstance(order.qty, float):  # the live loop refuses fractional sizing at start-up
+            raise ConfigurationError(
+                f"alpaca: order {cid} is for {order.qty} shares, a fraction; fractional shares "
+                "are not traded on Alpaca"
+            )
         request = MarketOrderRequest(
             symbol=order.symbol,
             qty=order.qty,

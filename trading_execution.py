@@ -6,7 +6,10 @@ reach a fill without passing the risk gate.
 
 Fill convention: an order fills at the bar's price (the close, America/New_York session) moved
 against the trader by the half-spread and the square-root market impact; commission, SEC fee and
-FINRA TAF are charged to cash on top. Quantities are whole shares.
+FINRA TAF are charged to cash on top. Quantities are whole shares (int), or fractional shares
+(float) when the sizing asks for them (`SizingConfig.fractional_shares`): a quantity keeps its type
+from the target through the order, the fill and the ledger, so a whole-share run never sees a
+float.
 """
 
 from __future__ import annotations
@@ -21,6 +24,27 @@ import numpy as np
 
 import transaction_costs as tc
 from error_handling import ConfigurationError
+
+#: Shares: int (whole shares) or float (fractional shares); signed where a position is meant.
+Qty = int | float
+
+
+def as_qty(value: object) -> Qty:
+    """A quantity read back from JSON, numpy or text: whole shares stay int, fractional shares
+    stay float (never truncated). TypeError/ValueError for anything that is not a number."""
+    if isinstance(value, bool):
+        raise TypeError(f"a quantity must be a number of shares, not {value!r}")
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+    raise TypeError(f"a quantity must be a number of shares, not {value!r}")
 
 
 class Side(enum.StrEnum):
@@ -68,23 +92,28 @@ class Purpose(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Order:
-    """An instruction to trade `qty` (> 0) whole shares of `symbol`."""
+    """An instruction to trade `qty` (> 0, finite) shares of `symbol`: an int for whole shares, a
+    float for fractional shares."""
 
     symbol: str
     side: Side
-    qty: int
+    qty: Qty
     client_order_id: str
     order_type: OrderType = OrderType.MARKET_ON_CLOSE
     purpose: Purpose = Purpose.ENTRY
 
     def __post_init__(self) -> None:
         qty = self.qty
-        if isinstance(qty, bool) or not isinstance(qty, int | np.integer) or qty <= 0:
-            raise ConfigurationError(f"order quantity must be a positive whole number: {qty!r}")
-        object.__setattr__(self, "qty", int(qty))
+        number = int | float | np.integer | np.floating
+        if isinstance(qty, bool) or not isinstance(qty, number) or not 0 < qty < math.inf:
+            raise ConfigurationError(
+                "order quantity must be a positive, finite number of shares (an int for whole "
+                f"shares, a float for fractional shares): {qty!r}"
+            )
+        object.__setattr__(self, "qty", as_qty(qty))
 
     @property
-    def signed_qty(self) -> int:
+    def signed_qty(self) -> Qty:
         """Shares added to the position: positive for a buy, negative for a sell."""
         return self.qty if self.side is Side.BUY else -self.qty
 
@@ -117,8 +146,8 @@ class Fill:
     client_order_id: str
     symbol: str
     side: Side
-    qty: int  # shares filled (0 when nothing filled)
-    requested_qty: int
+    qty: Qty  # shares filled (0 when nothing filled); a float for fractional shares
+    requested_qty: Qty
     price: float  # USD per share, after spread and impact
     reference_price: float  # the bar price the fill is based on
     costs: tc.TradeCosts
@@ -127,7 +156,7 @@ class Fill:
     time: object  # bar time (pd.Timestamp)
 
     @property
-    def signed_qty(self) -> int:
+    def signed_qty(self) -> Qty:
         return self.qty if self.side is Side.BUY else -self.qty
 
     @property
@@ -141,7 +170,7 @@ class Fill:
         return -self.signed_qty * self.price - self.costs.explicit
 
     @property
-    def unfilled_qty(self) -> int:
+    def unfilled_qty(self) -> Qty:
         return self.requested_qty - self.qty
 
 
@@ -214,8 +243,12 @@ class OrderExecutor:
 
     def _fill(self, order: Order, quote: BarQuote) -> Fill:
         cfg = self.config
-        # The epsilon keeps 0.29 x 100 = 28.999999999999996 from capping a 29-share order at 28.
-        cap = math.floor(cfg.participation_cap * quote.adv_shares + 1e-9)
+        cap: Qty
+        if isinstance(order.qty, float):  # fractional shares: the cap is not rounded either
+            cap = cfg.participation_cap * quote.adv_shares
+        else:
+            # The epsilon keeps 0.29 x 100 = 28.999999999999996 from capping a 29 share order at 28.
+            cap = math.floor(cfg.participation_cap * quote.adv_shares + 1e-9)
         if order.purpose in (Purpose.LIQUIDATION, Purpose.BUY_IN):
             cap = order.qty  # forced closes take whatever the book gives, at the cost model's price
         qty = min(order.qty, cap)
@@ -253,8 +286,8 @@ class OrderExecutor:
 
 
 def orders_toward(
-    positions: Mapping[str, int],
-    target: Mapping[str, int],
+    positions: Mapping[str, Qty],
+    target: Mapping[str, Qty],
     purpose: Purpose,
     id_parts: tuple[object, ...],
     prefix: str = "pt",
@@ -264,12 +297,15 @@ def orders_toward(
     A flip (long to short) is split: the reduce list closes the old side, the increase list opens
     the new one, so the two can pass the risk gate separately (a reduce-only basket always can).
     Client order ids come from `id_parts` + (symbol, purpose, "reduce"|"open"): the same decision
-    always gets the same ids."""
+    always gets the same ids.
+
+    A close sells (or buys back) exactly the held quantity, so a closed position is exactly 0 in
+    fractional shares too."""
     reduce: list[Order] = []
     increase: list[Order] = []
     for sym, want in target.items():
-        have = int(positions.get(sym, 0))
-        want = int(want)
+        have = as_qty(positions.get(sym, 0))
+        want = as_qty(want)
         if have == want:
             continue
         if have != 0 and (want == 0 or (want > 0) != (have > 0) or abs(want) < abs(have)):
@@ -279,7 +315,9 @@ def orders_toward(
             side = Side.SELL if have > 0 else Side.BUY
             cid = client_order_id(*id_parts, sym, exit_purpose, "reduce", prefix=prefix)
             reduce.append(Order(sym, side, closing, cid, purpose=exit_purpose))
-            have = have - closing if have > 0 else have + closing
+            # Closed, or reduced to the target (in floats have - closing may miss it by an ulp,
+            # which must not become an order of 1e-12 shares).
+            have = 0 if crossing else want
         if want != have:
             side = Side.BUY if want > have else Side.SELL
             cid = client_order_id(*id_parts, sym, purpose, "open", prefix=prefix)

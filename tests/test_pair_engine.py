@@ -193,6 +193,25 @@ def test_positions_state_round_trips_and_a_malformed_file_is_named(tmp_path):
         lt.read_positions(path)
 
 
+def test_positions_state_keeps_fractional_and_whole_quantities_exactly(tmp_path):
+    """Fractional shares come back as the same floats, whole shares as ints."""
+    aapl, msft = 10_000.0 / 0.276, -10_000.0 / 0.501
+    state = lt.PositionsState(
+        mode="paper",
+        broker="simulated",
+        updated_at="2022-01-04T15:00:00+00:00",
+        cash=1234.5,
+        equity=99_000.25,
+        positions={"AAPL": lt.HeldPosition(aapl, 0.276, 0.3), "MSFT": lt.HeldPosition(-7, 1, 1)},
+        pending_decision=lt.PendingDecision("2022-01-04T00:00:00", {"MSFT": msft}, 99_100.0),
+    )
+    path = tmp_path / "positions.json"
+    state.save(path)
+    again = lt.read_positions(path)
+    assert again.positions["AAPL"].qty == aapl and type(again.positions["MSFT"].qty) is int
+    assert again.pending_decision.target == {"MSFT": msft}
+
+
 def test_heartbeat_round_trips_and_a_corrupt_one_is_named(tmp_path):
     beat = lt.Heartbeat(
         status="running",

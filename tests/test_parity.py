@@ -107,6 +107,26 @@ def test_a_signal_file_trades_the_same_in_a_backtest_and_a_paper_replay(home, tm
     assert_same_trading(result, home)
 
 
+def test_fractional_usd_legs_trade_the_same_in_a_backtest_and_a_paper_replay(home, tmp_path):
+    """A state file sized at $10,000 per leg in fractional shares: the paper account holds the
+    backtest's float quantities bit for bit (its JSON state and equity log round-trip them)."""
+    table, _ = psd.load_processed(PAIR, home)
+    bars = table.loc[START:END].index
+    rng = np.random.default_rng(3)
+    states = rng.choice(["1", "-1", "0", ""], size=len(bars), p=[0.1, 0.1, 0.1, 0.7])
+    file = tmp_path / "states.csv"
+    pd.DataFrame({"date": [d.date() for d in bars], "state": states}).to_csv(file, index=False)
+    trading = dataclasses.replace(
+        bs.TradingConfig(), sizing=bs.SizingConfig(leg_usd=10_000.0, fractional_shares=True)
+    )
+    result = backtest(home, signal_file=str(file), config=trading)
+    config = replay_config(START, END, signal_file=str(file), trading=trading)
+    summary = lt.run_trading_loop(config=config, pair=PAIR, home=home)
+    assert summary.orders == len(result.trades)
+    assert (result.trades["qty"] % 1 != 0).all()
+    assert_same_trading(result, home)
+
+
 def test_the_same_configuration_is_traded_in_both(home):
     """A non-default TradingConfig changes both worlds the same way."""
     trading = dataclasses.replace(

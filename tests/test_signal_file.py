@@ -4,6 +4,7 @@ state-to-instruction conversion, the z-score rule and Kelly-sized model weights.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 import numpy as np
@@ -32,7 +33,7 @@ def write(tmp_path, text: str, name: str = "signals.csv") -> str:
 
 
 def read(tmp_path, text: str) -> np.ndarray:
-    return bs.read_signal_file(write(tmp_path, text), PAIR, DATES, SIZING)
+    return bs.read_signal_file(write(tmp_path, text), PAIR, DATES, SIZING).weights
 
 
 def expected(rows: dict[int, tuple[float, float]]) -> np.ndarray:
@@ -153,7 +154,7 @@ def test_signal_file_weight_beyond_five_is_refused_at_its_line(tmp_path, weight)
 def test_signal_file_without_action_or_weight_columns_is_refused(tmp_path):
     path = write(tmp_path, "date,AAPL,GOOG\n2021-01-04,0.1,-0.1\n")
     with pytest.raises(
-        ConfigurationError, match=re.escape(f"signal file {path} needs an 'action' column")
+        ConfigurationError, match=re.escape(f"signal file {path} needs an 'action' or 'state'")
     ):
         bs.read_signal_file(path, PAIR, DATES, SIZING)
 
@@ -279,3 +280,162 @@ def test_model_direction_without_kelly_edge_closes_the_position():
     # p = 0.3 with b = 1.5: 0.3 - 0.7 / 1.5 < 0, no edge.
     w = bs.model_weights(signals(["sell", "buy"], [0.1, 0.3]), KELLY)
     np.testing.assert_array_equal(w[1], [0.0, 0.0])
+
+
+# --- State files ----------------------------------------------------------------------------------
+def test_state_file_plus_minus_one_and_zero_give_leg_fractions_where_the_state_changes(tmp_path):
+    text = "date,state\n2021-01-04,1\n2021-01-05,1\n2021-01-06,-1\n2021-01-07,\n2021-01-08,0\n"
+    w = read(tmp_path, text)
+    np.testing.assert_array_equal(w, expected({0: (F, -F), 2: (-F, F), 4: (0.0, 0.0)}))
+
+
+def test_state_file_blank_and_nan_keep_the_position(tmp_path):
+    w = read(tmp_path, "date,state\n2021-01-04,-1\n2021-01-05,NaN\n2021-01-06,\n2021-01-07,+1\n")
+    np.testing.assert_array_equal(w, expected({0: (-F, F), 3: (F, -F)}))
+
+
+def test_state_file_gives_the_same_instructions_as_the_equivalent_action_file(tmp_path):
+    states = "date,state\n2021-01-04,1\n2021-01-05,\n2021-01-06,-1.0\n2021-01-08,0\n"
+    actions = "date,action\n2021-01-04,buy\n2021-01-05,hold\n2021-01-06,sell\n2021-01-08,flat\n"
+    np.testing.assert_array_equal(read(tmp_path, states), read(tmp_path, actions))
+
+
+@pytest.mark.parametrize("value", ["2", "0.5", "long", "inf", "-"])
+def test_state_file_value_other_than_plus_minus_one_zero_or_blank_is_refused_at_its_line(
+    tmp_path, value
+):
+    path = write(tmp_path, f"date,state\n2021-01-04,1\n2021-01-05,{value}\n")
+    with pytest.raises(ConfigurationError, match=refused_at(path, 3) + f" state '{value}' must"):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+def test_signal_file_with_both_action_and_state_columns_is_refused(tmp_path):
+    path = write(tmp_path, "date,action,state\n2021-01-04,buy,1\n")
+    with pytest.raises(ConfigurationError, match="both an 'action' and a 'state' column"):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+# --- Sizing: USD per leg --------------------------------------------------------------------------
+def test_leg_usd_makes_action_and_state_instructions_usd_per_leg(tmp_path):
+    sizing = bs.SizingConfig(rule_leg_fraction=F, leg_usd=10_000.0)
+    for text in ("date,action\n2021-01-05,sell\n", "date,state\n2021-01-05,-1\n"):
+        found = bs.read_signal_file(write(tmp_path, text), PAIR, DATES, sizing)
+        assert found.per_usd is True
+        np.testing.assert_array_equal(found.weights, expected({1: (-10_000.0, 10_000.0)}))
+
+
+def test_leg_usd_leaves_a_weight_file_in_fractions_of_equity(tmp_path):
+    sizing = bs.SizingConfig(leg_usd=10_000.0)
+    path = write(tmp_path, "date,AAPL,MSFT\n2021-01-05,0.4,-0.2\n")
+    found = bs.read_signal_file(path, PAIR, DATES, sizing)
+    assert found.per_usd is False
+    np.testing.assert_array_equal(found.weights, expected({1: (0.4, -0.2)}))
+
+
+def test_without_leg_usd_rule_instructions_are_fractions_of_equity(tmp_path):
+    found = bs.read_signal_file(write(tmp_path, "date,state\n2021-01-05,1\n"), PAIR, DATES, SIZING)
+    assert found.per_usd is False
+
+
+@pytest.mark.parametrize("leg_usd", [0.0, -10.0, math.nan, math.inf, True])
+def test_leg_usd_must_be_a_positive_finite_amount(leg_usd):
+    with pytest.raises(ConfigurationError, match="leg USD must be a positive, finite amount"):
+        bs.SizingConfig(leg_usd=leg_usd)
+
+
+def test_fractional_shares_must_be_true_or_false():
+    with pytest.raises(ConfigurationError, match="fractional shares must be true or false"):
+        bs.SizingConfig(fractional_shares=1)  # type: ignore[arg-type]
+
+
+# --- Rows outside the backtest's bars -------------------------------------------------------------
+WARM_UP = "2020-12-29,{}\n2020-12-30,{}\n2020-12-31,{}\n"  # before DATES[0] = 2021-01-04
+
+
+@pytest.mark.parametrize(
+    ("header", "flat"),
+    [("action", "flat"), ("action", "hold"), ("state", "0"), ("state", ""), ("AAPL,MSFT", "0,0")],
+)
+def test_flat_rows_before_the_first_bar_are_skipped_and_counted(tmp_path, header, flat):
+    row = "1,-1" if header == "AAPL,MSFT" else ("1" if header == "state" else "buy")
+    path = write(
+        tmp_path, f"date,{header}\n" + WARM_UP.format(flat, flat, flat) + f"2021-01-05,{row}\n"
+    )
+    found = bs.read_signal_file(path, PAIR, DATES, SIZING)
+    assert (found.skipped_before, found.first_bar) == (3, DATES[0])
+    assert np.isnan(found.weights[0]).all() and not np.isnan(found.weights[1]).any()
+
+
+@pytest.mark.parametrize(
+    ("header", "values", "line"),
+    [
+        ("action", ("flat", "buy", "flat"), 3),
+        ("state", ("", "0", "-1"), 4),
+        ("AAPL,MSFT", ("0,0", "0,0.1", "0,0"), 3),
+    ],
+)
+def test_a_position_before_the_first_bar_is_refused_naming_its_line_and_the_first_bar(
+    tmp_path, header, values, line
+):
+    path = write(
+        tmp_path, f"date,{header}\n" + WARM_UP.format(*values) + f"2021-01-05,{values[0]}\n"
+    )
+    with pytest.raises(
+        ConfigurationError,
+        match=refused_at(path, line) + r" .* is before the first bar of the backtest 2021-01-04 "
+        "and is not flat",
+    ):
+        bs.read_signal_file(path, PAIR, DATES, SIZING)
+
+
+def test_rows_before_start_inside_the_data_are_skipped_when_the_file_is_flat_by_the_first_bar(
+    tmp_path,
+):
+    text = "date,action\n2020-06-01,buy\n2020-12-30,hold\n2020-07-01,flat\n2021-01-05,sell\n"
+    found = bs.read_signal_file(write(tmp_path, text), PAIR, DATES, SIZING, data_start="2020-01-02")
+    assert found.skipped_before == 3
+    np.testing.assert_array_equal(found.weights, expected({1: (-F, F)}))
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "line"),
+    [
+        ("action", ("2020-06-01,buy", "2020-07-01,flat", "2020-08-03,sell", "2020-12-30,hold"), 4),
+        ("state", ("2020-06-01,-1", "2020-12-30,"), 2),
+        ("AAPL,MSFT", ("2020-06-01,0,0", "2020-09-01,0.2,-0.2"), 3),
+    ],
+)
+def test_a_position_held_into_the_first_bar_from_before_start_is_refused_naming_its_line(
+    tmp_path, header, rows, line
+):
+    path = write(tmp_path, f"date,{header}\n" + "\n".join(rows) + "\n")
+    with pytest.raises(
+        ConfigurationError,
+        match=refused_at(path, line) + r" the position of .* is still held at the first bar of "
+        "the backtest 2021-01-04",
+    ):
+        bs.read_signal_file(path, PAIR, DATES, SIZING, data_start="2020-01-02")
+
+
+def test_a_position_in_the_warm_up_before_the_data_is_refused_even_if_flat_later(tmp_path):
+    text = "date,state\n2019-12-30,1\n2019-12-31,0\n2021-01-05,1\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigurationError, match=refused_at(path, 2) + ".* warm-up"):
+        bs.read_signal_file(path, PAIR, DATES, SIZING, data_start="2020-01-02")
+
+
+def test_rows_after_the_last_bar_inside_the_data_are_ignored_and_counted(tmp_path):
+    path = write(tmp_path, "date,action\n2021-01-05,buy\n2021-01-18,sell\n2021-01-19,flat\n")
+    found = bs.read_signal_file(path, PAIR, DATES, SIZING, data_end="2021-06-30")
+    assert (found.ignored_after, found.last_bar) == (2, DATES[-1])
+    np.testing.assert_array_equal(found.weights, expected({1: (F, -F)}))
+
+
+@pytest.mark.parametrize("data_end", [None, "2021-01-15"])
+def test_a_row_after_the_last_bar_of_the_data_is_refused(tmp_path, data_end):
+    path = write(tmp_path, "date,action\n2021-01-05,buy\n2021-01-19,flat\n")
+    with pytest.raises(
+        ConfigurationError,
+        match=refused_at(path, 3) + " 2021-01-19 is after the last bar of the data 2021-01-15",
+    ):
+        bs.read_signal_file(path, PAIR, DATES, SIZING, data_end=data_end)

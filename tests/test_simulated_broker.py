@@ -62,6 +62,20 @@ def test_orders_toward_shrinking_a_position_is_one_reducing_order():
     assert [(o.side, o.qty) for o in reduce] == [(Side.SELL, 70)] and increase == []
 
 
+def test_orders_toward_closing_a_fractional_position_sells_exactly_the_held_quantity():
+    held = 10_000.0 / 0.26  # 38461.53846153846: not a whole number of shares
+    reduce, increase = orders_toward({"AAPL": held}, {"AAPL": 0.0}, Purpose.ENTRY, ("s", "b"))
+    assert [(o.side, o.qty) for o in reduce] == [(Side.SELL, held)] and increase == []
+    assert held + reduce[0].signed_qty == 0.0
+
+
+def test_orders_toward_shrinking_a_fractional_position_sends_no_leftover_order():
+    have, want = 76377.698, 19481.66
+    assert have - (have - want) != want  # floats: the reduce alone misses the target by an ulp
+    reduce, increase = orders_toward({"AAPL": have}, {"AAPL": want}, Purpose.ENTRY, ("s", "b"))
+    assert [(o.side, o.qty) for o in reduce] == [(Side.SELL, have - want)] and increase == []
+
+
 # --- SimulatedBroker ---------------------------------------------------------------------------
 def approved(orders, b: ta.SimulatedBroker):
     acct = b.account()
@@ -310,3 +324,28 @@ def test_a_version_1_paper_account_is_read_into_the_ledger(tmp_path):
     assert b.holdings() == {"AAPL": 50, "MSFT": -30}
     assert b.ledger.cash == 90_000.0 and b.borrow_paid == 1.25
     assert b.ledger.borrow_through == pe.day_number("2022-01-03")
+
+
+def test_fractional_usd_legs_fill_persist_as_floats_and_a_close_leaves_exactly_zero(tmp_path):
+    """$10,000 per leg in fractional shares on the paper account: the quantities are the exact
+    quotients, they survive a restart bit for bit, and going flat leaves nothing."""
+    b = broker(tmp_path)
+    cfg = pe.TradingConfig(sizing=pe.SizingConfig(leg_usd=10_000.0, fractional_shares=True))
+
+    def step(weights, bar):
+        return pe.decide(
+            b, risk(), cfg, weights, LEGS, id_parts=pe.decision_ids(bar, bar),
+            start_of_day_equity=b.account().equity, per_usd=True,
+        )  # fmt: skip
+
+    report = step([10_000.0, -10_000.0], BAR)
+    assert report.target == {"AAPL": 10_000.0 / 180.0, "MSFT": -10_000.0 / 330.0}
+    assert b.holdings() == report.target
+    again = ta.SimulatedBroker(tmp_path / "broker.json", now=lambda: NOW)
+    assert again.holdings() == report.target  # JSON keeps every bit of a float
+    assert [o.qty for o in map(again.get_order_by_client_id, b.filled_client_ids())] == [
+        10_000.0 / 180.0,
+        10_000.0 / 330.0,
+    ]
+    step([0.0, 0.0], BAR + pd.Timedelta(days=1))
+    assert b.positions() == {} and b.ledger.qty == {"AAPL": 0.0, "MSFT": 0.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -287,16 +288,28 @@ def test_client_order_id_distinguishes_parts_containing_the_separator():
 
 
 # --- Orders ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("qty", [0, -1, -100])
+@pytest.mark.parametrize("qty", [0, -1, -100, 0.0, -0.5])
 def test_order_refuses_non_positive_quantity(qty):
-    with pytest.raises(ConfigurationError, match="positive whole number"):
+    with pytest.raises(ConfigurationError, match="positive, finite number of shares"):
         te.Order("AAPL", te.Side.BUY, qty, "pt-x")
 
 
-@pytest.mark.parametrize("qty", [2.5, 0.5])
-def test_order_refuses_fractional_quantity(qty):
-    with pytest.raises(ConfigurationError, match="positive whole number"):
+@pytest.mark.parametrize("qty", [True, "3", None])
+def test_order_refuses_a_quantity_that_is_not_a_number(qty):
+    with pytest.raises(ConfigurationError, match="positive, finite number of shares"):
         te.Order("AAPL", te.Side.BUY, qty, "pt-x")
+
+
+@pytest.mark.parametrize("qty", [2.5, 0.5, np.float64(3.25)])
+def test_order_keeps_a_fractional_quantity_as_a_float(qty):
+    order = te.Order("AAPL", te.Side.SELL, qty, "pt-x")
+    assert type(order.qty) is float and order.qty == float(qty)
+    assert order.signed_qty == -float(qty)
+
+
+@pytest.mark.parametrize("qty", [3, np.int64(3)])
+def test_order_keeps_a_whole_quantity_as_an_int(qty):
+    assert type(te.Order("AAPL", te.Side.BUY, qty, "pt-x").qty) is int
 
 
 @pytest.mark.parametrize("qty", [math.nan, math.inf])
