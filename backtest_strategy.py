@@ -148,35 +148,20 @@ def rolling_spread_zscore(
     return z.to_numpy()
 
 
-def regression_spread_zscore(
-    log_long: np.ndarray, log_short: np.ndarray, bars: int = 60
-) -> np.ndarray:
-    """The textbook z-score: over the `bars` bars ending at t (causal), regress log(long) on
-    log(short); z is bar t's residual over the residuals' standard deviation (ddof 1), all with
-    the one slope of that window. NaN for the first `bars` - 1 bars."""
-    a, b = pd.Series(log_long), pd.Series(log_short)
-    roll_a, roll_b = a.rolling(bars), b.rolling(bars)
-    cov, var_b = roll_a.cov(b), roll_b.var()
-    beta = cov / var_b
-    resid_var = (roll_a.var() - beta * cov).clip(lower=0.0)
-    resid = (a - roll_a.mean()) - beta * (b - roll_b.mean())
-    z = resid / np.sqrt(resid_var)
-    return z.where(resid_var > 0).to_numpy()
-
-
 def textbook_zscore_states(zscore: np.ndarray, entry: float = 2.0, exit: float = 0.5) -> np.ndarray:
     """The textbook rule as direction states: from flat, sell the spread above +entry and buy it
-    below -entry; a long closes once z >= -exit, a short once z <= +exit; no direct reversal (a
-    position closes first, and re-enters on a later bar). NaN z keeps the state."""
+    below -entry; a position goes flat inside ±exit or on the opposite signal, with no direct
+    reversal (the opposite entry waits for the next bar). NaN z is flat."""
     z = np.asarray(zscore, dtype="float64")
     out = np.zeros(len(z))
     state = 0.0
     for i, v in enumerate(z):
-        if not math.isnan(v):
-            if state == 0.0:
-                state = -1.0 if v > entry else (1.0 if v < -entry else 0.0)
-            elif (state > 0 and v >= -exit) or (state < 0 and v <= exit):
-                state = 0.0
+        if math.isnan(v):
+            state = 0.0
+        elif state == 0.0:
+            state = -1.0 if v > entry else (1.0 if v < -entry else 0.0)
+        elif abs(v) < exit or (v > entry if state > 0 else v < -entry):
+            state = 0.0
         out[i] = state
     return out
 
@@ -189,21 +174,22 @@ class ZScoreRule(NamedTuple):
     description: str
 
 
-#: The z-score benchmarks (`--benchmark-rule`). Both use 60-bar windows, entry 2.0 and exit 0.5 by
-#: default, dollar-neutral legs of `--rule-fraction` (or `--leg-usd`), and z computed on the whole
-#: processed history up to each bar, so they are warm on the first backtest bar.
+#: The z-score benchmarks (`--benchmark-rule`): the same z-score, two rules. Both use 60-bar
+#: windows, entry 2.0 and exit 0.5 by default, dollar-neutral legs of `--rule-fraction` (or
+#: `--leg-usd`), and z computed on the whole processed history up to each bar, so it is warm on
+#: the first backtest bar after 119 processed bars.
 ZSCORE_RULES: dict[str, ZScoreRule] = {
     "current": ZScoreRule(
         rolling_spread_zscore,
         zscore_rule_states,
-        "spread log(long) - beta_t log(short) with beta_t the 60-bar OLS slope, z over the last "
-        "60 spread values (valid after 119 bars); reverses long<->short directly",
+        "z of log(long) - beta_t log(short) (beta_t the 60-bar OLS slope) over its last 60 "
+        "values; flat inside ±exit; reverses long<->short directly on an opposite signal",
     ),
     "textbook": ZScoreRule(
-        regression_spread_zscore,
+        rolling_spread_zscore,
         textbook_zscore_states,
-        "60-bar regression of log(long) on log(short), z = today's residual / residual std "
-        "(valid after 60 bars); exits at |z| <= exit before any reversal",
+        "the same z; from flat, enter beyond ±entry; flat inside ±exit or on an opposite "
+        "signal, re-entering on a later bar (no direct reversal)",
     ),
 }
 

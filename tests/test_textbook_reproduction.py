@@ -131,7 +131,10 @@ def test_textbook_zscore_rule_reproduced_to_the_cent_over_the_bundled_history(ho
     pd.DataFrame({"date": close.index.strftime("%Y-%m-%d"), "state": states}).to_csv(
         signals, index=False
     )
-    res = run("main.py", "backtest", "--signals", str(signals), *textbook_flags(), home=home)
+    res = run(
+        "main.py", "backtest", "--signals", str(signals), *textbook_flags(),
+        "--benchmark-rule", "textbook", home=home,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     folder = only_run_dir(home)
     got = pd.read_csv(folder / "equity.csv", index_col="date", parse_dates=True)
@@ -156,6 +159,17 @@ def test_textbook_zscore_rule_reproduced_to_the_cent_over_the_bundled_history(ho
     difference = np.abs(got["equity"].to_numpy() - equity)
     assert difference.max() < 0.005, (difference.max(), got.index[difference.argmax()])
     assert abs(summary["strategy"]["final_equity"] - equity[-1]) < 0.005
+
+    # The built-in `--benchmark-rule textbook` is the same rule: under the same conventions its
+    # column equals the plain loop run from the first processed bar (where the benchmark starts
+    # flat and computes its z-score from the processed closes only).
+    processed = close.loc[first:]
+    bench_equity, bench_fills = cash_loop(
+        processed.to_numpy(), textbook_states(processed), 100_000.0
+    )
+    difference = np.abs(got["zscore_rule_equity"].to_numpy() - bench_equity)
+    assert difference.max() < 0.005, (difference.max(), got.index[difference.argmax()])
+    assert summary["benchmarks"]["zscore_rule"]["fills"] == bench_fills > 400
 
     # Nothing else touched it: no refusal, no halt, no fee but the commission. The default 10 %
     # drawdown limit would have liquidated it: the rule's own drawdown is deeper.

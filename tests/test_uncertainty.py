@@ -168,31 +168,31 @@ def test_the_report_prints_the_uncertainty_rows_and_a_verdict(tmp_path):
 
 
 # --- The z-score benchmark's two rules ------------------------------------------------------------
-def test_the_textbook_zscore_is_the_window_regression_residual_over_its_std():
-    rng = np.random.default_rng(7)
-    b = np.cumsum(rng.normal(0, 0.01, 400))
-    a = 0.7 * b + np.cumsum(rng.normal(0, 0.002, 400))
-    z = bt.regression_spread_zscore(a, b, bars=60)
-    assert np.isnan(z[:59]).all() and np.isfinite(z[59:]).all()
-    for t in (59, 200, 399):
-        x = np.c_[np.ones(60), b[t - 59 : t + 1]]
-        coef = np.linalg.lstsq(x, a[t - 59 : t + 1], rcond=None)[0]
-        resid = a[t - 59 : t + 1] - x @ coef
-        assert z[t] == pytest.approx(resid[-1] / resid.std(ddof=1), rel=1e-8)
-
-
-def test_the_textbook_rule_exits_before_it_reverses_and_the_current_rule_does_not():
-    z = np.array([0.0, 2.5, 1.0, -2.5, -1.0, 0.2, -2.1, 3.0, 3.0, 0.4])
+def test_the_textbook_rule_goes_flat_before_it_reverses_and_the_current_rule_does_not():
+    z = np.array([np.nan, 2.5, 1.0, -2.5, -2.5, 0.2, -2.1, 3.0, 3.0, 0.4, -1.0])
     textbook = bt.textbook_zscore_states(z, 2.0, 0.5)
-    assert textbook.tolist() == [0, -1, -1, 0, 0, 0, 1, 0, -1, 0]
+    assert textbook.tolist() == [0, -1, -1, 0, 1, 0, 1, 0, -1, 0, 0]
     current = bt.zscore_rule_states(z, 2.0, 0.5)
     assert current[3] == 1.0  # reverses short -> long on the bar itself
+    assert np.isnan(current[2])  # and keeps the position between the bands
 
 
 def test_benchmark_rule_textbook_changes_the_benchmark_and_is_recorded(home, tmp_path):
-    signals = action_file(tmp_path / "s.csv", SIGNALS)
-    current = backtest(home, signals)
-    textbook = backtest(home, signals, benchmark_rule="textbook")
+    # 2015 holds the only direct reversals of the z-score rule on AAPL/MSFT since 2010.
+    signals = action_file(tmp_path / "s.csv", [("2015-03-02", "buy"), ("2015-09-01", "flat")])
+
+    def year_2015(rule: str) -> bt.BacktestReport:
+        request = bt.BacktestRequest(
+            pair=PAIR,
+            start="2015-01-02",
+            end="2015-12-31",
+            signal_file=str(signals),
+            benchmark_rule=rule,
+            write_charts=False,
+        )
+        return bt.backtest(request, home=home)
+
+    current, textbook = year_2015("current"), year_2015("textbook")
     a, b = current.summary["benchmarks"], textbook.summary["benchmarks"]
     assert a["zscore_rule"]["final_equity"] != b["zscore_rule"]["final_equity"]
     assert textbook.summary["run"]["benchmark_rule"]["name"] == "textbook"
