@@ -507,8 +507,11 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser, trading: bo
         "control. By default it covers the bars after the model's validation range (its "
         "holdout), and trains a model first if there is none. Prints the report beside two "
         "benchmarks (buy-and-hold of the long leg; the spread z-score rule under the same costs "
-        "and gate) and writes results/<run-id>/ (equity.csv, trades.csv, summary.json, "
-        "equity.png, equity.html).",
+        "and gate), each Sharpe with its 95 % bootstrap interval, P(Sharpe > 0), the deflated "
+        "Sharpe over the trials counted in results/trials.jsonl and paired tests against the "
+        "benchmarks, "
+        "then a one-line verdict, and writes results/<run-id>/ (equity.csv, trades.csv, "
+        "summary.json, equity.png, equity.html).",
         epilog="--signals FILE: a CSV with `date,action` (buy, sell, hold, flat), `date,state`\n"
         "(1 long the spread, -1 short it, 0 flat, blank keep) or `date,<LONG>,<SHORT>` target\n"
         "weights (signed fractions of equity per leg). Actions and states trade where the\n"
@@ -542,9 +545,9 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser, trading: bo
         "--benchmark-rule",
         choices=("current", "textbook"),
         default="current",
-        help="the z-score rule: current (spread with a rolling beta, reverses directly) or "
-        "textbook (regression residual z, closes at the exit band before reversing); README, "
-        "'The z-score benchmark' (current)",
+        help="the z-score rule: current (reverses long<->short directly on an opposite signal) "
+        "or textbook (goes flat on an opposite signal, re-enters on a later bar); the same "
+        "z-score, see README 'The z-score benchmark' (current)",
     )
     if trading:
         _add_trading_options(b)
