@@ -1134,6 +1134,12 @@ def record_trials(
         )
         ledger.record(trial)
         counts[kind] = ledger.count(trial.pair, trial.start, trial.end, kind)
+    unreadable = ledger.read()[1]
+    if unreadable:
+        run["notes"].append(
+            f"{ledger.path}: {unreadable} line(s) are not trials (a crash mid-write, or an edit) "
+            "and were not counted"
+        )
     return counts
 
 

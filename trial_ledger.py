@@ -124,15 +124,25 @@ class TrialLedger:
 
     def __iter__(self) -> Iterator[Trial]:
         """Every readable trial, oldest first; torn or foreign lines are skipped."""
+        yield from self.read()[0]
+
+    def read(self) -> tuple[list[Trial], int]:
+        """(every readable trial, oldest first; the number of lines that are not a trial: a torn
+        last line after a crash, or an edit by hand)."""
         try:
             lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         except FileNotFoundError:
-            return
+            return [], 0
+        trials: list[Trial] = []
+        unreadable = 0
         for line in lines:
-            try:
-                yield Trial.from_json(json.loads(line))
-            except (ValueError, KeyError, TypeError, IndexError):
+            if not line.strip():
                 continue
+            try:
+                trials.append(Trial.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError, IndexError):
+                unreadable += 1
+        return trials, unreadable
 
     def count(
         self, pair: Sequence[str], start: str, end: str, kind: str, *, extra: Trial | None = None

@@ -76,14 +76,20 @@ def test_n_distinct_backtests_on_a_pair_deflate_by_n_and_a_rerun_is_not_a_new_tr
 
     again = backtest(home, signals, fraction=0.2)  # identical to the second: not a new trial
     assert again.summary["strategy"]["trials"] == 3
+    assert not any("not trials" in n for n in again.summary["run"]["notes"])
     other_file = action_file(tmp_path / "t.csv", SIGNALS[:3])  # another signal file: a trial
     assert backtest(home, other_file, fraction=0.2).summary["strategy"]["trials"] == 4
 
     ledger = list(TrialLedger(home.results_dir))
     assert len(ledger) == 2 * 5  # strategy and z-score benchmark per run, reruns included
-    assert {t.run_id for t in ledger} == {r.run_dir.name for r in [*reports, again]} | {
-        p.name for p in home.results_dir.iterdir() if p.is_dir()
-    }
+    with open(TrialLedger(home.results_dir).path, "a") as fh:
+        fh.write('{"run_id": "torn"')  # a crash mid-line: not counted, and said so
+    torn = backtest(home, signals, fraction=0.2)
+    assert torn.summary["strategy"]["trials"] == 4
+    assert any("1 line(s) are not trials" in n for n in torn.summary["run"]["notes"])
+    # Every trial names its run's folder.
+    folders = {p.name for p in home.results_dir.iterdir() if p.is_dir()}
+    assert {t.run_id for t in TrialLedger(home.results_dir)} == folders
 
 
 def test_trials_on_other_dates_or_pairs_are_counted_apart(home, tmp_path):
@@ -104,8 +110,8 @@ def test_the_ledger_skips_a_torn_last_line_and_appends_after_it(tmp_path):
     with open(ledger.path, "a") as fh:
         fh.write('{"run_id": "torn", "pair": ["A"')  # a crash mid-line
     ledger.record(Trial(**{**trial.__dict__, "run_id": "r2", "config_hash": "other"}))
-    trials = list(ledger)
-    assert [t.run_id for t in trials] == ["r1", "r2"]
+    trials, unreadable = ledger.read()
+    assert [t.run_id for t in trials] == ["r1", "r2"] and unreadable == 1
     assert ledger.count(("A", "B"), "2020-01-02", "2020-12-31", "strategy").trials == 2
 
 
