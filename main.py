@@ -26,6 +26,7 @@ examples:
   python main.py drift                           latest data vs the active models' training data
   python main.py backtest                        out-of-sample backtest with costs and risk gate
   python main.py backtest --signals my.csv       your own signals through the same engine
+  python main.py scan --top 10                   every bundled pair, walk-forward, out of sample
   python main.py live --replay 2022-01-03 2022-03-31   the trading loop on history (paper)
   python main.py backtest --config trading.toml  backtest and live take the same settings
   python main.py live --once                     one live iteration (cron); paper by default
@@ -172,6 +173,7 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_drift)
 
     _backtest_parser(commands, common, trading)
+    _scan_parser(commands, trading)
 
     r = commands.add_parser(
         "risk",
@@ -552,6 +554,64 @@ def _backtest_parser(commands: Any, common: argparse.ArgumentParser, trading: bo
     if trading:
         _add_trading_options(b)
     b.set_defaults(func=cmd_backtest)
+
+
+def _scan_parser(commands: Any, trading: bool) -> None:
+    sc = commands.add_parser(
+        "scan",
+        help="every pair of a universe, walk-forward, the z-score rule out of sample",
+        description="For every pair of the universe and every walk-forward window: formation "
+        "statistics (correlation, hedge ratio, Engle-Granger p-value, half-life, hedge-ratio "
+        "stability), then the z-score rule traded on the next trading window through the "
+        "backtest engine with its costs and risk gate (flat at each window's end). Ranks the "
+        "pairs by the deflated Sharpe of their chained out-of-sample returns (deflated over "
+        "pairs x parameter sets, counted in results/trials.jsonl), then Sharpe, and writes "
+        "results/scan-<UTC stamp>/ (pairs.csv, pairs.parquet, summary.json, heatmap.png, "
+        "heatmap.html). Serial for now.",
+        epilog=CONFIG_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sc.add_argument(
+        "--universe",
+        default="bundled",
+        metavar="U",
+        help="bundled (the 20 bundled tickers, 190 pairs) or csv:PATH (a date column and one "
+        "close column per ticker) (bundled)",
+    )
+    sc.add_argument("--start", type=_iso_date, metavar="YYYY-MM-DD", help="first date (all)")
+    sc.add_argument("--end", type=_iso_date, metavar="YYYY-MM-DD", help="last date (all)")
+    sc.add_argument(
+        "--top", type=_number(1, integer=True), default=20, metavar="N", help="rows shown (20)"
+    )
+    sc.add_argument(
+        "--formation-bars",
+        type=_number(1, integer=True),
+        default=252,
+        metavar="N",
+        help="formation window in bars (252)",
+    )
+    sc.add_argument(
+        "--trading-bars",
+        type=_number(1, integer=True),
+        default=63,
+        metavar="N",
+        help="trading window in bars, also the step (63)",
+    )
+    sc.add_argument("--entry-z", type=float, default=2.0, metavar="Z", help="(2.0)")
+    sc.add_argument("--exit-z", type=float, default=0.5, metavar="Z", help="(0.5)")
+    sc.add_argument(
+        "--rule",
+        choices=("current", "textbook"),
+        default="current",
+        help="the z-score rule, as backtest's --benchmark-rule (current)",
+    )
+    sc.add_argument("--no-charts", action="store_true", help="skip heatmap.png and heatmap.html")
+    sc.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+    if trading:
+        _add_trading_options(sc)
+    sc.set_defaults(func=cmd_scan, long=None, short=None)
 
 
 # --- Commands -------------------------------------------------------------------------------------
@@ -953,6 +1013,98 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     for note in report.notes:
         console.print(f"note: {note}")
     console.print(f"results: {report.run_dir}")
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    import constants as C
+    import pair_scan as ps
+    from error_handling import ConfigurationError
+
+    if args.recall or args.hard_to_borrow:
+        raise ConfigurationError("scan does not take --recall or --hard-to-borrow (pair-specific)")
+    request = ps.ScanRequest(
+        universe=args.universe,
+        start=args.start,
+        end=args.end,
+        settings=ps.ScanSettings(
+            formation_bars=args.formation_bars,
+            trading_bars=args.trading_bars,
+            rules=(ps.RuleParameters(args.entry_z, args.exit_z, rule=args.rule),),
+        ),
+        config=_trading_config(args),
+        top=args.top,
+        write_charts=not args.no_charts,
+    )
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: the whole table, not an 80-column squeeze
+        console = Console(width=max(console.width, 132))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    started = time.perf_counter()
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("scan: loading the universe", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=f"scan: {stage}", completed=done, total=total)
+
+        result, summary, folder = ps.scan(
+            request, results_dir=C.paths().ensure().results_dir, progress=progress
+        )
+    elapsed = time.perf_counter() - started
+    run = summary["run"]
+    title = (
+        f"Scan {run['universe']}: {run['pairs']:,} pairs, {run['windows']} windows "
+        f"({run['formation_bars']} + {run['trading_bars']} bars), out of sample "
+        f"{run['oos_start']} .. {run['oos_end']}"
+    )
+    table = Table(title=title)
+    headers = ("#", "pair", "OOS Sharpe", "95 % CI", "PSR", "DSR", "total return", "trades")
+    for name in (*headers, "cost bps", "half-life", "coint"):
+        table.add_column(name, justify="left" if name == "pair" else "right", no_wrap=True)
+    for i, p in enumerate(result.pairs[: args.top], 1):
+        table.add_row(
+            str(i),
+            p.pair,
+            _fmt(p.sharpe, "ratio"),
+            _fmt((p.sharpe_ci_low, p.sharpe_ci_high), "ci"),
+            _fmt(p.psr, "p"),
+            _fmt(p.dsr, "p"),
+            _fmt(p.total_return, "pct"),
+            _fmt(p.fills, "int"),
+            _fmt(p.cost_share * 1e4, "ratio"),
+            _fmt(p.median_half_life_bars, "ratio"),
+            f"{p.share_cointegrated:.0%}",
+        )
+    console.print(table)
+    console.print(
+        f"{len(result.pairs):,} trials in this scan; DSR deflated by {result.trial_count.trials:,} "
+        f"scan trials in {run['statistics']['trials_file']} (Sharpe variance "
+        f"{result.trial_count.sharpe_variance:.3f}); cost = total costs / traded notional; "
+        "half-life: median over formation windows, bars; % coint: formation windows with "
+        f"Engle-Granger p < {run['coint_level']}"
+    )
+    console.print(f"time: {elapsed:,.1f} s (serial)")
+    console.print(f"results: {folder}")
     return 0
 
 
@@ -1439,7 +1591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         # The trading options take their defaults from pair_engine (pandas): only when needed.
-        parser = build_parser(trading=bool({"backtest", "live"} & set(argv)))
+        parser = build_parser(trading=bool({"backtest", "live", "scan"} & set(argv)))
     except ImportError as exc:  # the environment is not installed
         print(f"error: {exc}; run ./install.sh (see `python main.py check`)", file=sys.stderr)
         return 2

@@ -1,0 +1,230 @@
+"""pair_scan: every pair of a universe, walk-forward, the z-score rule traded out of sample through
+the backtest engine. Real bundled closes, a small universe and a few years so it stays fast."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import backtest_strategy as bt
+import pair_scan as ps
+from error_handling import ConfigurationError
+from pair_engine import TradingConfig, rule_instructions
+from pair_selection import pair_statistics
+from tests.helpers import run
+from trial_ledger import TrialLedger
+
+TICKERS = ["AAPL", "MSFT", "KO", "PEP"]
+
+
+@pytest.fixture(scope="module")
+def closes(bundled) -> pd.DataFrame:
+    """Four bundled tickers over 2015-2018: 6 pairs, 11 walk-forward windows of 252 + 63 bars."""
+    return bundled.close[TICKERS].loc["2015":"2018"]
+
+
+@pytest.fixture(scope="module")
+def scanned(closes) -> ps.ScanResult:
+    return ps.run_scan(closes)
+
+
+def _by_key(results):
+    return {(r.long, r.short, r.rule_index, r.window_index): r for r in results}
+
+
+def _direct_window(closes, long, short, w, rule, cfg) -> bt.BacktestResult:
+    """The same window by hand: z on the formation + trading closes, the rule's states on the
+    trading bars, flat `fill_delay_bars` before the end, one run_backtest call."""
+    rows = closes[[long, short]].iloc[w.formation_start : w.trading_stop]
+    logs = np.log(rows.to_numpy())
+    z = bt.rolling_spread_zscore(logs[:, 0], logs[:, 1], rule.zscore_bars)[w.formation_bars :]
+    states = bt.zscore_rule_states(z, rule.entry_z, rule.exit_z)
+    states[-1 - cfg.fill_delay_bars :] = 0.0
+    weights = rule_instructions(states, cfg.sizing).weights
+    return bt.run_backtest(
+        rows.iloc[w.formation_bars :],
+        weights,
+        cfg,
+        history=rows.iloc[: w.formation_bars],
+        log_rejections=False,
+    )
+
+
+def test_each_window_equals_a_direct_backtest_of_that_window(closes, scanned):
+    cfg, rule = TradingConfig(), ps.RuleParameters()
+    mine = [r for r in scanned.window_results if (r.long, r.short) == ("KO", "PEP")]
+    assert len(mine) == len(scanned.windows) == 11
+    for r in mine:
+        direct = _direct_window(closes, "KO", "PEP", r.window, rule, cfg)
+        np.testing.assert_array_equal(r.returns, direct.returns.to_numpy())
+        assert r.fills == len(direct.trades)
+        assert r.total_costs == pytest.approx(sum(direct.costs.values()), abs=1e-9)
+        assert r.net_pnl == pytest.approx(direct.equity["equity"].iloc[-1] - 100_000.0)
+        # every window ends flat: positions are closed at its last close
+        assert direct.equity[["qty_KO", "qty_PEP"]].iloc[-1].tolist() == [0, 0]
+        f = closes[["KO", "PEP"]].iloc[r.window.formation_start : r.window.formation_stop]
+        assert r.statistics == pair_statistics(np.log(f["KO"]), np.log(f["PEP"]))
+    assert sum(r.fills for r in mine) > 0  # the rule really traded
+
+
+def test_pair_returns_are_its_windows_returns_chained_in_order(scanned):
+    windows = _by_key(scanned.window_results)
+    assert len(scanned.pairs) == 6
+    for p in scanned.pairs:
+        parts = [windows[(p.long, p.short, 0, i)].returns for i in range(len(scanned.windows))]
+        np.testing.assert_array_equal(p.returns, np.concatenate(parts))
+        assert p.bars == 11 * 63
+        assert p.total_return == pytest.approx(np.prod(1 + p.returns) - 1)
+        assert p.fills == sum(windows[(p.long, p.short, 0, i)].fills for i in range(11))
+
+
+def test_no_lookahead_windows_before_a_cut_are_unchanged(closes, scanned):
+    cut_at = scanned.windows[8].trading_stop + 20  # mid-way through window 9's trading rows
+    cut = ps.run_scan(closes.iloc[:cut_at])
+    assert len(cut.windows) == 9
+    full = _by_key(scanned.window_results)
+    for r in cut.window_results:
+        assert r.window.trading_stop <= cut_at
+        assert r.same_as(full[(r.long, r.short, r.rule_index, r.window_index)])
+
+
+def test_ranked_by_dsr_then_sharpe_deflated_over_pairs_times_parameter_sets(closes):
+    settings = ps.ScanSettings(
+        rules=(ps.RuleParameters(), ps.RuleParameters(entry_z=1.5, exit_z=0.25))
+    )
+    result = ps.run_scan(closes[["AAPL", "MSFT", "KO"]], settings)
+    assert len(result.pairs) == 3 * 2
+    sharpes = [p.sharpe for p in result.pairs]
+    for p in result.pairs:
+        assert p.trials == 6
+        assert p.trial_sharpe_variance == pytest.approx(np.var(sharpes, ddof=1))
+        assert p.dsr <= p.psr  # deflation only lowers the probability
+    keys = [(p.dsr, p.sharpe) for p in result.pairs]
+    assert keys == sorted(keys, reverse=True)
+
+
+def _reverse_map(fn, tasks, progress=None):
+    """Runs the tasks last to first and hands the results back in that (reversed) order."""
+    out = []
+    for i, args in enumerate(reversed(tasks)):
+        out.append(fn(*args))
+        if progress:
+            progress(i + 1, len(tasks))
+    return out
+
+
+def test_mapper_order_does_not_change_results(closes, scanned):
+    calls = []
+
+    def recording(fn, tasks, progress=None):
+        calls.append(len(tasks))
+        # a runner ships the function, the shared table and the tasks to other processes
+        pickle.loads(pickle.dumps((fn, tasks[0])))  # noqa: S301 (our own bytes)
+        return _reverse_map(fn, tasks, progress)
+
+    other = ps.run_scan(closes, mapper=recording)
+    assert calls == [6 * 11, 6]  # windows, then per-pair statistics
+    assert [p.pair for p in other.pairs] == [p.pair for p in scanned.pairs]
+    for a, b in zip(other.pairs, scanned.pairs, strict=True):
+        assert a == b
+        np.testing.assert_array_equal(a.returns, b.returns)
+    for a, b in zip(other.window_results, scanned.window_results, strict=True):
+        assert a.same_as(b)
+
+
+def _write_universe(path, bundled, tickers=("AAPL", "MSFT", "KO"), years=("2017", "2019")):
+    frame = bundled.close[list(tickers)].loc[years[0] : years[1]]
+    frame.to_csv(path, index_label="date")
+    return path
+
+
+def test_scan_records_one_trial_per_pair_and_parameter_set(tmp_path, bundled):
+    universe = _write_universe(tmp_path / "u.csv", bundled)
+    request = ps.ScanRequest(universe=f"csv:{universe}", write_charts=False)
+    result, summary, _ = ps.scan(request, results_dir=tmp_path / "results")
+    trials = [t for t in TrialLedger(tmp_path / "results") if t.kind == "scan"]
+    assert len(trials) == 3 and summary["trials"]["count"] == 3
+    assert {t.pair for t in trials} == {("AAPL", "MSFT"), ("AAPL", "KO"), ("MSFT", "KO")}
+    assert {(t.start, t.end) for t in trials} == {(result.oos_start, result.oos_end)}
+    # the same scan again tries nothing new; other parameters are 3 more trials
+    again, _, _ = ps.scan(request, results_dir=tmp_path / "results")
+    assert again.trial_count.trials == 3
+    other = ps.ScanRequest(
+        universe=f"csv:{universe}",
+        settings=ps.ScanSettings(rules=(ps.RuleParameters(entry_z=2.5),)),
+        write_charts=False,
+    )
+    third, _, _ = ps.scan(other, results_dir=tmp_path / "results")
+    assert third.trial_count.trials == 6
+    assert all(p.trials == 6 for p in third.pairs)
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("day,AAPL,MSFT\n2020-01-02,1,2\n", "no date column"),
+        ("date,AAPL\n2020-01-02,1\n2020-01-03,2\n", "at least 2 tickers"),
+        ("date,AAPL,MSFT\n2020-01-02,1,2\n2020-01-03,0,2\n", "prices must be positive"),
+        ("date,AAPL,MSFT\n2020-01-02,1,x\n", "is not a number"),
+    ],
+)
+def test_bad_universe_file_is_refused_in_one_line(tmp_path, content, needle):
+    path = tmp_path / "u.csv"
+    path.write_text(content)
+    with pytest.raises(ConfigurationError, match=needle):
+        ps.load_universe(f"csv:{path}")
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigurationError, match="warm-up"):
+        ps.ScanSettings(formation_bars=100)
+    with pytest.raises(ConfigurationError, match="exit z < entry z"):
+        ps.RuleParameters(entry_z=1.0, exit_z=1.5)
+    with pytest.raises(ConfigurationError, match="bundled or csv:PATH"):
+        ps.load_universe("sp500")
+
+
+def test_cli_scan_writes_every_file_and_prints_the_ranked_table(tmp_path, bundled):
+    universe = _write_universe(tmp_path / "u.csv", bundled)
+    proc = run("main.py", "scan", "--universe", f"csv:{universe}", "--top", "2", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (folder,) = (tmp_path / "results").glob("scan-*")
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"pairs.csv", "pairs.parquet", "summary.json", "heatmap.png", "heatmap.html"}
+    table = pd.read_csv(folder / "pairs.csv")
+    assert len(table) == 3 and list(table["rank"]) == [1, 2, 3]
+    parquet = pd.read_parquet(folder / "pairs.parquet")
+    assert list(parquet.columns) == list(table.columns)
+    assert list(parquet["pair"]) == list(table["pair"])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["run"]["pairs"] == 3 and summary["trials"]["count"] == 3
+    assert [row["pair"] for row in summary["top"][:2]] == list(table["pair"][:2])
+    shown = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert len(shown) == 2  # --top 2
+    assert table["pair"][0] in shown[0] and "OOS Sharpe" in proc.stdout
+    assert math.isfinite(summary["top"][0]["sharpe"])
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--universe", "sp500"], "bundled or csv:PATH"),
+        (["--universe", "csv:missing.csv"], "not found"),
+        (["--universe", "csv:{u}", "--formation-bars", "700"], "too little data"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, bundled, args, needle):
+    universe = _write_universe(tmp_path / "u.csv", bundled)
+    args = [a.format(u=universe) for a in args]
+    proc = run("main.py", "scan", *args, home=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
