@@ -1100,7 +1100,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         f"{len(result.pairs):,} trials in this scan; DSR deflated by {result.trial_count.trials:,} "
         f"scan trials in {run['statistics']['trials_file']} (Sharpe variance "
         f"{result.trial_count.sharpe_variance:.3f}); cost = total costs / traded notional; "
-        "half-life: median over formation windows, bars; % coint: formation windows with "
+        "half-life: median over formation windows, bars; coint: share of formation windows with "
         f"Engle-Granger p < {run['coint_level']}"
     )
     console.print(f"time: {elapsed:,.1f} s (serial)")

@@ -385,6 +385,7 @@ def run_scan(
     closes = checked_universe(prices)
     windows = walk_forward_windows(len(closes), settings.formation_bars, settings.trading_bars)
     pairs = universe_pairs(list(closes.columns))
+    order = {pair: i for i, pair in enumerate(pairs)}
     tasks = [
         (a, b, k, rule, i, w, config)
         for a, b in pairs
@@ -397,14 +398,14 @@ def run_scan(
 
     results = mapper(functools.partial(scan_window, closes), tasks, progress=stage("windows"))
     results = sorted(
-        results, key=lambda r: (pairs.index((r.long, r.short)), r.rule_index, r.window_index)
+        results, key=lambda r: (order[(r.long, r.short)], r.rule_index, r.window_index)
     )
     groups: dict[tuple[str, str, int], list[WindowResult]] = {}
     for r in results:
         groups.setdefault((r.long, r.short, r.rule_index), []).append(r)
     pair_tasks = [(settings.rules[k], groups[(a, b, k)]) for a, b, k in groups]
     rows = mapper(summarize_pair, pair_tasks, progress=stage("statistics"))
-    rows = sorted(rows, key=lambda p: (pairs.index((p.long, p.short)), p.rule_index))
+    rows = sorted(rows, key=lambda p: (order[(p.long, p.short)], p.rule_index))
     count = TrialCount.of([p.sharpe for p in rows])
     return ScanResult(
         settings=settings,
