@@ -68,9 +68,9 @@ def task(fn: Callable[..., Any], *args: Any, version: str = "1") -> Task:
     when `fn`'s code changes its results, so cached results of the old code are not reused.
     Refuses (TypeError) a lambda, a nested function, or an argument without a canonical encoding."""
     name = function_name(fn)
-    digest = hashlib.sha256()
-    digest.update(canonical_bytes((name, str(version), args)))
-    return Task(fn=fn, args=tuple(args), key=digest.hexdigest())
+    # The encoding is prefix-free (tagged, length-prefixed), so the concatenation is unambiguous.
+    encoded = canonical_bytes_at((name, str(version)), "task") + canonical_bytes_at(args, "args")
+    return Task(fn=fn, args=tuple(args), key=hashlib.sha256(encoded).hexdigest())
 
 
 def function_name(fn: Callable[..., Any]) -> str:
@@ -400,7 +400,7 @@ class DaskRunner(_BaseRunner):
         ]
         index = {f.key: j for j, f in enumerate(futures)}
         try:
-            for future in as_completed(futures):
+            for future in as_completed(futures, loop=client.loop):
                 yield index[future.key], future.result()
         finally:
             client.cancel([f for f in futures if not f.done()])
