@@ -107,7 +107,7 @@ def make_client() -> Iterator:
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.ERROR,
         )
         client = Client(cluster, set_as_default=False)
@@ -149,11 +149,14 @@ def test_results_are_identical_with_every_backend_and_worker_count(prices, make_
     tasks = window_tasks()
     shared = {"prices": prices}
     expected = tr.SerialRunner().map(tasks, shared=shared)
+    one_worker = make_client(1).scheduler.address
+    with tr.runner_from_options(jobs=None, scheduler=one_worker) as by_address:
+        dask_1 = by_address.map(tasks, shared=shared)
     runs = {
         "local-1": tr.LocalRunner(jobs=1).map(tasks, shared=shared),
         "local-2": tr.LocalRunner(jobs=2).map(tasks, shared=shared),
         "dask-2": tr.DaskRunner(client=make_client(2)).map(tasks, shared=shared),
-        "dask-1": tr.DaskRunner(client=make_client(1)).map(tasks, shared=shared),
+        "dask-1 (by address)": dask_1,
     }
     for name, results in runs.items():
         assert_identical(results, expected, name)
