@@ -385,7 +385,12 @@ class DaskRunner(_BaseRunner):
         from distributed import as_completed
 
         client = self.client
-        shared_futures = None if shared is None else client.scatter(shared, broadcast=True)
+        shared_futures = None
+        if shared is not None:
+            # Fresh random keys: scattering the dict itself would key the data by its names, and a
+            # later map's "prices" could then race the release of this map's "prices".
+            values = client.scatter(list(shared.values()), broadcast=True, hash=False)
+            shared_futures = dict(zip(shared, values, strict=True))
         run_id = uuid.uuid4().hex[:8]
         futures = [
             client.submit(

@@ -7,6 +7,7 @@ top-level so that worker processes import them from this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -96,33 +97,34 @@ def _worker_pids(client: Client) -> set[int]:
     return set(client.run(os.getpid).values())
 
 
-@pytest.fixture
-def make_client() -> Iterator:
-    """Starts LocalClusters of worker processes; each is shut down, and its processes are gone,
-    after the test."""
-    started: list[tuple[LocalCluster, Client]] = []
-
-    def make(n_workers: int) -> Client:
-        cluster = LocalCluster(
+@contextlib.contextmanager
+def local_cluster(n_workers: int) -> Iterator[Client]:
+    """A client of a LocalCluster of `n_workers` worker processes; on exit the cluster is shut down
+    and its worker processes are gone."""
+    with (
+        LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=":0",
             silence_logs=logging.ERROR,
-        )
-        client = Client(cluster, set_as_default=False)
-        started.append((cluster, client))
-        return client
-
-    yield make
-    for cluster, client in started:
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         pids = _worker_pids(client)
-        client.close()
-        cluster.close()
-        deadline = time.monotonic() + 10
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(_alive(p) for p in pids), "LocalCluster left processes behind"
+        yield client
+        pids |= _worker_pids(client)  # a worker restarted after a kill
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), "LocalCluster left processes behind"
+
+
+@pytest.fixture(scope="module")
+def two_workers() -> Iterator[Client]:
+    """One cluster of two worker processes for the tests that do not harm it."""
+    with local_cluster(2) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -145,17 +147,19 @@ def assert_identical(a: list, b: list, label: str = "") -> None:
 
 
 # --- Same results everywhere ----------------------------------------------------------------------
-def test_results_are_identical_with_every_backend_and_worker_count(prices, make_client):
+def test_results_are_identical_with_every_backend_and_worker_count(prices, two_workers):
     tasks = window_tasks()
     shared = {"prices": prices}
     expected = tr.SerialRunner().map(tasks, shared=shared)
-    one_worker = make_client(1).scheduler.address
-    with tr.runner_from_options(jobs=None, scheduler=one_worker) as by_address:
+    with (
+        local_cluster(1) as one_worker,
+        tr.runner_from_options(jobs=None, scheduler=one_worker.scheduler.address) as by_address,
+    ):
         dask_1 = by_address.map(tasks, shared=shared)
     runs = {
         "local-1": tr.LocalRunner(jobs=1).map(tasks, shared=shared),
         "local-2": tr.LocalRunner(jobs=2).map(tasks, shared=shared),
-        "dask-2": tr.DaskRunner(client=make_client(2)).map(tasks, shared=shared),
+        "dask-2": tr.DaskRunner(client=two_workers).map(tasks, shared=shared),
         "dask-1 (by address)": dask_1,
     }
     for name, results in runs.items():
@@ -180,35 +184,64 @@ def test_a_repeated_task_runs_once_and_fills_every_position(tmp_path):
 
 # --- Shared inputs --------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["local", "dask"])
-def test_shared_inputs_are_unpickled_once_per_worker_not_once_per_task(backend, make_client):
+def test_shared_inputs_are_unpickled_once_per_worker_not_once_per_task(backend, two_workers):
     """Each task reports how often its worker unpickled the payload: always once. Were the payload
     sent with each task, a worker running several tasks would report 2, 3, ..."""
     payload = CountedPayload(uuid.uuid4().hex, np.arange(100_000.0))
     tasks = [tr.task(loads_seen, i) for i in range(12)]
-    runner = tr.LocalRunner(jobs=2) if backend == "local" else tr.DaskRunner(client=make_client(2))
+    runner = tr.LocalRunner(jobs=2) if backend == "local" else tr.DaskRunner(client=two_workers)
     results = runner.map(tasks, shared={"payload": payload})
     pids = [pid for pid, _ in results]
     assert len(set(pids)) < len(tasks)  # some worker ran several tasks
     assert [loads for _, loads in results] == [1] * len(tasks)
 
 
+def first_shared_value(shared: dict, i: int) -> float:
+    return float(shared["x"][0]) + i
+
+
+def test_back_to_back_maps_with_the_same_shared_name_each_see_their_own_values(two_workers):
+    """A map's shared data is released after it; the next map's data of the same name is new."""
+    runner = tr.DaskRunner(client=two_workers)
+    tasks = [tr.task(first_shared_value, i) for i in range(4)]
+    for k in range(8):
+        assert runner.map(tasks, shared={"x": np.full(10, float(k))}) == [k + i for i in range(4)]
+
+
 # --- Failures -------------------------------------------------------------------------------------
-def test_a_worker_killed_mid_run_does_not_change_the_results(prices, make_client):
-    client = make_client(2)
-    victim = next(iter(client.run(os.getpid).values()))
-    tasks = window_tasks(slow_window_statistics, n=20)
+def test_a_worker_killed_mid_run_does_not_change_the_results(prices):
+    tasks = window_tasks(slow_window_statistics, n=20)  # 0.15 s each
     shared = {"prices": prices}
     killed_at: list[int] = []
+    with local_cluster(2) as client:
+        victim = next(iter(client.run(os.getpid).values()))
 
-    def kill_one_worker(done: int, total: int) -> None:
-        if done == 3 and not killed_at:
-            os.kill(victim, signal.SIGKILL)
-            killed_at.append(done)
+        def kill_one_worker(done: int, total: int) -> None:
+            if done == 3 and not killed_at:
+                os.kill(victim, signal.SIGKILL)
+                killed_at.append(done)
 
-    results = tr.DaskRunner(client=client).map(tasks, shared=shared, progress=kill_one_worker)
-    assert killed_at == [3]  # killed while 17 tasks were unfinished
-    assert not _alive(victim)
+        results = tr.DaskRunner(client=client).map(tasks, shared=shared, progress=kill_one_worker)
+        assert killed_at == [3]  # killed while 17 tasks were unfinished
+        assert not _alive(victim)
     assert_identical(results, tr.SerialRunner().map(tasks, shared=shared))
+
+
+def fail_on_two(i: int) -> int:
+    if i == 2:
+        raise ValueError(f"task {i} refuses")
+    return i
+
+
+@pytest.mark.parametrize("backend", ["serial", "local", "dask"])
+def test_a_failing_task_raises_its_own_error_from_every_backend(backend, request):
+    runner = {
+        "serial": tr.SerialRunner,
+        "local": lambda: tr.LocalRunner(jobs=2),
+        "dask": lambda: tr.DaskRunner(client=request.getfixturevalue("two_workers")),
+    }[backend]()
+    with pytest.raises(ValueError, match="task 2 refuses"):
+        runner.map([tr.task(fail_on_two, i) for i in range(4)])
 
 
 def test_an_unreachable_scheduler_is_a_configuration_error_within_5_s():
