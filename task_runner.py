@@ -349,7 +349,9 @@ class LocalRunner(_BaseRunner):
 class DaskRunner(_BaseRunner):
     """Runs tasks on a Dask cluster: the scheduler at `address` (`tcp://HOST:8786`, else
     $DASK_SCHEDULER_ADDRESS), or an existing `distributed.Client` (not closed by `close`).
-    A task whose worker dies is rescheduled on another worker (Dask's allowed-failures)."""
+    A task whose worker dies is rescheduled on another worker (Dask's allowed-failures); the
+    shared inputs survive while one worker holding them lives (they are scattered, so Dask cannot
+    recompute them: were every holder lost, the map fails with "lost dependencies")."""
 
     def __init__(
         self,
