@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -282,6 +282,15 @@ class _BaseRunner:
     ) -> Iterator[tuple[int, Any]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the runner holds (a Dask client it opened); a no-op for the others."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class SerialRunner(_BaseRunner):
     """Runs every task in this process, one after the other (tests and `--jobs 1`)."""
@@ -375,12 +384,6 @@ class DaskRunner(_BaseRunner):
         if self._owns_client:
             self.client.close()
 
-    def __enter__(self) -> DaskRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _run(self, tasks: list[Task], shared: dict[str, Any] | None) -> Iterator[tuple[int, Any]]:
         import uuid
 
@@ -428,10 +431,13 @@ def _connect(address: str, timeout_s: float) -> distributed.Client:
         ) from None
 
 
-def runner_from_options(jobs: int | None, scheduler: str | None) -> Runner:
+def runner_from_options(
+    jobs: int | None, scheduler: str | None
+) -> SerialRunner | LocalRunner | DaskRunner:
     """The CLI's choice: a scheduler address (or $DASK_SCHEDULER_ADDRESS) -> DaskRunner (the
     cluster's workers decide, `jobs` is ignored); else `jobs` 1 -> SerialRunner; None or -1 -> every
-    core; N -> N local processes. ConfigurationError when the scheduler cannot be reached."""
+    core; N -> N local processes. ConfigurationError when the scheduler cannot be reached. Use it in
+    a `with` block: a Dask client it opens is closed at the end."""
     address = scheduler or os.environ.get(ENV_SCHEDULER)
     if address:
         return DaskRunner(address)
