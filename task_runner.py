@@ -12,9 +12,10 @@ Invariants:
 - **Shared inputs travel once per worker.** `shared` (the price table) is sent once to each worker
   process, never with each task; a task then receives it as its first argument: `fn(shared, *args)`
   where `shared` is a dict of the same names and values; without `shared`, `fn(*args)`.
-  Dask: `client.scatter(..., broadcast=True)` and the futures passed to every task. joblib: the
-  parent pickles the mapping once to a temp file; each worker process loads it on its first task
-  and keeps it in a module-level cache keyed by the file's SHA-256.
+  Dask: a worker plugin carrying the mapping, unpickled once by every worker process (restarted
+  ones too) and dropped after the map. joblib: the parent pickles the mapping once to a temp file;
+  each worker process loads it on its first task and keeps it in a module-level cache keyed by the
+  file's SHA-256.
 - **Resumable.** `cached_map` stores each result as soon as it arrives (one file per key, written
   atomically) and, on the next run, runs only the tasks without a stored result. A stored result is
   keyed by the task's key and the content of `shared`, so changed prices never reuse old results.
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 import numpy as np
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from atomic_io import atomic_write_bytes
 from error_handling import ConfigurationError
@@ -358,9 +360,8 @@ class LocalRunner(_BaseRunner):
 class DaskRunner(_BaseRunner):
     """Runs tasks on a Dask cluster: the scheduler at `address` (`tcp://HOST:8786`, else
     $DASK_SCHEDULER_ADDRESS), or an existing `distributed.Client` (not closed by `close`).
-    A task whose worker dies is rescheduled on another worker (Dask's allowed-failures); the
-    shared inputs survive while one worker holding them lives (they are scattered, so Dask cannot
-    recompute them: were every holder lost, the map fails with "lost dependencies")."""
+    A task whose worker dies is rescheduled on another worker (Dask's allowed-failures); a
+    restarted or new worker receives the shared inputs too (the scheduler keeps the plugin)."""
 
     def __init__(
         self,
@@ -390,20 +391,22 @@ class DaskRunner(_BaseRunner):
         from distributed import as_completed
 
         client = self.client
-        shared_futures = None
+        run_id = uuid.uuid4().hex
+        plugin_name = None
         if shared is not None:
-            # Fresh random keys: scattering the dict itself would key the data by its names, and a
-            # later map's "prices" could then race the release of this map's "prices".
-            values = client.scatter(list(shared.values()), broadcast=True, hash=False)
-            shared_futures = dict(zip(shared, values, strict=True))
-        run_id = uuid.uuid4().hex[:8]
+            # A worker plugin, not scattered data: Dask's memory manager may drop a scattered
+            # replica that no waiting task needs (later re-sent), and a restarted worker would have
+            # to fetch it again; a plugin is unpickled once per worker process, on every current
+            # and future (restarted) worker, and the scheduler keeps its bytes.
+            plugin_name = f"task-runner-shared-{run_id}"
+            client.register_plugin(_SharedInputs(plugin_name, shared), name=plugin_name)
         futures = [
             client.submit(
-                _invoke,
+                _invoke_with_worker_shared,
                 t.fn,
                 t.args,
-                shared_futures,
-                key=f"{getattr(t.fn, '__name__', 'task')}-{t.key[:16]}-{run_id}",
+                plugin_name,
+                key=f"{getattr(t.fn, '__name__', 'task')}-{t.key[:16]}-{run_id[:8]}",
                 pure=False,
             )
             for t in tasks
@@ -414,7 +417,30 @@ class DaskRunner(_BaseRunner):
                 yield index[future.key], future.result()
         finally:
             client.cancel([f for f in futures if not f.done()])
-            del futures, shared_futures
+            del futures
+            if plugin_name is not None:
+                client.unregister_worker_plugin(plugin_name)
+
+
+# A Dask worker process's shared inputs, by plugin name (one per map), set by _SharedInputs.
+_WORKER_SHARED: dict[str, dict[str, Any]] = {}
+
+
+class _SharedInputs(WorkerPlugin):
+    """A Dask worker plugin carrying one map's shared inputs to every worker process once."""
+
+    def __init__(self, name: str, shared: dict[str, Any]) -> None:
+        self.name, self.shared = name, shared
+
+    def setup(self, worker: Any) -> None:
+        _WORKER_SHARED[self.name] = self.shared
+
+    def teardown(self, worker: Any) -> None:
+        _WORKER_SHARED.pop(self.name, None)
+
+
+def _invoke_with_worker_shared(fn: Callable[..., Any], args: tuple, name: str | None) -> Any:
+    return _invoke(fn, args, None if name is None else _WORKER_SHARED[name])
 
 
 def _connect(address: str, timeout_s: float) -> distributed.Client:
