@@ -1481,7 +1481,8 @@ def pinned_requirements(file: str) -> dict[str, str]:
                 pins.update(pinned_requirements(line[2:].strip()))
             elif "==" in line:
                 name, version = line.split("==", 1)
-                pins[name.strip()] = version.strip()
+                # `dask[distributed]` is installed as `dask`: the extra is not a package name.
+                pins[name.split("[", 1)[0].strip()] = version.strip()
     return pins
 
 

@@ -156,6 +156,10 @@ def test_check_profiles_reports_what_each_profile_misses():
     assert cli.covering_profile([statuses["lstm"], statuses["full"]]) == "lstm"
 
 
+def test_pinned_requirements_names_the_package_not_its_extra():
+    assert cli.pinned_requirements("requirements.txt")["dask"] == "2026.8.0"
+
+
 def test_every_requirement_is_pinned():
     for file in cli.PROFILE_FILES.values():
         for line in (ROOT / file).read_text().splitlines():
