@@ -341,6 +341,14 @@ def _source(value: str) -> str | None:
     return "bundled, yfinance, alpaca or csv:PATH"
 
 
+def _scheduler(value: str) -> str | None:
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme in ("tcp", "tls", "ucx", "inproc", "ws", "wss") and rest:
+        return None
+    return "a Dask scheduler address such as tcp://HOST:8786"
+
+
 def _home(value: str) -> str | None:
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
@@ -370,6 +378,7 @@ ENV_RULES: dict[str, Any] = {
     "ALPACA_TRADING_URL": _url,
     "ALPACA_DATA_URL": _url,
     "ALPACA_DATA_FEED": _one_of("iex", "sip", "delayed_sip", "boats", "overnight", "otc"),
+    "DASK_SCHEDULER_ADDRESS": _scheduler,
 }
 
 

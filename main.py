@@ -567,7 +567,8 @@ def _scan_parser(commands: Any, trading: bool) -> None:
         "pairs by the deflated Sharpe of their chained out-of-sample returns (deflated over "
         "pairs x parameter sets, counted in results/trials.jsonl), then Sharpe, and writes "
         "results/scan-<UTC stamp>/ (pairs.csv, pairs.parquet, summary.json, heatmap.png, "
-        "heatmap.html). Serial for now.",
+        "heatmap.html). Runs on every local core (joblib) or on a Dask cluster (--scheduler); "
+        "finished tasks are cached under the home, so an interrupted scan resumes.",
         epilog=CONFIG_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -577,6 +578,24 @@ def _scan_parser(commands: Any, trading: bool) -> None:
         metavar="U",
         help="bundled (the 20 bundled tickers, 190 pairs) or csv:PATH (a date column and one "
         "close column per ticker) (bundled)",
+    )
+    sc.add_argument(
+        "--jobs",
+        type=_number(-1, integer=True),
+        default=-1,
+        metavar="N",
+        help="local worker processes; -1 all cores, 1 in this process (-1)",
+    )
+    sc.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a Dask cluster, e.g. tcp://HOST:8786 (or $DASK_SCHEDULER_ADDRESS); "
+        "DEPLOYMENT.md says how to start one (off)",
+    )
+    sc.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute every task instead of reusing finished ones from data/cache/scan",
     )
     sc.add_argument("--start", type=_iso_date, metavar="YYYY-MM-DD", help="first date (all)")
     sc.add_argument("--end", type=_iso_date, metavar="YYYY-MM-DD", help="last date (all)")
@@ -1032,8 +1051,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     import constants as C
     import pair_scan as ps
+    import task_runner as tr
     from error_handling import ConfigurationError
 
+    if args.jobs == 0:
+        raise ConfigurationError("--jobs must be -1 (all cores) or a positive number: 0")
     if args.recall or args.hard_to_borrow:
         raise ConfigurationError("scan does not take --recall or --hard-to-borrow (pair-specific)")
     request = ps.ScanRequest(
@@ -1067,9 +1089,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
         def progress(stage: str, done: int, total: int) -> None:
             bar.update(task, description=f"scan: {stage}", completed=done, total=total)
 
-        result, summary, folder = ps.scan(
-            request, results_dir=C.paths().ensure().results_dir, progress=progress
-        )
+        home = C.paths().ensure()
+        cache = None if args.no_cache else tr.TaskCache(home.data_dir / "cache" / "scan")
+        with tr.runner_from_options(args.jobs, args.scheduler) as runner:
+            result, summary, folder = ps.scan(
+                request,
+                results_dir=home.results_dir,
+                mapper=ps.runner_mapper(runner, cache),
+                progress=progress,
+            )
     elapsed = time.perf_counter() - started
     run = summary["run"]
     title = (

@@ -250,6 +250,38 @@ def serial_map(
     return out
 
 
+#: Bumped whenever a task function's result for the same inputs changes (the task cache's key).
+TASK_VERSION = "scan-1"
+
+
+def _scan_window_with_shared(shared: dict[str, Any], *args: Any) -> WindowResult:
+    """`scan_window` with the price table from the runner's shared inputs (sent once a worker)."""
+    return scan_window(shared["prices"], *args)
+
+
+def runner_mapper(runner: Any, cache: Any = None) -> Mapper:
+    """A Mapper over a `task_runner` runner (serial, joblib or Dask): `scan_window`'s price table
+    (the partial's bound argument) goes once to each worker as a shared input, every other
+    argument is the task's; `cache` (a `task_runner.TaskCache`) keeps finished tasks, so an
+    interrupted scan resumes. Results come back in task order: the same as `serial_map`'s."""
+    import task_runner as tr
+
+    def mapper(
+        fn: Callable[..., Any],
+        tasks: Sequence[tuple],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list:
+        if isinstance(fn, functools.partial) and fn.func is scan_window:
+            jobs = [tr.task(_scan_window_with_shared, *t, version=TASK_VERSION) for t in tasks]
+            shared: dict[str, Any] | None = {"prices": fn.args[0]}
+        else:
+            jobs = [tr.task(fn, *t, version=TASK_VERSION) for t in tasks]
+            shared = None
+        return tr.cached_map(runner, jobs, cache, shared=shared, progress=progress)
+
+    return mapper
+
+
 # --- Tasks (pure, top-level, picklable) -----------------------------------------------------------
 def scan_window(
     prices: pd.DataFrame,

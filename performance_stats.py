@@ -166,7 +166,7 @@ def _bootstrap_sums(features: np.ndarray, block: float, reps: int, seed: int) ->
 
     The indices are arch's own (`StationaryBootstrap.update_indices`, the same sequence
     `bootstrap(reps)` yields for this seed); each chunk of resamples is turned into a count matrix
-    (how often each row was drawn) and multiplied by `features`, which is much faster than
+    (how often each row was drawn) and weighted by `features`, which is much faster than
     gathering every resample.
     """
     n = features.shape[0]
@@ -179,7 +179,11 @@ def _bootstrap_sums(features: np.ndarray, block: float, reps: int, seed: int) ->
         idx = np.stack([bs.update_indices() for _ in range(m)])
         idx += (np.arange(m) * n)[:, None]  # row r's draws counted in bins r*n .. r*n + n-1
         counts = np.bincount(idx.ravel(), minlength=m * n).reshape(m, n)
-        sums[start : start + m] = counts @ features
+        # Not `counts @ features`: BLAS sums in an order that depends on its thread count, so a
+        # worker process limited to one thread would differ in the last bit. numpy's own
+        # (pairwise) sums are the same in every process: results do not depend on the backend.
+        for j in range(features.shape[1]):
+            sums[start : start + m, j] = (counts * features[:, j]).sum(axis=1)
     return sums
 
 

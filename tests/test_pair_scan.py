@@ -228,3 +228,71 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, bundle
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+# --- The task runner's backends -------------------------------------------------------------------
+def _same_scan(a: ps.ScanResult, b: ps.ScanResult) -> None:
+    assert [(p.pair, p.rule_index) for p in a.pairs] == [(p.pair, p.rule_index) for p in b.pairs]
+    for p, q in zip(a.pairs, b.pairs, strict=True):
+        assert np.array_equal(p.returns, q.returns)
+        assert (p.sharpe, p.sharpe_ci_low, p.sharpe_ci_high, p.psr, p.dsr, p.fills) == (
+            q.sharpe, q.sharpe_ci_low, q.sharpe_ci_high, q.psr, q.dsr, q.fills
+        )  # fmt: skip
+
+
+def test_the_scan_is_identical_in_process_on_local_processes_and_on_a_dask_cluster(
+    closes, scanned, tmp_path
+):
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    import task_runner as tr
+
+    with tr.LocalRunner(2) as local:
+        _same_scan(scanned, ps.run_scan(closes, mapper=ps.runner_mapper(local)))
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+        tr.DaskRunner(client=client) as dask,
+    ):
+        _same_scan(scanned, ps.run_scan(closes, mapper=ps.runner_mapper(dask)))
+
+
+def test_an_interrupted_scan_resumes_from_its_cache(closes, scanned, tmp_path):
+    import task_runner as tr
+
+    cache_dir = tmp_path / "cache"
+    cache = tr.TaskCache(cache_dir)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_20(stage: str, done: int, total: int) -> None:
+        if stage == "windows" and done == 20:
+            raise Interrupted  # as a Ctrl-C after the 20th window
+
+    with pytest.raises(Interrupted):
+        ps.run_scan(
+            closes, mapper=ps.runner_mapper(tr.SerialRunner(), cache), progress=stop_after_20
+        )
+    assert len(list(cache_dir.iterdir())) == 20  # each window stored as it finished
+
+    computed: list[int] = []
+
+    def count(stage: str, done: int, total: int) -> None:
+        if stage == "windows":
+            computed.append(done)
+
+    resumed = ps.run_scan(closes, mapper=ps.runner_mapper(tr.SerialRunner(), cache), progress=count)
+    _same_scan(scanned, resumed)
+    windows = sum(len(p.returns) for p in scanned.pairs) // 63
+    # The progress starts at the 20 stored windows; only the other windows were computed.
+    assert computed[0] == 20 and computed[-1] == windows and len(computed) == windows - 20 + 1
+    assert len(list(cache_dir.iterdir())) == windows + len(scanned.pairs)
