@@ -29,6 +29,7 @@ import enum
 import hashlib
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -443,10 +444,20 @@ def _invoke_with_worker_shared(fn: Callable[..., Any], args: tuple, name: str | 
     return _invoke(fn, args, None if name is None else _WORKER_SHARED[name])
 
 
+#: A scheduler address: scheme://host:port (Dask's own schemes).
+_ADDRESS = re.compile(r"^(tcp|tls|ucx|ws|wss)://[^\s/:]+(:\d{1,5})$|^inproc://\S+$")
+
+
 def _connect(address: str, timeout_s: float) -> distributed.Client:
     import dask
     from distributed import Client
 
+    if not _ADDRESS.match(address.strip()):
+        # Checked before a Client exists: a half-made one fails again, noisily, at exit.
+        raise ConfigurationError(
+            f"{address!r} is not a Dask scheduler address; use tcp://HOST:PORT (e.g. "
+            "tcp://10.0.0.5:8786)"
+        )
     try:
         with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout_s}s"}):
             return Client(address, timeout=timeout_s, set_as_default=False)

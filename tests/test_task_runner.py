@@ -251,6 +251,14 @@ def test_an_unreachable_scheduler_is_a_configuration_error_within_5_s():
     assert time.monotonic() - start < 5
 
 
+@pytest.mark.parametrize("address", ["nonsense", "tcp://host", "http://h:8786", "tcp://h:x"])
+def test_a_malformed_scheduler_address_is_refused_before_connecting(address):
+    start = time.monotonic()
+    with pytest.raises(ConfigurationError, match="not a Dask scheduler address"):
+        tr.runner_from_options(jobs=None, scheduler=address)
+    assert time.monotonic() - start < 1
+
+
 def test_runner_from_options_without_a_scheduler(monkeypatch):
     monkeypatch.delenv(tr.ENV_SCHEDULER, raising=False)
     assert isinstance(tr.runner_from_options(1, None), tr.SerialRunner)
