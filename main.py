@@ -1092,6 +1092,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
         home = C.paths().ensure()
         cache = None if args.no_cache else tr.TaskCache(home.data_dir / "cache" / "scan")
         with tr.runner_from_options(args.jobs, args.scheduler) as runner:
+            where = (
+                "in this process"
+                if isinstance(runner, tr.SerialRunner)
+                else f"{runner.jobs if runner.jobs > 0 else os.cpu_count()} local processes"
+                if isinstance(runner, tr.LocalRunner)
+                else "on the Dask cluster"
+            )
             result, summary, folder = ps.scan(
                 request,
                 results_dir=home.results_dir,
@@ -1131,7 +1138,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         "half-life: median over formation windows, bars; coint: share of formation windows with "
         f"Engle-Granger p < {run['coint_level']}"
     )
-    console.print(f"time: {elapsed:,.1f} s (serial)")
+    console.print(f"time: {elapsed:,.1f} s ({where})")
     console.print(f"results: {folder}")
     return 0
 
