@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 import performance_stats as pst
+from backtest_strategy import STATISTICS_METHOD as BACKTEST_STATISTICS
 from backtest_strategy import ZSCORE_RULES, run_backtest
 from error_handling import ConfigurationError
 from pair_engine import TradingConfig, rule_instructions
@@ -71,13 +72,9 @@ from trial_ledger import Trial, TrialCount, TrialLedger, config_hash
 
 #: A formation window is cointegrated when its Engle-Granger p-value is below this.
 COINT_LEVEL = 0.05
-#: Bootstrap settings of every pair's Sharpe interval (as the backtest's).
+#: Bootstrap settings of every pair's Sharpe interval: the backtest's, one definition.
 STATISTICS_METHOD: dict[str, Any] = {
-    "level": 0.95,
-    "bootstrap": "stationary (arch), optimal block length, percentile interval",
-    "reps": 1000,
-    "seed": 0,
-    "psr": "Bailey & Lopez de Prado 2012, with skew and kurtosis",
+    **BACKTEST_STATISTICS,
     "dsr": "Bailey & Lopez de Prado 2014, over the scan trials in trials.jsonl on the "
     "universe's pairs and the same out-of-sample dates (pairs x parameter sets)",
 }
