@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,46 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, mode: int = 0o6
     """Write `obj` as indented, key-sorted JSON atomically (non-JSON values via str())."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
     return atomic_write_text(path, text, mode=mode)
+
+
+def write_folder(
+    root: str | os.PathLike[str], name: str, write: Callable[[Path, str], None]
+) -> Path:
+    """A results folder written whole or not at all: ``write(tmp, final_name)`` fills a hidden
+    temporary folder in `root`, whose files are then fsynced and which is renamed to
+    `final_name` (`name`, or ``name-2``, ``name-3``... when taken). Returns the final path."""
+    base = Path(root)
+    base.mkdir(parents=True, exist_ok=True)
+    final, n = name, 1
+    while (base / final).exists():
+        n += 1
+        final = f"{name}-{n}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final}.{os.getpid()}.", dir=base))
+    try:
+        write(tmp, final)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)  # noqa: S103 (mkdtemp makes it 0700; results are for reading)
+        os.replace(tmp, base / final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(base)
+    return base / final
+
+
+def json_safe(obj: Any) -> Any:
+    """A strict-JSON copy: NaN and inf become None, numpy scalars plain numbers, tuples lists."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "dtype") and hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()  # a numpy scalar (no numpy import here)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def sha256_bytes(data: bytes) -> str:

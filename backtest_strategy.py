@@ -909,6 +909,64 @@ def _signals_for_range(
     return sig, dates[lo:hi], info
 
 
+def model_probabilities(
+    pair: Any,
+    table: pd.DataFrame,
+    home: Any,
+    *,
+    kind: str = "xgb",
+    version: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    notes: list[str] | None = None,
+    progress: Any = None,
+) -> tuple[pd.Series, str]:
+    """(P(long beats short) per bar, the model version) from `version` or the pair's active
+    `kind` model (trained first when there is none), on bars after its training and validation
+    range only (from `start` when later; to `end`). ConfigurationError when `start` is inside
+    that range, for a model of another pair, or with fewer than 2 bars left."""
+    import signals as sg
+    import train_model as tm
+    from model_management import ModelRegistry
+
+    registry = ModelRegistry(home.models_dir, home=home.home)
+    if version is None:
+        record = registry.get_active_model(kind, pair)
+        if record is None:
+            tm.train(pair, tm.TrainConfig(models=(kind,)), home=home, progress=progress)
+            record = registry.get_active_model(kind, pair)
+            if record is None:
+                raise ConfigurationError(f"training registered no active {kind} model")
+            if notes is not None:
+                notes.append(f"trained {kind} {record.version} first (no active {kind} model)")
+    else:
+        record = registry.get(version)
+    if (record.long, record.short) != (pair.long, pair.short):
+        raise ConfigurationError(
+            f"model {record.version} was trained on {record.long}/{record.short}, "
+            f"not {pair.long}/{pair.short}"
+        )
+    seen_until = pd.Timestamp(record.metadata["ranges"]["validation"][1])
+    dates = pd.DatetimeIndex(table.index)
+    if start is not None and pd.Timestamp(start) <= seen_until:
+        raise ConfigurationError(
+            f"--start {start} is inside the training/validation range of model "
+            f"{record.version} (to {seen_until.date()}); a sweep scores only later bars"
+        )
+    first = pd.Timestamp(start) if start else seen_until + pd.Timedelta(days=1)
+    lo = dates.searchsorted(first)
+    hi = dates.searchsorted(pd.Timestamp(end), side="right") if end else len(dates)
+    if hi - lo < 2:
+        raise ConfigurationError(
+            f"fewer than 2 bars after model {record.version}'s training range "
+            f"(to {seen_until.date()}) in the processed data ({dates[0].date()} .. "
+            f"{dates[-1].date()})"
+        )
+    loaded = sg.load_model(registry, record.version, pair, _feature_columns(pair, table))
+    prob = loaded.probabilities(table, slice(lo, hi))
+    return pd.Series(prob, index=dates[lo:hi], name="probability"), record.version
+
+
 def _feature_columns(pair: Any, table: pd.DataFrame) -> list[str]:
     """The feature columns of a processed table for `pair` (with volume ones when present)."""
     import constants as C
@@ -931,7 +989,7 @@ def backtest(
     home = (home or C.paths()).ensure()
     pair, cfg = request.pair, request.config
     notes: list[str] = []
-    table = _processed_table(pair, home, notes)
+    table = processed_table(pair, home, notes)
     instructions, dates, label, model_info = _strategy_weights(
         request, table, home, progress, notes
     )
@@ -1143,7 +1201,7 @@ def record_trials(
     return counts
 
 
-def _processed_table(pair: Any, home: Any, notes: list[str]) -> pd.DataFrame:
+def processed_table(pair: Any, home: Any, notes: list[str]) -> pd.DataFrame:
     """The pair's processed table, processing the default source first when there is none."""
     import constants as C
     import process_stock_data as psd

@@ -27,6 +27,7 @@ examples:
   python main.py backtest                        out-of-sample backtest with costs and risk gate
   python main.py backtest --signals my.csv       your own signals through the same engine
   python main.py scan --top 10                   every bundled pair, walk-forward, out of sample
+  python main.py sweep --long AMD --short BAC    a parameter grid, walk-forward, with its DSR
   python main.py live --replay 2022-01-03 2022-03-31   the trading loop on history (paper)
   python main.py backtest --config trading.toml  backtest and live take the same settings
   python main.py live --once                     one live iteration (cron); paper by default
@@ -174,6 +175,7 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
 
     _backtest_parser(commands, common, trading)
     _scan_parser(commands, trading)
+    _sweep_parser(commands, common, trading)
 
     r = commands.add_parser(
         "risk",
@@ -631,6 +633,109 @@ def _scan_parser(commands: Any, trading: bool) -> None:
     if trading:
         _add_trading_options(sc)
     sc.set_defaults(func=cmd_scan, long=None, short=None)
+
+
+def _add_runner_options(parser: argparse.ArgumentParser, cache: str) -> None:
+    """--jobs, --scheduler and --no-cache: where the tasks of `scan` and `sweep` run."""
+    parser.add_argument(
+        "--jobs",
+        type=_number(-1, integer=True),
+        default=-1,
+        metavar="N",
+        help="local worker processes; -1 all cores, 1 in this process (-1)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a Dask cluster, e.g. tcp://HOST:8786 (or $DASK_SCHEDULER_ADDRESS); "
+        "DEPLOYMENT.md says how to start one (off)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help=f"recompute every task instead of reusing finished ones from {cache}",
+    )
+
+
+def _sweep_parser(commands: Any, common: argparse.ArgumentParser, trading: bool) -> None:
+    sw = commands.add_parser(
+        "sweep",
+        parents=[common],
+        help="a parameter grid, walk-forward: choose on the past, report only the next window",
+        description="Trade every parameter set of a grid on every walk-forward trading window of "
+        "the pair (the backtest engine with its costs and risk gate; flat at each window's "
+        "end). For each window, choose the set with the best Sharpe over the previous "
+        "--train-windows windows and trade it on that window: only those out-of-sample windows "
+        "form the reported equity, whose deflated Sharpe counts every set tried (trials in "
+        "results/trials.jsonl). Rule grids (default) sweep the z-score rule; --model xgb|lstm "
+        "sweeps a trained model's signal thresholds and Kelly fraction on the bars after its "
+        "training range (training it first if the pair has no active model). Writes "
+        "results/sweep-<UTC stamp>/ (summary.json, windows.csv, candidates.csv, equity.csv).\n\n"
+        "grids (KEY=V1,V2,...; a key left out keeps its default values):\n"
+        "  rule:  entry_z=1.5,2,2.5 exit_z=0,0.5 lookback=40,60        (12 sets, the default)\n"
+        "  model: buy=0.55,0.6 sell=0.4,0.45 kelly=0.25,0.5,1           (12 sets, with --model)\n"
+        "  a set that breaks its own rule (exit_z >= entry_z, sell > buy) is skipped.\n\n"
+        "examples:\n"
+        "  python main.py sweep --long AMD --short BAC\n"
+        "  python main.py sweep --grid entry_z=1.5,2,2.5 exit_z=0,0.5 lookback=40,60,120\n"
+        "  python main.py sweep --model xgb --grid buy=0.52,0.55,0.6 kelly=0.5",
+        epilog=CONFIG_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sw.add_argument(
+        "--grid",
+        nargs="+",
+        metavar="KEY=V1,V2",
+        help="the parameter grid (default: the 12-set grid above)",
+    )
+    sw.add_argument(
+        "--model",
+        choices=("xgb", "lstm"),
+        help="sweep this model's thresholds and Kelly fraction instead of the z-score rule (off)",
+    )
+    sw.add_argument(
+        "--model-version", metavar="VERSION", help="with --model: this registered version"
+    )
+    sw.add_argument(
+        "--rule",
+        choices=("current", "textbook"),
+        default="current",
+        help="rule grids: the z-score rule, as backtest's --benchmark-rule (current)",
+    )
+    sw.add_argument(
+        "--formation-bars",
+        type=_number(1, integer=True),
+        metavar="N",
+        help="bars before the first trading window (the z-score's warm-up); 252 for rule "
+        "grids, --trading-bars for a model",
+    )
+    sw.add_argument(
+        "--trading-bars",
+        type=_number(1, integer=True),
+        default=63,
+        metavar="N",
+        help="trading window in bars, also the step (63)",
+    )
+    sw.add_argument(
+        "--train-windows",
+        type=_number(1, integer=True),
+        default=4,
+        metavar="N",
+        help="trading windows that choose the next window's set (4: one year)",
+    )
+    sw.add_argument("--start", type=_iso_date, metavar="YYYY-MM-DD", help="first date (all)")
+    sw.add_argument("--end", type=_iso_date, metavar="YYYY-MM-DD", help="last date (all)")
+    sw.add_argument(
+        "--show",
+        type=_number(1, integer=True),
+        default=20,
+        metavar="N",
+        help="latest windows shown (20; all are in windows.csv)",
+    )
+    _add_runner_options(sw, "data/cache/sweep")
+    if trading:
+        _add_trading_options(sw)
+    sw.set_defaults(func=cmd_sweep)
 
 
 # --- Commands -------------------------------------------------------------------------------------
@@ -1143,6 +1248,171 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_progress() -> Any:
+    """The progress bar of a task run (stderr, gone when done): description, bar, done/total,
+    elapsed, eta."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def _runner_where(runner: Any) -> str:
+    """Where a task runner runs, for the time line."""
+    import task_runner as tr
+
+    if isinstance(runner, tr.SerialRunner):
+        return "in this process"
+    if isinstance(runner, tr.LocalRunner):
+        return f"{runner.jobs if runner.jobs > 0 else os.cpu_count()} local processes"
+    return "on the Dask cluster"
+
+
+def _wide_console() -> Any:
+    """A console for tables: a pipe or a file gets the whole table, not an 80-column squeeze."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 132))
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.table import Table
+
+    import constants as C
+    import pair_scan as pscan
+    import parameter_sweep as psw
+    import task_runner as tr
+    from error_handling import ConfigurationError
+
+    if args.jobs == 0:
+        raise ConfigurationError("--jobs must be -1 (all cores) or a positive number: 0")
+    if args.recall or args.hard_to_borrow:
+        raise ConfigurationError("sweep does not take --recall or --hard-to-borrow")
+    if args.model_version and not args.model:
+        raise ConfigurationError("--model-version needs --model xgb|lstm")
+    candidates, skipped = psw.parse_grid(args.grid, model=args.model is not None, rule=args.rule)
+    formation = args.formation_bars or (args.trading_bars if args.model else 252)
+    request = psw.SweepRequest(
+        pair=C.resolve_pair(args.long, args.short),
+        settings=psw.SweepSettings(candidates, formation, args.trading_bars, args.train_windows),
+        config=_trading_config(args),
+        start=args.start,
+        end=args.end,
+        model=args.model,
+        model_version=args.model_version,
+    )
+    started = time.perf_counter()
+    with _task_progress() as bar:
+        task = bar.add_task("sweep: loading the pair", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, description="sweep: windows", completed=done, total=total)
+
+        def train_progress(step: str, done: int = 0, total: int = 0) -> None:
+            bar.update(task, description=f"sweep: training {step}")
+
+        home = C.paths().ensure()
+        cache = None if args.no_cache else tr.TaskCache(home.data_dir / "cache" / "sweep")
+        with tr.runner_from_options(args.jobs, args.scheduler) as runner:
+            result, summary, folder, notes = psw.sweep(
+                request,
+                home=home,
+                mapper=pscan.runner_mapper(runner, cache),
+                progress=progress,
+                train_progress=train_progress,
+            )
+            where = _runner_where(runner)
+    elapsed = time.perf_counter() - started
+    console = _wide_console()
+    run, wf, hind = summary["run"], summary["walk_forward"], summary["best_fixed_in_hindsight"]
+    n_sets = len(request.settings.candidates)
+    head = Table(
+        title=f"Sweep {result.pair} ({result.source}): {n_sets} parameter sets, "
+        f"{run['windows']} out-of-sample windows, {run['oos_start']} .. {run['oos_end']}"
+    )
+    for name in ("", "Sharpe", "95 % CI", "PSR", "DSR", "total return", "trades", "costs"):
+        head.add_column(name, justify="left" if not name else "right", no_wrap=True)
+    head.add_row(
+        "walk-forward (out of sample)",
+        _fmt(wf["sharpe"], "ratio"),
+        _fmt(wf["sharpe_ci_95"], "ci"),
+        _fmt(wf["psr"], "p"),
+        _fmt(wf["dsr"], "p") + f" ({wf['trials']:,})",
+        _fmt(wf["total_return"], "pct"),
+        _fmt(wf["fills"], "int"),
+        _fmt(wf["total_costs"], "usd"),
+    )
+    head.add_row(
+        f"best set in hindsight: {hind['label']}",
+        _fmt(hind["sharpe"], "ratio"),
+        "",
+        "",
+        "",
+        _fmt(hind["total_return"], "pct"),
+        "",
+        "",
+    )
+    console.print(head)
+    shown = result.choices[-args.show :]
+    per = Table(title=f"Chosen set per window (latest {len(shown)} of {len(result.choices)})")
+    for name in ("window", "trading dates", "chosen set", "in-sample Sharpe", "OOS return"):
+        per.add_column(name, justify="right" if name not in ("chosen set",) else "left")
+    for c in shown:
+        per.add_row(
+            str(c.window_index),
+            f"{c.trading_start} .. {c.trading_end}",
+            c.label,
+            _fmt(c.in_sample_sharpe, "ratio"),
+            _fmt(c.oos_return, "pct"),
+        )
+    console.print(per)
+    grid = Table(title="The grid: each set as a fixed choice over the same windows (hindsight)")
+    for name in ("#", "set", "times chosen", "OOS Sharpe", "total return"):
+        grid.add_column(name, justify="left" if name == "set" else "right")
+    for row in summary["candidates"]:
+        grid.add_row(
+            str(row["index"]),
+            row["label"],
+            str(row["times_chosen"]),
+            _fmt(row["oos_sharpe_fixed"], "ratio"),
+            _fmt(row["oos_return_fixed"], "pct"),
+        )
+    console.print(grid)
+    for note in notes:
+        console.print(f"note: {note}")
+    if skipped:
+        console.print(
+            f"note: {skipped} grid combination(s) skipped (exit_z >= entry_z or sell > buy)"
+        )
+    console.print(
+        f"DSR deflated by {wf['trials']:,} sweep trials on {result.pair} over these dates in "
+        f"{run['statistics']['trials_file']} (Sharpe variance {wf['trial_sharpe_variance']:.3f}); "
+        f"choice: best Sharpe over the previous {run['train_windows']} windows"
+    )
+    console.print(f"time: {elapsed:,.1f} s ({where})")
+    console.print(f"results: {folder}")
+    return 0
+
+
 def cmd_risk(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -1627,7 +1897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         # The trading options take their defaults from pair_engine (pandas): only when needed.
-        parser = build_parser(trading=bool({"backtest", "live", "scan"} & set(argv)))
+        parser = build_parser(trading=bool({"backtest", "live", "scan", "sweep"} & set(argv)))
     except ImportError as exc:  # the environment is not installed
         print(f"error: {exc}; run ./install.sh (see `python main.py check`)", file=sys.stderr)
         return 2

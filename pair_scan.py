@@ -251,16 +251,22 @@ def serial_map(
 TASK_VERSION = "scan-1"
 
 
-def _scan_window_with_shared(shared: dict[str, Any], *args: Any) -> WindowResult:
-    """`scan_window` with the price table from the runner's shared inputs (sent once a worker)."""
-    return scan_window(shared["prices"], *args)
+def _table_task(shared: dict[str, Any], name: str, *args: Any) -> Any:
+    """``fn(table, *args)`` with the price table from the runner's shared inputs (sent once a
+    worker); `name` (``module:function``) names a top-level task function."""
+    import importlib
+
+    module, _, function = name.partition(":")
+    fn = functools.reduce(getattr, function.split("."), importlib.import_module(module))
+    return fn(shared["prices"], *args)
 
 
 def runner_mapper(runner: Any, cache: Any = None) -> Mapper:
-    """A Mapper over a `task_runner` runner (serial, joblib or Dask): `scan_window`'s price table
-    (the partial's bound argument) goes once to each worker as a shared input, every other
-    argument is the task's; `cache` (a `task_runner.TaskCache`) keeps finished tasks, so an
-    interrupted scan resumes. Results come back in task order: the same as `serial_map`'s."""
+    """A Mapper over a `task_runner` runner (serial, joblib or Dask). A task function given as
+    ``functools.partial(fn, table)`` (`scan_window`, `parameter_sweep.model_window`: a top-level
+    function whose first argument is the price table) gets its table once per worker as a shared
+    input; every other argument is the task's. `cache` (a `task_runner.TaskCache`) keeps finished
+    tasks, so an interrupted run resumes. Results come back in task order, as `serial_map`'s."""
     import task_runner as tr
 
     def mapper(
@@ -268,8 +274,10 @@ def runner_mapper(runner: Any, cache: Any = None) -> Mapper:
         tasks: Sequence[tuple],
         progress: Callable[[int, int], None] | None = None,
     ) -> list:
-        if isinstance(fn, functools.partial) and fn.func is scan_window:
-            jobs = [tr.task(_scan_window_with_shared, *t, version=TASK_VERSION) for t in tasks]
+        if isinstance(fn, functools.partial) and len(fn.args) == 1 and not fn.keywords:
+            tr.function_name(fn.func)  # refuses a lambda or a nested function
+            name = f"{fn.func.__module__}:{fn.func.__qualname__}"
+            jobs = [tr.task(_table_task, name, *t, version=TASK_VERSION) for t in tasks]
             shared: dict[str, Any] | None = {"prices": fn.args[0]}
         else:
             jobs = [tr.task(fn, *t, version=TASK_VERSION) for t in tasks]
