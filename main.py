@@ -1362,7 +1362,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _fmt(wf["total_costs"], "usd"),
     )
     head.add_row(
-        f"best set in hindsight: {hind['label']}",
+        f"best fixed set in hindsight (#{hind['index']})",
         _fmt(hind["sharpe"], "ratio"),
         "",
         "",

@@ -290,6 +290,14 @@ def walk_forward_choices(
     return out
 
 
+def out_of_sample_returns(
+    returns: Sequence[Sequence[np.ndarray]], picks: Sequence[tuple[int, float]], train: int
+) -> list[np.ndarray]:
+    """The reported path: for window ``train + j``, the returns of the candidate picked for it
+    (``picks[j]``) on that window, never those of the windows it was chosen on."""
+    return [returns[k][train + j] for j, (k, _) in enumerate(picks)]
+
+
 # --- The sweep ------------------------------------------------------------------------------------
 @dataclass
 class SweepResult:
@@ -374,10 +382,10 @@ def run_sweep(
     returns = [[w.returns for w in row] for row in grid]
     picks = walk_forward_choices(returns, settings.train_windows)
     reported = range(settings.train_windows, len(windows))
-    choices, chained = [], []
+    chained = out_of_sample_returns(returns, picks, settings.train_windows)
+    choices = []
     for i, (k, score) in zip(reported, picks, strict=True):
         w = grid[k][i]
-        chained.append(w.returns)
         choices.append(
             WindowChoice(
                 window_index=i,
