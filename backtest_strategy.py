@@ -1354,21 +1354,6 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _clean(obj: Any) -> Any:
-    """NaN/inf -> None so summary.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
-        return None
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def write_results(
     results_dir: Any,
     summary: dict[str, Any],
@@ -1387,6 +1372,8 @@ def write_results(
     import tempfile
     from pathlib import Path
 
+    from atomic_io import json_safe
+
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     _remove_orphan_temp_folders(results_dir)
@@ -1402,7 +1389,7 @@ def write_results(
         eq["buy_hold_equity"] = buy_hold
         eq.to_csv(tmp / "equity.csv", float_format="%.6f")
         strategy.trades.to_csv(tmp / "trades.csv", index=False, float_format="%.6f")
-        text = json.dumps(_clean(summary), indent=2, default=_json_default, allow_nan=False)
+        text = json.dumps(json_safe(summary), indent=2, default=_json_default, allow_nan=False)
         (tmp / "summary.json").write_text(text + "\n")
         if charts:
             _charts(tmp, eq, summary)
