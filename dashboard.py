@@ -599,14 +599,22 @@ def panel_prices(home: C.Paths, pair: C.Pair) -> None:
     )
 
 
-def _run_folders(results_dir: Path) -> list[Path]:
-    """Finished backtest runs (folders with a summary.json), newest first."""
+#: Folder-name prefixes of results that are not backtest runs (`scan`, `sweep`).
+_OTHER_RESULTS = ("scan-", "sweep-")
+
+
+def _run_folders(results_dir: Path, prefix: str | None = None) -> list[Path]:
+    """Finished runs (folders with a summary.json), newest first: backtest runs, or with
+    `prefix` ("sweep-", "scan-") those of that command."""
     if not results_dir.is_dir():
         return []
     runs = [
         d
         for d in results_dir.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and (d / "summary.json").is_file()
+        if d.is_dir()
+        and not d.name.startswith(".")
+        and (d / "summary.json").is_file()
+        and (d.name.startswith(prefix) if prefix else not d.name.startswith(_OTHER_RESULTS))
     ]
     return sorted(
         runs, key=lambda d: ((d / "summary.json").stat().st_mtime_ns, d.name), reverse=True
@@ -763,6 +771,88 @@ def _sharpe_error_bars(summary: dict[str, Any], long: str) -> Any:
     return fig
 
 
+def panel_sweeps(home: C.Paths, pair: C.Pair) -> None:
+    """A `main.py sweep` from results/sweep-*/: the walk-forward figures, the chosen parameter
+    set per window, and the out-of-sample equity."""
+    import plotly.graph_objects as go
+
+    runs = _run_folders(home.results_dir, "sweep-")
+    if not runs:
+        st.info(
+            "No parameter sweep yet: run `python main.py sweep` (e.g. `python main.py sweep "
+            "--long AMD --short BAC`) to create results/sweep-<stamp>/"
+        )
+        return
+    choice = st.selectbox("Sweep (newest first)", [d.name for d in runs], key="sweep_run")
+    folder = home.results_dir / str(choice)
+    stat, eq_stat = _stat(folder / "summary.json"), _stat(folder / "equity.csv")
+    if stat is None or eq_stat is None:
+        st.error(f"{folder} has no summary.json or equity.csv: the sweep is incomplete")
+        return
+    summary, equity = _read_run(str(folder), stat, eq_stat)
+    run, wf = summary.get("run") or {}, summary.get("walk_forward") or {}
+    hind = summary.get("best_fixed_in_hindsight") or {}
+    sets = summary.get("candidates") or []
+    st.caption(
+        f"{'/'.join(run.get('pair') or [])} · {run.get('source')} · {len(sets)} parameter sets · "
+        f"{run.get('windows')} out-of-sample windows {run.get('oos_start')}..{run.get('oos_end')}"
+        f" · each chosen on the previous {run.get('train_windows')} windows"
+    )
+    rows = {
+        "Sharpe": "{:.2f}".format(wf["sharpe"]) if wf.get("sharpe") is not None else "—",
+        "Sharpe 95 % CI": _ci_text(wf.get("sharpe_ci_95")),
+        "P(Sharpe > 0)": "{:.3f}".format(wf["psr"]) if wf.get("psr") is not None else "—",
+        "deflated Sharpe": "{:.3f}".format(wf["dsr"]) if wf.get("dsr") is not None else "—",
+        "trials (deflated by)": f"{wf.get('trials', 0):,}",
+        "total return": "{:+.2%}".format(wf["total_return"])
+        if wf.get("total_return") is not None
+        else "—",
+        "trades": f"{wf.get('fills', 0):,}",
+        "best fixed set in hindsight (not tradable)": f"{hind.get('label')}: Sharpe "
+        + ("{:.2f}".format(hind["sharpe"]) if hind.get("sharpe") is not None else "—"),
+    }
+    left, right = st.columns(2)
+    left.table(pd.DataFrame({"walk-forward (out of sample)": rows}))
+    choices = pd.DataFrame(summary.get("choices") or [])
+    if not choices.empty:
+        fig = go.Figure(
+            go.Scatter(
+                x=pd.to_datetime(choices["trading_start"]),
+                y=choices["label"],
+                mode="lines+markers",
+                line={"shape": "hv"},
+                customdata=choices[["trading_end", "in_sample_sharpe", "oos_return"]],
+                hovertemplate="%{x|%Y-%m-%d} .. %{customdata[0]}<br>%{y}<br>in-sample Sharpe "
+                "%{customdata[1]:.2f}<br>out-of-sample return %{customdata[2]:+.2%}<extra></extra>",
+                name="chosen set",
+            )
+        )
+        fig.update_layout(
+            title="Chosen parameter set per window",
+            height=300,
+            margin={"l": 10, "r": 10, "t": 40, "b": 10},
+            yaxis={"categoryorder": "array", "categoryarray": [c["label"] for c in sets]},
+        )
+        right.plotly_chart(fig, key="sweep_choices")
+    if "equity" in equity:
+        eq = go.Figure(go.Scatter(x=equity.index, y=equity["equity"], name="walk-forward"))
+        eq.update_layout(
+            title="Walk-forward equity, out-of-sample windows only (USD)",
+            height=300,
+            margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        )
+        st.plotly_chart(eq, key="sweep_equity")
+    if not choices.empty:
+        shown = choices[["window_index", "trading_start", "trading_end", "label"]].copy()
+        shown["in-sample Sharpe"] = choices["in_sample_sharpe"].map("{:.2f}".format)
+        shown["OOS return"] = choices["oos_return"].map("{:+.2%}".format)
+        st.dataframe(
+            shown.rename(columns={"window_index": "window", "label": "chosen set"}),
+            hide_index=True,
+            key="sweep_windows",
+        )
+
+
 def panel_alerts(home: C.Paths, pair: C.Pair) -> None:
     """alerts.log newest first, filtered by severity (the last TAIL_BYTES of the file)."""
     stat = _stat(home.alerts_log)
@@ -860,6 +950,7 @@ PANELS: tuple[tuple[str, Callable[[C.Paths, C.Pair], None]], ...] = (
     ("Positions and equity", panel_positions),
     ("Prices and spread", panel_prices),
     ("Backtest results", panel_backtests),
+    ("Parameter sweeps", panel_sweeps),
     ("Alerts", panel_alerts),
     ("Model registry", panel_models),
     ("Audit log", panel_audit),

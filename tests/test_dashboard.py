@@ -107,6 +107,7 @@ PANEL_TITLES = [
     "Positions and equity",
     "Prices and spread",
     "Backtest results",
+    "Parameter sweeps",
     "Alerts",
     "Model registry",
     "Audit log",
@@ -407,13 +408,14 @@ def test_with_every_file_missing_each_panel_says_what_creates_it(empty_home):
         "No processed data for",
         "run `python main.py process`",
         "No backtest results yet: run `python main.py backtest`",
+        "No parameter sweep yet: run `python main.py sweep`",
         "No alerts yet:",
         "`python main.py alerts test`",
         "No models yet: run `python main.py train`",
         "No audit log yet: run `python main.py live`",
     ):
         assert expected in hints
-    assert len(at.info) == 7
+    assert len(at.info) == 8
     assert not any(empty_home.home.iterdir())  # nothing created
 
 
@@ -479,3 +481,29 @@ def test_a_100k_line_alert_log_renders_from_its_tail(home):
     alerts = frame_with(at, "severity")
     assert alerts["title"].iloc[0] == "alert 99999"
     assert elapsed < 30
+
+
+# --- Parameter sweeps -----------------------------------------------------------------------------
+def test_the_sweep_panel_shows_the_chosen_set_per_window_and_the_out_of_sample_figures(home):
+    import parameter_sweep as psw
+
+    grid = psw.parse_grid(["entry_z=1.5,2.5", "exit_z=0.5", "lookback=40"], model=False)[0]
+    request = psw.SweepRequest(
+        pair=C.resolve_pair(), settings=psw.SweepSettings(grid), start="2016-01-01"
+    )
+    result, summary, folder, _ = psw.sweep(request, home=home)
+    at = run_app()
+    assert not at.error, texts(at.error)
+    assert at.selectbox(key="sweep_run").value == folder.name
+    # The sweep is not offered as a backtest run.
+    assert folder.name not in at.selectbox(key="backtest_run").options
+    windows = frame_with(at, "chosen set")
+    assert list(windows["window"]) == [c.window_index for c in result.choices]
+    assert list(windows["chosen set"]) == [c.label for c in result.choices]
+    assert list(windows["OOS return"]) == [f"{c.oos_return:+.2%}" for c in result.choices]
+    figures = [t.value for t in at.table]
+    shown = next(f for f in figures if "walk-forward (out of sample)" in f.columns)
+    column = shown["walk-forward (out of sample)"]
+    assert column["Sharpe"] == f"{summary['walk_forward']['sharpe']:.2f}"
+    assert column["deflated Sharpe"] == f"{result.dsr:.3f}"
+    assert column["trials (deflated by)"] == "2"
