@@ -222,6 +222,8 @@ class ScanResult:
     #: Filled by `run_models` (`--models N`): the top pairs' walk-forward model scores.
     models: dict[tuple[str, str], PairModelResult] = field(default_factory=dict)
     model_settings: ModelSettings | None = None
+    #: The models' test blocks ``[start, stop)`` (row positions of `dates`), oldest first.
+    model_blocks: tuple[tuple[int, int], ...] = ()
 
     @property
     def oos_start(self) -> str:
@@ -235,8 +237,6 @@ class ScanResult:
 # --- Models on the top pairs (`--models N`) -------------------------------------------------------
 #: The model kinds `--models` can train (the LSTM is `main.py train`'s only).
 SCAN_MODEL_KINDS = ("xgb",)
-#: Pairs `--models` given without a number trains models for.
-DEFAULT_MODEL_PAIRS = 5
 
 
 def _default_train_config() -> Any:
@@ -276,7 +276,6 @@ class ModelSettings:
             "with its one-sided binomial p against the scored rows' majority rate",
             "kind": self.kind,
             "features": "23 causal features of the pair's closes (process_stock_data, no volume)",
-            "folds": self.folds,
             "min_train_rows": self.min_train_rows,
             "xgb": {
                 "trees": t.xgb_trees,
@@ -615,6 +614,7 @@ def run_models(
     scores = mapper(functools.partial(pair_models, closes), tasks, progress=cb)
     result.models = {(m.long, m.short): m for m in scores}
     result.model_settings = settings
+    result.model_blocks = blocks
     return result
 
 
@@ -906,8 +906,15 @@ def scan_summary(
 def models_summary(result: ScanResult) -> dict[str, Any]:
     """summary.json's `models`: the method, its folds, and each scored pair's figures."""
     assert result.model_settings is not None
+    dates = result.dates
     return {
         **result.model_settings.describe(),
+        "folds_requested": result.model_settings.folds,
+        "folds": len(result.model_blocks),
+        "test_blocks": [
+            {"start": str(dates[a].date()), "end": str(dates[b - 1].date())}
+            for a, b in result.model_blocks
+        ],
         "oos_start": result.oos_start,
         "oos_end": result.oos_end,
         "pairs_scored": len(result.models),
