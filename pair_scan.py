@@ -32,6 +32,14 @@ Conventions and invariants
   on a fresh ledger exactly pairs x parameter sets), against the variance of their annualised
   Sharpes.
 
+Models (`--models N`, `run_models`): for the top N pairs by rank, one `pair_models` task each
+builds the pair's features from the shared closes (`process_stock_data.compute_features`, causal)
+and scores XGBoost walk-forward over the out-of-sample span, cut into `ModelSettings.folds` test
+blocks at trading-window boundaries; block k's model trains only on rows before its first row less
+the label's one bar (`train_model.score_test_blocks`), so no scored bar was trained on, and
+cutting the data after a block's last label leaves that block's scores unchanged. XGBoost is
+seeded and single-threaded inside a task: scores are bit-identical on every backend.
+
 The seam for a task runner: `run_scan(..., mapper=...)` calls ``mapper(fn, tasks, progress=cb)``
 twice (windows, then per-pair statistics), where `fn` is ``functools.partial(<task function>,
 <shared table>)`` (`fn.func` and `fn.args` give both) and `tasks` a list of argument tuples; it
@@ -50,7 +58,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -69,6 +77,9 @@ from pair_selection import (
     walk_forward_windows,
 )
 from trial_ledger import Trial, TrialCount, TrialLedger, config_hash
+
+if TYPE_CHECKING:
+    from train_model import TrainConfig
 
 #: A formation window is cointegrated when its Engle-Granger p-value is below this.
 COINT_LEVEL = 0.05
@@ -239,7 +250,7 @@ class ScanResult:
 SCAN_MODEL_KINDS = ("xgb",)
 
 
-def _default_train_config() -> Any:
+def _default_train_config() -> TrainConfig:
     import train_model as tm
 
     return tm.TrainConfig(models=("xgb",))
@@ -256,7 +267,7 @@ class ModelSettings:
     #: A block whose model would see fewer training rows is not scored.
     min_train_rows: int = 100
     #: XGBoost's trees, depth, learning rate and seed: `main.py train`'s defaults.
-    train: Any = field(default_factory=_default_train_config)
+    train: TrainConfig = field(default_factory=_default_train_config)
 
     def __post_init__(self) -> None:
         if self.kind not in SCAN_MODEL_KINDS:
