@@ -32,6 +32,14 @@ Conventions and invariants
   on a fresh ledger exactly pairs x parameter sets), against the variance of their annualised
   Sharpes.
 
+Models (`--models N`, `run_models`): for the top N pairs by rank, one `pair_models` task each
+builds the pair's features from the shared closes (`process_stock_data.compute_features`, causal)
+and scores XGBoost walk-forward over the out-of-sample span, cut into `ModelSettings.folds` test
+blocks at trading-window boundaries; block k's model trains only on rows before its first row less
+the label's one bar (`train_model.score_test_blocks`), so no scored bar was trained on, and
+cutting the data after a block's last label leaves that block's scores unchanged. XGBoost is
+seeded and single-threaded inside a task: scores are bit-identical on every backend.
+
 The seam for a task runner: `run_scan(..., mapper=...)` calls ``mapper(fn, tasks, progress=cb)``
 twice (windows, then per-pair statistics), where `fn` is ``functools.partial(<task function>,
 <shared table>)`` (`fn.func` and `fn.args` give both) and `tasks` a list of argument tuples; it
@@ -50,7 +58,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -69,6 +77,9 @@ from pair_selection import (
     walk_forward_windows,
 )
 from trial_ledger import Trial, TrialCount, TrialLedger, config_hash
+
+if TYPE_CHECKING:
+    from train_model import TrainConfig
 
 #: A formation window is cointegrated when its Engle-Granger p-value is below this.
 COINT_LEVEL = 0.05
@@ -219,6 +230,11 @@ class ScanResult:
     window_results: list[WindowResult]
     pairs: list[PairResult]
     trial_count: TrialCount
+    #: Filled by `run_models` (`--models N`): the top pairs' walk-forward model scores.
+    models: dict[tuple[str, str], PairModelResult] = field(default_factory=dict)
+    model_settings: ModelSettings | None = None
+    #: The models' test blocks ``[start, stop)`` (row positions of `dates`), oldest first.
+    model_blocks: tuple[tuple[int, int], ...] = ()
 
     @property
     def oos_start(self) -> str:
@@ -227,6 +243,125 @@ class ScanResult:
     @property
     def oos_end(self) -> str:
         return str(self.dates[self.windows[-1].trading_stop - 1].date())
+
+
+# --- Models on the top pairs (`--models N`) -------------------------------------------------------
+#: The model kinds `--models` can train (the LSTM is `main.py train`'s only).
+SCAN_MODEL_KINDS = ("xgb",)
+
+
+def _default_train_config() -> TrainConfig:
+    import train_model as tm
+
+    return tm.TrainConfig(models=("xgb",))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How `--models` trains and scores each top pair: expanding-window walk-forward over the
+    scan's out-of-sample span cut into `folds` test blocks at trading-window boundaries."""
+
+    kind: str = "xgb"
+    #: Test blocks (each a run of consecutive trading windows); one fit per block.
+    folds: int = 10
+    #: A block whose model would see fewer training rows is not scored.
+    min_train_rows: int = 100
+    #: XGBoost's trees, depth, learning rate and seed: `main.py train`'s defaults.
+    train: TrainConfig = field(default_factory=_default_train_config)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCAN_MODEL_KINDS:
+            raise ConfigurationError(
+                f"scan models must be one of {', '.join(SCAN_MODEL_KINDS)}: {self.kind}"
+            )
+        if isinstance(self.folds, bool) or not (isinstance(self.folds, int) and self.folds >= 1):
+            raise ConfigurationError(f"model folds must be a whole number >= 1: {self.folds}")
+
+    def describe(self) -> dict[str, Any]:
+        """summary.json's text of the method."""
+        t = self.train
+        return {
+            "method": "walk-forward, expanding window: each test block's model trains only on "
+            "rows before the block less one label bar (the label is the next bar's spread "
+            "return sign); pooled out-of-sample AUC with its DeLong 95 % interval, accuracy "
+            "with its one-sided binomial p against the scored rows' majority rate",
+            "kind": self.kind,
+            "features": "23 causal features of the pair's closes (process_stock_data, no volume)",
+            "min_train_rows": self.min_train_rows,
+            "xgb": {
+                "trees": t.xgb_trees,
+                "depth": t.xgb_depth,
+                "learning_rate": t.xgb_learning_rate,
+                "seed": t.seed,
+                "n_jobs": 1,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ModelFold:
+    """One scored test block: training rows (all dated <= train_end) and the scored bars."""
+
+    number: int
+    train_rows: int
+    train_end: str
+    test_start: str
+    test_end: str
+    bars: int
+
+
+@dataclass(frozen=True)
+class PairModelResult:
+    """A pair's walk-forward model scores over the scan's out-of-sample span, pooled over folds.
+    Probabilities are P(long leg beats short leg over the next bar)."""
+
+    long: str
+    short: str
+    kind: str
+    folds: tuple[ModelFold, ...]
+    auc: float
+    auc_ci_low: float
+    auc_ci_high: float
+    accuracy: float
+    accuracy_p: float
+    majority_rate: float
+    scored_bars: int
+    dates: np.ndarray = field(repr=False, compare=False)
+    prob: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def pair(self) -> str:
+        return f"{self.long}/{self.short}"
+
+    def same_as(self, other: PairModelResult) -> bool:
+        """Equal in every field, dates and probabilities included (bit for bit)."""
+        return (
+            self == other
+            and np.array_equal(self.dates, other.dates)
+            and np.array_equal(self.prob, other.prob)
+        )
+
+    def columns(self) -> dict[str, float]:
+        """The pairs table's model columns (`MODEL_COLUMNS`)."""
+        return {
+            f"{self.kind}_auc": self.auc,
+            f"{self.kind}_auc_ci_low": self.auc_ci_low,
+            f"{self.kind}_auc_ci_high": self.auc_ci_high,
+            f"{self.kind}_accuracy": self.accuracy,
+            f"{self.kind}_accuracy_p": self.accuracy_p,
+            f"{self.kind}_scored_bars": self.scored_bars,
+        }
+
+
+#: Columns `--models` adds to pairs.csv/parquet (NaN on pairs it did not score).
+MODEL_COLUMNS = (
+    "xgb_auc",
+    "xgb_auc_ci_low",
+    "xgb_auc_ci_high",
+    "xgb_accuracy",
+    "xgb_accuracy_p",
+    "xgb_scored_bars",
+)
 
 
 # --- The seam -------------------------------------------------------------------------------------
@@ -263,10 +398,11 @@ def _table_task(shared: dict[str, Any], name: str, *args: Any) -> Any:
 
 def runner_mapper(runner: Any, cache: Any = None) -> Mapper:
     """A Mapper over a `task_runner` runner (serial, joblib or Dask). A task function given as
-    ``functools.partial(fn, table)`` (`scan_window`, `parameter_sweep.model_window`: a top-level
-    function whose first argument is the price table) gets its table once per worker as a shared
-    input; every other argument is the task's. `cache` (a `task_runner.TaskCache`) keeps finished
-    tasks, so an interrupted run resumes. Results come back in task order, as `serial_map`'s."""
+    ``functools.partial(fn, table)`` (`scan_window`, `pair_models`,
+    `parameter_sweep.model_window`: top-level functions whose first argument is the price table)
+    gets its table once per worker as a shared input; every other argument is the task's.
+    `cache` (a `task_runner.TaskCache`) keeps finished tasks, so an interrupted run resumes.
+    Results come back in task order, as `serial_map`'s."""
     import task_runner as tr
 
     def mapper(
@@ -375,6 +511,123 @@ def chained_returns(window_results: Sequence[WindowResult]) -> np.ndarray:
     """The windows' daily returns concatenated in window order (the pair's OOS returns)."""
     ws = sorted(window_results, key=lambda w: w.window_index)
     return np.concatenate([w.returns for w in ws]) if ws else np.empty(0)
+
+
+def pair_models(
+    prices: pd.DataFrame,
+    long: str,
+    short: str,
+    blocks: tuple[tuple[int, int], ...],
+    settings: ModelSettings,
+) -> PairModelResult:
+    """Walk-forward model scores of one pair. `prices`: the shared closes; `blocks`: test blocks
+    ``[start, stop)`` of row positions, oldest first. Features (`process_stock_data`, closes only)
+    at bar t use rows <= t; the label of bar t is the sign of the next bar's spread return, so
+    rows up to the last block's stop (inclusive, for that label) are read and nothing later.
+    Block k's model trains on rows < start_k - 1 only (`train_model.score_test_blocks`)."""
+    import constants as C
+    import process_stock_data as psd
+    import train_model as tm
+
+    stop = min(len(prices), blocks[-1][1] + tm.LABEL_HORIZON_BARS)
+    close = prices[[long, short]].iloc[:stop].astype("float64")
+    features = psd.compute_features(close, long, short)
+    labeled = psd.add_label(features, close, long, short)
+    label = labeled[C.LABEL_COLUMN].to_numpy("float64")
+    usable = features.notna().all(axis=1).to_numpy() & np.isfinite(label)
+    x = features.to_numpy("float64")
+    y = np.where(np.isfinite(label), label, 0).astype("int64")
+    scored = tm.score_test_blocks(
+        x,
+        y,
+        usable,
+        [tm.Split(a, b) for a, b in blocks],
+        settings.train,
+        min_train_rows=settings.min_train_rows,
+        n_jobs=1,
+    )
+    dates = close.index
+    folds = tuple(
+        ModelFold(
+            number=b.number,
+            train_rows=b.train_rows,
+            train_end=str(dates[np.flatnonzero(usable[: b.train_stop])[-1]].date()),
+            test_start=str(dates[b.rows[0]].date()),
+            test_end=str(dates[b.rows[-1]].date()),
+            bars=len(b.rows),
+        )
+        for b in scored
+    )
+    rows = np.concatenate([b.rows for b in scored]) if scored else np.empty(0, "int64")
+    prob = np.concatenate([b.prob for b in scored]) if scored else np.empty(0)
+    nan = math.nan
+    m: dict[str, Any] = {}
+    if rows.size:
+        m = tm.classification_metrics(
+            y[rows], prob, labeled[C.NEXT_SPREAD_RETURN_COLUMN].to_numpy("float64")[rows]
+        )
+    ci = m.get("roc_auc_ci_95", [nan, nan])
+    return PairModelResult(
+        long=long,
+        short=short,
+        kind=settings.kind,
+        folds=folds,
+        auc=float(m.get("roc_auc", nan)),
+        auc_ci_low=float(ci[0]),
+        auc_ci_high=float(ci[1]),
+        accuracy=float(m.get("accuracy", nan)),
+        accuracy_p=float(m.get("accuracy_p_value", nan)),
+        majority_rate=float(m.get("majority_rate", nan)),
+        scored_bars=int(rows.size),
+        dates=dates[rows].to_numpy(),
+        prob=prob,
+    )
+
+
+def model_blocks(windows: Sequence[WalkForwardWindow], folds: int) -> tuple[tuple[int, int], ...]:
+    """The scan's trading windows cut into `folds` runs of consecutive windows (fewer when there
+    are fewer windows), each one test block ``(first trading_start, last trading_stop)``."""
+    groups = np.array_split(np.arange(len(windows)), min(folds, len(windows)))
+    return tuple(
+        (windows[int(g[0])].trading_start, windows[int(g[-1])].trading_stop) for g in groups
+    )
+
+
+def top_pairs(result: ScanResult, n: int) -> list[tuple[str, str]]:
+    """The first `n` distinct (long, short) pairs in rank order."""
+    out: list[tuple[str, str]] = []
+    for p in result.pairs:
+        if (p.long, p.short) not in out:
+            out.append((p.long, p.short))
+    return out[:n]
+
+
+def run_models(
+    prices: pd.DataFrame,
+    result: ScanResult,
+    n: int,
+    settings: ModelSettings | None = None,
+    *,
+    mapper: Mapper = serial_map,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> ScanResult:
+    """Train and walk-forward-score models for the top `n` pairs of `result` (one `pair_models`
+    task per pair, through `mapper`); fills and returns `result.models`. `prices`: the closes
+    the scan ran on (`checked_universe` is applied again)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigurationError(f"--models must be a whole number >= 1, not {n!r}")
+    settings = settings or ModelSettings()
+    closes = checked_universe(prices)
+    if not closes.index.equals(result.dates):
+        raise ConfigurationError("the prices are not the ones this scan ran on")
+    blocks = model_blocks(result.windows, settings.folds)
+    tasks = [(a, b, blocks, settings) for a, b in top_pairs(result, n)]
+    cb = None if progress is None else functools.partial(progress, "models")
+    scores = mapper(functools.partial(pair_models, closes), tasks, progress=cb)
+    result.models = {(m.long, m.short): m for m in scores}
+    result.model_settings = settings
+    result.model_blocks = blocks
+    return result
 
 
 # --- The scan -------------------------------------------------------------------------------------
@@ -496,6 +749,9 @@ class ScanRequest:
     config: TradingConfig = field(default_factory=TradingConfig)
     top: int = 20
     write_charts: bool = True
+    #: Train and walk-forward-score models for this many top pairs (0: none).
+    models: int = 0
+    model_settings: ModelSettings = field(default_factory=ModelSettings)
 
 
 def load_universe(spec: str) -> pd.DataFrame:
@@ -605,6 +861,15 @@ def scan(
     )
     result.pairs = rank(result.pairs, count)
     result.trial_count = count
+    if request.models:
+        run_models(
+            prices,
+            result,
+            request.models,
+            request.model_settings,
+            mapper=mapper,
+            progress=progress,
+        )
     summary = scan_summary(request, result, scan_id, str(ledger.path))
     folder = write_scan_results(results_dir, scan_id, result, summary, request.write_charts)
     summary["run"]["folder"] = str(folder)
@@ -644,9 +909,46 @@ def scan_summary(
                 "this_scan": len(result.pairs),
             },
             "config": request.config.to_dict(),
-            "top": [p.to_row() for p in result.pairs[: request.top]],
+            "top": [_row_with_models(result, p) for p in result.pairs[: request.top]],
+            **({"models": models_summary(result)} if result.model_settings else {}),
         }
     )
+
+
+def models_summary(result: ScanResult) -> dict[str, Any]:
+    """summary.json's `models`: the method, its folds, and each scored pair's figures."""
+    assert result.model_settings is not None
+    dates = result.dates
+    return {
+        **result.model_settings.describe(),
+        "folds_requested": result.model_settings.folds,
+        "folds": len(result.model_blocks),
+        "test_blocks": [
+            {"start": str(dates[a].date()), "end": str(dates[b - 1].date())}
+            for a, b in result.model_blocks
+        ],
+        "oos_start": result.oos_start,
+        "oos_end": result.oos_end,
+        "pairs_scored": len(result.models),
+        "pairs": [
+            {
+                "pair": m.pair,
+                **m.columns(),
+                "majority_rate": m.majority_rate,
+                "folds": [asdict(f) for f in m.folds],
+            }
+            for m in result.models.values()
+        ],
+    }
+
+
+def _row_with_models(result: ScanResult, p: PairResult) -> dict[str, Any]:
+    """`p.to_row()`, with the MODEL_COLUMNS (NaN when the pair was not scored) after `--models`."""
+    row = p.to_row()
+    if result.model_settings is not None:
+        m = result.models.get((p.long, p.short))
+        row.update(m.columns() if m else dict.fromkeys(MODEL_COLUMNS, math.nan))
+    return row
 
 
 def _clean(obj: Any) -> Any:
@@ -664,8 +966,10 @@ def _clean(obj: Any) -> Any:
 
 def pairs_table(result: ScanResult) -> pd.DataFrame:
     """One row per pair x rule set, ranked (pairs.csv, pairs.parquet)."""
-    frame = pd.DataFrame([p.to_row() for p in result.pairs])
+    frame = pd.DataFrame([_row_with_models(result, p) for p in result.pairs])
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    if "xgb_scored_bars" in frame:  # a count, empty where no model scored the pair
+        frame["xgb_scored_bars"] = frame["xgb_scored_bars"].astype("Int64")
     return frame
 
 

@@ -201,7 +201,9 @@ class TrainingData:
 
 
 # --- XGBoost --------------------------------------------------------------------------------------
-def fit_xgb(x: np.ndarray, y: np.ndarray, config: TrainConfig) -> Any:
+def fit_xgb(x: np.ndarray, y: np.ndarray, config: TrainConfig, *, n_jobs: int = 2) -> Any:
+    """XGBoost on (x, y), seeded by `config.seed`; `n_jobs=1` makes a fit bit-identical in any
+    process (the scan's model tasks)."""
     from xgboost import XGBClassifier
 
     model = XGBClassifier(
@@ -211,7 +213,7 @@ def fit_xgb(x: np.ndarray, y: np.ndarray, config: TrainConfig) -> Any:
         subsample=0.8,
         colsample_bytree=0.8,
         random_state=config.seed,
-        n_jobs=2,
+        n_jobs=n_jobs,
         tree_method="hist",
         eval_metric="logloss",
     )
@@ -358,6 +360,64 @@ def walk_forward(
         if progress:
             progress(f"{kind} fold {fold.number}/{config.folds}")
     return results
+
+
+#: Fewest training rows a walk-forward test block's model may be fitted on; fewer: not scored.
+MIN_TRAIN_ROWS = 100
+
+
+@dataclass(frozen=True)
+class BlockScore:
+    """One test block of `score_test_blocks`: the model trained on `train_rows` usable rows, all
+    at positions < `train_stop`, and scored the usable rows `rows` (positions) of the block."""
+
+    number: int
+    block: Split
+    train_stop: int
+    train_rows: int
+    rows: np.ndarray = field(repr=False, compare=False)
+    prob: np.ndarray = field(repr=False, compare=False)
+
+
+def score_test_blocks(
+    x: np.ndarray,
+    y: np.ndarray,
+    usable: np.ndarray,
+    blocks: Sequence[Split],
+    config: TrainConfig,
+    *,
+    min_train_rows: int = MIN_TRAIN_ROWS,
+    n_jobs: int = 1,
+) -> list[BlockScore]:
+    """XGBoost walk-forward over given test blocks of row positions (date order, expanding
+    window): block k's model trains on the usable rows before ``block.start -
+    LABEL_HORIZON_BARS`` (the last training label is realized before the block's first bar) and
+    scores the block's usable rows, on the raw features. A block with fewer than
+    `min_train_rows` training rows or one class only is skipped (not scored). `usable`: rows
+    whose features and label are known."""
+    out = []
+    positions = np.arange(len(y))
+    for number, block in enumerate(blocks, 1):
+        train_stop = max(block.start - LABEL_HORIZON_BARS, 0)
+        train = usable & (positions < train_stop)
+        test = usable & (positions >= block.start) & (positions < block.stop)
+        if train.sum() < min_train_rows or len(np.unique(y[train])) < 2 or not test.any():
+            continue
+        # Raw features as float32 (what XGBoost bins): trees need no scaling, and a fitted
+        # scaler's float sums are one more place where processes could differ in the last bit.
+        model = fit_xgb(x[train].astype("float32"), y[train], config, n_jobs=n_jobs)
+        prob = xgb_predict(model, x[test].astype("float32"))
+        out.append(
+            BlockScore(
+                number=number,
+                block=block,
+                train_stop=train_stop,
+                train_rows=int(train.sum()),
+                rows=positions[test],
+                prob=np.asarray(prob, dtype="float64"),
+            )
+        )
+    return out
 
 
 def library_versions() -> dict[str, str]:
