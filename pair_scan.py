@@ -64,6 +64,7 @@ import numpy as np
 import pandas as pd
 
 import performance_stats as pst
+from atomic_io import json_safe, write_folder
 from backtest_strategy import STATISTICS_METHOD as BACKTEST_STATISTICS
 from backtest_strategy import ZSCORE_RULES, run_backtest
 from error_handling import ConfigurationError
@@ -882,7 +883,7 @@ def scan_summary(
     """summary.json: the run, its windows and parameters, the configuration, the trials and the
     top table (JSON-safe: non-finite numbers become null)."""
     s = result.settings
-    return _clean(
+    return json_safe(
         {
             "run": {
                 "scan_id": scan_id,
@@ -951,19 +952,6 @@ def _row_with_models(result: ScanResult, p: PairResult) -> dict[str, Any]:
     return row
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN and inf become None, numpy scalars plain numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def pairs_table(result: ScanResult) -> pd.DataFrame:
     """One row per pair x rule set, ranked (pairs.csv, pairs.parquet)."""
     frame = pd.DataFrame([_row_with_models(result, p) for p in result.pairs])
@@ -981,35 +969,19 @@ def write_scan_results(
     charts: bool = True,
 ) -> Path:
     """results/<scan-id>/ (pairs.csv, pairs.parquet, summary.json, heatmap.png, heatmap.html),
-    written in a hidden temporary folder and renamed when complete."""
-    import shutil
-    import tempfile
+    written whole or not at all (`atomic_io.write_folder`)."""
 
-    root = Path(results_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    name, n = scan_id, 1
-    while (root / name).exists():
-        n += 1
-        name = f"{scan_id}-{n}"
-    summary["run"]["scan_id"] = name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", dir=root))
-    try:
+    def write(folder: Path, name: str) -> None:
+        summary["run"]["scan_id"] = name
         table = pairs_table(result)
-        table.to_csv(tmp / "pairs.csv", index=False, float_format="%.6g")
-        table.to_parquet(tmp / "pairs.parquet", index=False)
+        table.to_csv(folder / "pairs.csv", index=False, float_format="%.6g")
+        table.to_parquet(folder / "pairs.parquet", index=False)
         text = json.dumps(summary, indent=2, allow_nan=False)
-        (tmp / "summary.json").write_text(text + "\n")
+        (folder / "summary.json").write_text(text + "\n")
         if charts:
-            _heatmaps(tmp, result)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)  # noqa: S103 (mkdtemp makes it 0700; results are for reading)
-        os.replace(tmp, root / name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root / name
+            _heatmaps(folder, result)
+
+    return write_folder(results_dir, scan_id, write)
 
 
 def sharpe_matrix(result: ScanResult) -> pd.DataFrame:
