@@ -60,9 +60,10 @@ _BADGE = (
 
 # --- Small helpers --------------------------------------------------------------------------------
 def _load_env_file() -> None:
-    """Take TRADING_HOME, TICKER_* and DASHBOARD_REFRESH_S from the project's .env, like
-    `main.py` does (variables already set win); credentials in .env are left unread."""
-    env_file = _HERE / ".env"
+    """Take TRADING_HOME, TICKER_* and DASHBOARD_REFRESH_S from the project's .env (or
+    $TRADING_ENV_FILE), like `main.py` does (variables already set win); credentials in .env are
+    left unread."""
+    env_file = C.env_file()
     if not env_file.is_file():
         return
     try:
