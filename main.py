@@ -27,6 +27,7 @@ examples:
   python main.py backtest                        out-of-sample backtest with costs and risk gate
   python main.py backtest --signals my.csv       your own signals through the same engine
   python main.py scan --top 10                   every bundled pair, walk-forward, out of sample
+  python main.py scan --adopt AMD/BAC            trade a pair of the latest scan from now on
   python main.py live --replay 2022-01-03 2022-03-31   the trading loop on history (paper)
   python main.py backtest --config trading.toml  backtest and live take the same settings
   python main.py live --once                     one live iteration (cron); paper by default
@@ -39,7 +40,8 @@ examples:
   python main.py check                           which install profiles are present
 
 configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL, ALERT_WEBHOOK_URL,
-ALERT_WEBHOOK_SECRET, TRADING_MASTER_PASSWORD (environment or .env; command-line flags win).
+ALERT_WEBHOOK_SECRET, TRADING_MASTER_PASSWORD (environment or .env; command-line flags win);
+TRADING_ENV_FILE names another .env. `scan --adopt LONG/SHORT` writes the pair into .env.
 exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation, 5 risk,
 6 broker, 7 model integrity, 8 credentials, 9 alert delivery, 10 signature,
 11 audit chain broken.

@@ -55,7 +55,7 @@ def scanned_home(tmp_path_factory, bundled) -> tuple[Path, Path]:
     return home, universe
 
 
-def adopt(text: str, home: Path, env_file: Path, universe: Path):
+def adopt(text: str, home: Path, env_file: Path, universe: Path, **env: str):
     return run(
         "main.py",
         "scan",
@@ -67,6 +67,7 @@ def adopt(text: str, home: Path, env_file: Path, universe: Path):
             "DATA_SOURCE": f"csv:{universe}",
             "ENSEMBLE_MODE": "0",
             "SIGNAL_MODEL": "xgb",
+            **env,
         },
     )
 
@@ -121,6 +122,19 @@ def test_the_scan_figures_of_the_pair_are_printed(scanned_home, tmp_path):
     assert f"PSR {row['psr']:.3f}" in line or "PSR <0.001" in line
     assert f"DSR {row['dsr']:.3f}" in line or "DSR <0.001" in line
     assert f"rank {int(row['rank'])} of 3" in line
+
+
+def test_a_ticker_set_in_the_shell_is_named_since_it_wins_over_env(scanned_home, tmp_path):
+    home, universe = scanned_home
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_TEXT)
+
+    proc = adopt("AAPL/KO", home, env_file, universe, TICKER_SHORT="PEP")
+
+    assert proc.returncode == 0, proc.stderr
+    assert "TICKER_SHORT=KO" in env_file.read_text()
+    assert "TICKER_SHORT=PEP is set in the environment and wins over .env" in proc.stdout
+    assert "TICKER_LONG=" not in proc.stdout  # the .env's own value is no warning
 
 
 def test_a_missing_env_file_is_created_private_with_the_two_keys(scanned_home, tmp_path):
