@@ -632,10 +632,10 @@ def _scan_parser(commands: Any, trading: bool) -> None:
     sc.add_argument(
         "--adopt",
         metavar="LONG/SHORT",
-        help="scan nothing: make this pair of the latest results/scan-*/ the traded pair (writes "
-        "TICKER_LONG and TICKER_SHORT into .env, keeping its other lines), train its models if it "
-        "has no active one, and print its scan figures. For one run only, give any command "
-        "--long/--short instead (off)",
+        help="scan nothing: make this pair of the latest results/scan-*/ the traded pair: process "
+        "its data, write TICKER_LONG and TICKER_SHORT into .env (its other lines kept), train its "
+        "models if it has no active one, print its scan figures. For one run only, give any other "
+        "command --long/--short instead (off)",
     )
     sc.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
@@ -1158,13 +1158,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _adopt(text: str) -> int:
-    """`scan --adopt LONG/SHORT`: check the pair is in the latest scan, write it into .env, train
-    its models when it has no active one, and say what was done. Refusals write nothing."""
+    """`scan --adopt LONG/SHORT`: check the pair is in the latest scan, process its data, write it
+    into .env, train its models when it has no active one, and say what was done. A refusal
+    (malformed pair, not in the scan, prices missing or invalid) leaves .env unchanged."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import constants as C
     import pair_scan as ps
+    import process_stock_data as psd
     import train_model as tm
     from error_handling import ConfigurationError
 
@@ -1184,6 +1186,12 @@ def _adopt(text: str) -> int:
             f"--adopt: {pair.long}/{pair.short} is not in the latest scan {scans[0].name} "
             f"({home.results_dir}); pick a pair from its pairs.csv or scan a universe with both"
         )
+    # Process before anything is adopted: a pair whose prices the data source lacks or that break
+    # a validation rule is refused here, with .env unchanged.
+    home = home.ensure()
+    source = C.data_source_name()
+    with Console(stderr=True).status(f"processing {pair.long}/{pair.short} from {source} ..."):
+        _, processed = psd.process(source, pair, home=home)
     env_file = C.env_file()
     before = _read_env_keys(env_file)
     _set_env_keys(env_file, {C.ENV_TICKER_LONG: pair.long, C.ENV_TICKER_SHORT: pair.short})
@@ -1197,6 +1205,10 @@ def _adopt(text: str) -> int:
         f"scan {found.scan_id}{scanned_as}: rank {found.rank} of {found.pairs_scanned}, OOS Sharpe "
         f"{_fmt(found.sharpe, 'ratio')} (95 % CI {ci}), PSR {_fmt(found.psr, 'p')}, "
         f"DSR {_fmt(found.dsr, 'p')} ({found.trials:,} trials)"
+    )
+    console.print(
+        f"data: {processed.rows:,} rows {processed.start} .. {processed.end} from "
+        f"{processed.source} in {processed.path}"
     )
     for key, value in ((C.ENV_TICKER_LONG, pair.long), (C.ENV_TICKER_SHORT, pair.short)):
         shell = os.environ.get(key, "")
@@ -1217,7 +1229,7 @@ def _adopt(text: str) -> int:
         def progress(what: str, done: int, total: int) -> None:
             bar.update(task, description=what, completed=done, total=total)
 
-        trained = tm.ensure_active_model(pair, home.ensure(), progress=progress)
+        trained = tm.ensure_active_model(pair, home, progress=progress)
     console.print(trained or f"models: an active model for {pair.long}/{pair.short} is present")
     console.print("next: python main.py backtest")
     return 0

@@ -172,6 +172,22 @@ def test_a_pair_not_in_the_latest_scan_is_refused_in_one_line_and_nothing_is_wri
     assert not (home / "models").exists()
 
 
+def test_a_pair_the_data_source_lacks_is_refused_before_env_is_touched(scanned_home, tmp_path):
+    """KO is in the scan but not in DATA_SOURCE's file: processing refuses, nothing adopted."""
+    home, _ = scanned_home
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_TEXT)
+    prices = tmp_path / "aapl_msft.csv"
+    pd.read_csv(scanned_home[1])[["date", "AAPL", "MSFT"]].to_csv(prices, index=False)
+
+    proc = adopt("AAPL/KO", home, env_file, prices)
+
+    assert proc.returncode not in (0, 1), proc.stdout
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "KO" in err, err
+    assert env_file.read_text() == ENV_TEXT
+
+
 @pytest.mark.parametrize(
     "text,needle",
     [
@@ -214,6 +230,7 @@ def test_a_pair_without_a_model_is_processed_and_trained(scanned_home, tmp_path)
 
     assert proc.returncode == 0, proc.stderr
     assert env_file.read_text() == "TICKER_LONG=KO\nTICKER_SHORT=MSFT\n"
+    assert "data: " in proc.stdout and "processed_KO_MSFT.parquet" in proc.stdout
     assert "adopted KO/MSFT" in proc.stdout and "as MSFT/KO" in proc.stdout
     assert "no active model for KO/MSFT" in proc.stdout
     registry = ModelRegistry(home / "models", home=home)
