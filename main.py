@@ -1195,7 +1195,8 @@ def _adopt(text: str) -> int:
     env_file = C.env_file()
     before = _read_env_keys(env_file)
     _set_env_keys(env_file, {C.ENV_TICKER_LONG: pair.long, C.ENV_TICKER_SHORT: pair.short})
-    console = Console(soft_wrap=True)  # whole lines, also in a pipe
+    # Whole lines, also in a pipe; no markup: a path or a value may hold "[".
+    console = Console(soft_wrap=True, markup=False)
     scanned_as = "" if found.pair.upper() == f"{pair.long}/{pair.short}" else f" as {found.pair}"
     console.print(
         f"adopted {pair.long}/{pair.short}: TICKER_LONG and TICKER_SHORT set in {env_file}"
@@ -1214,8 +1215,9 @@ def _adopt(text: str) -> int:
         shell = os.environ.get(key, "")
         if shell.strip() and shell != before.get(key) and shell.upper() != value:
             console.print(
-                f"[yellow]{key}={shell} is set in the environment and wins over .env: unset it "
-                "(or pass --long/--short) to trade the adopted pair[/yellow]"
+                f"{key}={shell} is set in the environment and wins over .env: unset it "
+                "(or pass --long/--short) to trade the adopted pair",
+                style="yellow",
             )
     columns = (
         TextColumn("{task.description}"),
