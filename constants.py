@@ -192,6 +192,13 @@ def data_source_name(cli_value: str | None = None) -> str:
 
 # --- Paths ----------------------------------------------------------------------------------------
 ENV_TRADING_HOME = "TRADING_HOME"
+ENV_ENV_FILE = "TRADING_ENV_FILE"
+
+
+def env_file() -> Path:
+    """The .env file `main.py` and the dashboard load and `scan --adopt` writes: $TRADING_ENV_FILE
+    (from the environment only; tests point it at a temporary file), else the project's .env."""
+    return Path(os.environ.get(ENV_ENV_FILE) or PROJECT_ROOT / ".env").expanduser()
 
 
 @dataclass(frozen=True)
@@ -349,6 +356,10 @@ def _scheduler(value: str) -> str | None:
     return "a Dask scheduler address such as tcp://HOST:8786"
 
 
+def _env_path(value: str) -> str | None:
+    return "a file, but it is a directory" if Path(value).expanduser().is_dir() else None
+
+
 def _home(value: str) -> str | None:
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
@@ -368,6 +379,7 @@ ENV_RULES: dict[str, Any] = {
     ENV_TICKER_SHORT: _symbol,
     ENV_DATA_SOURCE: _source,
     "TRADING_HOME": _home,
+    ENV_ENV_FILE: _env_path,
     "TRADING_INTERVAL_S": _number(0, inclusive=False),
     "LOG_LEVEL": _one_of("debug", "info", "warning", "error", "critical"),
     "ENSEMBLE_MODE": _one_of(*_FLAGS),

@@ -47,6 +47,9 @@ ZSCORE_ENTRY, ZSCORE_EXIT = 2.0, 0.5
 #: Bars (trading days) shown in the prices and spread chart.
 PRICE_WINDOW_BARS = 250
 SEVERITIES = ("INFO", "WARNING", "MEDIUM", "HIGH", "CRITICAL")
+#: `main.py scan` writes results/scan-<UTC stamp>/; its best this many pairs are listed.
+SCAN_PREFIX = "scan-"
+SCAN_TOP_ROWS = 20
 #: Keys of .env the dashboard takes (never secrets: it needs no credentials).
 _ENV_KEYS = (C.ENV_TRADING_HOME, C.ENV_TICKER_LONG, C.ENV_TICKER_SHORT, ENV_REFRESH_S)
 
@@ -60,9 +63,10 @@ _BADGE = (
 
 # --- Small helpers --------------------------------------------------------------------------------
 def _load_env_file() -> None:
-    """Take TRADING_HOME, TICKER_* and DASHBOARD_REFRESH_S from the project's .env, like
-    `main.py` does (variables already set win); credentials in .env are left unread."""
-    env_file = _HERE / ".env"
+    """Take TRADING_HOME, TICKER_* and DASHBOARD_REFRESH_S from the project's .env (or
+    $TRADING_ENV_FILE), like `main.py` does (variables already set win); credentials in .env are
+    left unread."""
+    env_file = C.env_file()
     if not env_file.is_file():
         return
     try:
@@ -600,7 +604,7 @@ def panel_prices(home: C.Paths, pair: C.Pair) -> None:
 
 
 #: Folder-name prefixes of results that are not backtest runs (`scan`, `sweep`).
-_OTHER_RESULTS = ("scan-", "sweep-")
+_OTHER_RESULTS = (SCAN_PREFIX, "sweep-")
 
 
 def _run_folders(results_dir: Path, prefix: str | None = None) -> list[Path]:
@@ -853,6 +857,167 @@ def panel_sweeps(home: C.Paths, pair: C.Pair) -> None:
         )
 
 
+def _scan_folders(results_dir: Path) -> list[Path]:
+    """Finished scans (results/scan-*/ with a summary.json), newest first: by their UTC stamp,
+    then the -2, -3 suffix of a second scan in the same second (as `scan --adopt` reads them)."""
+    if not results_dir.is_dir():
+        return []
+
+    def order(folder: Path) -> tuple[str, int]:
+        parts = folder.name[len(SCAN_PREFIX) :].split("-")
+        return ("-".join(parts[:2]), int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 1)
+
+    scans = [
+        d
+        for d in results_dir.iterdir()
+        if d.is_dir() and d.name.startswith(SCAN_PREFIX) and (d / "summary.json").is_file()
+    ]
+    return sorted(scans, key=order, reverse=True)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _read_scan(
+    folder: str, summary_stat: tuple[int, int], pairs_stat: tuple[int, int], parquet: bool
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """summary.json and the ranked pairs (pairs.parquet, else pairs.csv) of one scan; the stats
+    are the cache key."""
+    summary = json.loads((Path(folder) / "summary.json").read_text(encoding="utf-8"))
+    if parquet:
+        table = pd.read_parquet(Path(folder) / "pairs.parquet")
+    else:
+        table = pd.read_csv(Path(folder) / "pairs.csv")
+    return summary, table.sort_values("rank", kind="stable").reset_index(drop=True)
+
+
+def _scan_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The scan's table as `main.py scan` prints it: Sharpe annualised, PSR and DSR as
+    probabilities, total return in %, cost in bps of traded notional, half-life in bars."""
+
+    def ci(low: Any, high: Any) -> str:
+        ok = all(isinstance(v, int | float) and math.isfinite(v) for v in (low, high))
+        return f"{low:.2f} .. {high:.2f}" if ok else "—"
+
+    return pd.DataFrame(
+        {
+            "#": table["rank"],
+            "pair": table["pair"],
+            "OOS Sharpe": table["sharpe"],
+            "95 % CI": [
+                ci(lo, hi)
+                for lo, hi in zip(table["sharpe_ci_low"], table["sharpe_ci_high"], strict=True)
+            ],
+            "PSR": table["psr"],
+            "DSR": table["dsr"],
+            "total return %": 100 * table["total_return"],
+            "trades": table["fills"],
+            "cost bps": 1e4 * table["cost_share"],
+            "half-life": table["median_half_life_bars"],
+            "coint %": 100 * table["share_cointegrated"],
+        }
+    )
+
+
+def _scan_heatmap(table: pd.DataFrame, tickers: Sequence[str], title: str) -> Any:
+    """Ticker x ticker OOS Sharpe from the ranked table (symmetric; the best-ranked row of a pair
+    wins when it was tried with several parameter sets), as pair_scan's heatmap.html."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    names = list(tickers) or sorted(set(table["long"]) | set(table["short"]))
+    m = pd.DataFrame(np.nan, index=names, columns=names)
+    for long, short, sharpe in reversed(
+        list(zip(table["long"], table["short"], table["sharpe"], strict=True))
+    ):
+        if long in m.index and short in m.index:
+            m.loc[long, short] = m.loc[short, long] = sharpe
+    values = m.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    lim = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-9)
+    cells = [[float(v) if math.isfinite(v) else None for v in row] for row in values]
+    fig = go.Figure(
+        go.Heatmap(
+            z=cells,  # plain lists (None: no pair), readable in the page's JSON
+            x=names,
+            y=names,
+            colorscale="RdYlGn",
+            zmin=-lim,
+            zmax=lim,
+            colorbar={"title": "OOS Sharpe"},
+        )
+    )
+    side = max(320, 22 * len(names) + 120)
+    fig.update_layout(
+        title=title,
+        height=side,
+        yaxis={"autorange": "reversed"},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    return fig
+
+
+def panel_scan(home: C.Paths, pair: C.Pair) -> None:
+    """The latest `main.py scan` (or a chosen one): its headline, the best pairs ranked by
+    deflated Sharpe, and the universe's out-of-sample Sharpe heatmap."""
+    scans = _scan_folders(home.results_dir)
+    if not scans:
+        st.info(
+            "No scan yet: run `python main.py scan` to rank every pair of the universe out of "
+            "sample (results/scan-<stamp>/)"
+        )
+        return
+    folder = scans[0]
+    if len(scans) > 1:
+        choice = st.selectbox("Scan (newest first)", [d.name for d in scans], key="scan_run")
+        folder = home.results_dir / str(choice)
+    parquet = _stat(folder / "pairs.parquet")
+    pairs_stat = parquet or _stat(folder / "pairs.csv")
+    summary_stat = _stat(folder / "summary.json")
+    if pairs_stat is None or summary_stat is None:
+        st.error(f"{folder} has no pairs.parquet or pairs.csv: the scan is incomplete")
+        return
+    summary, table = _read_scan(str(folder), summary_stat, pairs_stat, parquet is not None)
+    run = summary.get("run") or {}
+    trials = summary.get("trials") or {}
+    st.caption(
+        f"{folder.name} · universe {run.get('universe')} · {len(run.get('tickers') or [])} "
+        f"tickers, {run.get('pairs')} pairs · {run.get('windows')} walk-forward windows "
+        f"({run.get('formation_bars')} + {run.get('trading_bars')} bars) · out of sample "
+        f"{run.get('oos_start')}..{run.get('oos_end')} · DSR deflated by "
+        f"{trials.get('count', '?')} scan trials"
+    )
+    rows = _scan_rows(table)
+    traded = rows[
+        rows["pair"].str.upper().isin((f"{pair.long}/{pair.short}", f"{pair.short}/{pair.long}"))
+    ]
+    if traded.empty:
+        st.caption(
+            f"The traded pair {pair.long}/{pair.short} is not in this scan; "
+            "`python main.py scan --adopt LONG/SHORT` trades one of these."
+        )
+    else:
+        st.caption(
+            f"The traded pair {pair.long}/{pair.short} is #{int(traded['#'].iloc[0])} of "
+            f"{len(rows)} here; `python main.py scan --adopt LONG/SHORT` trades another."
+        )
+    st.dataframe(
+        rows.head(SCAN_TOP_ROWS),
+        hide_index=True,
+        column_config={
+            "OOS Sharpe": st.column_config.NumberColumn(format="%.2f"),
+            "PSR": st.column_config.NumberColumn(format="%.3f"),
+            "DSR": st.column_config.NumberColumn(format="%.3f"),
+            "total return %": st.column_config.NumberColumn(format="%+.1f"),
+            "cost bps": st.column_config.NumberColumn(format="%.1f"),
+            "half-life": st.column_config.NumberColumn(format="%.1f"),
+            "coint %": st.column_config.NumberColumn(format="%.0f"),
+        },
+    )
+    if len(rows) > SCAN_TOP_ROWS:
+        st.caption(f"The best {SCAN_TOP_ROWS} of {len(rows):,} (all in {folder.name}/pairs.csv).")
+    title = f"OOS Sharpe by pair, {run.get('oos_start')} .. {run.get('oos_end')}"
+    st.plotly_chart(_scan_heatmap(table, run.get("tickers") or [], title), key="scan_heatmap")
+
+
 def panel_alerts(home: C.Paths, pair: C.Pair) -> None:
     """alerts.log newest first, filtered by severity (the last TAIL_BYTES of the file)."""
     stat = _stat(home.alerts_log)
@@ -950,6 +1115,7 @@ PANELS: tuple[tuple[str, Callable[[C.Paths, C.Pair], None]], ...] = (
     ("Positions and equity", panel_positions),
     ("Prices and spread", panel_prices),
     ("Backtest results", panel_backtests),
+    ("Pair scan", panel_scan),
     ("Parameter sweeps", panel_sweeps),
     ("Alerts", panel_alerts),
     ("Model registry", panel_models),

@@ -27,6 +27,7 @@ examples:
   python main.py backtest                        out-of-sample backtest with costs and risk gate
   python main.py backtest --signals my.csv       your own signals through the same engine
   python main.py scan --top 10                   every bundled pair, walk-forward, out of sample
+  python main.py scan --adopt AMD/BAC            trade a pair of the latest scan from now on
   python main.py sweep --long AMD --short BAC    a parameter grid, walk-forward, with its DSR
   python main.py live --replay 2022-01-03 2022-03-31   the trading loop on history (paper)
   python main.py backtest --config trading.toml  backtest and live take the same settings
@@ -40,7 +41,8 @@ examples:
   python main.py check                           which install profiles are present
 
 configuration: TICKER_LONG, TICKER_SHORT, DATA_SOURCE, TRADING_HOME, LOG_LEVEL, ALERT_WEBHOOK_URL,
-ALERT_WEBHOOK_SECRET, TRADING_MASTER_PASSWORD (environment or .env; command-line flags win).
+ALERT_WEBHOOK_SECRET, TRADING_MASTER_PASSWORD (environment or .env; command-line flags win);
+TRADING_ENV_FILE names another .env. `scan --adopt LONG/SHORT` writes the pair into .env.
 exit codes: 0 ok, 1 unexpected, 2 usage/configuration, 3 data, 4 validation, 5 risk,
 6 broker, 7 model integrity, 8 credentials, 9 alert delivery, 10 signature,
 11 audit chain broken.
@@ -592,7 +594,9 @@ def _scan_parser(commands: Any, trading: bool) -> None:
         "finished tasks are cached under the home, so an interrupted scan resumes. --models N "
         "then trains XGBoost for the top N pairs, walk-forward over the scan's out-of-sample "
         "span (each fold trains only on earlier bars), and adds its pooled out-of-sample AUC "
-        "(DeLong 95 % CI), accuracy and p against the majority rate to the table and files.",
+        "(DeLong 95 % CI), accuracy and p against the majority rate to the table and files. "
+        "--adopt LONG/SHORT runs no scan: it makes a pair of the latest scan the traded pair "
+        "(TICKER_LONG/TICKER_SHORT in .env) and trains its models if it has none.",
         epilog=CONFIG_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -657,6 +661,14 @@ def _scan_parser(commands: Any, trading: bool) -> None:
         f"(bare --models: {SCAN_MODEL_PAIRS}; off)",
     )
     sc.add_argument("--no-charts", action="store_true", help="skip heatmap.png and heatmap.html")
+    sc.add_argument(
+        "--adopt",
+        metavar="LONG/SHORT",
+        help="scan nothing: make this pair of the latest results/scan-*/ the traded pair: process "
+        "its data, write TICKER_LONG and TICKER_SHORT into .env (its other lines kept), train its "
+        "models if it has no active one, print its scan figures. For one run only, give any other "
+        "command --long/--short instead (off)",
+    )
     sc.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
     )
@@ -1189,6 +1201,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     import task_runner as tr
     from error_handling import ConfigurationError
 
+    if args.adopt is not None:
+        return _adopt(args.adopt)
     if args.jobs == 0:
         raise ConfigurationError("--jobs must be -1 (all cores) or a positive number: 0")
     if args.recall or args.hard_to_borrow:
@@ -1464,6 +1478,122 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     console.print(f"time: {elapsed:,.1f} s ({where})")
     console.print(f"results: {folder}")
     return 0
+
+
+def _adopt(text: str) -> int:
+    """`scan --adopt LONG/SHORT`: check the pair is in the latest scan, process its data, write it
+    into .env, train its models when it has no active one, and say what was done. A refusal
+    (malformed pair, not in the scan, prices missing or invalid) leaves .env unchanged."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import constants as C
+    import pair_scan as ps
+    import process_stock_data as psd
+    import train_model as tm
+    from error_handling import ConfigurationError
+
+    legs = text.strip().split("/")
+    if len(legs) != 2 or not all(leg.strip() for leg in legs):
+        raise ConfigurationError(f"--adopt {text!r} is not a pair LONG/SHORT, e.g. AMD/BAC")
+    pair = C.Pair(legs[0], legs[1])
+    home = C.paths()
+    scans = ps.scan_folders(home.results_dir)
+    if not scans:
+        raise ConfigurationError(
+            f"--adopt: no scan in {home.results_dir}: run `python main.py scan` first"
+        )
+    found = ps.scanned_pair(scans[0], pair.long, pair.short)
+    if found is None:
+        raise ConfigurationError(
+            f"--adopt: {pair.long}/{pair.short} is not in the latest scan {scans[0].name} "
+            f"({home.results_dir}); pick a pair from its pairs.csv or scan a universe with both"
+        )
+    # Process before anything is adopted: a pair whose prices the data source lacks or that break
+    # a validation rule is refused here, with .env unchanged.
+    home = home.ensure()
+    source = C.data_source_name()
+    with Console(stderr=True).status(f"processing {pair.long}/{pair.short} from {source} ..."):
+        _, processed = psd.process(source, pair, home=home)
+    env_file = C.env_file()
+    before = _read_env_keys(env_file)
+    _set_env_keys(env_file, {C.ENV_TICKER_LONG: pair.long, C.ENV_TICKER_SHORT: pair.short})
+    # Whole lines, also in a pipe; no markup: a path or a value may hold "[".
+    console = Console(soft_wrap=True, markup=False)
+    scanned_as = "" if found.pair.upper() == f"{pair.long}/{pair.short}" else f" as {found.pair}"
+    console.print(
+        f"adopted {pair.long}/{pair.short}: TICKER_LONG and TICKER_SHORT set in {env_file}"
+    )
+    ci = _fmt((found.sharpe_ci_low, found.sharpe_ci_high), "ci")
+    console.print(
+        f"scan {found.scan_id}{scanned_as}: rank {found.rank} of {found.pairs_scanned}, OOS Sharpe "
+        f"{_fmt(found.sharpe, 'ratio')} (95 % CI {ci}), PSR {_fmt(found.psr, 'p')}, "
+        f"DSR {_fmt(found.dsr, 'p')} ({found.trials:,} trials)"
+    )
+    console.print(
+        f"data: {processed.rows:,} rows {processed.start} .. {processed.end} from "
+        f"{processed.source} in {processed.path}"
+    )
+    for key, value in ((C.ENV_TICKER_LONG, pair.long), (C.ENV_TICKER_SHORT, pair.short)):
+        shell = os.environ.get(key, "")
+        if shell.strip() and shell != before.get(key) and shell.upper() != value:
+            console.print(
+                f"{key}={shell} is set in the environment and wins over .env: unset it "
+                "(or pass --long/--short) to trade the adopted pair",
+                style="yellow",
+            )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"{pair.long}/{pair.short}: checking its models", total=None)
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        trained = tm.ensure_active_model(pair, home, progress=progress)
+    console.print(trained or f"models: an active model for {pair.long}/{pair.short} is present")
+    console.print("next: python main.py backtest")
+    return 0
+
+
+def _read_env_keys(path: Any) -> dict[str, str]:
+    """KEY=value pairs of a .env file (empty when absent); the last of a repeated key wins."""
+    try:
+        from dotenv import dotenv_values
+    except ImportError:
+        return {}
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _set_env_keys(path: Any, values: dict[str, str]) -> None:
+    """Set `values` in the .env file at `path` atomically: each `KEY=` line (also `export KEY=`)
+    of those keys is rewritten in place, every other line and comment kept byte for byte, keys
+    not there yet appended; the file is created (0600: a .env may hold secrets) when absent."""
+    import re
+
+    from atomic_io import atomic_write_text
+
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o600
+    lines = text.splitlines(keepends=True)
+    seen: set[str] = set()
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
+        if match and match.group(2) in values:
+            key = match.group(2)
+            end = "\n" if line.endswith("\n") else ""
+            lines[i] = f"{match.group(1)}{key}={values[key]}{end}"
+            seen.add(key)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    lines += [f"{key}={value}\n" for key, value in values.items() if key not in seen]
+    atomic_write_text(path, "".join(lines), mode=mode)
 
 
 def cmd_risk(args: argparse.Namespace) -> int:
@@ -1883,12 +2013,15 @@ def _confirm(prompt: str) -> bool:
 
 # --- Entry point ----------------------------------------------------------------------------------
 def _load_env() -> None:
-    """Load .env from the project directory (never overriding variables already set)."""
+    """Load .env from the project directory, or $TRADING_ENV_FILE (never overriding variables
+    already set)."""
     try:
         from dotenv import load_dotenv
     except ImportError:  # core profile not installed yet: `check` must still run
         return
-    load_dotenv(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env"), override=False)
+    import constants
+
+    load_dotenv(constants.env_file(), override=False)
 
 
 def _redacted(text: str) -> str:

@@ -67,7 +67,7 @@ import performance_stats as pst
 from atomic_io import json_safe, write_folder
 from backtest_strategy import STATISTICS_METHOD as BACKTEST_STATISTICS
 from backtest_strategy import ZSCORE_RULES, run_backtest
-from error_handling import ConfigurationError
+from error_handling import ConfigurationError, DataError
 from pair_engine import TradingConfig, rule_instructions
 from pair_selection import (
     FORMATION_BARS,
@@ -982,6 +982,81 @@ def write_scan_results(
             _heatmaps(folder, result)
 
     return write_folder(results_dir, scan_id, write)
+
+
+# --- Reading a finished scan back (`scan --adopt`) ------------------------------------------------
+SCAN_PREFIX = "scan-"
+
+
+def _scan_order(folder: Path) -> tuple[str, int]:
+    """Sort key of a scan folder: its UTC stamp, then the collision suffix (scan-STAMP-2 after
+    scan-STAMP)."""
+    parts = folder.name[len(SCAN_PREFIX) :].split("-")
+    suffix = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 1
+    return ("-".join(parts[:2]), suffix)
+
+
+def scan_folders(results_dir: str | os.PathLike[str]) -> list[Path]:
+    """Finished scans under `results_dir` (``scan-*`` folders with a pairs.csv), newest first.
+    Hidden temporary folders of a scan still being written are not finished."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    found = [
+        d
+        for d in root.iterdir()
+        if d.is_dir() and d.name.startswith(SCAN_PREFIX) and (d / "pairs.csv").is_file()
+    ]
+    return sorted(found, key=_scan_order, reverse=True)
+
+
+@dataclass(frozen=True)
+class ScannedPair:
+    """A pair's row of a finished scan (its best-ranked parameter set); Sharpes annualised."""
+
+    scan_id: str
+    rank: int
+    #: As scanned, "A/B" (A the long leg when buying the spread); may be the reverse of the ask.
+    pair: str
+    sharpe: float
+    sharpe_ci_low: float
+    sharpe_ci_high: float
+    psr: float
+    dsr: float
+    #: Scan trials the DSR is deflated by.
+    trials: int
+    pairs_scanned: int
+
+
+def scanned_pair(folder: str | os.PathLike[str], long: str, short: str) -> ScannedPair | None:
+    """`long`/`short`'s row in the scan at `folder` (or that of short/long, the same pair the
+    other way round), None when the scan did not cover it; DataError if pairs.csv is unreadable."""
+    folder = Path(folder)
+    file = folder / "pairs.csv"
+    try:
+        table = pd.read_csv(file)
+        keys = table["pair"].astype(str).str.upper()
+    except (OSError, KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(
+            f"{file} is unreadable ({type(exc).__name__}): run the scan again"
+        ) from None
+    wanted = (f"{long}/{short}".upper(), f"{short}/{long}".upper())
+    rows = table[keys.isin(wanted)]
+    if rows.empty:
+        return None
+    row = rows.sort_values("rank").iloc[0] if "rank" in rows else rows.iloc[0]
+    return ScannedPair(
+        scan_id=folder.name,
+        rank=int(row.get("rank", 0)),
+        pair=str(row["pair"]),
+        sharpe=float(row["sharpe"]),
+        sharpe_ci_low=float(row["sharpe_ci_low"]),
+        sharpe_ci_high=float(row["sharpe_ci_high"]),
+        psr=float(row["psr"]),
+        dsr=float(row["dsr"]),
+        trials=int(row["trials"]),
+        pairs_scanned=len(table),
+    )
 
 
 def sharpe_matrix(result: ScanResult) -> pd.DataFrame:

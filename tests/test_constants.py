@@ -150,6 +150,7 @@ def test_every_environment_variable_the_code_reads_has_a_rule():
         ("ALERT_WEBHOOK_URL", "hooks.example.com/x", "an http:// or https:// URL"),
         ("ALPACA_TRADING_URL", "ftp://x", "an http:// or https:// URL"),
         ("ALPACA_DATA_FEED", "nasdaq", "one of iex, sip"),
+        ("TRADING_ENV_FILE", "/", "a file, but it is a directory"),
     ],
 )
 def test_a_bad_environment_value_is_refused_naming_it(name, value, wanted):

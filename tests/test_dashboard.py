@@ -20,6 +20,8 @@ from streamlit.testing.v1 import AppTest
 import constants as C
 
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
+#: The universe of the home's scan: its six pairs include the traded AAPL/MSFT.
+SCAN_TICKERS = ("AAPL", "MSFT", "KO", "PEP")
 ALERT_TITLES = {
     "INFO": "Model promoted",
     "WARNING": "Data feed slow",
@@ -34,10 +36,15 @@ def built_home(tmp_path_factory) -> Path:
     import alert_dispatch
     import backtest_strategy as bs
     import live_trading as lt
+    import pair_scan as ps
     import process_stock_data as psd
     import train_model as tm
 
     root = tmp_path_factory.mktemp("dashboard_home")
+    universe = tmp_path_factory.mktemp("scan_universe") / "closes.csv"
+    psd.load_bundled().close[list(SCAN_TICKERS)].loc["2017":"2019"].to_csv(
+        universe, index_label="date"
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(C.ENV_TRADING_HOME, str(root))
         mp.setenv(C.ENV_TICKER_LONG, C.DEFAULT_TICKER_LONG)
@@ -51,6 +58,9 @@ def built_home(tmp_path_factory) -> Path:
         )
         lt.run_trading_loop(config=config, pair=pair, home=home)
         bs.backtest(bs.BacktestRequest(pair, start="2022-06-01", write_charts=False), home=home)
+        # A real scan of four tickers over three years (six pairs, about a second).
+        scan = ps.ScanRequest(universe=f"csv:{universe}", write_charts=False)
+        ps.scan(scan, results_dir=home.results_dir)
         for severity, title in ALERT_TITLES.items():
             alert_dispatch.send(severity, "test", title, f"{title} (test)", {"n": 1}, home=root)
         alert_dispatch.close_all(timeout_s=10)
@@ -107,6 +117,7 @@ PANEL_TITLES = [
     "Positions and equity",
     "Prices and spread",
     "Backtest results",
+    "Pair scan",
     "Parameter sweeps",
     "Alerts",
     "Model registry",
@@ -142,11 +153,12 @@ def test_every_panel_renders_from_a_replayed_session(home):
     assert metrics["Equity"] == f"${saved['equity']:,.2f}"
 
     charts = at.get("plotly_chart")
-    # equity over time, prices and spread, backtest equity, drawdown, Sharpe with its interval
-    assert len(charts) == 5
+    # equity over time, prices and spread, backtest equity, drawdown, Sharpe with its interval,
+    # the scan's heatmap
+    assert len(charts) == 6
     assert any(home.processed_file(pair).name in c for c in texts(at.caption))
 
-    runs = [d.name for d in home.results_dir.iterdir() if d.is_dir()]
+    runs = [d.name for d in home.results_dir.iterdir() if d.is_dir() and "scan" not in d.name]
     assert at.selectbox(key="backtest_run").options == runs
     metrics_table = at.table[0].value
     assert f"buy & hold {pair.long}" in metrics_table.columns
@@ -395,6 +407,69 @@ def test_without_positions_json_the_heartbeat_lists_foreign_shares(home):
     assert "not traded by the loop" in foreign[0] and "heartbeat.json" in foreign[0]
 
 
+# --- The pair scan -----------------------------------------------------------------------------
+def _scan_folder(home: C.Paths) -> Path:
+    (folder,) = [d for d in home.results_dir.iterdir() if d.is_dir() and d.name.startswith("scan-")]
+    return folder
+
+
+def test_the_scan_panel_ranks_the_pairs_as_pairs_csv_with_the_heatmap(home):
+    folder = _scan_folder(home)
+    expected = pd.read_csv(folder / "pairs.csv")
+    summary = json.loads((folder / "summary.json").read_text())
+
+    at = run_app()
+
+    shown = frame_with(at, "OOS Sharpe")
+    assert list(shown["pair"]) == list(expected["pair"])  # six pairs, in the scan's order
+    assert shown["pair"].iloc[0] == expected["pair"].iloc[0]
+    for i in range(len(expected)):
+        assert shown["OOS Sharpe"].iloc[i] == pytest.approx(expected["sharpe"].iloc[i], rel=1e-5)
+        assert shown["DSR"].iloc[i] == pytest.approx(expected["dsr"].iloc[i], rel=1e-5, abs=1e-9)
+    top = expected.iloc[0]
+    assert shown["95 % CI"].iloc[0] == f"{top['sharpe_ci_low']:.2f} .. {top['sharpe_ci_high']:.2f}"
+    assert shown["trades"].iloc[0] == top["fills"]
+    assert shown["cost bps"].iloc[0] == pytest.approx(1e4 * top["cost_share"], rel=1e-5)
+    headline = next(c for c in texts(at.caption) if c.startswith(folder.name))
+    for part in (
+        f"universe {summary['run']['universe']}",
+        "4 tickers, 6 pairs",
+        f"{summary['run']['windows']} walk-forward windows",
+        f"{summary['run']['oos_start']}..{summary['run']['oos_end']}",
+        f"deflated by {summary['trials']['count']} scan trials",
+    ):
+        assert part in headline, headline
+    rank = int(expected.index[expected["pair"] == "AAPL/MSFT"][0]) + 1
+    assert any(f"The traded pair AAPL/MSFT is #{rank} of 6" in c for c in texts(at.caption))
+
+    heatmap = next(c for c in at.get("plotly_chart") if c.key == "scan_heatmap")
+    data = json.loads(heatmap.proto.spec)["data"][0]
+    assert data["type"] == "heatmap" and data["x"] == list(SCAN_TICKERS)
+    i, j = SCAN_TICKERS.index(top["long"]), SCAN_TICKERS.index(top["short"])
+    assert data["z"][i][j] == data["z"][j][i] == pytest.approx(top["sharpe"], rel=1e-5)
+    assert data["z"][i][i] is None  # the diagonal is no pair
+    assert at.selectbox(key="backtest_run").options == [
+        d.name for d in home.results_dir.iterdir() if d.is_dir() and d != folder
+    ]
+
+
+def test_with_two_scans_a_select_box_offers_them_newest_first(home):
+    older = _scan_folder(home)
+    newer = home.results_dir / "scan-29991231-235959"
+    shutil.copytree(older, newer)
+    table = pd.read_parquet(newer / "pairs.parquet").iloc[::-1]  # another ranking
+    table["rank"] = range(1, len(table) + 1)
+    table.to_parquet(newer / "pairs.parquet", index=False)
+
+    at = run_app()
+
+    assert at.selectbox(key="scan_run").options == [newer.name, older.name]
+    assert frame_with(at, "OOS Sharpe")["pair"].iloc[0] == table["pair"].iloc[0]
+    at.selectbox(key="scan_run").set_value(older.name).run()
+    first = pd.read_csv(older / "pairs.csv")["pair"].iloc[0]
+    assert frame_with(at, "OOS Sharpe")["pair"].iloc[0] == first
+
+
 # --- Missing and corrupt files ------------------------------------------------------------------
 def test_with_every_file_missing_each_panel_says_what_creates_it(empty_home):
     at = run_app()
@@ -413,9 +488,10 @@ def test_with_every_file_missing_each_panel_says_what_creates_it(empty_home):
         "`python main.py alerts test`",
         "No models yet: run `python main.py train`",
         "No audit log yet: run `python main.py live`",
+        "No scan yet: run `python main.py scan`",
     ):
         assert expected in hints
-    assert len(at.info) == 8
+    assert len(at.info) == 9
     assert not any(empty_home.home.iterdir())  # nothing created
 
 
