@@ -580,23 +580,28 @@ def _model_pairs(text: str | None) -> int:
 
 
 def _scan_parser(commands: Any, trading: bool) -> None:
+    import textwrap
+
     sc = commands.add_parser(
         "scan",
         help="every pair of a universe, walk-forward, the z-score rule out of sample",
-        description="For every pair of the universe and every walk-forward window: formation "
-        "statistics (correlation, hedge ratio, Engle-Granger p-value, half-life, hedge-ratio "
-        "stability), then the z-score rule traded on the next trading window through the "
-        "backtest engine with its costs and risk gate (flat at each window's end). Ranks the "
-        "pairs by the deflated Sharpe of their chained out-of-sample returns (deflated over "
-        "pairs x parameter sets, counted in results/trials.jsonl), then Sharpe, and writes "
-        "results/scan-<UTC stamp>/ (pairs.csv, pairs.parquet, summary.json, heatmap.png, "
-        "heatmap.html). Runs on every local core (joblib) or on a Dask cluster (--scheduler); "
-        "finished tasks are cached under the home, so an interrupted scan resumes. --models N "
-        "then trains XGBoost for the top N pairs, walk-forward over the scan's out-of-sample "
-        "span (each fold trains only on earlier bars), and adds its pooled out-of-sample AUC "
-        "(DeLong 95 % CI), accuracy and p against the majority rate to the table and files. "
-        "--adopt LONG/SHORT runs no scan: it makes a pair of the latest scan the traded pair "
-        "(TICKER_LONG/TICKER_SHORT in .env) and trains its models if it has none.",
+        description=textwrap.fill(
+            "For every pair of the universe and every walk-forward window: formation "
+            "statistics (correlation, hedge ratio, Engle-Granger p-value, half-life, hedge-ratio "
+            "stability), then the z-score rule traded on the next trading window through the "
+            "backtest engine with its costs and risk gate (flat at each window's end). Ranks the "
+            "pairs by the deflated Sharpe of their chained out-of-sample returns (deflated over "
+            "pairs x parameter sets, counted in results/trials.jsonl), then Sharpe, and writes "
+            "results/scan-<UTC stamp>/ (pairs.csv, pairs.parquet, summary.json, heatmap.png, "
+            "heatmap.html). Runs on every local core (joblib) or on a Dask cluster (--scheduler); "
+            "finished tasks are cached under the home, so an interrupted scan resumes. --models N "
+            "then trains XGBoost for the top N pairs, walk-forward over the scan's out-of-sample "
+            "span (each fold trains only on earlier bars), and adds its pooled out-of-sample AUC "
+            "(DeLong 95 % CI), accuracy and p against the majority rate to the table and files. "
+            "--adopt LONG/SHORT runs no scan: it makes a pair of the latest scan the traded pair "
+            "(TICKER_LONG/TICKER_SHORT in .env) and trains its models if it has none.",
+            width=96,
+        ),
         epilog=CONFIG_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -607,24 +612,7 @@ def _scan_parser(commands: Any, trading: bool) -> None:
         help="bundled (the 20 bundled tickers, 190 pairs) or csv:PATH (a date column and one "
         "close column per ticker) (bundled)",
     )
-    sc.add_argument(
-        "--jobs",
-        type=_number(-1, integer=True),
-        default=-1,
-        metavar="N",
-        help="local worker processes; -1 all cores, 1 in this process (-1)",
-    )
-    sc.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="run on a Dask cluster, e.g. tcp://HOST:8786 (or $DASK_SCHEDULER_ADDRESS); "
-        "DEPLOYMENT.md says how to start one (off)",
-    )
-    sc.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="recompute every task instead of reusing finished ones from data/cache/scan",
-    )
+    _add_runner_options(sc, "data/cache/scan")
     sc.add_argument("--start", type=_iso_date, metavar="YYYY-MM-DD", help="first date (all)")
     sc.add_argument("--end", type=_iso_date, metavar="YYYY-MM-DD", help="last date (all)")
     sc.add_argument(
@@ -700,19 +688,25 @@ def _add_runner_options(parser: argparse.ArgumentParser, cache: str) -> None:
 
 
 def _sweep_parser(commands: Any, common: argparse.ArgumentParser, trading: bool) -> None:
+    import textwrap
+
     sw = commands.add_parser(
         "sweep",
         parents=[common],
         help="a parameter grid, walk-forward: choose on the past, report only the next window",
-        description="Trade every parameter set of a grid on every walk-forward trading window of "
-        "the pair (the backtest engine with its costs and risk gate; flat at each window's "
-        "end). For each window, choose the set with the best Sharpe over the previous "
-        "--train-windows windows and trade it on that window: only those out-of-sample windows "
-        "form the reported equity, whose deflated Sharpe counts every set tried (trials in "
-        "results/trials.jsonl). Rule grids (default) sweep the z-score rule; --model xgb|lstm "
-        "sweeps a trained model's signal thresholds and Kelly fraction on the bars after its "
-        "training range (training it first if the pair has no active model). Writes "
-        "results/sweep-<UTC stamp>/ (summary.json, windows.csv, candidates.csv, equity.csv).\n\n"
+        description=textwrap.fill(
+            "Trade every parameter set of a grid on every walk-forward trading window of "
+            "the pair (the backtest engine with its costs and risk gate; flat at each window's "
+            "end). For each window, choose the set with the best Sharpe over the previous "
+            "--train-windows windows and trade it on that window: only those out-of-sample windows "
+            "form the reported equity, whose deflated Sharpe counts every set tried (trials in "
+            "results/trials.jsonl). Rule grids (default) sweep the z-score rule; --model xgb|lstm "
+            "sweeps a trained model's signal thresholds and Kelly fraction on the bars after its "
+            "training range (training it first if the pair has no active model). Writes "
+            "results/sweep-<UTC stamp>/ (summary.json, windows.csv, candidates.csv, equity.csv).",
+            width=96,
+        )
+        + "\n\n"
         "grids (KEY=V1,V2,...; a key left out keeps its default values):\n"
         "  rule:  entry_z=1.5,2,2.5 exit_z=0,0.5 lookback=40,60        (12 sets, the default)\n"
         "  model: buy=0.55,0.6 sell=0.4,0.45 kelly=0.25,0.5,1           (12 sets, with --model)\n"
@@ -1185,15 +1179,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     import time
 
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
     from rich.table import Table
 
     import constants as C
@@ -1222,19 +1207,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         write_charts=not args.no_charts,
         models=models,
     )
-    console = Console()
-    if not console.is_terminal:  # a pipe or a file: the whole table, not an 80-column squeeze
-        console = Console(width=max(console.width, 168 if models else 132))
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
+    console = _wide_console(168 if models else 132)
     started = time.perf_counter()
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with _task_progress() as bar:
         task = bar.add_task("scan: loading the universe", total=None)
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -1243,13 +1218,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         home = C.paths().ensure()
         cache = None if args.no_cache else tr.TaskCache(home.data_dir / "cache" / "scan")
         with tr.runner_from_options(args.jobs, args.scheduler) as runner:
-            where = (
-                "in this process"
-                if isinstance(runner, tr.SerialRunner)
-                else f"{runner.jobs if runner.jobs > 0 else os.cpu_count()} local processes"
-                if isinstance(runner, tr.LocalRunner)
-                else "on the Dask cluster"
-            )
+            where = _runner_where(runner)
             result, summary, folder = ps.scan(
                 request,
                 results_dir=home.results_dir,
@@ -1351,12 +1320,13 @@ def _runner_where(runner: Any) -> str:
     return "on the Dask cluster"
 
 
-def _wide_console() -> Any:
-    """A console for tables: a pipe or a file gets the whole table, not an 80-column squeeze."""
+def _wide_console(width: int = 132) -> Any:
+    """A console for tables: a pipe or a file gets the whole table (at least `width` columns),
+    not an 80-column squeeze."""
     from rich.console import Console
 
     console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 132))
+    return console if console.is_terminal else Console(width=max(console.width, width))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
