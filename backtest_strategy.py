@@ -663,7 +663,15 @@ class _BacktestRun:
         )
         equity.index.name = "date"
         dtypes = FRACTIONAL_TRADE_DTYPES if fractional else TRADE_DTYPES
-        trades = pd.DataFrame(venue.fills, columns=TRADE_COLUMNS).astype(dtypes)
+        # Column by column: a row-wise frame then .astype costs ~7 ms a run (scans run thousands).
+        columns = list(zip(*venue.fills, strict=True)) if venue.fills else [()] * len(TRADE_COLUMNS)
+        trades = pd.DataFrame(
+            {
+                # dtype given: text stays object (not pandas' inferred str), as before
+                name: pd.Series(values, dtype=dtypes.get(name, "object"))
+                for name, values in zip(TRADE_COLUMNS, columns, strict=True)
+            }
+        )
         trades["date"] = pd.DatetimeIndex(trades["date"], dtype=self.dates.dtype)
         book = venue.book
         unrealized = sum(

@@ -632,8 +632,15 @@ def _scan_parser(commands: Any, trading: bool) -> None:
         metavar="N",
         help="trading window in bars, also the step (63)",
     )
-    sc.add_argument("--entry-z", type=float, default=2.0, metavar="Z", help="(2.0)")
-    sc.add_argument("--exit-z", type=float, default=0.5, metavar="Z", help="(0.5)")
+    sc.add_argument("--entry-z", type=float, metavar="Z", help="one parameter set: entry (2.0)")
+    sc.add_argument("--exit-z", type=float, metavar="Z", help="one parameter set: exit (0.5)")
+    sc.add_argument(
+        "--grid",
+        nargs="+",
+        metavar="KEY=V1,V2",
+        help="several parameter sets instead, as sweep's: entry_z, exit_z, lookback (a key left "
+        "out takes sweep's default values); each pair x set is a row and a trial",
+    )
     sc.add_argument(
         "--rule",
         choices=("current", "textbook"),
@@ -1176,6 +1183,22 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scan_rules(args: argparse.Namespace) -> tuple[Any, ...]:
+    """The scan's rule parameter sets: --grid's, or the one set of --entry-z/--exit-z."""
+    import pair_scan as ps
+    import parameter_sweep as psw
+    from error_handling import ConfigurationError
+
+    if args.grid:
+        if args.entry_z is not None or args.exit_z is not None:
+            raise ConfigurationError("give either --grid or --entry-z/--exit-z, not both")
+        return psw.parse_grid(args.grid, model=False, rule=args.rule)[0]
+    default = ps.RuleParameters()
+    entry = default.entry_z if args.entry_z is None else args.entry_z
+    exit_z = default.exit_z if args.exit_z is None else args.exit_z
+    return (ps.RuleParameters(entry, exit_z, rule=args.rule),)
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     import time
 
@@ -1200,14 +1223,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
         settings=ps.ScanSettings(
             formation_bars=args.formation_bars,
             trading_bars=args.trading_bars,
-            rules=(ps.RuleParameters(args.entry_z, args.exit_z, rule=args.rule),),
+            rules=_scan_rules(args),
         ),
         config=_trading_config(args),
         top=args.top,
         write_charts=not args.no_charts,
         models=models,
     )
-    console = _wide_console(168 if models else 132)
+    several = len(request.settings.rules) > 1
+    console = _wide_console(132 + 36 * bool(models) + 24 * several)
     started = time.perf_counter()
     with _task_progress() as bar:
         task = bar.add_task("scan: loading the universe", total=None)
@@ -1233,10 +1257,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
         f"{run['oos_start']} .. {run['oos_end']}"
     )
     table = Table(title=title)
-    headers = ("#", "pair", "OOS Sharpe", "95 % CI", "PSR", "DSR", "total return", "trades")
+    headers = ("#", "pair", *(("set",) if several else ()), "OOS Sharpe", "95 % CI", "PSR", "DSR")
+    headers = (*headers, "total return", "trades")
     model_headers = ("xgb AUC (95 % CI)", "acc p") if result.model_settings else ()
     for name in (*headers, "cost bps", "half-life", "coint", *model_headers):
-        table.add_column(name, justify="left" if name == "pair" else "right", no_wrap=True)
+        justify = "left" if name in ("pair", "set") else "right"
+        table.add_column(name, justify=justify, no_wrap=True)
     for i, p in enumerate(result.pairs[: args.top], 1):
         m = result.models.get((p.long, p.short))
         model_cells = (
@@ -1250,6 +1276,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         table.add_row(
             str(i),
             p.pair,
+            *((p.rule.label,) if several else ()),
             _fmt(p.sharpe, "ratio"),
             _fmt((p.sharpe_ci_low, p.sharpe_ci_high), "ci"),
             _fmt(p.psr, "p"),

@@ -211,6 +211,26 @@ def test_cli_scan_writes_every_file_and_prints_the_ranked_table(tmp_path, bundle
     assert math.isfinite(summary["top"][0]["sharpe"])
 
 
+def test_cli_scan_grid_ranks_every_pair_and_set_and_deflates_by_their_product(tmp_path, bundled):
+    universe = _write_universe(tmp_path / "u.csv", bundled)
+    grid = ("--grid", "entry_z=1.5,2", "exit_z=0.5", "lookback=40")
+    proc = run("main.py", "scan", "--universe", f"csv:{universe}", *grid, "--jobs", "1",
+               "--no-charts", home=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = (tmp_path / "results").glob("scan-*")
+    table = pd.read_csv(folder / "pairs.csv")
+    assert len(table) == 3 * 2  # 3 pairs x 2 sets, each a row
+    assert sorted(set(zip(table["pair"], table["rule_entry_z"], strict=True))) == sorted(
+        (p, z) for p in set(table["pair"]) for z in (1.5, 2.0)
+    )
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["trials"]["count"] == 6 and len(summary["run"]["parameter_sets"]) == 2
+    assert "current z40 1.5/0.5" in proc.stdout  # the set column
+    both = run("main.py", "scan", "--universe", f"csv:{universe}", *grid, "--entry-z", "2",
+               home=tmp_path)  # fmt: skip
+    assert both.returncode == 2 and "either --grid or --entry-z" in both.stderr
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [
