@@ -129,13 +129,34 @@ def test_no_lookahead_choices_before_a_cut_are_unchanged(closes, settings, swept
     assert np.array_equal(early.returns, swept.returns[: len(early.returns)])
 
 
-def test_a_joblib_sweep_equals_the_in_process_sweep(closes, settings, swept):
+def test_a_sweep_on_local_processes_and_on_a_dask_cluster_equals_the_in_process_sweep(
+    closes, settings, swept
+):
+    import logging
+
+    from distributed import Client, LocalCluster
+
     import task_runner as tr
 
     with tr.LocalRunner(2) as runner:
         other = psw.run_sweep(closes, "AMD", "BAC", settings, mapper=ps.runner_mapper(runner))
     assert other.choices == swept.choices
     assert np.array_equal(other.returns, swept.returns)
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+        tr.DaskRunner(client=client) as dask,
+    ):
+        on_dask = psw.run_sweep(closes, "AMD", "BAC", settings, mapper=ps.runner_mapper(dask))
+    assert on_dask.choices == swept.choices
+    assert np.array_equal(on_dask.returns, swept.returns)
+    assert on_dask.candidate_sharpes == swept.candidate_sharpes
 
 
 # --- The grid -------------------------------------------------------------------------------------
