@@ -603,6 +603,7 @@ def main() -> None:
         "CPU ms/window",
         "CPU ms/pair",
         "parent CPU s",
+        "cores got",
         "peak RSS MiB/worker",
         "same",
     ):
@@ -624,6 +625,7 @@ def main() -> None:
             f"{1e3 * run.worker_cpu_windows_s / run.window_tasks:,.1f}",
             f"{1e3 * run.worker_cpu_stats_s / max(run.pair_tasks, 1):,.1f}",
             f"{run.parent_cpu_s:,.1f}",
+            f"{(run.worker_cpu_windows_s + run.worker_cpu_stats_s) / run.wall_s:,.2f}",
             ", ".join(mib(r) for r in run.worker_rss),
             "yes" if same else "NO",
         )
@@ -634,10 +636,11 @@ def main() -> None:
             f"scaling = {reference.backend if reference else '-'} wall / this wall; CPU ms: "
             "measured inside the worker processes (getrusage before and after each stage) per "
             "task; parent CPU: this process during the stages (task keys, pickling, results; the "
-            "Dask scheduler runs here too; serial: all the work); peak RSS: VmHWM of each "
-            "worker process (serial: this process, whole bench so far); same = every pair's "
-            f"Sharpe and interval bit-identical to {runs[0].backend}'s and every window result "
-            "equal (returns bit for bit)"
+            "Dask scheduler runs here too; serial: all the work); cores got: the workers' CPU s / "
+            "wall s (below the worker count: the machine's other jobs took the rest); peak RSS: "
+            "VmHWM of each worker process (serial: this process, whole bench so far); same = "
+            f"every pair's Sharpe and interval bit-identical to {runs[0].backend}'s and every "
+            "window result equal (returns bit for bit)"
         )
         # run_scan itself on the first pair: the bench's staging must give the same rows.
         check = ps.run_scan(
