@@ -38,8 +38,11 @@ scan's default single rule set and with the 12-set grid, never below the parent 
 parent's own CPU per task (measured on joblib2: keys, pickling, collecting results) x tasks, which
 no worker count shortens.
 
-Timings are noisy on a shared machine: the load average is printed before and after; CPU seconds
-measured inside the workers are steadier than wall time. Nothing here asserts a speed.
+Timings are noisy on a shared machine: the load average is printed as it goes; CPU seconds
+measured inside the workers are steadier than wall time, and "cores got" (the workers' CPU s / wall
+s) says how much of the machine a run had. The scaling targets (2 workers >= 1.7x one) are shown
+measured on wall time and, beside it, inferred from the CPU per task as if each worker had a free
+core. Nothing here asserts a speed.
 
 Run: .venv/bin/python bench/bench_scan.py [--pairs N] [--sets N] [--windows N]
      [--backends serial,joblib1,joblib2,dask1,dask2] [--breakdown-reps N]
@@ -756,10 +759,16 @@ def main() -> None:
                 bases.append(base)
         for base in bases:
             ratio = base.wall_s / run.wall_s
+            # What the ratio would be if every worker had a core of its own: the workers' CPU per
+            # task against the base's (an inference from CPU time, not a measurement of wall).
+            base_cpu = base.worker_cpu_windows_s + base.worker_cpu_stats_s
+            run_cpu = run.worker_cpu_windows_s + run.worker_cpu_stats_s
+            cores = run_cpu / run.wall_s
             console.print(
                 f"target: {run.backend} >= {TARGET_SCALING}x {base.backend}: measured "
-                f"{ratio:.2f}x wall, {run.workers} workers "
-                f"({'met' if ratio >= TARGET_SCALING else 'not met'}; on 2 shared cores)"
+                f"{ratio:.2f}x wall ({'met' if ratio >= TARGET_SCALING else 'not met'}), its "
+                f"{run.workers} workers got {cores:.2f} cores of the shared machine; with a free "
+                f"core each: {run.workers * base_cpu / run_cpu:.2f}x (inferred from CPU per task)"
             )
     console.print(f"{load()}; bench wall time {time.perf_counter() - t_start:,.1f} s")
 
