@@ -4,7 +4,7 @@ scan would cost.
 The work of `main.py scan` is one `pair_scan.scan_window` task per (pair, rule set, walk-forward
 window) -- formation statistics, then a full backtest engine run on the trading window -- and one
 `summarize_pair` task per (pair, rule set). The full grid (190 bundled pairs x 12 rule sets x 127
-windows = 289,560 window tasks, about 1-2 CPU hours) is too long for a bench, so this runs a
+windows = 289,560 window tasks, 2 to 3 CPU hours here) is too long for a bench, so this runs a
 subset and extrapolates from its measured CPU cost per task:
 
 - pairs: the first --pairs of `pair_scan.universe_pairs` over the bundled tickers (AAPL/AMD,
