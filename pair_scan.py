@@ -41,10 +41,11 @@ cutting the data after a block's last label leaves that block's scores unchanged
 seeded and single-threaded inside a task: scores are bit-identical on every backend.
 
 The seam for a task runner: `run_scan(..., mapper=...)` calls ``mapper(fn, tasks, progress=cb)``
-twice (windows, then per-pair statistics), where `fn` is ``functools.partial(<task function>,
-<shared table>)`` (`fn.func` and `fn.args` give both) and `tasks` a list of argument tuples; it
-must return ``[fn(*t) for t in tasks]`` in the same order and call ``cb(done, total)`` as tasks
-finish. `serial_map` is the in-process default.
+once (and `run_models` once more), where `fn` is ``functools.partial(<task function>, <shared
+table>)`` (`fn.func` and `fn.args` give both; `scan_pair`: one task per pair x rule set, all its
+windows and its row) and `tasks` a list of argument tuples; it must return
+``[fn(*t) for t in tasks]`` in the same order and call ``cb(done, total)`` as tasks finish.
+`serial_map` is the in-process default.
 """
 
 from __future__ import annotations
@@ -384,7 +385,7 @@ def serial_map(
 
 
 #: Bumped whenever a task function's result for the same inputs changes (the task cache's key).
-TASK_VERSION = "scan-1"
+TASK_VERSION = "scan-2"
 
 
 def _table_task(shared: dict[str, Any], name: str, *args: Any) -> Any:
@@ -470,6 +471,25 @@ def scan_window(
         total_costs=float(sum(result.costs.values())),
         net_pnl=float(result.equity["equity"].iloc[-1] - config.initial_capital),
     )
+
+
+def scan_pair(
+    prices: pd.DataFrame,
+    long: str,
+    short: str,
+    rule_index: int,
+    rule: RuleParameters,
+    windows: tuple[WalkForwardWindow, ...],
+    config: TradingConfig,
+) -> tuple[PairResult, tuple[WindowResult, ...]]:
+    """One pair under one rule set: every window (`scan_window`, window i = ``windows[i]``), then
+    its row (`summarize_pair`). The scan's task: one per pair x rule set, so a task is about a
+    second of work and the runner's per-task cost (keys, pickling, scheduling) stays small."""
+    results = tuple(
+        scan_window(prices, long, short, rule_index, rule, i, w, config)
+        for i, w in enumerate(windows)
+    )
+    return summarize_pair(rule, results), results
 
 
 def summarize_pair(rule: RuleParameters, window_results: Sequence[WindowResult]) -> PairResult:
@@ -667,36 +687,29 @@ def run_scan(
     *,
     mapper: Mapper = serial_map,
     progress: Callable[[str, int, int], None] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> ScanResult:
-    """Scan every pair of `prices`' columns under every rule set of `settings`; pairs ranked by
-    a DSR over this scan's own trials (pairs x rule sets; `rank` again to deflate by more).
-    progress(stage, done, total) as tasks finish."""
+    """Scan every pair of `prices`' columns (or only `pairs`) under every rule set of
+    `settings`; pairs ranked by a DSR over this scan's own trials (pairs x rule sets; `rank`
+    again to deflate by more). One task per pair x rule set (`scan_pair`); progress("pairs",
+    done, total) as they finish."""
     settings = settings or ScanSettings()
     config = config or TradingConfig()
     closes = checked_universe(prices)
     windows = walk_forward_windows(len(closes), settings.formation_bars, settings.trading_bars)
-    pairs = universe_pairs(list(closes.columns))
-    order = {pair: i for i, pair in enumerate(pairs)}
+    pairs = universe_pairs(list(closes.columns)) if pairs is None else list(pairs)
     tasks = [
-        (a, b, k, rule, i, w, config)
+        (a, b, k, rule, tuple(windows), config)
         for a, b in pairs
         for k, rule in enumerate(settings.rules)
-        for i, w in enumerate(windows)
     ]
-
-    def stage(name: str) -> Callable[[int, int], None] | None:
-        return None if progress is None else functools.partial(progress, name)
-
-    results = mapper(functools.partial(scan_window, closes), tasks, progress=stage("windows"))
-    results = sorted(
-        results, key=lambda r: (order[(r.long, r.short)], r.rule_index, r.window_index)
-    )
-    groups: dict[tuple[str, str, int], list[WindowResult]] = {}
-    for r in results:
-        groups.setdefault((r.long, r.short, r.rule_index), []).append(r)
-    pair_tasks = [(settings.rules[k], groups[(a, b, k)]) for a, b, k in groups]
-    rows = mapper(summarize_pair, pair_tasks, progress=stage("statistics"))
-    rows = sorted(rows, key=lambda p: (order[(p.long, p.short)], p.rule_index))
+    cb = None if progress is None else functools.partial(progress, "pairs")
+    done = mapper(functools.partial(scan_pair, closes), tasks, progress=cb)
+    # In (pair, rule set) order whatever order a mapper hands them back in.
+    order = {pair: i for i, pair in enumerate(pairs)}
+    done = sorted(done, key=lambda d: (order[(d[0].long, d[0].short)], d[0].rule_index))
+    rows = [row for row, _ in done]
+    results = [w for _, windows_of_pair in done for w in windows_of_pair]
     count = TrialCount.of([p.sharpe for p in rows])
     return ScanResult(
         settings=settings,

@@ -1,11 +1,11 @@
 """Pair scan throughput: one process, joblib processes and a Dask LocalCluster, and what a full
 scan would cost.
 
-The work of `main.py scan` is one `pair_scan.scan_window` task per (pair, rule set, walk-forward
-window) -- formation statistics, then a full backtest engine run on the trading window -- and one
-`summarize_pair` task per (pair, rule set). The full grid (190 bundled pairs x 12 rule sets x 127
-windows = 289,560 window tasks, 2 to 3 CPU hours here) is too long for a bench, so this runs a
-subset and extrapolates from its measured CPU cost per task:
+The work of `main.py scan` is one `pair_scan.scan_pair` task per (pair, rule set): every
+walk-forward window (`scan_window`: formation statistics, then a full backtest engine run on the
+trading window), then the pair's row (`summarize_pair`: Sharpe, bootstrap interval, PSR). The full
+grid (190 bundled pairs x 12 rule sets x 127 windows = 289,560 windows, hours of CPU here) is too
+long for a bench, so this runs a subset and extrapolates from its measured CPU cost per window:
 
 - pairs: the first --pairs of `pair_scan.universe_pairs` over the bundled tickers (AAPL/AMD,
   AAPL/BAC, ...; a fixed order);
@@ -15,16 +15,16 @@ subset and extrapolates from its measured CPU cost per task:
   63 trading bars): the price table starts (127 - N) x 63 rows later, so these are exactly the
   full-history windows (a window reads its own rows only).
 
-The bench drives the scan's two stages itself, through the same mapper as `main.py scan`
-(`pair_scan.runner_mapper` over a `task_runner` runner, no TaskCache), because `run_scan` scans
-every pair of its table; a check runs `run_scan` itself on the first pair and compares.
+The bench runs `run_scan(..., pairs=subset)` through the same mapper as `main.py scan`
+(`pair_scan.runner_mapper` over a `task_runner` runner, no TaskCache); a check runs `run_scan` on
+the first pair's table alone and compares.
 
 Backends (--backends, comma-separated): serial (`SerialRunner`, this process), joblib1 and joblib2
 (`LocalRunner(1)`, `LocalRunner(2)`; joblib runs n_jobs=1 in this process, 2 on loky worker
 processes), dask1 and dask2 (`DaskRunner` on a `LocalCluster` of 1 or 2 worker processes, 1 thread
 each: dask1 is the one-worker-process reference of dask2). The pool is started and warmed (the
 task modules imported, one small task run) before the clock starts; its start time is shown apart.
-Per backend: window and pair tasks, wall time of the two stages, window tasks/s, scaling against
+Per backend: windows and tasks, wall time, windows/s, scaling against
 joblib1 (else the first backend), CPU ms per task measured inside the workers (`getrusage` in each
 worker before and after each stage), CPU used by this (parent) process, peak RSS of each worker
 process (VmHWM, which includes the worker's imports), and whether the results equal the first
@@ -51,7 +51,6 @@ Run: .venv/bin/python bench/bench_scan.py [--pairs N] [--sets N] [--windows N]
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import logging
 import math
@@ -266,7 +265,7 @@ def make_backend(name: str) -> Backend:
     raise SystemExit(f"unknown backend {name!r}: serial, joblibN or daskN (e.g. joblib2, dask2)")
 
 
-# --- The scan's two stages, as `run_scan` runs them, on a subset of pairs -------------------------
+# --- The scan of a subset of pairs, as `main.py scan` runs it -------------------------------------
 @dataclass
 class Run:
     backend: str
@@ -301,30 +300,15 @@ def scan_stages(
     mapper: ps.Mapper,
     between: Callable[[], None] = lambda: None,
 ) -> tuple[list[ps.WindowResult], list[ps.PairResult], float, float]:
-    """`run_scan`'s two stages on `pairs` only (no ranking): window results, pair rows, and the
-    wall time of each stage; `between()` runs untimed between them."""
-    windows = walk_forward_windows(len(closes))
-    tasks = [
-        (a, b, k, rule, i, w, config)
-        for a, b in pairs
-        for k, rule in enumerate(rules)
-        for i, w in enumerate(windows)
-    ]
-    order = {pair: i for i, pair in enumerate(pairs)}
+    """`run_scan` on `pairs` only (one `scan_pair` task per pair x rule set: its windows and its
+    row): window results, pair rows (ranked), the wall time, and 0.0 for the statistics (they run
+    inside each task); `between()` runs untimed after it."""
     t0 = time.perf_counter()
-    results = mapper(functools.partial(ps.scan_window, closes), tasks)
-    windows_s = time.perf_counter() - t0
+    result = ps.run_scan(closes, ps.ScanSettings(rules=tuple(rules)), config, mapper=mapper,
+                         pairs=pairs)  # fmt: skip
+    wall = time.perf_counter() - t0
     between()
-    t0 = time.perf_counter()
-    results = sorted(
-        results, key=lambda r: (order[(r.long, r.short)], r.rule_index, r.window_index)
-    )
-    groups: dict[tuple[str, str, int], list[ps.WindowResult]] = {}
-    for r in results:
-        groups.setdefault((r.long, r.short, r.rule_index), []).append(r)
-    rows = mapper(ps.summarize_pair, [(rules[k], groups[(a, b, k)]) for a, b, k in groups])
-    stats_s = time.perf_counter() - t0
-    return results, rows, windows_s, stats_s
+    return result.window_results, result.pairs, wall, 0.0
 
 
 def run_backend(
@@ -351,7 +335,7 @@ def run_backend(
             closes, pairs, rules, config, ps.runner_mapper(runner), between
         )
         parent_cpu = time.process_time() - parent0 - parent_probe[0]
-        probes.append(backend.usage())
+        probes.append(probes[-1])  # one stage: nothing runs after it
     finally:
         runner.close()
         backend.close()
@@ -366,7 +350,7 @@ def run_backend(
         workers=backend.workers,
         start_s=start_s,
         window_tasks=len(results),
-        pair_tasks=len(rows),
+        pair_tasks=len(rows),  # = tasks: one per pair x rule set
         windows_s=windows_s,
         stats_s=stats_s,
         worker_cpu_windows_s=worker_windows,
@@ -447,19 +431,21 @@ def parent_overhead(
     closes: Any, pair: tuple[str, str], rules: Sequence[ps.RuleParameters], config: TradingConfig
 ) -> tuple[float, int, int]:
     """Seconds to build one task (its SHA-256 key over the arguments' canonical bytes), in the
-    parent; the pickled bytes of a task's arguments and of one WindowResult."""
-    windows = walk_forward_windows(len(closes))
-    args = [
-        (*pair, k, rule, i, w, config)
-        for k, rule in enumerate(rules)
-        for i, w in enumerate(windows)
-    ]
+    parent, per window it covers; the pickled bytes of a task's arguments and of its result (a
+    `scan_pair` task: one pair x rule set, every window)."""
+    windows = tuple(walk_forward_windows(len(closes)))
+    args = [(*pair, k, rule, windows, config) for k, rule in enumerate(rules)]
+    name = f"{ps.scan_pair.__module__}:{ps.scan_pair.__qualname__}"
     t0 = time.thread_time()
     for a in args:
-        tr.task(ps._scan_window_with_shared, *a, version=ps.TASK_VERSION)
-    per_task = (time.thread_time() - t0) / len(args)
-    result = ps.scan_window(closes, *args[-1])
-    return per_task, len(pickle.dumps(args[-1], protocol=5)), len(pickle.dumps(result, protocol=5))
+        tr.task(ps._table_task, name, *a, version=ps.TASK_VERSION)
+    per_window = (time.thread_time() - t0) / len(args) / len(windows)
+    result = ps.scan_pair(closes, *args[-1])
+    return (
+        per_window,
+        len(pickle.dumps(args[-1], protocol=5)),
+        len(pickle.dumps(result, protocol=5)),
+    )
 
 
 # --- Formatting -----------------------------------------------------------------------------------
@@ -554,8 +540,8 @@ def main() -> None:
         f"{', ...' if n_pairs > 4 else ''}) x {n_sets} rule sets x the last {n_windows} windows "
         f"(trading {closes.index[windows[0].trading_start].date()} .. "
         f"{closes.index[windows[-1].trading_stop - 1].date()}) = "
-        f"{n_pairs * n_sets * n_windows:,} window tasks + {n_pairs * n_sets} pair tasks; "
-        "no task cache"
+        f"{n_pairs * n_sets * n_windows:,} windows in {n_pairs * n_sets} tasks (one per pair x "
+        "rule set); no task cache"
     )
 
     if args.breakdown_reps > 0:
@@ -574,10 +560,10 @@ def main() -> None:
         console.print(bt)
     per_task, task_bytes, result_bytes = parent_overhead(closes, pairs[0], rules, config)
     console.print(
-        f"parent side, per window task: building its Task (SHA-256 key over the arguments' "
-        f"canonical bytes) {1e6 * per_task:,.0f} us of CPU; arguments pickled {task_bytes:,} "
-        f"B; its WindowResult pickled {result_bytes:,} B (run_scan keeps every one in the "
-        "parent until the end)"
+        f"parent side, per window: building the tasks (SHA-256 key over the arguments' "
+        f"canonical bytes) {1e6 * per_task:,.0f} us of CPU; one task (a pair x rule set, "
+        f"{n_windows} windows): arguments pickled {task_bytes:,} B, result pickled "
+        f"{result_bytes:,} B (run_scan keeps every window result in the parent until the end)"
     )
 
     runs: list[Run] = []
@@ -595,16 +581,13 @@ def main() -> None:
     )
     for col in (
         "backend",
-        "window tasks",
-        "pair tasks",
+        "windows",
+        "tasks",
         "start s",
         "wall s",
-        "windows s",
-        "stats s",
-        "window tasks/s",
+        "windows/s",
         "scaling",
         "CPU ms/window",
-        "CPU ms/pair",
         "parent CPU s",
         "cores got",
         "peak RSS MiB/worker",
@@ -621,12 +604,9 @@ def main() -> None:
             f"{run.pair_tasks:,}",
             f"{run.start_s:,.1f}",
             f"{run.wall_s:,.1f}",
-            f"{run.windows_s:,.1f}",
-            f"{run.stats_s:,.2f}",
             f"{run.window_tasks / run.windows_s:,.1f}",
             f"{reference.wall_s / run.wall_s:.2f}x" if reference else "-",
             f"{1e3 * run.worker_cpu_windows_s / run.window_tasks:,.1f}",
-            f"{1e3 * run.worker_cpu_stats_s / max(run.pair_tasks, 1):,.1f}",
             f"{run.parent_cpu_s:,.1f}",
             f"{(run.worker_cpu_windows_s + run.worker_cpu_stats_s) / run.wall_s:,.2f}",
             ", ".join(mib(r) for r in run.worker_rss),
@@ -635,17 +615,19 @@ def main() -> None:
     console.print(table)
     if runs:
         console.print(
-            f"start: pool start and warm-up, not in wall; wall = windows + stats (the two stages); "
+            "start: pool start and warm-up, not in wall; wall: the scan (one stage: each task "
+            "trades its windows and computes its row); "
             f"scaling = {reference.backend if reference else '-'} wall / this wall; CPU ms: "
-            "measured inside the worker processes (getrusage before and after each stage) per "
-            "task; parent CPU: this process during the stages (task keys, pickling, results; the "
+            "measured inside the worker processes (getrusage before and after the scan) per "
+            "window, the row's statistics included; parent CPU: this process during the scan "
+            "(task keys, pickling, results; the "
             "Dask scheduler runs here too; serial: all the work); cores got: the workers' CPU s / "
             "wall s (below the worker count: the machine's other jobs took the rest); peak RSS: "
             "VmHWM of each worker process (serial: this process, whole bench so far); same = "
             f"every pair's Sharpe and interval bit-identical to {runs[0].backend}'s and every "
             "window result equal (returns bit for bit)"
         )
-        # run_scan itself on the first pair: the bench's staging must give the same rows.
+        # run_scan on the first pair's table alone: the subset scan must give the same rows.
         check = ps.run_scan(
             closes[list(pairs[0])], ps.ScanSettings(rules=rules), config, mapper=ps.serial_map
         )
@@ -653,7 +635,7 @@ def main() -> None:
         agree = same_sharpes(sorted(check.pairs, key=_rule), mine)
         console.print(
             f"check: run_scan on {pairs[0][0]}/{pairs[0][1]} alone gives the same Sharpes as "
-            f"this bench's stages: {'yes' if agree else 'NO'}"
+            f"the subset scan: {'yes' if agree else 'NO'}"
         )
 
     if not runs:

@@ -128,7 +128,7 @@ def test_mapper_order_does_not_change_results(closes, scanned):
         return _reverse_map(fn, tasks, progress)
 
     other = ps.run_scan(closes, mapper=recording)
-    assert calls == [6 * 11, 6]  # windows, then per-pair statistics
+    assert calls == [6]  # one task per pair (x one rule set): its windows and its row
     assert [p.pair for p in other.pairs] == [p.pair for p in scanned.pairs]
     for a, b in zip(other.pairs, scanned.pairs, strict=True):
         assert a == b
@@ -294,25 +294,25 @@ def test_an_interrupted_scan_resumes_from_its_cache(closes, scanned, tmp_path):
     class Interrupted(Exception):
         pass
 
-    def stop_after_20(stage: str, done: int, total: int) -> None:
-        if stage == "windows" and done == 20:
-            raise Interrupted  # as a Ctrl-C after the 20th window
+    def stop_after_2(stage: str, done: int, total: int) -> None:
+        if stage == "pairs" and done == 2:
+            raise Interrupted  # as a Ctrl-C after the 2nd pair
 
     with pytest.raises(Interrupted):
         ps.run_scan(
-            closes, mapper=ps.runner_mapper(tr.SerialRunner(), cache), progress=stop_after_20
+            closes, mapper=ps.runner_mapper(tr.SerialRunner(), cache), progress=stop_after_2
         )
-    assert len(list(cache_dir.iterdir())) == 20  # each window stored as it finished
+    assert len(list(cache_dir.iterdir())) == 2  # each pair stored as it finished
 
     computed: list[int] = []
 
     def count(stage: str, done: int, total: int) -> None:
-        if stage == "windows":
+        if stage == "pairs":
             computed.append(done)
 
     resumed = ps.run_scan(closes, mapper=ps.runner_mapper(tr.SerialRunner(), cache), progress=count)
     _same_scan(scanned, resumed)
-    windows = sum(len(p.returns) for p in scanned.pairs) // 63
-    # The progress starts at the 20 stored windows; only the other windows were computed.
-    assert computed[0] == 20 and computed[-1] == windows and len(computed) == windows - 20 + 1
-    assert len(list(cache_dir.iterdir())) == windows + len(scanned.pairs)
+    pairs = len(scanned.pairs)
+    # The progress starts at the 2 stored pairs; only the other pairs were computed.
+    assert computed[0] == 2 and computed[-1] == pairs and len(computed) == pairs - 2 + 1
+    assert len(list(cache_dir.iterdir())) == pairs
