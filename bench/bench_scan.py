@@ -700,7 +700,7 @@ def main() -> None:
                 *cells,
                 duration(cpu / 2 / measured_eff) if measured_eff > 0 else "-",
                 duration(floor),
-                size(tasks * result_bytes),
+                size(tasks * result_bytes / n_windows),
             )
     console.print(et)
     dask = [r for r in runs if r.backend.startswith("dask")]
@@ -719,7 +719,7 @@ def main() -> None:
             else ""
         )
         + f". Results held: run_scan keeps every WindowResult in the parent until the end "
-        f"({result_bytes:,} B pickled each, more in memory)."
+        f"({result_bytes / n_windows:,.0f} B pickled each, more in memory)."
     )
     default_2 = estimates[(len(all_pairs), 1, 2)]
     grid_2 = estimates[(len(all_pairs), len(GRID), 2)]
