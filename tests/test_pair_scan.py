@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import signal
 
 import numpy as np
 import pandas as pd
@@ -283,6 +285,28 @@ def test_the_scan_is_identical_in_process_on_local_processes_and_on_a_dask_clust
         tr.DaskRunner(client=client) as dask,
     ):
         _same_scan(scanned, ps.run_scan(closes, mapper=ps.runner_mapper(dask)))
+        # A worker process killed mid-scan: Dask re-runs its tasks elsewhere, same result.
+        victim = next(iter(client.run(os.getpid).values()))
+        killed: list[int] = []
+
+        def kill_one_worker(stage: str, done: int, total: int) -> None:
+            if done == 1 and not killed:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(done)
+
+        again = ps.run_scan(closes, mapper=ps.runner_mapper(dask), progress=kill_one_worker)
+        assert killed == [1]  # killed with 5 of 6 pairs unfinished
+        assert not _alive(victim)
+        _same_scan(scanned, again)
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_an_interrupted_scan_resumes_from_its_cache(closes, scanned, tmp_path):
