@@ -1,7 +1,8 @@
 """The live loop: `python main.py live` (paper by default), under cron (`--once`) or tmux.
 
 Each iteration, inside NYSE hours: latest closed bar -> (once per new bar) quotes to the paper
-broker, signal, the previous signal's outcome to the A/B test, drift check (once per 5 new bars),
+broker, signal, the previous signal's outcome to the A/B test, drift check (once per 5 new bars,
+in the first iteration after that bar's decision, so monitoring never delays orders),
 `pair_engine` drawdown control and decision (the same step as the backtest: the signal of bar
 t - fill_delay sized, banded, gated by `RiskManager.pre_trade_check`, sent to the broker) ->
 equity row, positions.json, audit -> heartbeat -> sleep the interval. Outside market hours it
@@ -142,6 +143,7 @@ class LoopSummary:
     stopped_by: str = "end"
     equity: float | None = None
     model_changes: int = 0  # automatic canary promotions and rollbacks
+    drift_checks: int = 0  # drift reports run (once per DRIFT_EVERY_BARS new bars)
     #: Why bars passed without an order (market closed, halted, no new bar, hold, ...), in the
     #: order first seen; `main.py live` prints them when nothing was traded.
     idle_reasons: list[str] = field(default_factory=list)
@@ -886,6 +888,8 @@ class _IterationState:
     description: dict[str, Any] | None = None  # that bar's signal, for the prediction log
     model_version: str | None = None
     bars_since_drift: int = DRIFT_EVERY_BARS
+    #: Rows of the table the due drift check reads (run in the next iteration without a decision).
+    drift_due_rows: int | None = None
     foreign: dict[str, int] = field(default_factory=dict)  # the last reported foreign positions
     deferred_bar: pd.Timestamp | None = None  # the bar last deferred (audited once)
     account: ta.Account | None = None  # the last account read (for a heartbeat in an outage)
@@ -1375,6 +1379,16 @@ def _run(session: _Session, clock: Any, stopper: _Stop) -> None:
         if config.once:
             break
         clock.sleep(config.interval_s, stopper.event)
+    _due_drift_check(session)  # `--once`, the replay's end or a stop: a due check still runs
+
+
+def _due_drift_check(session: _Session) -> None:
+    """The drift check a new bar made due, on the rows up to that bar; then none is due."""
+    rows = session.state.drift_due_rows
+    if rows is not None:
+        session.state.drift_due_rows = None
+        _drift_check(session.pair, session.home, session.feed.table.iloc[:rows])
+        session.summary.drift_checks += 1
 
 
 def _iteration(session: _Session, now: pd.Timestamp) -> None:
@@ -1411,6 +1425,7 @@ def _iteration(session: _Session, now: pd.Timestamp) -> None:
         _decide(session, feed.table.iloc[:rows], rows - 1, now)
     elif state.last_bar is not None and bar <= state.last_bar:
         session.summary.idle(f"no new bar since {state.last_bar.date()} (decided already)")
+        _due_drift_check(session)  # the bar is decided: monitoring now
     session.summary.predictions += 1
     log.info(
         "prediction %s",
@@ -1455,7 +1470,7 @@ def _new_bar(session: _Session, rows: int, now: pd.Timestamp) -> None:
     state.bars_since_drift += 1
     if state.bars_since_drift >= DRIFT_EVERY_BARS and isinstance(session.source, ModelSignals):
         state.bars_since_drift = 0
-        _drift_check(session.pair, session.home, table)
+        state.drift_due_rows = rows  # monitoring waits for an idle iteration: orders go first
 
 
 def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp) -> None:

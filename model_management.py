@@ -72,6 +72,38 @@ LOCK_FILE = "registry.lock"
 ALERT_SOURCE = "model_registry"
 #: Seconds to wait for registry.lock before giving up with a ConfigurationError.
 DEFAULT_LOCK_TIMEOUT_S = 60.0
+#: An artifact verified in this process is hashed again when its size or modification time
+#: changes, or once this many seconds have passed (a change that keeps both is still found).
+REHASH_AFTER_S = 6 * 3600.0
+
+# (resolved path, size, mtime_ns, expected SHA-256) -> time.monotonic() of its last full hash.
+_VERIFIED: dict[tuple[str, int, int, str], float] = {}
+
+
+def artifact_matches(path: Path, expected: str, *, max_age_s: float = REHASH_AFTER_S) -> bool:
+    """Whether `path` is a file whose SHA-256 is `expected`. The file is hashed unless this
+    process verified the same (path, size, mtime) less than `max_age_s` ago: the live loop
+    re-checks its models every few bars, and hashing them each time cost it tens of ms."""
+    import stat
+    import time
+
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    key = (str(path.resolve()), info.st_size, info.st_mtime_ns, expected)
+    now = time.monotonic()
+    seen = _VERIFIED.get(key)
+    if seen is not None and now - seen < max_age_s:
+        return True
+    if sha256_file(path) != expected:
+        _VERIFIED.pop(key, None)
+        return False
+    _VERIFIED[key] = now
+    return True
+
 
 # A model kind becomes part of a directory name: no separators, no leading dot.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -382,7 +414,7 @@ class ModelRegistry:
         bad = []
         for file_name, expected in sorted(record.artifacts.items()):
             path = directory / file_name
-            if not path.is_file() or sha256_file(path) != expected:
+            if not artifact_matches(path, expected):
                 bad.append(file_name)
         return bad
 

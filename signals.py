@@ -8,6 +8,7 @@ Probabilities between the two thresholds are a dead zone: Hold.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -194,7 +195,7 @@ class SignalGenerator:
     def check(self, table: pd.DataFrame) -> None:
         """Load every model a bar may be scored with (each kind's champion and canary), so an
         altered or missing artifact (ModelIntegrityError) or no model at all is found before
-        the caller writes anything."""
+        the caller writes anything; then warm each one up on the table's last row."""
         features = self._features(table)
         for kind in self.controllers:
             self.controllers[kind].select_model(pd.Timestamp(table.index[-1]).isoformat())
@@ -206,6 +207,12 @@ class SignalGenerator:
                     self._loaded[record.version] = load_model(
                         self.registry, record.version, self.pair, features
                     )
+        # Warm-up: score the last row once with each model (result dropped), so the first live
+        # bar does not pay for tracing the LSTM's inference function (about 100 ms).
+        last = slice(len(table) - 1, len(table))
+        for loaded in self._loaded.values():
+            with contextlib.suppress(ConfigurationError):  # too few rows for a window
+                loaded.probabilities(table, last)
 
     def _model(self, kind: str, key: str, features: Sequence[str]) -> LoadedModel:
         version = self.controllers[kind].select_model(key).version

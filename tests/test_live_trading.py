@@ -415,3 +415,29 @@ def test_a_failure_that_opens_the_brokers_breaker_halts_trading_at_once(home):
     assert "circuit" not in halts[0].payload["reason"]
     alerts = [json.loads(line) for line in home.alerts_log.read_text().splitlines()]
     assert any(a["source"] == "circuit_breaker" and a["severity"] == "CRITICAL" for a in alerts)
+
+
+# --- No slow live bar ---------------------------------------------------------------------------
+def test_the_drift_check_runs_every_fifth_new_bar_after_the_bar_is_decided(home):
+    """Ten bars: due on the first and the sixth new bar, each run once that bar is decided (in
+    the next iteration), never in the bar's own iteration."""
+    summary = lt.run_trading_loop(
+        config=replay_config("2022-01-03", "2022-01-14"), pair=PAIR, home=home
+    )
+    assert summary.bars >= 10
+    assert summary.drift_checks == 2
+
+
+def test_a_drift_check_made_due_by_a_once_run_still_runs_before_it_exits(home):
+    ny = "America/New_York"
+    config = lt.LiveConfig(  # one iteration at 10:00 on a Tuesday: Monday's bar is new
+        replay_start=pd.Timestamp("2022-01-04 10:00").tz_localize(ny).tz_convert("UTC"),
+        replay_end=pd.Timestamp("2022-01-15").tz_localize(ny).tz_convert("UTC"),
+        once=True,
+    )
+    table, _ = psd.load_processed(PAIR, home)  # a feed of its own: every bar is fresh, as live
+    summary = lt.run_trading_loop(
+        config=config, pair=PAIR, home=home, feed=lt.BarFeed(table.loc[:"2022-01-14"], PAIR)
+    )
+    assert summary.iterations == 1 and summary.bars == 1
+    assert summary.drift_checks == 1  # due on its one new bar, run at the end

@@ -590,3 +590,30 @@ def test_z_test_p_value_is_a_probability_and_z_points_to_the_better_sample(
 
 def test_z_test_with_identical_all_hit_samples_has_no_evidence():
     assert M.two_proportion_ztest(10, 10, 20, 20) == (0.0, 1.0)
+
+
+# --- Verified hashes, cached by (path, size, mtime) -----------------------------------------------
+def test_a_verified_artifact_is_hashed_again_only_when_it_changes_or_the_cache_ages(tmp_path):
+    import hashlib
+    import os
+
+    import model_management as mm
+
+    path = tmp_path / "model.json"
+    path.write_bytes(b"the model, version 1")
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert mm.artifact_matches(path, expected)
+    # Another size: hashed again at once, and refused.
+    path.write_bytes(b"the model, version 2!")
+    assert not mm.artifact_matches(path, expected)
+    # Same size and the old mtime restored: the cache still trusts it until it ages...
+    path.write_bytes(b"the model, version 1")
+    assert mm.artifact_matches(path, expected)
+    stat = path.stat()
+    path.write_bytes(b"the model, version X")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert mm.artifact_matches(path, expected)
+    # ...then the periodic re-hash finds the change.
+    assert not mm.artifact_matches(path, expected, max_age_s=0.0)
+    assert not mm.artifact_matches(tmp_path / "missing.json", expected)
+    assert not mm.artifact_matches(tmp_path, expected)  # a directory is not an artifact

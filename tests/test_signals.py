@@ -120,6 +120,20 @@ def test_series_agrees_with_latest_on_the_last_bar(home, table):
     assert set(series["action"]) <= {"buy", "sell", "hold"}
 
 
+def test_check_warms_up_the_lstm_so_the_first_bar_pays_no_tracing(home, table):
+    """`check` scores the last row once with every loaded model: the LSTM's inference function
+    is traced before the first live bar, and scoring that row again gives the same number."""
+    import model_artifacts
+
+    gen = S.SignalGenerator(PAIR, home=home, ensemble=False, kind="lstm")
+    gen.check(table)
+    (loaded,) = gen._loaded.values()
+    assert loaded.kind == "lstm"
+    assert loaded.model in model_artifacts._compiled  # traced at check, not at the first bar
+    again = loaded.probabilities(table, slice(len(table) - 1, len(table)))
+    assert again[0] == pytest.approx(gen.latest(table).probability)
+
+
 def test_ensemble_signal_is_the_weighted_mean_of_both_models(home, table):
     single = {
         k: S.SignalGenerator(PAIR, home=home, ensemble=False, kind=k) for k in ("xgb", "lstm")
