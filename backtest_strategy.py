@@ -855,12 +855,7 @@ def _signals_for_range(
     gen = sg.SignalGenerator(pair, home=home)
     if request.model_version:
         record = gen.registry.get(request.model_version)
-        if (record.long, record.short) != (pair.long, pair.short):
-            raise ConfigurationError(
-                f"model {record.version} was trained on {record.long}/{record.short}, "
-                f"not {pair.long}/{pair.short}"
-            )
-        seen_until = pd.Timestamp(record.metadata["ranges"]["validation"][1])
+        seen_until = _seen_until(record, pair)
         versions = [record.version]
     else:
         seen_until = gen.in_sample_until()
@@ -917,6 +912,17 @@ def _signals_for_range(
     return sig, dates[lo:hi], info
 
 
+def _seen_until(record: Any, pair: Any) -> pd.Timestamp:
+    """The last bar of a registered model's training and validation range; ConfigurationError
+    when it was trained on another pair."""
+    if (record.long, record.short) != (pair.long, pair.short):
+        raise ConfigurationError(
+            f"model {record.version} was trained on {record.long}/{record.short}, "
+            f"not {pair.long}/{pair.short}"
+        )
+    return pd.Timestamp(record.metadata["ranges"]["validation"][1])
+
+
 def model_probabilities(
     pair: Any,
     table: pd.DataFrame,
@@ -949,12 +955,7 @@ def model_probabilities(
                 notes.append(f"trained {kind} {record.version} first (no active {kind} model)")
     else:
         record = registry.get(version)
-    if (record.long, record.short) != (pair.long, pair.short):
-        raise ConfigurationError(
-            f"model {record.version} was trained on {record.long}/{record.short}, "
-            f"not {pair.long}/{pair.short}"
-        )
-    seen_until = pd.Timestamp(record.metadata["ranges"]["validation"][1])
+    seen_until = _seen_until(record, pair)
     dates = pd.DatetimeIndex(table.index)
     if start is not None and pd.Timestamp(start) <= seen_until:
         raise ConfigurationError(

@@ -613,25 +613,10 @@ def _scan_parser(commands: Any, trading: bool) -> None:
         "close column per ticker) (bundled)",
     )
     _add_runner_options(sc, "data/cache/scan")
-    sc.add_argument("--start", type=_iso_date, metavar="YYYY-MM-DD", help="first date (all)")
-    sc.add_argument("--end", type=_iso_date, metavar="YYYY-MM-DD", help="last date (all)")
     sc.add_argument(
         "--top", type=_number(1, integer=True), default=20, metavar="N", help="rows shown (20)"
     )
-    sc.add_argument(
-        "--formation-bars",
-        type=_number(1, integer=True),
-        default=252,
-        metavar="N",
-        help="formation window in bars (252)",
-    )
-    sc.add_argument(
-        "--trading-bars",
-        type=_number(1, integer=True),
-        default=63,
-        metavar="N",
-        help="trading window in bars, also the step (63)",
-    )
+    _add_window_options(sc, 252, "formation window in bars (252)")
     sc.add_argument("--entry-z", type=float, metavar="Z", help="one parameter set: entry (2.0)")
     sc.add_argument("--exit-z", type=float, metavar="Z", help="one parameter set: exit (0.5)")
     sc.add_argument(
@@ -694,6 +679,29 @@ def _add_runner_options(parser: argparse.ArgumentParser, cache: str) -> None:
     )
 
 
+def _add_window_options(
+    parser: argparse.ArgumentParser, formation_bars: int | None, formation_help: str
+) -> None:
+    """--start, --end, --formation-bars and --trading-bars: the walk-forward windows of `scan`
+    and `sweep`."""
+    parser.add_argument("--start", type=_iso_date, metavar="YYYY-MM-DD", help="first date (all)")
+    parser.add_argument("--end", type=_iso_date, metavar="YYYY-MM-DD", help="last date (all)")
+    parser.add_argument(
+        "--formation-bars",
+        type=_number(1, integer=True),
+        default=formation_bars,
+        metavar="N",
+        help=formation_help,
+    )
+    parser.add_argument(
+        "--trading-bars",
+        type=_number(1, integer=True),
+        default=63,
+        metavar="N",
+        help="trading window in bars, also the step (63)",
+    )
+
+
 def _sweep_parser(commands: Any, common: argparse.ArgumentParser, trading: bool) -> None:
     import textwrap
 
@@ -745,19 +753,11 @@ def _sweep_parser(commands: Any, common: argparse.ArgumentParser, trading: bool)
         default="current",
         help="rule grids: the z-score rule, as backtest's --benchmark-rule (current)",
     )
-    sw.add_argument(
-        "--formation-bars",
-        type=_number(1, integer=True),
-        metavar="N",
-        help="bars before the first trading window (the z-score's warm-up); 252 for rule "
-        "grids, --trading-bars for a model",
-    )
-    sw.add_argument(
-        "--trading-bars",
-        type=_number(1, integer=True),
-        default=63,
-        metavar="N",
-        help="trading window in bars, also the step (63)",
+    _add_window_options(
+        sw,
+        None,
+        "bars before the first trading window (the z-score's warm-up); 252 for rule grids, "
+        "--trading-bars for a model",
     )
     sw.add_argument(
         "--train-windows",
@@ -766,8 +766,6 @@ def _sweep_parser(commands: Any, common: argparse.ArgumentParser, trading: bool)
         metavar="N",
         help="trading windows that choose the next window's set (4: one year)",
     )
-    sw.add_argument("--start", type=_iso_date, metavar="YYYY-MM-DD", help="first date (all)")
-    sw.add_argument("--end", type=_iso_date, metavar="YYYY-MM-DD", help="last date (all)")
     sw.add_argument(
         "--show",
         type=_number(1, integer=True),

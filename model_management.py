@@ -37,7 +37,9 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,9 +86,6 @@ def artifact_matches(path: Path, expected: str, *, max_age_s: float = REHASH_AFT
     """Whether `path` is a file whose SHA-256 is `expected`. The file is hashed unless this
     process verified the same (path, size, mtime) less than `max_age_s` ago: the live loop
     re-checks its models every few bars, and hashing them each time cost it tens of ms."""
-    import stat
-    import time
-
     try:
         info = path.stat()
     except OSError:

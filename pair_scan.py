@@ -444,9 +444,7 @@ def scan_window(
     stats = pair_statistics(logs[:f, 0], logs[:f, 1])
     spec = ZSCORE_RULES[rule.rule]
     z = spec.zscore(logs[:, 0], logs[:, 1], rule.zscore_bars)[f:]
-    states = spec.states(z, rule.entry_z, rule.exit_z)
-    # Flat from the bar whose instruction fills on the window's last bar: windows end flat.
-    states[max(len(states) - 1 - config.fill_delay_bars, 0) :] = 0.0
+    states = end_flat(spec.states(z, rule.entry_z, rule.exit_z), config.fill_delay_bars)
     instructions = rule_instructions(states, config.sizing)
     result = run_backtest(
         rows.iloc[f:],
@@ -457,19 +455,42 @@ def scan_window(
         log_rejections=False,
         weight_unit="usd" if instructions.per_usd else "equity",
     )
+    return window_result(
+        long, short, rule_index, window_index, window, stats, result, config.initial_capital
+    )
+
+
+def end_flat(instructions: np.ndarray, fill_delay_bars: int) -> np.ndarray:
+    """`instructions` (states or weights, one row per trading bar) set to flat from the bar
+    whose instruction fills on the window's last bar, so every window ends flat (in place)."""
+    instructions[max(len(instructions) - 1 - fill_delay_bars, 0) :] = 0.0
+    return instructions
+
+
+def window_result(
+    long: str,
+    short: str,
+    index: int,
+    window_index: int,
+    window: WalkForwardWindow,
+    statistics: PairStatistics,
+    result: Any,
+    initial_capital: float,
+) -> WindowResult:
+    """The record of one window from its engine run (`backtest_strategy.BacktestResult`)."""
     traded = float(result.trades["notional"].abs().sum()) if len(result.trades) else 0.0
     return WindowResult(
         long=long,
         short=short,
-        rule_index=rule_index,
+        rule_index=index,
         window_index=window_index,
         window=window,
-        statistics=stats,
+        statistics=statistics,
         returns=result.returns.to_numpy("float64"),
         fills=len(result.trades),
         traded_notional=traded,
         total_costs=float(sum(result.costs.values())),
-        net_pnl=float(result.equity["equity"].iloc[-1] - config.initial_capital),
+        net_pnl=float(result.equity["equity"].iloc[-1] - initial_capital),
     )
 
 

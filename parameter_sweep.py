@@ -49,7 +49,15 @@ from backtest_strategy import run_backtest
 from error_handling import ConfigurationError
 from pair_engine import TradingConfig, model_weights
 from pair_scan import STATISTICS_METHOD as SCAN_STATISTICS
-from pair_scan import Mapper, RuleParameters, WindowResult, scan_window, serial_map
+from pair_scan import (
+    Mapper,
+    RuleParameters,
+    WindowResult,
+    end_flat,
+    scan_window,
+    serial_map,
+    window_result,
+)
 from pair_selection import TRADING_BARS, WalkForwardWindow, pair_statistics, walk_forward_windows
 from signals import Thresholds
 from trial_ledger import Trial, TrialCount, TrialLedger, config_hash
@@ -218,8 +226,7 @@ def model_window(
         {"action": [thresholds.action(float(p)).value for p in prob], "probability": prob}
     )
     sizing = replace(config.sizing, kelly_fraction=params.kelly_fraction)
-    weights = model_weights(signals, sizing)
-    weights[max(len(weights) - 1 - config.fill_delay_bars, 0) :] = 0.0  # windows end flat
+    weights = end_flat(model_weights(signals, sizing), config.fill_delay_bars)
     result = run_backtest(
         closes.iloc[f:],
         weights,
@@ -228,19 +235,8 @@ def model_window(
         history=closes.iloc[:f],
         log_rejections=False,
     )
-    traded = float(result.trades["notional"].abs().sum()) if len(result.trades) else 0.0
-    return WindowResult(
-        long=long,
-        short=short,
-        rule_index=index,
-        window_index=window_index,
-        window=window,
-        statistics=stats,
-        returns=result.returns.to_numpy("float64"),
-        fills=len(result.trades),
-        traded_notional=traded,
-        total_costs=float(sum(result.costs.values())),
-        net_pnl=float(result.equity["equity"].iloc[-1] - config.initial_capital),
+    return window_result(
+        long, short, index, window_index, window, stats, result, config.initial_capital
     )
 
 

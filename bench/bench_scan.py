@@ -404,8 +404,7 @@ def breakdown(
         c2 = time.thread_time()
         spec = ZSCORE_RULES[rule.rule]
         z = spec.zscore(logs[:, 0], logs[:, 1], rule.zscore_bars)[f:]
-        states = spec.states(z, rule.entry_z, rule.exit_z)
-        states[max(len(states) - 1 - config.fill_delay_bars, 0) :] = 0.0
+        states = ps.end_flat(spec.states(z, rule.entry_z, rule.exit_z), config.fill_delay_bars)
         instructions = rule_instructions(states, config.sizing)
         c3 = time.thread_time()
         run_backtest(

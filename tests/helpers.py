@@ -3,10 +3,13 @@ live-loop tests share: a private copy of a trained home, a replay configuration.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +60,46 @@ def replay_config(start: str, end: str, **kw: Any) -> Any:
         replay_end=(pd.Timestamp(end) + pd.Timedelta(days=1)).tz_localize(ny).tz_convert("UTC"),
         **kw,
     )
+
+
+# --- Dask -----------------------------------------------------------------------------------------
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped, does not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def worker_pids(client: Any) -> set[int]:
+    """The worker processes' pids (LocalCluster's nannies run in this process)."""
+    return set(client.run(os.getpid).values())
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int) -> Iterator[Any]:
+    """A client of a real `distributed.LocalCluster` of `n_workers` worker processes (one thread
+    each); on exit the cluster is shut down and its worker processes are gone."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        pids = worker_pids(client)
+        yield client
+        pids |= worker_pids(client)  # a worker restarted after a kill
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids), "LocalCluster left processes behind"

@@ -18,7 +18,7 @@ import pair_scan as ps
 from error_handling import ConfigurationError
 from pair_engine import TradingConfig, rule_instructions
 from pair_selection import pair_statistics
-from tests.helpers import run
+from tests.helpers import alive, local_cluster, run
 from trial_ledger import TrialLedger
 
 TICKERS = ["AAPL", "MSFT", "KO", "PEP"]
@@ -265,25 +265,11 @@ def _same_scan(a: ps.ScanResult, b: ps.ScanResult) -> None:
 def test_the_scan_is_identical_in_process_on_local_processes_and_on_a_dask_cluster(
     closes, scanned, tmp_path
 ):
-    import logging
-
-    from distributed import Client, LocalCluster
-
     import task_runner as tr
 
     with tr.LocalRunner(2) as local:
         _same_scan(scanned, ps.run_scan(closes, mapper=ps.runner_mapper(local)))
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-        tr.DaskRunner(client=client) as dask,
-    ):
+    with local_cluster(2) as client, tr.DaskRunner(client=client) as dask:
         _same_scan(scanned, ps.run_scan(closes, mapper=ps.runner_mapper(dask)))
         # A worker process killed mid-scan: Dask re-runs its tasks elsewhere, same result.
         victim = next(iter(client.run(os.getpid).values()))
@@ -296,17 +282,8 @@ def test_the_scan_is_identical_in_process_on_local_processes_and_on_a_dask_clust
 
         again = ps.run_scan(closes, mapper=ps.runner_mapper(dask), progress=kill_one_worker)
         assert killed == [1]  # killed with 5 of 6 pairs unfinished
-        assert not _alive(victim)
+        assert not alive(victim)
         _same_scan(scanned, again)
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_an_interrupted_scan_resumes_from_its_cache(closes, scanned, tmp_path):

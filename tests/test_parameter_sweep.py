@@ -19,7 +19,7 @@ import train_model as tm
 from error_handling import ConfigurationError
 from pair_engine import TradingConfig
 from pair_selection import walk_forward_windows
-from tests.helpers import copy_home, run
+from tests.helpers import copy_home, local_cluster, run
 from trial_ledger import TrialLedger
 
 GRID = ("entry_z=1.5,2.5", "exit_z=0,0.5", "lookback=40")
@@ -132,27 +132,13 @@ def test_no_lookahead_choices_before_a_cut_are_unchanged(closes, settings, swept
 def test_a_sweep_on_local_processes_and_on_a_dask_cluster_equals_the_in_process_sweep(
     closes, settings, swept
 ):
-    import logging
-
-    from distributed import Client, LocalCluster
-
     import task_runner as tr
 
     with tr.LocalRunner(2) as runner:
         other = psw.run_sweep(closes, "AMD", "BAC", settings, mapper=ps.runner_mapper(runner))
     assert other.choices == swept.choices
     assert np.array_equal(other.returns, swept.returns)
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-        tr.DaskRunner(client=client) as dask,
-    ):
+    with local_cluster(2) as client, tr.DaskRunner(client=client) as dask:
         on_dask = psw.run_sweep(closes, "AMD", "BAC", settings, mapper=ps.runner_mapper(dask))
     assert on_dask.choices == swept.choices
     assert np.array_equal(on_dask.returns, swept.returns)

@@ -7,8 +7,6 @@ top-level so that worker processes import them from this module.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -20,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
 import task_runner as tr
 from error_handling import ConfigurationError
+from tests.helpers import alive, local_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,41 +83,6 @@ def loads_seen(shared: dict, i: int) -> tuple[int, int]:
 
 
 # --- Fixtures -------------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _worker_pids(client: Client) -> set[int]:
-    """The worker processes' pids (LocalCluster's nannies run in this process)."""
-    return set(client.run(os.getpid).values())
-
-
-@contextlib.contextmanager
-def local_cluster(n_workers: int) -> Iterator[Client]:
-    """A client of a LocalCluster of `n_workers` worker processes; on exit the cluster is shut down
-    and its worker processes are gone."""
-    with (
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
-        pids = _worker_pids(client)
-        yield client
-        pids |= _worker_pids(client)  # a worker restarted after a kill
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(p) for p in pids), "LocalCluster left processes behind"
-
-
 @pytest.fixture(scope="module")
 def two_workers() -> Iterator[Client]:
     """One cluster of two worker processes for the tests that do not harm it."""
@@ -223,7 +186,7 @@ def test_a_worker_killed_mid_run_does_not_change_the_results(prices):
 
         results = tr.DaskRunner(client=client).map(tasks, shared=shared, progress=kill_one_worker)
         assert killed_at == [3]  # killed while 17 tasks were unfinished
-        assert not _alive(victim)
+        assert not alive(victim)
     assert_identical(results, tr.SerialRunner().map(tasks, shared=shared))
 
 
