@@ -533,21 +533,47 @@ def target_shares(
     toward zero to whole shares (int), or as fractional shares (float) when `fractional`."""
     if fractional:
         return tuple(float(w * scale / p) for w, p in zip(weights, prices, strict=True))
-    return tuple(math.trunc(w * scale / p) for w, p in zip(weights, prices, strict=True))
+    return tuple(whole_shares(w, scale, p) for w, p in zip(weights, prices, strict=True))
+
+
+# The per-leg rules below are plain arithmetic in the subset numba compiles: the interpreted
+# engine calls them, and `fast_engine` compiles the very same functions (no second copy).
+def whole_shares(weight: float, scale: float, price: float) -> int:
+    """Signed whole shares of one leg: weight x scale / price, truncated toward zero."""
+    return math.trunc(weight * scale / price)
+
+
+def leg_rebalances(have: Qty, want: Qty, band: float) -> bool:
+    """One leg of the rebalance rule: it changes direction (or opens or closes), or its target
+    differs from the holding by more than `band` x the larger of the two."""
+    if have == want:
+        return False
+    if (have > 0) != (want > 0) or (have < 0) != (want < 0):
+        return True
+    return abs(want - have) > band * max(abs(want), abs(have))
 
 
 def needs_rebalance(held: Mapping[str, Qty], target: Mapping[str, Qty], band: float) -> bool:
-    """The one rebalance rule: trade when a leg changes direction (or opens or closes), or when a
-    leg's target differs from its holding by more than `band` x the larger of the two."""
-    for sym, want in target.items():
-        have = held.get(sym, 0)
-        if have == want:
-            continue
-        if (have > 0) != (want > 0) or (have < 0) != (want < 0):
-            return True
-        if abs(want - have) > band * max(abs(want), abs(have)):
-            return True
-    return False
+    """The one rebalance rule: trade when any leg does (`leg_rebalances`)."""
+    return any(leg_rebalances(held.get(sym, 0), want, band) for sym, want in target.items())
+
+
+def book_fill(
+    q: Qty, avg: float, realized: float, dq: Qty, price: float
+) -> tuple[Qty, float, float]:
+    """A fill of `dq` signed shares at `price` on a position of `q` shares at average price `avg`:
+    (new position, new average price, realized P&L so far + the closed part's), USD."""
+    new = q + dq
+    if q == 0 or (q > 0) == (dq > 0):
+        avg = (avg * abs(q) + price * abs(dq)) / abs(new)
+    else:
+        closed = min(abs(dq), abs(q))
+        realized += (price - avg) * closed * (1 if q > 0 else -1)
+        if new == 0:
+            avg = 0.0
+        elif (new > 0) != (q > 0):
+            avg = price
+    return new, avg, realized
 
 
 # --- The ledger -----------------------------------------------------------------------------------
@@ -580,18 +606,9 @@ class Ledger:
         if dq == 0:
             return
         sym = fill.symbol
-        q, avg = self.qty.get(sym, 0), self.avg.get(sym, 0.0)
-        new = q + dq
-        if q == 0 or (q > 0) == (dq > 0):
-            self.avg[sym] = (avg * abs(q) + fill.price * abs(dq)) / abs(new)
-        else:
-            closed = min(abs(dq), abs(q))
-            self.realized += (fill.price - avg) * closed * (1 if q > 0 else -1)
-            if new == 0:
-                self.avg[sym] = 0.0
-            elif (new > 0) != (q > 0):
-                self.avg[sym] = fill.price
-        self.qty[sym] = new
+        self.qty[sym], self.avg[sym], self.realized = book_fill(
+            self.qty.get(sym, 0), self.avg.get(sym, 0.0), self.realized, dq, fill.price
+        )
         self.cash += fill.cash_change
 
     def borrow_due(

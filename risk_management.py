@@ -455,11 +455,10 @@ class RiskManager:
             if live:
                 low, high = C.price_sanity_range(sym, ref)
             elif ref is not None:
-                low, high = ref / self._band, ref * self._band
+                low, high = price_band(ref, self._band)
             else:
                 low, high = 0.0, _INF
-            # Written so that NaN fails; a price must be positive and finite in every mode.
-            if not (low <= price <= high and 0.0 < price < _INF):
+            if not price_sane(price, low, high):
                 band = f"[${low:,.2f}, ${high:,.2f}]" if high < _INF else "(0, inf)"
                 raise RiskViolation(
                     RiskReason.PRICE_SANITY.value,
@@ -471,13 +470,14 @@ class RiskManager:
         max_qty = self._max_order_qty
         max_notional = self._max_order_notional
         for order in orders:
-            notional = order.qty * prices[order.symbol]
-            if not notional <= max_notional:
+            verdict = order_size_verdict(order.qty, prices[order.symbol], max_notional, max_qty)
+            if verdict == 1:
+                notional = order.qty * prices[order.symbol]
                 raise RiskViolation(
                     RiskReason.ORDER_SIZE.value,
                     f"{order.symbol} order notional ${notional:,.0f} > limit ${max_notional:,.0f}",
                 )
-            if order.qty > max_qty:
+            if verdict == 2:
                 raise RiskViolation(
                     RiskReason.ORDER_SIZE.value,
                     f"{order.symbol} order of {order.qty:,} shares > limit {max_qty:,} shares",
@@ -498,11 +498,7 @@ class RiskManager:
             sym = order.symbol
             before = post.get(sym, 0)
             signed = order.signed_qty
-            if before == 0 or (before > 0) == (signed > 0):
-                opened = order.qty
-            else:  # the part beyond closing the position opens the other way
-                opened = max(0, order.qty - abs(before))
-            opening += opened * prices[sym]
+            opening += opened_qty(before, signed, order.qty) * prices[sym]
             post[sym] = before + signed
 
         gross = 0.0
@@ -524,7 +520,7 @@ class RiskManager:
                 )
             notional = qty * mark
             leg = abs(notional)
-            if leg > max_leg:
+            if leg_over(leg, max_leg):
                 raise RiskViolation(
                     RiskReason.LEG_NOTIONAL.value,
                     f"{sym} notional after order ${leg:,.0f} > limit ${max_leg:,.0f}",
@@ -532,12 +528,13 @@ class RiskManager:
             gross += leg
             net += notional
 
-        if gross > self._max_gross:
+        verdict = exposure_verdict(gross, net, self._max_gross, self._max_net)
+        if verdict == 1:
             raise RiskViolation(
                 RiskReason.GROSS_EXPOSURE.value,
                 f"gross exposure after basket ${gross:,.0f} > limit ${self._max_gross:,.0f}",
             )
-        if abs(net) > self._max_net:
+        if verdict == 2:
             raise RiskViolation(
                 RiskReason.NET_EXPOSURE.value,
                 f"net exposure after basket ${net:,.0f} exceeds limit ±${self._max_net:,.0f}",
@@ -554,35 +551,36 @@ class RiskManager:
         """Leverage, buying power and the daily loss limit."""
         positions = portfolio.positions
         equity = portfolio.equity
-        if not equity > 0.0:
-            raise RiskViolation(
-                RiskReason.LEVERAGE.value,
-                f"equity ${equity:,.2f} <= 0: no leverage is available",
-            )
-        leverage = gross / equity
-        if not leverage <= self._max_leverage:
-            raise RiskViolation(
-                RiskReason.LEVERAGE.value,
-                f"leverage after basket {leverage:.2f}x (gross ${gross:,.0f} / equity "
-                f"${equity:,.0f}) > limit {self._max_leverage:.2f}x",
-            )
-
         buying_power = portfolio.buying_power
         if buying_power is None:
             current_gross = 0.0
             for sym, qty in positions.items():
                 if qty:
                     current_gross += abs(qty * prices[sym])  # every held symbol was marked above
-            buying_power = equity / self._margin - current_gross
-        if not opening <= buying_power:
+            buying_power = reg_t_buying_power(equity, self._margin, current_gross)
+        sod = portfolio.start_of_day_equity
+        verdict = capital_verdict(
+            equity, gross, opening, buying_power, sod, self._max_leverage, self._daily_floor
+        )
+        if verdict == 1:
+            raise RiskViolation(
+                RiskReason.LEVERAGE.value,
+                f"equity ${equity:,.2f} <= 0: no leverage is available",
+            )
+        if verdict == 2:
+            leverage = gross / equity
+            raise RiskViolation(
+                RiskReason.LEVERAGE.value,
+                f"leverage after basket {leverage:.2f}x (gross ${gross:,.0f} / equity "
+                f"${equity:,.0f}) > limit {self._max_leverage:.2f}x",
+            )
+        if verdict == 3:
             raise RiskViolation(
                 RiskReason.BUYING_POWER.value,
                 f"basket needs ${opening:,.0f} of buying power > available ${buying_power:,.0f}",
             )
-
-        sod = portfolio.start_of_day_equity
-        floor = sod * self._daily_floor
-        if not equity > floor:
+        if verdict == 4:
+            floor = sod * self._daily_floor
             raise RiskViolation(
                 RiskReason.DAILY_LOSS.value,
                 f"equity ${equity:,.0f} <= daily loss floor ${floor:,.0f} (start of day "
@@ -599,10 +597,87 @@ def _is_reduce_only(orders: Sequence[Order], positions: Mapping[str, int]) -> bo
         if sym in seen:
             return False
         seen.add(sym)
-        before = positions.get(sym, 0)
-        if before == 0 or (before > 0) == (order.signed_qty > 0) or order.qty > abs(before):
+        if not reduces(positions.get(sym, 0), order.signed_qty, order.qty):
             return False
     return True
+
+
+# --- The gate's checks as plain arithmetic --------------------------------------------------------
+# `pre_trade_check` calls these for every basket, live and backtest; `fast_engine` compiles the
+# very same functions with numba for the backtest's compiled path, so no check exists twice.
+# Verdicts are ints: 0 passes, any other value names the failed check (the caller's message).
+def reduces(before: float, signed_qty: float, qty: float) -> bool:
+    """An order of `signed_qty` (`qty` = |signed_qty|) shrinks a position of `before` shares
+    without crossing zero."""
+    return not (before == 0 or (before > 0) == (signed_qty > 0) or qty > abs(before))
+
+
+def price_band(reference: float, factor: float) -> tuple[float, float]:
+    """The backtest's plausible range for a price: [reference / factor, reference x factor]."""
+    return reference / factor, reference * factor
+
+
+def price_sane(price: float, low: float, high: float) -> bool:
+    """`price` in [low, high], positive and finite (written so that NaN fails)."""
+    return low <= price <= high and 0.0 < price < _INF
+
+
+def order_size_verdict(qty: float, price: float, max_notional: float, max_qty: float) -> int:
+    """1: qty x price above the order notional limit (or NaN); 2: more shares than allowed."""
+    if not qty * price <= max_notional:
+        return 1
+    if qty > max_qty:
+        return 2
+    return 0
+
+
+def opened_qty(before: float, signed_qty: float, qty: float) -> float:
+    """Shares of an order that open or increase exposure on a position of `before` shares: all
+    of it, or the part beyond closing the position (which opens the other way)."""
+    if before == 0 or (before > 0) == (signed_qty > 0):
+        return qty
+    return max(0, qty - abs(before))
+
+
+def leg_over(leg_notional: float, max_leg: float) -> bool:
+    """|position| x price of one symbol after the basket above the leg limit."""
+    return leg_notional > max_leg
+
+
+def exposure_verdict(gross: float, net: float, max_gross: float, max_net: float) -> int:
+    """1: gross exposure after the basket above its limit; 2: |net| above its limit."""
+    if gross > max_gross:
+        return 1
+    if abs(net) > max_net:
+        return 2
+    return 0
+
+
+def reg_t_buying_power(equity: float, margin: float, current_gross: float) -> float:
+    """Buying power a simulated account has, USD: equity / initial margin - gross exposure."""
+    return equity / margin - current_gross
+
+
+def capital_verdict(
+    equity: float,
+    gross: float,
+    opening: float,
+    buying_power: float,
+    start_of_day_equity: float,
+    max_leverage: float,
+    daily_floor: float,
+) -> int:
+    """1: equity <= 0; 2: gross / equity above the leverage limit; 3: the basket opens more than
+    the buying power; 4: equity at or below start-of-day equity x `daily_floor`."""
+    if not equity > 0.0:
+        return 1
+    if not gross / equity <= max_leverage:
+        return 2
+    if not opening <= buying_power:
+        return 3
+    if not equity > start_of_day_equity * daily_floor:
+        return 4
+    return 0
 
 
 def drawdown_breach_index(

@@ -167,7 +167,8 @@ class Fill:
     @property
     def cash_change(self) -> float:
         """Cash in (positive, sells) or out (negative, buys), after explicit fees."""
-        return -self.signed_qty * self.price - self.costs.explicit
+        c = self.costs
+        return cash_change(self.signed_qty, self.price, c.commission, c.sec_fee, c.finra_taf)
 
     @property
     def unfilled_qty(self) -> Qty:
@@ -228,6 +229,28 @@ class BarQuote:
     time: object  # bar time (pd.Timestamp)
 
 
+def fill_quantity(
+    qty: Qty, participation_cap: float, adv_shares: float, fractional: bool, forced: bool
+) -> Qty:
+    """Shares of an order of `qty` that fill on one bar: at most `participation_cap` x average
+    daily volume, whole shares unless `fractional`; a `forced` close (liquidation, buy-in) takes
+    whatever the book gives, at the cost model's price. Compiled as it is by `fast_engine`."""
+    if forced:
+        return qty
+    if fractional:  # the cap is not rounded either
+        return min(qty, participation_cap * adv_shares)
+    # The epsilon keeps 0.29 x 100 = 28.999999999999996 from capping a 29 share order at 28.
+    return min(qty, math.floor(participation_cap * adv_shares + 1e-9))
+
+
+def cash_change(
+    signed_qty: Qty, price: float, commission: float, sec_fee: float, finra_taf: float
+) -> float:
+    """Cash in (positive, sells) or out (negative, buys) of a fill at `price` USD, after the
+    explicit fees. Compiled as it is by `fast_engine`."""
+    return -signed_qty * price - (commission + sec_fee + finra_taf)
+
+
 class OrderExecutor:
     """Simulated fills for approved orders: cost model, participation cap, seeded slippage."""
 
@@ -243,15 +266,13 @@ class OrderExecutor:
 
     def _fill(self, order: Order, quote: BarQuote) -> Fill:
         cfg = self.config
-        cap: Qty
-        if isinstance(order.qty, float):  # fractional shares: the cap is not rounded either
-            cap = cfg.participation_cap * quote.adv_shares
-        else:
-            # The epsilon keeps 0.29 x 100 = 28.999999999999996 from capping a 29 share order at 28.
-            cap = math.floor(cfg.participation_cap * quote.adv_shares + 1e-9)
-        if order.purpose in (Purpose.LIQUIDATION, Purpose.BUY_IN):
-            cap = order.qty  # forced closes take whatever the book gives, at the cost model's price
-        qty = min(order.qty, cap)
+        qty = fill_quantity(
+            order.qty,
+            cfg.participation_cap,
+            quote.adv_shares,
+            isinstance(order.qty, float),
+            order.purpose in (Purpose.LIQUIDATION, Purpose.BUY_IN),
+        )
         status = OrderStatus.FILLED if qty == order.qty else OrderStatus.PARTIALLY_FILLED
         if qty <= 0:
             status = OrderStatus.CANCELED
@@ -304,22 +325,32 @@ def orders_toward(
     reduce: list[Order] = []
     increase: list[Order] = []
     for sym, want in target.items():
-        have = as_qty(positions.get(sym, 0))
-        want = as_qty(want)
-        if have == want:
-            continue
-        if have != 0 and (want == 0 or (want > 0) != (have > 0) or abs(want) < abs(have)):
-            crossing = want == 0 or (want > 0) != (have > 0)
-            closing = abs(have) if crossing else abs(have) - abs(want)
+        cut, add = leg_orders(as_qty(positions.get(sym, 0)), as_qty(want))
+        if cut != 0:
             exit_purpose = Purpose.EXIT if purpose is Purpose.ENTRY else purpose
-            side = Side.SELL if have > 0 else Side.BUY
             cid = client_order_id(*id_parts, sym, exit_purpose, "reduce", prefix=prefix)
-            reduce.append(Order(sym, side, closing, cid, purpose=exit_purpose))
-            # Closed, or reduced to the target (in floats have - closing may miss it by an ulp,
-            # which must not become an order of 1e-12 shares).
-            have = 0 if crossing else want
-        if want != have:
-            side = Side.BUY if want > have else Side.SELL
+            side = Side.BUY if cut > 0 else Side.SELL
+            reduce.append(Order(sym, side, abs(cut), cid, purpose=exit_purpose))
+        if add != 0:
             cid = client_order_id(*id_parts, sym, purpose, "open", prefix=prefix)
-            increase.append(Order(sym, side, abs(want - have), cid, purpose=purpose))
+            side = Side.BUY if add > 0 else Side.SELL
+            increase.append(Order(sym, side, abs(add), cid, purpose=purpose))
     return reduce, increase
+
+
+def leg_orders(have: Qty, want: Qty) -> tuple[Qty, Qty]:
+    """(reducing, increasing) signed shares (+ buy, - sell; 0 none) that move one leg from
+    `have` to `want`: a flip closes the old side first, then opens the new one. Compiled as it
+    is by `fast_engine`."""
+    cut = have * 0  # zero of the quantities' type (int, or float for fractional shares)
+    if have == want:
+        return cut, cut
+    if have != 0 and (want == 0 or (want > 0) != (have > 0) or abs(want) < abs(have)):
+        crossing = want == 0 or (want > 0) != (have > 0)
+        closing = abs(have) if crossing else abs(have) - abs(want)
+        cut = -closing if have > 0 else closing
+        # Closed, or reduced to the target (in floats have - closing may miss it by an ulp,
+        # which must not become an order of 1e-12 shares).
+        have = 0 if crossing else want
+    add = want - have if want != have else want * 0
+    return cut, add

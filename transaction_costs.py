@@ -415,6 +415,86 @@ def _arr(x: npt.ArrayLike) -> FloatArray:
     return np.asarray(x, dtype=np.float64)
 
 
+# --- The one-order rules, compiled as they are by `fast_engine` ---------------------------------
+# Plain float arithmetic in the subset numba compiles: the interpreted path (live, paper, the
+# backtest's per-bar path) calls these functions, and the compiled backtest compiles the very same
+# ones, so no cost formula exists twice.
+def commission_usd(
+    q: float, price: float, per_share: float, bps: float, floor: float, cap_pct: float
+) -> float:
+    """Commission of one order of `q` >= 0 shares, USD to the cent; `bps` as a fraction (1e-4 x
+    basis points), `cap_pct` may be inf."""
+    if q == 0.0:
+        return 0.0
+    notional = q * price
+    c = per_share * q + bps * notional
+    if c < floor:
+        c = floor
+    if cap_pct != math.inf and c > cap_pct * notional:
+        c = cap_pct * notional
+    return round(c * 100.0) / 100.0
+
+
+def ceil_cent(usd: float) -> float:
+    """`usd` rounded up to the cent (0 for <= 0), ignoring float noise below 1e-9 cent."""
+    return math.ceil(usd * 100.0 - _CENT_EPS) / 100.0 if usd > 0 else 0.0
+
+
+def round_taf(fee: float, cap: float) -> float:
+    """The TAF: `fee` capped at `cap`, to the nearest cent."""
+    return round(min(fee, cap) * 100.0) / 100.0
+
+
+def fill_terms(
+    sell: bool,
+    q: float,
+    p: float,
+    vol: float,
+    adv: float,
+    per_share: float,
+    bps: float,
+    floor: float,
+    cap_pct: float,
+    half_spread_bps: float,
+    impact_coefficient: float,
+    sec_rate: float,
+    taf_per_share: float,
+    taf_cap: float,
+) -> tuple[float, float, float, float, float, float]:
+    """(fill price, commission, spread, impact, SEC fee, TAF) of one order of `q` > 0 shares at
+    reference price `p`, USD; the fees apply to sells only. The fill price is NaN when spread +
+    impact reach the whole price (the caller refuses the order)."""
+    frac = impact_coefficient * vol * math.sqrt(q / adv)
+    s = half_spread_bps / 1e4 + frac
+    sec = 0.0
+    taf = 0.0
+    if sell:
+        sec = ceil_cent(q * p * sec_rate / 1e6)
+        taf = round_taf(taf_per_share * q, taf_cap)
+    price = math.nan
+    if s < 1.0:
+        price = p * (1.0 - s) if sell else p * (1.0 + s)
+    return (
+        price,
+        commission_usd(q, p, per_share, bps, floor, cap_pct),
+        q * p * half_spread_bps / 1e4,
+        q * p * frac,
+        sec,
+        taf,
+    )
+
+
+def fee_rates(date_keys: npt.ArrayLike, model: CostModel) -> FloatArray:
+    """(n, 3) SEC rate (USD per $1M sold), TAF per share and TAF cap in force on each yyyymmdd
+    key: `_sec_rate` and `_taf_rate` for many dates at once (the compiled backtest's input)."""
+    keys = np.asarray(date_keys, dtype=np.int64)
+    out = np.empty((len(keys), 3))
+    uniq, where = np.unique(keys, return_inverse=True)
+    rows = np.array([(_sec_rate(int(k), model), *_taf_rate(int(k), model)) for k in uniq])
+    out[:] = rows.reshape(-1, 3)[where]
+    return out
+
+
 @overload
 def commission(qty: float, price: float, model: CostModel) -> float: ...
 @overload
@@ -429,16 +509,7 @@ def commission(qty: npt.ArrayLike, price: npt.ArrayLike, model: CostModel) -> fl
     per_share, bps = model.commission_per_share, model.commission_bps * 1e-4
     floor, cap_pct = model.commission_min, model.commission_max_pct
     if _is_scalar(qty) and _is_scalar(price):
-        q = abs(float(qty))
-        if q == 0.0:
-            return 0.0
-        notional = q * float(price)
-        c = per_share * q + bps * notional
-        if c < floor:
-            c = floor
-        if cap_pct != math.inf and c > cap_pct * notional:
-            c = cap_pct * notional
-        return round(c * 100.0) / 100.0
+        return commission_usd(abs(float(qty)), float(price), per_share, bps, floor, cap_pct)
     qa = np.abs(_arr(qty))
     notional_a = qa * _arr(price)
     ca = np.maximum(per_share * qa + bps * notional_a, floor)
@@ -525,10 +596,6 @@ def market_impact_cost(
     return _out(np.abs(_arr(qty)) * _arr(price) * frac)
 
 
-def _ceil_cent(usd: float) -> float:
-    return math.ceil(usd * 100.0 - _CENT_EPS) / 100.0 if usd > 0 else 0.0
-
-
 def _sec_rate(date_key: int, model: CostModel) -> float:
     """The model's SEC rate, or the table's on that yyyymmdd date (USD per $1M sold); 0 under
     FeeSchedule.NONE. Every SEC fee path (scalar, array, order_fill) goes through here."""
@@ -551,10 +618,6 @@ def _taf_rate(date_key: int, model: CostModel) -> tuple[float, float]:
     return per_share, cap
 
 
-def _round_taf(fee: float, cap: float) -> float:
-    return round(min(fee, cap) * 100.0) / 100.0
-
-
 @overload
 def sec_fee(sell_notional: float, trade_date: object, model: CostModel) -> float: ...
 @overload
@@ -572,7 +635,7 @@ def sec_fee(
     """
     rate = _sec_rate(_date_key(trade_date), model)
     if _is_scalar(sell_notional):
-        return _ceil_cent(abs(float(sell_notional)) * rate / 1e6)
+        return ceil_cent(abs(float(sell_notional)) * rate / 1e6)
     raw = np.abs(_arr(sell_notional)) * rate / 1e6
     return _out(np.where(raw > 0, np.ceil(raw * 100.0 - _CENT_EPS) / 100.0, 0.0))
 
@@ -594,7 +657,7 @@ def finra_taf(
     """
     per_share, cap = _taf_rate(_date_key(trade_date), model)
     if _is_scalar(shares_sold):
-        return _round_taf(per_share * abs(float(shares_sold)), cap)
+        return round_taf(per_share * abs(float(shares_sold)), cap)
     fee_a = np.minimum(per_share * np.abs(_arr(shares_sold)), cap)
     return _out(np.round(fee_a, 2))
 
@@ -759,24 +822,30 @@ def order_fill(
         return p, TradeCosts()
     vol, adv = float(daily_vol), float(adv_shares)
     _check_liquidity(vol, adv)
-    frac = model.impact_coefficient * vol * math.sqrt(q / adv)
-    s = model.half_spread_bps / 1e4 + frac
-    if s >= 1.0:
-        fill_price("sell" if sell else "buy", q, p, daily_vol=vol, adv_shares=adv, model=model)
-    sec = taf = 0.0
+    sec_rate = taf_rate = taf_cap = 0.0
     if sell:  # one date lookup for both fees
         key = _date_key(trade_date)
-        sec = _ceil_cent(q * p * _sec_rate(key, model) / 1e6)
-        per_share, cap = _taf_rate(key, model)
-        taf = _round_taf(per_share * q, cap)
-    costs = TradeCosts(
-        commission=commission(q, p, model),
-        spread=q * p * model.half_spread_bps / 1e4,
-        impact=q * p * frac,
-        sec_fee=sec,
-        finra_taf=taf,
+        sec_rate = _sec_rate(key, model)
+        taf_rate, taf_cap = _taf_rate(key, model)
+    price, fee, spread, impact, sec, taf = fill_terms(
+        sell,
+        q,
+        p,
+        vol,
+        adv,
+        model.commission_per_share,
+        model.commission_bps * 1e-4,
+        model.commission_min,
+        model.commission_max_pct,
+        model.half_spread_bps,
+        model.impact_coefficient,
+        sec_rate,
+        taf_rate,
+        taf_cap,
     )
-    return (p * (1.0 - s) if sell else p * (1.0 + s)), costs
+    if price != price:  # NaN: spread + impact >= 100 % of the price; raises with the figures
+        fill_price("sell" if sell else "buy", q, p, daily_vol=vol, adv_shares=adv, model=model)
+    return price, TradeCosts(fee, spread, impact, sec, taf)
 
 
 # --- What a run assumed ---------------------------------------------------------------------------
