@@ -22,12 +22,14 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+import fast_engine
 import pair_engine as pe
 import risk_management as rm
 import transaction_costs as tc
@@ -101,9 +103,11 @@ class BacktestResult:
     label: str
     symbols: tuple[str, str]
     equity: pd.DataFrame  # date index: equity, cash, qty_<SYM>, price_<SYM>, borrow_paid
-    trades: pd.DataFrame  # one row per fill
+    #: The trades frame, or what builds it on first read (`trades`).
+    trade_rows: pd.DataFrame | Callable[[], pd.DataFrame] = field(repr=False)
     rejections: list[Rejection]
-    round_trips: list[RoundTrip]
+    #: The round trips, or what builds them on first read (`round_trips`).
+    trip_rows: list[RoundTrip] | Callable[[], list[RoundTrip]] = field(repr=False)
     costs: dict[str, float]
     initial_capital: float
     halted_at: pd.Timestamp | None
@@ -111,6 +115,21 @@ class BacktestResult:
     unrealized_pnl: float
     instructions: int
     event_bars: int
+
+    @property
+    def trades(self) -> pd.DataFrame:
+        """One row per fill (`TRADE_COLUMNS`). A compiled run builds the frame, client order ids
+        included, on first read: a scan or a sweep that only needs equity never pays for it."""
+        if callable(self.trade_rows):
+            self.trade_rows = self.trade_rows()
+        return self.trade_rows
+
+    @property
+    def round_trips(self) -> list[RoundTrip]:
+        """Pair positions from entry to exit, oldest first (built on first read, like `trades`)."""
+        if callable(self.trip_rows):
+            self.trip_rows = self.trip_rows()
+        return self.trip_rows
 
     @property
     def returns(self) -> pd.Series:
@@ -394,7 +413,9 @@ class _BacktestRun:
         self.halted_at: pd.Timestamp | None = None
         self.event_bars = 0
         # State after each event bar: (bar, cash, qty long leg, qty short leg, borrow paid so far).
-        self.record: list[tuple[int, float, Qty, Qty, float]] = []
+        self.record: list[tuple[int, float, Qty, Qty, float]] | np.ndarray = []
+        #: What builds the trades and round trips of a run the compiled loop finished.
+        self.compiled: tuple[_CompiledFills, _CompiledTrips] | None = None
         self.risk.raise_peak(cfg.initial_capital)
 
     def _market_inputs(
@@ -442,10 +463,18 @@ class _BacktestRun:
             if sym in ex.hard_to_borrow:
                 recall[:, leg] |= rng.random(n) < ex.htb_recall_probability
         self.events = np.union1d(at[keep], np.flatnonzero(recall.any(axis=1)))
-        # Timestamps and ISO dates of the event bars, made in one batch (one at a time is slow).
-        self.stamp_at = dict(zip(self.events.tolist(), self.dates[self.events], strict=True))
-        named = np.union1d(self.events, src[keep])
-        iso = np.datetime_as_string(day[named].astype("datetime64[D]")).tolist()
+        self.instruction_bars = (at[keep], src[keep])  # fill bar, signal bar; ascending
+        self.stamp_at: dict[int, pd.Timestamp] = {}
+        self.date_strs: dict[int, str] = {}
+
+    def _name_events(self, start: int) -> None:
+        """Timestamps and ISO dates of the event bars from `start` on, made in one batch for the
+        per-bar path (one at a time is slow)."""
+        events = self.events[self.events >= start]
+        self.stamp_at = dict(zip(events.tolist(), self.dates[events], strict=True))
+        at, src = self.instruction_bars
+        named = np.union1d(events, src[at >= start])
+        iso = np.datetime_as_string(self.day[named].astype("datetime64[D]")).tolist()
         self.date_strs = dict(zip(named.tolist(), iso, strict=True))
 
     def date_str(self, j: int) -> str:
@@ -478,7 +507,11 @@ class _BacktestRun:
     # --- Driver -----------------------------------------------------------------------------------
     def run(self) -> BacktestResult:
         i = k = 0
+        if fast_engine.unsupported(self) is None:
+            i = self._adopt(fast_engine.run_compiled(self))
         events, n_events, n = self.events, len(self.events), self.n
+        if i < n:
+            self._name_events(i)
         while i < n:
             while k < n_events and events[k] < i:
                 k += 1
@@ -491,6 +524,41 @@ class _BacktestRun:
             self.bar(i)
             i += 1
         return self.result()
+
+    def _adopt(self, out: fast_engine.Outcome) -> int:
+        """Take over the compiled loop's state; returns the bar the per-bar path resumes at."""
+        st, venue, book = out.state, self.venue, self.venue.book
+        s0, s1 = self.symbols
+        book.cash = float(st[fast_engine.CASH])
+        book.qty[s0], book.qty[s1] = int(st[fast_engine.Q0]), int(st[fast_engine.Q1])
+        book.avg[s0], book.avg[s1] = float(st[fast_engine.AVG0]), float(st[fast_engine.AVG1])
+        book.realized = float(st[fast_engine.REALIZED])
+        book.borrow_paid = float(st[fast_engine.PAID])
+        through = float(st[fast_engine.THROUGH])
+        book.borrow_through = None if through == fast_engine.NO_DAY else int(through)
+        self.risk.raise_peak(float(st[fast_engine.PEAK]))
+        for kind, col in zip(
+            COST_KINDS[:5], range(fast_engine.COMMISSION, fast_engine.FINRA_TAF + 1), strict=True
+        ):
+            venue.costs[kind] = float(st[col])
+        self.event_bars = int(st[fast_engine.EVENT_BARS])
+        if st[fast_engine.TRIP_J] >= 0:
+            j = int(st[fast_engine.TRIP_J])
+            trip_eq, trip_dir = float(st[fast_engine.TRIP_EQ]), int(st[fast_engine.TRIP_DIR])
+            venue.trip_start = (self.dates[j], trip_eq, trip_dir)
+        fills = _CompiledFills(
+            out.fills, self.dates, self.symbols, self.strategy, self.order_prefix
+        )
+        trips = _CompiledTrips(out.trips, self.dates)
+        if out.stopped_at >= self.n:
+            self.record = out.records
+            self.compiled = (fills, trips)
+            return self.n
+        # The per-bar path goes on from here: plain records, fill rows and trips, as it keeps them.
+        self.record = [tuple(r) for r in out.records.tolist()]
+        venue.fills.extend(zip(*fills.columns(), strict=True))
+        venue.trips.extend(trips())
+        return out.stopped_at
 
     def stretch(self, i: int, nxt: int) -> int:
         """Bars [i, nxt) without events: positions constant, so no per-bar Python. Returns where
@@ -662,17 +730,17 @@ class _BacktestRun:
             index=self.dates,
         )
         equity.index.name = "date"
-        dtypes = FRACTIONAL_TRADE_DTYPES if fractional else TRADE_DTYPES
-        # Column by column: a row-wise frame then .astype costs ~7 ms a run (scans run thousands).
-        columns = list(zip(*venue.fills, strict=True)) if venue.fills else [()] * len(TRADE_COLUMNS)
-        trades = pd.DataFrame(
-            {
-                # dtype given: text stays object (not pandas' inferred str), as before
-                name: pd.Series(values, dtype=dtypes.get(name, "object"))
-                for name, values in zip(TRADE_COLUMNS, columns, strict=True)
-            }
-        )
-        trades["date"] = pd.DatetimeIndex(trades["date"], dtype=self.dates.dtype)
+        trade_rows: Any
+        trip_rows: Any
+        if self.compiled is not None:
+            trade_rows, trip_rows = self.compiled
+        else:
+            dtypes = FRACTIONAL_TRADE_DTYPES if fractional else TRADE_DTYPES
+            columns = (
+                list(zip(*venue.fills, strict=True)) if venue.fills else [()] * len(TRADE_COLUMNS)
+            )
+            trade_rows = trades_frame(columns, dtypes, self.dates.dtype)
+            trip_rows = venue.trips
         book = venue.book
         unrealized = sum(
             book.qty[s] * (close[-1, leg] - book.avg[s]) for leg, s in enumerate(self.symbols)
@@ -681,9 +749,9 @@ class _BacktestRun:
             label=self.label,
             symbols=self.symbols,
             equity=equity,
-            trades=trades,
+            trade_rows=trade_rows,
             rejections=self.rejections,
-            round_trips=venue.trips,
+            trip_rows=trip_rows,
             costs=venue.costs,
             initial_capital=cfg.initial_capital,
             halted_at=self.halted_at,
@@ -692,6 +760,102 @@ class _BacktestRun:
             instructions=self.instructions,
             event_bars=self.event_bars,
         )
+
+
+def trades_frame(columns: list[Any], dtypes: dict[str, str], date_dtype: Any) -> pd.DataFrame:
+    """The trades frame from its columns (`TRADE_COLUMNS` order), column by column: a row-wise
+    frame then .astype costs ~7 ms a run (scans run thousands)."""
+    trades = pd.DataFrame(
+        {
+            # dtype given: text stays object (not pandas' inferred str), as before
+            name: pd.Series(values, dtype=dtypes.get(name, "object"))
+            for name, values in zip(TRADE_COLUMNS, columns, strict=True)
+        }
+    )
+    trades["date"] = pd.DatetimeIndex(trades["date"], dtype=date_dtype)
+    return trades
+
+
+@dataclass(frozen=True, eq=False)
+class _CompiledFills:
+    """The compiled loop's fill rows (`fast_engine.FILL_COLUMNS`) and what names them: builds
+    the trades frame, client order ids made as `orders_toward` makes them."""
+
+    rows: np.ndarray
+    dates: pd.DatetimeIndex
+    symbols: tuple[str, str]
+    strategy: str
+    prefix: str
+
+    def columns(self) -> list[Any]:
+        """The trade columns, `TRADE_COLUMNS` order."""
+        rows = self.rows
+        js, legs = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+        qty, price = rows[:, 3].astype(np.int64), rows[:, 6]
+        symbols = np.array(self.symbols, dtype=object)[legs]
+        purposes = np.array([p.value for p in fast_engine.PURPOSES], dtype=object)[
+            rows[:, 12].astype(np.int64)
+        ]
+        statuses = np.array([s.value for s in fast_engine.STATUSES], dtype=object)[
+            rows[:, 13].astype(np.int64)
+        ]
+        sides = np.where(rows[:, 2] > 0, Side.BUY.value, Side.SELL.value).astype(object)
+        day = self.dates.values.astype("datetime64[D]")
+        on = np.datetime_as_string(day[js]).tolist()
+        signal = np.datetime_as_string(day[rows[:, 14].astype(np.int64)]).tolist()
+        ids = [
+            client_order_id(
+                self.strategy,
+                a,
+                b,
+                sym,
+                p,
+                "reduce" if p == Purpose.EXIT.value else "open",
+                prefix=self.prefix,
+            )
+            for a, b, sym, p in zip(on, signal, symbols.tolist(), purposes.tolist(), strict=True)
+        ]
+        return [
+            self.dates[js],
+            symbols,
+            sides,
+            qty,
+            rows[:, 4].astype(np.int64),
+            rows[:, 5],
+            price,
+            qty * price,
+            rows[:, 7],
+            rows[:, 8],
+            rows[:, 9],
+            rows[:, 10],
+            rows[:, 11],
+            np.zeros(len(rows)),
+            purposes,
+            statuses,
+            np.array(ids, dtype=object),
+        ]
+
+    def __call__(self) -> pd.DataFrame:
+        return trades_frame(self.columns(), TRADE_DTYPES, self.dates.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class _CompiledTrips:
+    """The compiled loop's round trips (entry bar, exit bar, direction, P&L) as `RoundTrip`s."""
+
+    rows: np.ndarray
+    dates: pd.DatetimeIndex
+
+    def __call__(self) -> list[RoundTrip]:
+        rows = self.rows
+        starts = self.dates[rows[:, 0].astype(np.int64)]
+        ends = self.dates[rows[:, 1].astype(np.int64)]
+        return [
+            RoundTrip(a, b, int(d), float(p))
+            for a, b, d, p in zip(
+                starts, ends, rows[:, 2].tolist(), rows[:, 3].tolist(), strict=True
+            )
+        ]
 
 
 def run_backtest(

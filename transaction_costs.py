@@ -488,10 +488,15 @@ def fee_rates(date_keys: npt.ArrayLike, model: CostModel) -> FloatArray:
     """(n, 3) SEC rate (USD per $1M sold), TAF per share and TAF cap in force on each yyyymmdd
     key: `_sec_rate` and `_taf_rate` for many dates at once (the compiled backtest's input)."""
     keys = np.asarray(date_keys, dtype=np.int64)
-    out = np.empty((len(keys), 3))
-    uniq, where = np.unique(keys, return_inverse=True)
-    rows = np.array([(_sec_rate(int(k), model), *_taf_rate(int(k), model)) for k in uniq])
-    out[:] = rows.reshape(-1, 3)[where]
+    out = np.zeros((len(keys), 3))
+    # A table row's rate holds from its start date to the next row's: ask `_sec_rate` and
+    # `_taf_rate` once per row in force, at its start date.
+    sec_rows = np.maximum(np.searchsorted(_SEC_KEYS, keys, side="right") - 1, 0)
+    for row in np.unique(sec_rows).tolist():
+        out[sec_rows == row, 0] = _sec_rate(_SEC_KEYS[row], model)
+    taf_rows = np.maximum(np.searchsorted(_TAF_KEYS, keys, side="right") - 1, 0)
+    for row in np.unique(taf_rows).tolist():
+        out[taf_rows == row, 1:] = _taf_rate(_TAF_KEYS[row], model)
     return out
 
 

@@ -1,0 +1,523 @@
+"""The backtest's compiled event loop: the same engine, with its per-event Python compiled by numba.
+
+`backtest_strategy._BacktestRun` runs here first. The loop walks the same path as the interpreted
+one -- vectorized stretches between event bars, and on each event bar: borrow, the drawdown
+test, sizing, the rebalance band, the reduce basket then the increase basket, each through the risk
+gate's checks, the executor's fill quantity, the cost model, the ledger and the round trips -- and
+every rule it applies is the function the interpreted path and live trading call, compiled as it
+is (`RULES`: `numba.extending.register_jitable` on the plain Python functions in their own
+modules). No cost formula or gate check has a second copy here; what this module adds is only the
+order of the steps, which `tests/test_fast_engine.py` holds equal to the interpreted engine's.
+
+What it does not handle it hands back (`Outcome.stopped_at`): the interpreted engine resumes from
+that bar with the state so far, and decides there exactly as before. That is any event whose
+outcome is not a plain fill: a basket the gate refuses, a drawdown breach (halt, liquidation),
+a fill price the cost model refuses. A run the loop cannot start at all (`unsupported`) runs
+interpreted from its first bar: fractional shares, carried remainders, random slippage, recalls
+and hard-to-borrow draws, a halted risk manager, or numba missing.
+
+Compiled code is cached on disk under a key made of this module's and every rule module's source,
+so an edited rule can never run from a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import pair_engine as pe
+import risk_management as rm
+import trading_execution as te
+import transaction_costs as tc
+from pair_engine import book_fill, leg_rebalances, whole_shares
+from risk_management import (
+    capital_verdict,
+    exposure_verdict,
+    leg_over,
+    opened_qty,
+    order_size_verdict,
+    price_band,
+    price_sane,
+    reduces,
+    reg_t_buying_power,
+)
+from trading_execution import cash_change, fill_quantity, leg_orders
+from transaction_costs import fill_terms
+
+#: The rules the compiled loop applies, each the one function the interpreted path calls.
+RULES: tuple[Callable[..., Any], ...] = (
+    pe.whole_shares,
+    pe.leg_rebalances,
+    pe.book_fill,
+    te.leg_orders,
+    te.fill_quantity,
+    te.cash_change,
+    tc.commission_usd,
+    tc.ceil_cent,
+    tc.round_taf,
+    tc.fill_terms,
+    rm.reduces,
+    rm.price_band,
+    rm.price_sane,
+    rm.order_size_verdict,
+    rm.opened_qty,
+    rm.leg_over,
+    rm.exposure_verdict,
+    rm.reg_t_buying_power,
+    rm.capital_verdict,
+)
+
+# The loop's state vector (floats; quantities are whole shares, exact in float64).
+CASH, Q0, Q1, AVG0, AVG1, REALIZED, PAID, THROUGH, PEAK = range(9)
+N_FILLS, N_TRIPS, N_RECORDS, TRIP_J, TRIP_EQ, TRIP_DIR, EVENT_BARS = range(9, 16)
+COMMISSION, SPREAD, IMPACT, SEC_FEE, FINRA_TAF = range(16, 21)
+STATE_SIZE = 21
+NO_DAY = -1e300  # borrow charged through no day yet
+
+# Fill rows: bar, leg, side (+1 buy, -1 sell), qty, requested, bar price, fill price, commission,
+# spread, impact, SEC fee, TAF, purpose (0 entry, 1 exit), status (0 filled, 1 partial,
+# 2 canceled), signal bar.
+FILL_COLUMNS = 15
+PURPOSES = (te.Purpose.ENTRY, te.Purpose.EXIT)
+STATUSES = (te.OrderStatus.FILLED, te.OrderStatus.PARTIALLY_FILLED, te.OrderStatus.CANCELED)
+
+_LOCK = threading.Lock()
+_KERNEL: Any = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the compiled loop did: `stopped_at` is the bar the interpreted engine resumes at
+    (n: the run is complete); the arrays hold every fill, round trip and event-bar record up to
+    there, and `state` the ledger, the risk peak, the open round trip and the cost sums."""
+
+    stopped_at: int
+    state: np.ndarray
+    fills: np.ndarray
+    trips: np.ndarray
+    records: np.ndarray
+
+
+def unsupported(run: Any) -> str | None:
+    """Why `run` (a `_BacktestRun`) cannot start compiled, or None when it can."""
+    cfg, ex = run.cfg, run.cfg.execution
+    if os.environ.get("PT_INTERPRETED_ENGINE", "") not in ("", "0"):
+        return "PT_INTERPRETED_ENGINE is set"
+    if cfg.sizing.fractional_shares:
+        return "fractional shares"
+    if ex.remainder is not te.RemainderPolicy.CANCEL:
+        return "carried remainders"
+    if ex.slippage_std_bps > 0:
+        return "random slippage"
+    if run.recall.any():
+        return "recalls"
+    if run.risk.halted or run.risk.equity_peak is None:
+        return "risk manager halted"
+    if not math.isfinite(cfg.initial_capital):
+        return "capital"
+    return None
+
+
+def kernel() -> Any:
+    """The compiled loop (compiled, or loaded from the disk cache, on first use)."""
+    global _KERNEL
+    with _LOCK:
+        if _KERNEL is None:
+            _KERNEL = _compile()
+    return _KERNEL
+
+
+def _source_key() -> str:
+    digest = hashlib.sha256()
+    for module in (pe, rm, te, tc):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _compile() -> Any:
+    import numba
+    from numba.extending import register_jitable
+
+    cache_dir = Path(__file__).resolve().parent / "__pycache__" / f"numba-{_source_key()}"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        numba.config.CACHE_DIR = str(cache_dir)
+        cache = True
+    except OSError:  # a read-only checkout: compile in memory every time
+        cache = False
+    for rule in (*RULES, _direction, _charge_borrow, _basket, _fill):
+        register_jitable(rule)
+    return numba.njit(cache=cache, nogil=True)(_event_loop)
+
+
+def run_compiled(run: Any) -> Outcome:
+    """Run `run` (a `_BacktestRun`, from its first bar) through the compiled loop."""
+    cfg, ex, costs, limits = run.cfg, run.cfg.execution, run.cfg.execution.costs, run.cfg.limits
+    at, src = (np.ascontiguousarray(a, dtype=np.int64) for a in run.instruction_bars)
+    stamps = run.dates[at]
+    keys = np.asarray(stamps.year * 10000 + stamps.month * 100 + stamps.day, dtype=np.int64)
+    fees = tc.fee_rates(keys, costs)
+    m = len(at)
+    state = np.zeros(STATE_SIZE)
+    state[CASH] = cfg.initial_capital
+    state[THROUGH] = NO_DAY
+    state[PEAK] = float(run.risk.equity_peak)
+    state[TRIP_J] = -1.0
+    params = np.array(
+        [
+            cfg.initial_capital,
+            1.0 if run.per_usd else 0.0,
+            cfg.rebalance_band,
+            ex.participation_cap,
+            costs.commission_per_share,
+            costs.commission_bps * 1e-4,
+            costs.commission_min,
+            costs.commission_max_pct,
+            costs.half_spread_bps,
+            costs.impact_coefficient,
+            run.rates[0],
+            run.rates[1],
+            run.day_count,
+            run.risk._band,
+            run.risk._max_order_notional,
+            float(run.risk._max_order_qty),
+            run.risk._max_leg,
+            run.risk._max_gross,
+            run.risk._max_net,
+            run.risk._max_leverage,
+            run.risk._margin,
+            run.risk._daily_floor,
+            limits.max_drawdown_pct,
+        ]
+    )
+    fills = np.empty((4 * m, FILL_COLUMNS))
+    trips = np.empty((2 * m, 4))
+    records = np.empty((m, 5))
+    stopped = kernel()(
+        run.close,
+        run.vol,
+        run.adv,
+        run.base,
+        run.day.astype(np.float64),
+        run.weights,
+        at,
+        src,
+        fees,
+        params,
+        state,
+        fills,
+        trips,
+        records,
+    )
+    return Outcome(
+        int(stopped),
+        state,
+        fills[: int(state[N_FILLS])],
+        trips[: int(state[N_TRIPS])],
+        records[: int(state[N_RECORDS])],
+    )
+
+
+def _event_loop(close, vol, adv, base, day, weights, at, src, fees, params, st, fills, trips, rec):
+    """The compiled `_BacktestRun.run`: returns the bar the interpreted engine resumes at (n when
+    done). `st` (the state vector) is left as it was before that bar or stretch."""
+    n = close.shape[0]
+    m = at.shape[0]
+    initial = params[0]
+    per_usd = params[1] != 0.0
+    band = params[2]
+    part_cap = params[3]
+    per_share, bps, c_floor, c_cap = params[4], params[5], params[6], params[7]
+    half_spread, impact_y = params[8], params[9]
+    rate0, rate1, day_count = params[10], params[11], params[12]
+    price_factor, max_notional, max_qty = params[13], params[14], params[15]
+    max_leg, max_gross, max_net = params[16], params[17], params[18]
+    max_leverage, margin, daily_floor, dd_limit = params[19], params[20], params[21], params[22]
+    saved = st.copy()
+    i = 0
+    k = 0
+    while i < n:
+        while k < m and at[k] < i:
+            k += 1
+        nxt = at[k] if k < m else n
+        if nxt > i:
+            # --- stretch [i, nxt): positions constant ---
+            q0, q1, cash = st[Q0], st[Q1], st[CASH]
+            c0 = max(-q0, 0.0) * rate0 / day_count
+            c1 = max(-q1, 0.0) * rate1 / day_count
+            if q0 == 0 and q1 == 0:
+                if cash > st[PEAK]:
+                    st[PEAK] = cash
+            else:
+                const = cash + c0 * base[i - 1, 0] + c1 * base[i - 1, 1]
+                running = st[PEAK]
+                for t in range(i, nxt):
+                    eq = const + (
+                        close[t, 0] * q0 + close[t, 1] * q1 - c0 * base[t, 0] - c1 * base[t, 1]
+                    )
+                    if eq > running:
+                        running = eq
+                    if eq <= running * (1.0 - dd_limit):
+                        return i  # a breach: halt and liquidation are the interpreted path's
+                st[PEAK] = running
+            _charge_borrow(st, base, day, i - 1, nxt - 1, rate0, rate1, day_count)
+            i = nxt
+            if i >= n:
+                break
+        # --- event bar i ---
+        saved[:] = st
+        j = i
+        st[EVENT_BARS] += 1
+        p0, p1 = close[j, 0], close[j, 1]
+        r0 = close[j - 1, 0] if j > 0 else close[0, 0]
+        r1 = close[j - 1, 1] if j > 0 else close[0, 1]
+        sod = st[CASH] + st[Q0] * r0 + st[Q1] * r1 if j > 0 else initial
+        _charge_borrow(st, base, day, j - 1, j, rate0, rate1, day_count)
+        equity = st[CASH] + st[Q0] * p0 + st[Q1] * p1
+        peak = max(st[PEAK], equity)
+        if not equity > peak * (1.0 - dd_limit):
+            st[:] = saved
+            return j  # drawdown control decides here
+        if equity > st[PEAK]:
+            st[PEAK] = equity
+        scale = 1.0 if per_usd else equity
+        want0 = float(whole_shares(weights[src[k], 0], scale, p0))
+        want1 = float(whole_shares(weights[src[k], 1], scale, p1))
+        q0, q1 = st[Q0], st[Q1]
+        if leg_rebalances(q0, want0, band) or leg_rebalances(q1, want1, band):
+            cut0, add0 = leg_orders(q0, want0)
+            cut1, add1 = leg_orders(q1, want1)
+            for basket in range(2):
+                d0 = cut0 if basket == 0 else add0
+                d1 = cut1 if basket == 0 else add1
+                if d0 == 0 and d1 == 0:
+                    continue
+                ok = _basket(
+                    st, d0, d1, p0, p1, r0, r1, sod, price_factor, max_notional, max_qty,
+                    max_leg, max_gross, max_net, max_leverage, margin, daily_floor,
+                )  # fmt: skip
+                if not ok:
+                    st[:] = saved
+                    return j  # a refusal: recorded by the interpreted path
+                before = _direction(st[Q0], st[Q1])
+                for leg in range(2):
+                    d = d0 if leg == 0 else d1
+                    if d == 0:
+                        continue
+                    done = _fill(
+                        st, fills, j, leg, d, close[j, leg], vol[j, leg], adv[j, leg],
+                        fees[k], basket, src[k], part_cap, per_share, bps, c_floor, c_cap,
+                        half_spread, impact_y,
+                    )  # fmt: skip
+                    if not done:
+                        st[:] = saved
+                        return j  # the cost model refuses the order: the interpreted path raises
+                after = _direction(st[Q0], st[Q1])
+                if after != before:
+                    eq_now = st[CASH] + st[Q0] * p0 + st[Q1] * p1
+                    if st[TRIP_J] >= 0 and before != 0:
+                        t = int(st[N_TRIPS])
+                        trips[t, 0] = st[TRIP_J]
+                        trips[t, 1] = j
+                        trips[t, 2] = st[TRIP_DIR]
+                        trips[t, 3] = eq_now - st[TRIP_EQ]
+                        st[N_TRIPS] += 1
+                        st[TRIP_J] = -1.0
+                    if after != 0:
+                        st[TRIP_J] = j
+                        st[TRIP_EQ] = eq_now
+                        st[TRIP_DIR] = after
+        r = int(st[N_RECORDS])
+        rec[r, 0] = j
+        rec[r, 1] = st[CASH]
+        rec[r, 2] = st[Q0]
+        rec[r, 3] = st[Q1]
+        rec[r, 4] = st[PAID]
+        st[N_RECORDS] += 1
+        i += 1
+    return n
+
+
+def _direction(q0: float, q1: float) -> int:
+    """+1 long the spread, -1 short it, 0 flat (`_BacktestVenue.direction`)."""
+    if q0 == 0 and q1 == 0:
+        return 0
+    return 1 if q0 > 0 or q1 < 0 else -1
+
+
+def _charge_borrow(st, base, day, a, b, rate0, rate1, day_count):
+    """Borrow of bars (a, b] on the current shorts, keyed by b's day (`_charge_borrow`)."""
+    if b <= a:
+        return
+    q0, q1 = st[Q0], st[Q1]
+    fee = 0.0
+    if q0 < 0 or q1 < 0:
+        c0 = max(-q0, 0.0) * rate0 / day_count
+        c1 = max(-q1, 0.0) * rate1 / day_count
+        fee = c0 * (base[b, 0] - base[a, 0]) + c1 * (base[b, 1] - base[a, 1])
+    if day[b] <= st[THROUGH]:
+        return
+    st[CASH] -= fee
+    st[PAID] += fee
+    st[THROUGH] = day[b]
+
+
+def _basket(
+    st,
+    d0,
+    d1,
+    p0,
+    p1,
+    r0,
+    r1,
+    sod,
+    factor,
+    max_notional,
+    max_qty,
+    max_leg,
+    max_gross,
+    max_net,
+    max_leverage,
+    margin,
+    daily_floor,
+):
+    """`RiskManager.pre_trade_check` on the backtest venue's snapshot (prices fresh, the previous
+    close as reference, Reg-T buying power): True when the basket of signed orders d0, d1 (0:
+    none) passes. Same checks, same order, the same functions."""
+    q0, q1, cash = st[Q0], st[Q1], st[CASH]
+    equity = cash + q0 * p0 + q1 * p1
+    low0, high0 = price_band(r0, factor)
+    low1, high1 = price_band(r1, factor)
+    if d0 != 0 and not price_sane(p0, low0, high0):
+        return False
+    if d1 != 0 and not price_sane(p1, low1, high1):
+        return False
+    reduce_only = True
+    if d0 != 0 and not reduces(q0, d0, abs(d0)):
+        reduce_only = False
+    if d1 != 0 and not reduces(q1, d1, abs(d1)):
+        reduce_only = False
+    if reduce_only:
+        return True
+    if d0 != 0 and order_size_verdict(abs(d0), p0, max_notional, max_qty) != 0:
+        return False
+    if d1 != 0 and order_size_verdict(abs(d1), p1, max_notional, max_qty) != 0:
+        return False
+    opening = 0.0
+    if d0 != 0:
+        opening += opened_qty(q0, d0, abs(d0)) * p0
+    if d1 != 0:
+        opening += opened_qty(q1, d1, abs(d1)) * p1
+    post0, post1 = q0 + d0, q1 + d1
+    gross = 0.0
+    net = 0.0
+    if post0 != 0:
+        notional = post0 * p0
+        if leg_over(abs(notional), max_leg):
+            return False
+        gross += abs(notional)
+        net += notional
+    if post1 != 0:
+        notional = post1 * p1
+        if leg_over(abs(notional), max_leg):
+            return False
+        gross += abs(notional)
+        net += notional
+    if exposure_verdict(gross, net, max_gross, max_net) != 0:
+        return False
+    current = 0.0
+    if q0 != 0:
+        current += abs(q0 * p0)
+    if q1 != 0:
+        current += abs(q1 * p1)
+    power = reg_t_buying_power(equity, margin, current)
+    verdict = capital_verdict(equity, gross, opening, power, sod, max_leverage, daily_floor)
+    return verdict == 0
+
+
+def _fill(
+    st,
+    fills,
+    j,
+    leg,
+    d,
+    price,
+    vol,
+    adv,
+    fee,
+    kind,
+    signal_bar,
+    part_cap,
+    per_share,
+    bps,
+    c_floor,
+    c_cap,
+    half_spread,
+    impact_y,
+):
+    """`OrderExecutor._fill` + `Ledger.apply` + the venue's record for one order of `d` signed
+    shares: False when the cost model refuses it (nothing changed)."""
+    requested = abs(d)
+    qty = float(fill_quantity(requested, part_cap, adv, False, False))
+    status = 0 if qty == requested else 1
+    if qty <= 0:
+        status = 2
+    sell = d < 0
+    fill_price = price
+    c = (0.0, 0.0, 0.0, 0.0, 0.0)
+    if qty > 0:
+        if not (adv > 0 and vol >= 0):
+            return False
+        sec_rate = fee[0] if sell else 0.0
+        taf_rate = fee[1] if sell else 0.0
+        taf_cap = fee[2] if sell else 0.0
+        fill_price, c0, c1, c2, c3, c4 = fill_terms(
+            sell, qty, price, vol, adv, per_share, bps, c_floor, c_cap, half_spread, impact_y,
+            sec_rate, taf_rate, taf_cap,
+        )  # fmt: skip
+        if fill_price != fill_price:
+            return False
+        c = (c0, c1, c2, c3, c4)
+    signed = -qty if sell else qty
+    if signed != 0:
+        q_col, avg_col = (Q0, AVG0) if leg == 0 else (Q1, AVG1)
+        new_q, new_avg, realized = book_fill(
+            st[q_col], st[avg_col], st[REALIZED], signed, fill_price
+        )
+        st[q_col] = new_q
+        st[avg_col] = new_avg
+        st[REALIZED] = realized
+        st[CASH] += cash_change(signed, fill_price, c[0], c[3], c[4])
+    st[COMMISSION] += c[0]
+    st[SPREAD] += c[1]
+    st[IMPACT] += c[2]
+    st[SEC_FEE] += c[3]
+    st[FINRA_TAF] += c[4]
+    f = int(st[N_FILLS])
+    row = fills[f]
+    row[0] = j
+    row[1] = leg
+    row[2] = -1.0 if sell else 1.0
+    row[3] = qty
+    row[4] = requested
+    row[5] = price
+    row[6] = fill_price
+    row[7] = c[0]
+    row[8] = c[1]
+    row[9] = c[2]
+    row[10] = c[3]
+    row[11] = c[4]
+    row[12] = 1.0 if kind == 0 else 0.0
+    row[13] = status
+    row[14] = signal_bar
+    st[N_FILLS] += 1
+    return True
