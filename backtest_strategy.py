@@ -115,6 +115,8 @@ class BacktestResult:
     unrealized_pnl: float
     instructions: int
     event_bars: int
+    #: Bars the compiled event loop ran (`fast_engine`); the interpreted path ran the rest.
+    compiled_bars: int = 0
 
     @property
     def trades(self) -> pd.DataFrame:
@@ -388,8 +390,10 @@ class _BacktestRun:
         log_rejections: bool,
         per_usd: bool,
         order_prefix: str = "pt",
+        engine: str = "auto",
     ):
         self.cfg, self.label, self.strategy = cfg, label, strategy
+        self.engine = engine
         self.order_prefix = order_prefix
         self.log_rejections, self.per_usd = log_rejections, per_usd
         self.risk = risk or rm.RiskManager(cfg.limits, state_path=None, alerts=False)
@@ -416,6 +420,7 @@ class _BacktestRun:
         self.record: list[tuple[int, float, Qty, Qty, float]] | np.ndarray = []
         #: What builds the trades and round trips of a run the compiled loop finished.
         self.compiled: tuple[_CompiledFills, _CompiledTrips] | None = None
+        self.compiled_bars = 0
         self.risk.raise_peak(cfg.initial_capital)
 
     def _market_inputs(
@@ -508,7 +513,7 @@ class _BacktestRun:
     def run(self) -> BacktestResult:
         i = k = 0
         if fast_engine.unsupported(self) is None:
-            i = self._adopt(fast_engine.run_compiled(self))
+            i = self.compiled_bars = self._adopt(fast_engine.run_compiled(self))
         events, n_events, n = self.events, len(self.events), self.n
         if i < n:
             self._name_events(i)
@@ -759,6 +764,7 @@ class _BacktestRun:
             unrealized_pnl=float(unrealized),
             instructions=self.instructions,
             event_bars=self.event_bars,
+            compiled_bars=self.compiled_bars,
         )
 
 
@@ -871,6 +877,7 @@ def run_backtest(
     log_rejections: bool = True,
     weight_unit: str = "equity",
     order_prefix: str = "pt",
+    engine: str = "auto",
 ) -> BacktestResult:
     """Run the pair through the engine.
 
@@ -881,9 +888,13 @@ def run_backtest(
     `execution.default_adv_usd` is used. history (optional): closes before the first bar, for
     the volatility warm-up. strategy: the name in client order ids (default: `label`);
     order_prefix: their prefix (a trading home's `pt-<tag>`, as its live loop sends).
+    engine: "auto" runs the compiled event loop (`fast_engine`) where it applies, else the
+    interpreted one; "interpreted" always runs the interpreted one. Both give the same result.
     """
     if weight_unit not in ("equity", "usd"):
         raise ConfigurationError(f"weight_unit must be 'equity' or 'usd', not {weight_unit!r}")
+    if engine not in ("auto", "interpreted"):
+        raise ConfigurationError(f"engine must be 'auto' or 'interpreted', not {engine!r}")
     run = _BacktestRun(
         prices,
         weights,
@@ -896,6 +907,7 @@ def run_backtest(
         log_rejections=log_rejections,
         per_usd=weight_unit == "usd",
         order_prefix=order_prefix,
+        engine=engine,
     )
     return run.run()
 

@@ -23,8 +23,8 @@ so an edited rule can never run from a stale cache.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,8 +109,10 @@ class Outcome:
 def unsupported(run: Any) -> str | None:
     """Why `run` (a `_BacktestRun`) cannot start compiled, or None when it can."""
     cfg, ex = run.cfg, run.cfg.execution
-    if os.environ.get("PT_INTERPRETED_ENGINE", "") not in ("", "0"):
-        return "PT_INTERPRETED_ENGINE is set"
+    if run.engine == "interpreted":
+        return "the interpreted engine was asked for"
+    if importlib.util.find_spec("numba") is None:
+        return "numba is not installed"
     if cfg.sizing.fractional_shares:
         return "fractional shares"
     if ex.remainder is not te.RemainderPolicy.CANCEL:
