@@ -18,6 +18,7 @@ with `SizingConfig.leg_usd`, signed USD per leg.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -444,7 +445,11 @@ class _BacktestRun:
         base = self.base = np.zeros((self.n, 2))
         if self.n > 1:
             base[1:] = np.cumsum(close[:-1] * gap_days[1:, None], axis=0)
-        self.close_base = np.hstack([close, base])  # equity over a stretch = const + close_base @ v
+
+    @functools.cached_property
+    def close_base(self) -> np.ndarray:
+        """[close, base]: equity over a stretch = const + close_base @ v (the per-bar path)."""
+        return np.hstack([self.close, self.base])
 
     def _events(self) -> None:
         """Instruction bars (after the fill delay; the last ones may fall past the data) and
@@ -709,30 +714,26 @@ class _BacktestRun:
     def result(self) -> BacktestResult:
         """Per-bar state from the event records: positions hold between events, cash falls by the
         borrow accrued since the last event."""
-        venue, cfg, close, n = self.venue, self.cfg, self.close, self.n
+        venue, cfg, close = self.venue, self.cfg, self.close
         venue.costs["borrow"] = venue.book.borrow_paid
         rec = np.array(self.record, dtype="float64").reshape(-1, 5)
         rec = np.vstack([[-1.0, cfg.initial_capital, 0.0, 0.0, 0.0], rec])
-        last = np.searchsorted(rec[:, 0], np.arange(n), side="right") - 1
-        state = rec[last]
+        state = fast_engine.per_bar(rec, close, self.base, np.array(self.rates), self.day_count)
         fractional = cfg.sizing.fractional_shares
         qty_arr = state[:, 2:4] if fractional else state[:, 2:4].astype("int64")
-        coef = np.maximum(-state[:, 2:4], 0.0) * np.array(self.rates) / self.day_count
-        since = self.base - self.base[np.maximum(state[:, 0].astype("int64"), 0)]
-        accrued = (coef * since).sum(axis=1)
-        cash_arr = state[:, 1] - accrued
         s0, s1 = self.symbols
         equity = pd.DataFrame(
             {
-                "equity": cash_arr + (qty_arr * close).sum(axis=1),
-                "cash": cash_arr,
+                "equity": state[:, 0],
+                "cash": state[:, 1],
                 f"qty_{s0}": qty_arr[:, 0],
                 f"qty_{s1}": qty_arr[:, 1],
                 f"price_{s0}": close[:, 0],
                 f"price_{s1}": close[:, 1],
-                "borrow_paid": state[:, 4] + accrued,
+                "borrow_paid": state[:, 4],
             },
             index=self.dates,
+            copy=False,
         )
         equity.index.name = "date"
         trade_rows: Any

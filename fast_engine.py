@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,8 +90,10 @@ FILL_COLUMNS = 15
 PURPOSES = (te.Purpose.ENTRY, te.Purpose.EXIT)
 STATUSES = (te.OrderStatus.FILLED, te.OrderStatus.PARTIALLY_FILLED, te.OrderStatus.CANCELED)
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 _KERNEL: Any = None
+_PER_BAR: Any = None
+_CACHE = False
 
 
 @dataclass(frozen=True)
@@ -145,20 +148,76 @@ def _source_key() -> str:
     return digest.hexdigest()[:16]
 
 
+def _cache_dir() -> None:
+    """Point numba's disk cache at a folder keyed by the sources (stale keys are removed)."""
+    global _CACHE
+    import numba
+
+    home = Path(__file__).resolve().parent / "__pycache__"
+    key = f"numba-{_source_key()}"
+    try:
+        (home / key).mkdir(parents=True, exist_ok=True)
+        numba.config.CACHE_DIR = str(home / key)
+        _CACHE = True
+        for old in home.glob("numba-*"):
+            if old.name != key:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError:  # a read-only checkout: compile in memory in every process
+        _CACHE = False
+
+
 def _compile() -> Any:
     import numba
     from numba.extending import register_jitable
 
-    cache_dir = Path(__file__).resolve().parent / "__pycache__" / f"numba-{_source_key()}"
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        numba.config.CACHE_DIR = str(cache_dir)
-        cache = True
-    except OSError:  # a read-only checkout: compile in memory every time
-        cache = False
+    _cache_dir()
     for rule in (*RULES, _direction, _charge_borrow, _basket, _fill):
         register_jitable(rule)
-    return numba.njit(cache=cache, nogil=True)(_event_loop)
+    return numba.njit(cache=_CACHE, nogil=True)(_event_loop)
+
+
+def per_bar_state(
+    records: np.ndarray, close: np.ndarray, base: np.ndarray, rates: np.ndarray, day_count: float
+) -> np.ndarray:
+    """(n, 5) equity, cash, long-leg shares, short-leg shares and borrow paid on every bar, from
+    the state after each event bar (`records`: bar, cash, shares, shares, borrow paid; the
+    first row is the start, bar -1): positions hold between events, and cash falls by the borrow
+    accrued on the shorts since the last event (on the prior closes' prefix sums `base`)."""
+    n = close.shape[0]
+    out = np.empty((n, 5))
+    r = 0
+    for t in range(n):
+        while r + 1 < records.shape[0] and records[r + 1, 0] <= t:
+            r += 1
+        b = max(int(records[r, 0]), 0)
+        q0, q1 = records[r, 2], records[r, 3]
+        c0 = max(-q0, 0.0) * rates[0] / day_count
+        c1 = max(-q1, 0.0) * rates[1] / day_count
+        accrued = c0 * (base[t, 0] - base[b, 0]) + c1 * (base[t, 1] - base[b, 1])
+        cash = records[r, 1] - accrued
+        out[t, 0] = cash + (q0 * close[t, 0] + q1 * close[t, 1])
+        out[t, 1] = cash
+        out[t, 2] = q0
+        out[t, 3] = q1
+        out[t, 4] = records[r, 4] + accrued
+    return out
+
+
+def per_bar(
+    records: np.ndarray, close: np.ndarray, base: np.ndarray, rates: np.ndarray, day_count: float
+) -> np.ndarray:
+    """`per_bar_state`, compiled when numba is there (one pass, no temporaries), else as is."""
+    global _PER_BAR
+    if _PER_BAR is None:
+        with _LOCK:
+            if importlib.util.find_spec("numba") is None:
+                _PER_BAR = per_bar_state
+            else:
+                import numba
+
+                _cache_dir()
+                _PER_BAR = numba.njit(cache=_CACHE, nogil=True)(per_bar_state)
+    return _PER_BAR(records, close, base, rates, day_count)
 
 
 def run_compiled(run: Any) -> Outcome:
