@@ -1,4 +1,5 @@
-"""Backtest engine speed: our engine vs backtrader vs backtesting.py, same strategy, one process.
+"""Backtest engine speed: our engine vs backtrader, backtesting.py and vectorbt, same strategy, one
+process.
 
 The strategy: AAPL (long leg) / MSFT (short leg); spread = log AAPL - beta log MSFT, beta the 60-bar
 rolling OLS slope; z = (spread - 60-bar mean) / 60-bar std, all ending at t inclusive. Enter at
@@ -20,13 +21,36 @@ close of the signal bar. z is precomputed outside every timing: we time the engi
   have no meaning for it, and its P&L is not the two-leg P&L either. The AAPL leg keeps the real
   prices, sizing, commission and the same number of order events (one leg instead of two), and its
   P&L can be checked against the AAPL fills of our engine.
+- vectorbt 1.2: `Portfolio.from_signals` (numba), two columns (AAPL, MSFT) in one group with shared
+  cash (`cash_sharing=True, group_by=True`), init_cash = the capital, `fees=0.001`, fills at the
+  close of the signal bar (`price` left at its default, the close). Per leg: long entries where the
+  leg is bought (AAPL: z < -2; MSFT: z > 2), short entries on the mirror, long and short exits on
+  |z| < 0.5; `size` = int(10000 / close) per bar, `size_type="amount"`; `accumulate=False` (an
+  entry while already in that direction is ignored: the rule keeps the position) and
+  `upon_opposite_entry="reverse"` (an opposite entry while in a position reverses it in one order
+  of |position| + the new shares). That reproduces every fill of ours, reversals included, so
+  `from_signals` is used rather than the `from_orders(size_type="targetamount")` fallback. The
+  entry/exit arrays are built from z outside the timing (like our instructions); the size array
+  is built inside it (our engine sizes inside its run). Times `from_signals(...)` +
+  `final_value()` after one untimed warm-up run per size (the first call compiles with numba),
+  best of the same number of runs as ours.
+  Documented difference from ours: our commission is rounded to the cent per order, vectorbt's is
+  not; whole shares and the same fill prices in both, so final value(ours) - final value(vectorbt)
+  = sum over our fills of (rounded commission - 0.1 % of notional), and a reversal is one order per
+  leg in vectorbt, two in ours (close, open): orders(vectorbt) = fills(ours) - reversal legs. The
+  sanity section checks both on the bundled history, and every size checks the final values
+  (0.1 % config); an unexplained difference above $1 (or other order counts) prints MISMATCH and
+  the bench exits with status 1 at the end.
 
 Sizes: the bundled history (8,313 real bars), the first 100,000 bars and all 1,000,000 bars of a
 synthetic series (the real daily log returns of both stocks, demeaned, tiled, cumulated from 100;
 consecutive business days from 1900 with a datetime64[s] index, since nanoseconds overflow after
-2262). backtrader and backtesting.py run 1,000,000 bars only with --big-others (minutes).
-Timings: best of --repeat runs (at most 2 for the others at 100,000 bars and for ours at
-1,000,000; 1 for the others at 1,000,000). Single-threaded BLAS; machine load adds noise.
+2262). backtrader and backtesting.py run 1,000,000 bars only with --big-others (minutes);
+vectorbt runs at every size. Timings: best of --repeat runs (at most 2 for backtrader and
+backtesting.py at 100,000 bars and for ours and vectorbt at 1,000,000; 1 for backtrader and
+backtesting.py at 1,000,000). Single-threaded BLAS; machine load adds noise. The last line gives
+ours (every cost, i.e. the default cost model) / vectorbt at the largest size run; the target is
+>= 1.0 at 1,000,000 bars.
 
 Install the bench-only packages, then run:
   .venv/bin/pip install -r requirements-bench.txt -c constraints.txt
@@ -47,6 +71,9 @@ from typing import Any
 # One core for every framework: keep numpy/BLAS single-threaded.
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
+# No progress bars: backtesting.py draws one inside its timed run when tqdm is installed (vectorbt
+# brings it in).
+os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import numpy as np  # noqa: E402
@@ -73,6 +100,13 @@ try:
 except Exception as exc:
     backtesting = None
     BACKTESTING_SKIP = f"import backtesting failed: {type(exc).__name__}: {exc}"
+try:
+    import vectorbt
+
+    VECTORBT_SKIP = ""
+except Exception as exc:
+    vectorbt = None
+    VECTORBT_SKIP = f"import vectorbt failed: {type(exc).__name__}: {exc}"
 
 LONG, SHORT = "AAPL", "MSFT"
 BARS = 60
@@ -83,6 +117,9 @@ CAPITAL = 1_000_000.0
 SLICE = 100_000
 BIG = 1_000_000
 OURS = "ours (0.1 % commission)"
+EVERY = "ours (default costs)"  # every cost on
+VBT_TOLERANCE = 1.0  # $: the most an unexplained ours - vectorbt final value difference may be
+MISMATCHES: list[str] = []
 INSTALL_HINT = "pip install -r requirements-bench.txt -c constraints.txt"
 
 
@@ -141,9 +178,7 @@ def our_configs() -> dict[str, bt.BacktestConfig]:
             execution=te.ExecutionConfig(costs=commission_only),
             limits=loose_limits(),
         ),
-        "ours (default costs)": bt.BacktestConfig(
-            initial_capital=CAPITAL, fill_delay_bars=0, limits=loose_limits()
-        ),
+        EVERY: bt.BacktestConfig(initial_capital=CAPITAL, fill_delay_bars=0, limits=loose_limits()),
     }
 
 
@@ -258,6 +293,62 @@ def backtesting_run(prices: pd.DataFrame, z: np.ndarray) -> pd.Series:
         return test.run()
 
 
+# --- vectorbt -------------------------------------------------------------------------------------
+def vectorbt_signals(z: np.ndarray) -> dict[str, np.ndarray]:
+    """Entry/exit arrays per column (AAPL, MSFT) for `from_signals`: the AAPL leg is bought below
+    -entry and sold short above +entry, MSFT the mirror; both exit inside +-exit. NaN z: none."""
+    low, high = z < -ENTRY, z > ENTRY
+    flat = np.abs(z) < EXIT
+    return {
+        "entries": np.column_stack([low, high]),
+        "exits": np.column_stack([flat, flat]),
+        "short_entries": np.column_stack([high, low]),
+        "short_exits": np.column_stack([flat, flat]),
+    }
+
+
+def vectorbt_run(prices: pd.DataFrame, signals: dict[str, np.ndarray]) -> tuple[float, Any]:
+    """One two-leg shared-cash portfolio, whole shares int(10000 / close) per leg, 0.1 % fees,
+    fills at the signal bar's close; returns (final value, portfolio)."""
+    close = prices[[LONG, SHORT]]
+    pf = vectorbt.Portfolio.from_signals(
+        close,
+        **signals,
+        size=np.floor(LEG_USD / close.to_numpy()),
+        size_type="amount",
+        fees=COMMISSION,
+        init_cash=CAPITAL,
+        cash_sharing=True,
+        group_by=True,
+        accumulate=False,
+        upon_opposite_entry="reverse",
+    )
+    return float(pf.final_value()), pf
+
+
+def vectorbt_orders(pf: Any) -> int:
+    return int(np.sum(pf.orders.count()))
+
+
+def vectorbt_check(ours: bt.BacktestResult, vbt_final: float, vbt_orders: int) -> tuple[str, bool]:
+    """ours (0.1 % config) vs vectorbt: the difference, its explained part (our commission
+    rounded to the cent per order), the rest, and whether the rest and the order counts agree."""
+    t = ours.trades
+    ours_final = float(ours.equity["equity"].iloc[-1])
+    rounding = float(t["commission"].sum() - (t["qty"] * t["fill_price"]).sum() * COMMISSION)
+    reversal_legs = int((t.groupby(["date", "symbol"]).size() > 1).sum())
+    diff = ours_final - vbt_final
+    left = diff + rounding
+    ok = abs(left) <= VBT_TOLERANCE and vbt_orders == len(t) - reversal_legs
+    line = (
+        f"ours - vectorbt = ${diff:+,.2f} (ours ${ours_final:,.2f}, vectorbt ${vbt_final:,.2f}): "
+        f"our commission rounded to the cent per order ${-rounding:+,.2f}, left ${left:+,.2f} "
+        f"(tolerance ${VBT_TOLERANCE:,.2f}); orders: vectorbt {vbt_orders:,}, ours {len(t):,} "
+        f"fills - {reversal_legs} reversal legs = {len(t) - reversal_legs:,}"
+    )
+    return line + ("" if ok else "  MISMATCH"), ok
+
+
 # --- Timing ---------------------------------------------------------------------------------------
 def best_of(
     fn: Callable[[Any], Any], repeat: int, setup: Callable[[], Any] = lambda: None
@@ -350,6 +441,18 @@ def sanity(base: pd.DataFrame) -> None:
         )
     else:
         print(f"  backtesting.py: skipped: {BACKTESTING_SKIP}")
+    if vectorbt is not None:
+        vbt_final, pf = vectorbt_run(base, vectorbt_signals(z))  # also the numba compile
+        print(
+            f"  vectorbt:       {vectorbt_orders(pf)} orders (a reversal is one order per leg); "
+            f"final value ${vbt_final:,.2f}"
+        )
+        line, ok = vectorbt_check(ours, vbt_final, vectorbt_orders(pf))
+        print(f"  {line}")
+        if not ok:
+            MISMATCHES.append(f"bundled history: {line}")
+    else:
+        print(f"  vectorbt:       skipped: {VECTORBT_SKIP}")
 
 
 def fmt(seconds: float, n: int, repeat: int) -> str:
@@ -385,8 +488,14 @@ def main() -> None:
     versions.append(
         f"backtesting {backtesting.__version__}" if backtesting else "backtesting: not installed"
     )
+    if vectorbt is not None:
+        import numba
+
+        versions.append(f"vectorbt {vectorbt.__version__} (numba {numba.__version__})")
+    else:
+        versions.append("vectorbt: not installed")
     print(", ".join(versions) + f"; python {sys.version.split()[0]}")
-    for skip in (BACKTRADER_SKIP, BACKTESTING_SKIP):
+    for skip in (BACKTRADER_SKIP, BACKTESTING_SKIP, VECTORBT_SKIP):
         if skip:
             print(f"  {skip} ({INSTALL_HINT})")
 
@@ -419,12 +528,15 @@ def main() -> None:
         ours_repeat = args.repeat if n <= SLICE else min(args.repeat, 2)
         others_repeat = args.repeat if n < SLICE else min(args.repeat, 2) if n == SLICE else 1
         row: dict[str, float | str] = {}
+        ours_fixed: bt.BacktestResult | None = None
         for name, cfg in configs.items():
             try:
                 seconds, result = best_of(
                     lambda _, p=prices, w=w, c=cfg: run_ours(p, w, c), ours_repeat
                 )
                 row[name] = n / seconds
+                if name == OURS:
+                    ours_fixed = result
                 print(
                     f"{size_name:>19} {name:<26}{fmt(seconds, n, ours_repeat)}  "
                     f"{len(result.trades):,} fills, {result.event_bars:,} event bars"
@@ -456,7 +568,7 @@ def main() -> None:
                 print(f"{size_name:>19} {label:<26}skipped: {skip}")
                 continue
             if not run_others:
-                row[name] = "not run (--big-others)"
+                row[name] = "--big-others"  # not run without it
                 continue
             try:
                 seconds, _ = best_of(fn, others_repeat, setup)
@@ -465,25 +577,74 @@ def main() -> None:
             except Exception as exc:
                 row[name] = f"failed: {type(exc).__name__}: {exc}"
                 print(f"{size_name:>19} {label:<26}{row[name]}")
+        if vectorbt is None:
+            row["vectorbt"] = "not installed"
+            print(f"{size_name:>19} {'vectorbt':<26}skipped: {VECTORBT_SKIP}")
+        else:
+            try:
+                signals = vectorbt_signals(z)
+                vectorbt_run(prices, signals)  # untimed warm-up (numba compile, caches)
+                seconds, (vbt_final, pf) = best_of(
+                    lambda _, p=prices, s=signals: vectorbt_run(p, s), ours_repeat
+                )
+                row["vectorbt"] = n / seconds
+                print(
+                    f"{size_name:>19} {'vectorbt':<26}{fmt(seconds, n, ours_repeat)}  "
+                    f"{vectorbt_orders(pf):,} orders"
+                )
+                if ours_fixed is not None:
+                    line, ok = vectorbt_check(ours_fixed, vbt_final, vectorbt_orders(pf))
+                    print(f"{'':>19} {line}")
+                    if not ok:
+                        MISMATCHES.append(f"{size_name}: {line}")
+            except Exception as exc:
+                row["vectorbt"] = f"failed: {type(exc).__name__}: {exc}"
+                print(f"{size_name:>19} {'vectorbt':<26}{row['vectorbt']}")
         table[f"{size_name} ({n:,} bars)"] = row
 
-    print(f"\nbars/s per framework and size; ratios = {OURS} / other")
-    columns = [*configs, "backtrader", "backtesting.py"]
+    print(
+        f"\nbars/s per framework and size; ratios = {OURS} / other, and both of our configs "
+        f"/ vectorbt ({EVERY} = every cost on)"
+    )
+    columns = [*configs, "backtrader", "backtesting.py", "vectorbt"]
+    ratios = [
+        ("ours/backtrader", OURS, "backtrader", 1),
+        ("ours/backtesting.py", OURS, "backtesting.py", 1),
+        ("ours (every cost)/vectorbt", EVERY, "vectorbt", 2),
+        ("ours (0.1 %)/vectorbt", OURS, "vectorbt", 2),
+    ]
+    head = [c.replace("ours ", "") for c in columns] + [r[0] for r in ratios]
+    widths = [max(len(h), 13) + 2 for h in head]
     width = max(len(k) for k in table) + 1
-    head = [c.replace("ours ", "") for c in columns] + ["ours/backtrader", "ours/backtesting.py"]
-    print(f"{'':<{width}}" + "".join(f"{c:>24}" for c in head))
+    print(f"{'':<{width}}" + "".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
     for size_name, row in table.items():
         cells = [
-            f"{row[c]:>24,.0f}" if isinstance(row[c], float) else f"{str(row[c])[:23]:>24}"
-            for c in columns
+            f"{row[c]:,.0f}" if isinstance(row[c], float) else str(row[c])[: w - 2]
+            for c, w in zip(columns, widths, strict=False)
         ]
-        ours = row[OURS]
-        for other in ("backtrader", "backtesting.py"):
-            theirs = row[other]
-            both = isinstance(ours, float) and isinstance(theirs, float)
-            cells.append(f"{ours / theirs:>23,.1f}x" if both else f"{'-':>24}")
-        print(f"{size_name:<{width}}" + "".join(cells))
+        for _, num, den, digits in ratios:
+            a, b = row[num], row[den]
+            cells.append(
+                f"{a / b:,.{digits}f}x" if isinstance(a, float) and isinstance(b, float) else "-"
+            )
+        print(
+            f"{size_name:<{width}}"
+            + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+        )
+    bars, last = len(sizes[-1][1]), list(table.values())[-1]
+    every, fixed, theirs = last[EVERY], last[OURS], last["vectorbt"]
+    if all(isinstance(v, float) for v in (every, fixed, theirs)):
+        target = "target >= 1.0" + ("" if bars == BIG else f" at {BIG:,} bars")
+        print(
+            f"\n{bars:,} bars: ours (every cost) / vectorbt = {every / theirs:.2f} ({target}); "
+            f"ours (0.1 %) / vectorbt = {fixed / theirs:.2f}"
+        )
     print(f"\nwall time: {time.perf_counter() - t_start:,.1f} s")
+    if MISMATCHES:
+        print(f"\nMISMATCH: ours vs vectorbt beyond the documented difference ({len(MISMATCHES)}):")
+        for line in MISMATCHES:
+            print(f"  {line}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
