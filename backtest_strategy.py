@@ -865,6 +865,10 @@ class _CompiledTrips:
         ]
 
 
+#: How `run_backtest` runs: see its `engine` argument.
+ENGINES = ("auto", "compiled", "interpreted")
+
+
 def run_backtest(
     prices: pd.DataFrame,
     weights: np.ndarray,
@@ -889,13 +893,15 @@ def run_backtest(
     `execution.default_adv_usd` is used. history (optional): closes before the first bar, for
     the volatility warm-up. strategy: the name in client order ids (default: `label`);
     order_prefix: their prefix (a trading home's `pt-<tag>`, as its live loop sends).
-    engine: "auto" runs the compiled event loop (`fast_engine`) where it applies, else the
-    interpreted one; "interpreted" always runs the interpreted one. Both give the same result.
+    engine: "compiled" runs the compiled event loop (`fast_engine`) where it applies;
+    "interpreted" never does; "auto" (default) compiles a run of at least
+    `fast_engine.COMPILE_FROM_EVENTS` instructions, or any run once the loop is loaded in this
+    process. Every engine gives the same result to the last bit.
     """
     if weight_unit not in ("equity", "usd"):
         raise ConfigurationError(f"weight_unit must be 'equity' or 'usd', not {weight_unit!r}")
-    if engine not in ("auto", "interpreted"):
-        raise ConfigurationError(f"engine must be 'auto' or 'interpreted', not {engine!r}")
+    if engine not in ENGINES:
+        raise ConfigurationError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     run = _BacktestRun(
         prices,
         weights,
@@ -1001,8 +1007,12 @@ class BacktestRequest:
     benchmark_rule: str = "current"
     config: TradingConfig = field(default_factory=TradingConfig)
     write_charts: bool = True
+    #: `run_backtest`'s engine: "auto", "compiled" or "interpreted" (same results).
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigurationError(f"engine must be one of {', '.join(ENGINES)}: {self.engine!r}")
         if self.benchmark_rule not in ZSCORE_RULES:
             raise ConfigurationError(
                 f"benchmark rule must be one of {', '.join(ZSCORE_RULES)}: {self.benchmark_rule!r}"
@@ -1193,6 +1203,7 @@ def backtest(
         history=history,
         order_prefix=home.order_prefix(),  # named as this home's live loop names them
         weight_unit="usd" if instructions.per_usd else "equity",
+        engine=request.engine,
     )
     # Benchmark 1: the spread z-score rule, same costs and risk gate. The z-score uses the full
     # processed history up to each bar (causal), so it is warm on the first backtest bar.
@@ -1211,6 +1222,7 @@ def backtest(
         history=history,
         log_rejections=False,
         weight_unit="usd" if z_rule.per_usd else "equity",
+        engine=request.engine,
     )
     # Benchmark 2: buy and hold the long leg with all capital, no costs.
     buy_hold = cfg.initial_capital * prices[pair.long] / prices[pair.long].iloc[0]

@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import math
 import shutil
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,13 @@ RULES: tuple[Callable[..., Any], ...] = (
     rm.capital_verdict,
 )
 
+#: "auto" compiles runs with at least this many instructions (or any run once the loop is loaded):
+#: loading the compiled loop from its disk cache costs ~0.5 s, the interpreted path ~60 us an
+#: instruction; a first compile after a source change, ~10 s.
+COMPILE_FROM_EVENTS = 5_000
+#: Runs of at least this many bars expand their per-bar state compiled (`per_bar`).
+COMPILE_FROM_BARS = 50_000
+
 # The loop's state vector (floats; quantities are whole shares, exact in float64).
 CASH, Q0, Q1, AVG0, AVG1, REALIZED, PAID, THROUGH, PEAK = range(9)
 N_FILLS, N_TRIPS, N_RECORDS, TRIP_J, TRIP_EQ, TRIP_DIR, EVENT_BARS = range(9, 16)
@@ -114,6 +122,8 @@ def unsupported(run: Any) -> str | None:
     cfg, ex = run.cfg, run.cfg.execution
     if run.engine == "interpreted":
         return "the interpreted engine was asked for"
+    if run.engine == "auto" and _KERNEL is None and run.instructions < COMPILE_FROM_EVENTS:
+        return "a short run: loading the compiled loop would cost more than it saves"
     if importlib.util.find_spec("numba") is None:
         return "numba is not installed"
     if cfg.sizing.fractional_shares:
@@ -206,8 +216,11 @@ def per_bar_state(
 def per_bar(
     records: np.ndarray, close: np.ndarray, base: np.ndarray, rates: np.ndarray, day_count: float
 ) -> np.ndarray:
-    """`per_bar_state`, compiled when numba is there (one pass, no temporaries), else as is."""
+    """`per_bar_state`: compiled (one pass, no temporaries) for a long run or once numba is
+    loaded; as is for a short run, which then never loads numba."""
     global _PER_BAR
+    if _PER_BAR is None and close.shape[0] < COMPILE_FROM_BARS and "numba" not in sys.modules:
+        return per_bar_state(records, close, base, rates, day_count)
     if _PER_BAR is None:
         with _LOCK:
             if importlib.util.find_spec("numba") is None:

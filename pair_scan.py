@@ -454,6 +454,7 @@ def scan_window(
         history=rows.iloc[:f],
         log_rejections=False,
         weight_unit="usd" if instructions.per_usd else "equity",
+        engine="compiled",  # thousands of short runs: load the compiled loop once per process
     )
     return window_result(
         long, short, rule_index, window_index, window, stats, result, config.initial_capital

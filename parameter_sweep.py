@@ -234,6 +234,7 @@ def model_window(
         label="sweep",
         history=closes.iloc[:f],
         log_rejections=False,
+        engine="compiled",  # thousands of short runs: load the compiled loop once per process
     )
     return window_result(
         long, short, index, window_index, window, stats, result, config.initial_capital

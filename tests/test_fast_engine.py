@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numba
 import numpy as np
@@ -28,6 +32,7 @@ import risk_management as rm
 import trading_execution as te
 import transaction_costs as tc
 from error_handling import ConfigurationError
+from tests.helpers import ROOT
 
 TICKERS = ("AAPL", "MSFT", "JPM", "XOM", "PG", "AMD")
 
@@ -45,7 +50,7 @@ def compiled() -> dict[str, object]:
 
 
 def run_both(prices, weights, cfg, **kw) -> tuple[bs.BacktestResult, bs.BacktestResult]:
-    fast = bs.run_backtest(prices, weights, cfg, log_rejections=False, **kw)
+    fast = bs.run_backtest(prices, weights, cfg, log_rejections=False, engine="compiled", **kw)
     slow = bs.run_backtest(prices, weights, cfg, log_rejections=False, engine="interpreted", **kw)
     return fast, slow
 
@@ -182,6 +187,26 @@ def test_the_compiled_gate_checks_match_the_interpreted_ones(
     assert c["capital_verdict"](*args) == rm.capital_verdict(*args)
 
 
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**31 - 1))
+def test_the_compiled_per_bar_state_equals_the_interpreted_one(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    close = rng.uniform(1, 500, (n, 2))
+    base = np.vstack([np.zeros((1, 2)), np.cumsum(close[:-1] * 1.4, axis=0)])
+    bars = np.sort(rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False))
+    records = np.column_stack(
+        [bars, rng.uniform(-1e5, 1e6, len(bars)), rng.integers(-500, 500, (len(bars), 2)),
+         rng.uniform(0, 100, len(bars))]
+    )  # fmt: skip
+    records = np.vstack([[-1.0, 1e5, 0.0, 0.0, 0.0], records])
+    rates = rng.uniform(0, 0.3, 2)
+    want = fast_engine.per_bar_state(records, close, base, rates, 360.0)
+    assert "numba" in sys.modules  # so `per_bar` runs it compiled
+    got = fast_engine.per_bar(records, close, base, rates, 360.0)
+    assert np.array_equal(got, want)
+
+
 # --- Whole runs, compiled and interpreted ---------------------------------------------------------
 @st.composite
 def order_streams(draw, closes: pd.DataFrame):
@@ -306,7 +331,7 @@ def test_an_order_the_cost_model_refuses_fails_the_same_way(closes):
     ex = te.ExecutionConfig(participation_cap=1.0, default_adv_usd=1_000.0)
     cfg = pe.TradingConfig(execution=ex, limits=rm.RiskLimits(price_band_factor=6.0))
     errors = []
-    for engine in ("auto", "interpreted"):
+    for engine in ("compiled", "interpreted"):
         with pytest.raises(ValueError) as caught:
             bs.run_backtest(prices, weights, cfg, log_rejections=False, engine=engine)
         errors.append(str(caught.value))
@@ -333,13 +358,54 @@ def test_what_the_compiled_loop_does_not_handle_runs_interpreted(closes, change)
 
 def test_an_unknown_engine_is_refused(closes):
     prices, weights = flip_stream(closes, 50)
-    with pytest.raises(ConfigurationError, match="engine must be"):
+    with pytest.raises(ConfigurationError, match="engine must be one of auto, compiled"):
         bs.run_backtest(prices, weights, engine="numba")
+
+
+def test_auto_compiles_long_runs_only_and_numba_loads_only_then(tmp_path):
+    """In a fresh process: a short run stays interpreted and never imports numba; a run with
+    `COMPILE_FROM_EVENTS` instructions is compiled; after that, short runs are compiled too."""
+    script = tmp_path / "auto.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            import numpy as np
+            import pandas as pd
+            import backtest_strategy as bs, fast_engine, pair_engine as pe
+
+            def run(n):
+                prices = pd.DataFrame(
+                    {"A": 100 + np.sin(np.arange(n)), "B": 50 + np.cos(np.arange(n))},
+                    index=pd.bdate_range("1990-01-01", periods=n),
+                )
+                states = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+                w = pe.instructions_from_states(states, 0.1)
+                costs = pe.ExecutionConfig(costs=pe.ExecutionConfig().costs.zero())
+                cfg = pe.TradingConfig(execution=costs)
+                return bs.run_backtest(prices, w, cfg, log_rejections=False).compiled_bars
+
+            short = run(300)
+            print(short, "numba" in sys.modules)
+            print(run(fast_engine.COMPILE_FROM_EVENTS + 10), run(300))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout.split("\n")
+    assert out[0] == "0 False"
+    assert out[1] == f"{fast_engine.COMPILE_FROM_EVENTS + 10} 300"
 
 
 def test_the_compiled_trades_are_built_on_first_read_and_kept(closes):
     prices, weights = flip_stream(closes)
-    result = bs.run_backtest(prices, weights, log_rejections=False)
+    result = bs.run_backtest(prices, weights, log_rejections=False, engine="compiled")
     assert callable(result.trade_rows) and callable(result.trip_rows)
     trades = result.trades
     assert result.trades is trades and not callable(result.trade_rows)
