@@ -557,7 +557,7 @@ class _BacktestRun:
             trip_eq, trip_dir = float(st[fast_engine.TRIP_EQ]), int(st[fast_engine.TRIP_DIR])
             venue.trip_start = (self.dates[j], trip_eq, trip_dir)
         fills = _CompiledFills(
-            out.fills, self.dates, self.symbols, self.strategy, self.order_prefix
+            out.fills, self.dates, self.symbols, self.strategy, self.label, self.order_prefix
         )
         trips = _CompiledTrips(out.trips, self.dates)
         if out.stopped_at >= self.n:
@@ -566,8 +566,24 @@ class _BacktestRun:
             return self.n
         # The per-bar path goes on from here: plain records, fill rows and trips, as it keeps them.
         self.record = [tuple(r) for r in out.records.tolist()]
-        venue.fills.extend(zip(*fills.columns(), strict=True))
+        columns = fills.columns()
+        venue.fills.extend(zip(*columns, strict=True))
         venue.trips.extend(trips())
+        for o in range(int(st[fast_engine.PENDING])):  # remainders carried into this bar
+            leg, rest, parent = st[
+                fast_engine.PENDING + 1 + 3 * o : fast_engine.PENDING + 4 + 3 * o
+            ]
+            sym, parent = self.symbols[int(leg)], int(parent)
+            when = self.dates[int(out.fills[parent, 0])].date()
+            venue.carry.append(
+                Order(
+                    sym,
+                    Side.BUY if rest > 0 else Side.SELL,
+                    int(abs(rest)),
+                    client_order_id(self.label, when, sym, "carry", columns[16][parent]),
+                    purpose=Purpose.CARRY,
+                )
+            )
         return out.stopped_at
 
     def stretch(self, i: int, nxt: int) -> int:
@@ -792,6 +808,7 @@ class _CompiledFills:
     dates: pd.DatetimeIndex
     symbols: tuple[str, str]
     strategy: str
+    label: str
     prefix: str
 
     def columns(self) -> list[Any]:
@@ -810,18 +827,17 @@ class _CompiledFills:
         day = self.dates.values.astype("datetime64[D]")
         on = np.datetime_as_string(day[js]).tolist()
         signal = np.datetime_as_string(day[rows[:, 14].astype(np.int64)]).tolist()
-        ids = [
-            client_order_id(
-                self.strategy,
-                a,
-                b,
-                sym,
-                p,
-                "reduce" if p == Purpose.EXIT.value else "open",
-                prefix=self.prefix,
-            )
-            for a, b, sym, p in zip(on, signal, symbols.tolist(), purposes.tolist(), strict=True)
-        ]
+        parents = rows[:, 15].astype(np.int64).tolist()
+        ids: list[str] = []
+        for a, b, sym, p, parent in zip(
+            on, signal, symbols.tolist(), purposes.tolist(), parents, strict=True
+        ):
+            if p == Purpose.CARRY.value:  # named after the fill it is left from (`_record`)
+                when = self.dates[js[parent]].date()  # the bar's own calendar date, as there
+                ids.append(client_order_id(self.label, when, sym, "carry", ids[parent]))
+            else:
+                part = "reduce" if p == Purpose.EXIT.value else "open"
+                ids.append(client_order_id(self.strategy, a, b, sym, p, part, prefix=self.prefix))
         return [
             self.dates[js],
             symbols,

@@ -12,9 +12,9 @@ order of the steps, which `tests/test_fast_engine.py` holds equal to the interpr
 What it does not handle it hands back (`Outcome.stopped_at`): the interpreted engine resumes from
 that bar with the state so far, and decides there exactly as before. That is any event whose
 outcome is not a plain fill: a basket the gate refuses, a drawdown breach (halt, liquidation),
-a fill price the cost model refuses. A run the loop cannot start at all (`unsupported`) runs
-interpreted from its first bar: fractional shares, carried remainders, random slippage, recalls
-and hard-to-borrow draws, a halted risk manager, or numba missing.
+a fill price the cost model refuses, more carried remainders than it keeps (4). A run the loop cannot start at all (`unsupported`) runs
+interpreted from its first bar: fractional shares, random slippage, recalls and hard-to-borrow
+draws, a halted risk manager, or numba missing.
 
 Compiled code is cached on disk under a key made of this module's and every rule module's source,
 so an edited rule can never run from a stale cache.
@@ -88,14 +88,19 @@ COMPILE_FROM_BARS = 50_000
 CASH, Q0, Q1, AVG0, AVG1, REALIZED, PAID, THROUGH, PEAK = range(9)
 N_FILLS, N_TRIPS, N_RECORDS, TRIP_J, TRIP_EQ, TRIP_DIR, EVENT_BARS = range(9, 16)
 COMMISSION, SPREAD, IMPACT, SEC_FEE, FINRA_TAF = range(16, 21)
-STATE_SIZE = 21
+# Carried remainders, in the order the interpreted venue keeps them: how many, then (leg, signed
+# shares, the fill row each is left from) for each.
+PENDING = 21
+MAX_PENDING = 4
+STATE_SIZE = PENDING + 1 + 3 * MAX_PENDING
 NO_DAY = -1e300  # borrow charged through no day yet
 
 # Fill rows: bar, leg, side (+1 buy, -1 sell), qty, requested, bar price, fill price, commission,
-# spread, impact, SEC fee, TAF, purpose (0 entry, 1 exit), status (0 filled, 1 partial,
-# 2 canceled), signal bar.
-FILL_COLUMNS = 15
-PURPOSES = (te.Purpose.ENTRY, te.Purpose.EXIT)
+# spread, impact, SEC fee, TAF, purpose (`PURPOSES`), status (`STATUSES`), signal bar (-1 for a
+# carried remainder), the fill row a carried remainder is left from (-1 otherwise).
+FILL_COLUMNS = 16
+ENTRY, EXIT, CARRY = 0, 1, 2
+PURPOSES = (te.Purpose.ENTRY, te.Purpose.EXIT, te.Purpose.CARRY)
 STATUSES = (te.OrderStatus.FILLED, te.OrderStatus.PARTIALLY_FILLED, te.OrderStatus.CANCELED)
 
 _LOCK = threading.RLock()
@@ -128,8 +133,6 @@ def unsupported(run: Any) -> str | None:
         return "numba is not installed"
     if cfg.sizing.fractional_shares:
         return "fractional shares"
-    if ex.remainder is not te.RemainderPolicy.CANCEL:
-        return "carried remainders"
     if ex.slippage_std_bps > 0:
         return "random slippage"
     if run.recall.any():
@@ -181,7 +184,7 @@ def _compile() -> Any:
     from numba.extending import register_jitable
 
     _cache_dir()
-    for rule in (*RULES, _direction, _charge_borrow, _basket, _fill):
+    for rule in (*RULES, _direction, _charge_borrow, _basket, _fill, _trade):
         register_jitable(rule)
     return numba.njit(cache=_CACHE, nogil=True)(_event_loop)
 
@@ -237,7 +240,9 @@ def run_compiled(run: Any) -> Outcome:
     """Run `run` (a `_BacktestRun`, from its first bar) through the compiled loop."""
     cfg, ex, costs, limits = run.cfg, run.cfg.execution, run.cfg.execution.costs, run.cfg.limits
     at, src = (np.ascontiguousarray(a, dtype=np.int64) for a in run.instruction_bars)
-    stamps = run.dates[at]
+    carry = ex.remainder is te.RemainderPolicy.CARRY
+    # Fee rates per instruction bar; per bar when remainders are carried to any later bar.
+    stamps = run.dates if carry else run.dates[at]
     keys = np.asarray(stamps.year * 10000 + stamps.month * 100 + stamps.day, dtype=np.int64)
     fees = tc.fee_rates(keys, costs)
     m = len(at)
@@ -271,11 +276,14 @@ def run_compiled(run: Any) -> Outcome:
             run.risk._margin,
             run.risk._daily_floor,
             limits.max_drawdown_pct,
+            1.0 if carry else 0.0,
         ]
     )
-    fills = np.empty((4 * m, FILL_COLUMNS))
-    trips = np.empty((2 * m, 4))
-    records = np.empty((m, 5))
+    # Room for every decision's fills; carried remainders add bars (the loop hands the run back
+    # if it runs out of room).
+    fills = np.empty(((8 if carry else 4) * m + 1024, FILL_COLUMNS))
+    trips = np.empty((2 * m + 256, 4))
+    records = np.empty(((2 if carry else 1) * m + 256, 5))
     stopped = kernel()(
         run.close,
         run.vol,
@@ -309,20 +317,20 @@ def _event_loop(close, vol, adv, base, day, weights, at, src, fees, params, st, 
     initial = params[0]
     per_usd = params[1] != 0.0
     band = params[2]
-    part_cap = params[3]
-    per_share, bps, c_floor, c_cap = params[4], params[5], params[6], params[7]
-    half_spread, impact_y = params[8], params[9]
+    costs = params[3:10]  # participation cap, then the cost model's terms (`_fill`)
     rate0, rate1, day_count = params[10], params[11], params[12]
-    price_factor, max_notional, max_qty = params[13], params[14], params[15]
-    max_leg, max_gross, max_net = params[16], params[17], params[18]
-    max_leverage, margin, daily_floor, dd_limit = params[19], params[20], params[21], params[22]
+    limits = params[13:22]  # the gate's limits (`_basket`)
+    dd_limit = params[22]
+    carry_on = params[23] != 0.0
     saved = st.copy()
+    basket = np.empty((MAX_PENDING, 4))  # one basket: leg, signed shares, purpose, parent fill
     i = 0
     k = 0
     while i < n:
         while k < m and at[k] < i:
             k += 1
-        nxt = at[k] if k < m else n
+        pending = st[PENDING] > 0
+        nxt = i if pending else (at[k] if k < m else n)
         if nxt > i:
             # --- stretch [i, nxt): positions constant ---
             q0, q1, cash = st[Q0], st[Q1], st[CASH]
@@ -348,8 +356,16 @@ def _event_loop(close, vol, adv, base, day, weights, at, src, fees, params, st, 
             if i >= n:
                 break
         # --- event bar i ---
-        saved[:] = st
         j = i
+        if (
+            st[N_FILLS] + 4 > fills.shape[0]
+            or st[N_RECORDS] + 1 > rec.shape[0]
+            or st[N_TRIPS] + 2 > trips.shape[0]
+        ):
+            return j  # out of room: the interpreted path goes on
+        saved[:] = st
+        instr = k < m and at[k] == j
+        fee = fees[j] if carry_on else fees[k if k < m else 0]
         st[EVENT_BARS] += 1
         p0, p1 = close[j, 0], close[j, 1]
         r0 = close[j - 1, 0] if j > 0 else close[0, 0]
@@ -363,53 +379,49 @@ def _event_loop(close, vol, adv, base, day, weights, at, src, fees, params, st, 
             return j  # drawdown control decides here
         if equity > st[PEAK]:
             st[PEAK] = equity
-        scale = 1.0 if per_usd else equity
-        want0 = float(whole_shares(weights[src[k], 0], scale, p0))
-        want1 = float(whole_shares(weights[src[k], 1], scale, p1))
-        q0, q1 = st[Q0], st[Q1]
-        if leg_rebalances(q0, want0, band) or leg_rebalances(q1, want1, band):
-            cut0, add0 = leg_orders(q0, want0)
-            cut1, add1 = leg_orders(q1, want1)
-            for basket in range(2):
-                d0 = cut0 if basket == 0 else add0
-                d1 = cut1 if basket == 0 else add1
-                if d0 == 0 and d1 == 0:
-                    continue
-                ok = _basket(
-                    st, d0, d1, p0, p1, r0, r1, sod, price_factor, max_notional, max_qty,
-                    max_leg, max_gross, max_net, max_leverage, margin, daily_floor,
+        if pending:  # the remainders carried from the last bar, unless a decision replaces them
+            no = int(st[PENDING])
+            for o in range(no):
+                base_o = PENDING + 1 + 3 * o
+                basket[o, 0] = st[base_o]
+                basket[o, 1] = st[base_o + 1]
+                basket[o, 2] = CARRY
+                basket[o, 3] = st[base_o + 2]
+            st[PENDING] = 0
+            if not instr:
+                ok = _trade(
+                    st, fills, trips, j, basket, no, -1, close, vol, adv, r0, r1, sod, fee,
+                    costs, limits, carry_on,
                 )  # fmt: skip
                 if not ok:
                     st[:] = saved
-                    return j  # a refusal: recorded by the interpreted path
-                before = _direction(st[Q0], st[Q1])
-                for leg in range(2):
-                    d = d0 if leg == 0 else d1
-                    if d == 0:
+                    return j  # a refusal, or more remainders than the loop keeps
+        if instr:
+            scale = 1.0 if per_usd else equity
+            want0 = float(whole_shares(weights[src[k], 0], scale, p0))
+            want1 = float(whole_shares(weights[src[k], 1], scale, p1))
+            q0, q1 = st[Q0], st[Q1]
+            if leg_rebalances(q0, want0, band) or leg_rebalances(q1, want1, band):
+                cut0, add0 = leg_orders(q0, want0)
+                cut1, add1 = leg_orders(q1, want1)
+                for d0, d1, purpose in ((cut0, cut1, EXIT), (add0, add1, ENTRY)):
+                    if d0 == 0 and d1 == 0:
                         continue
-                    done = _fill(
-                        st, fills, j, leg, d, close[j, leg], vol[j, leg], adv[j, leg],
-                        fees[k], basket, src[k], part_cap, per_share, bps, c_floor, c_cap,
-                        half_spread, impact_y,
+                    no = 0
+                    for leg, d in ((0, d0), (1, d1)):
+                        if d != 0:
+                            basket[no, 0] = leg
+                            basket[no, 1] = d
+                            basket[no, 2] = purpose
+                            basket[no, 3] = -1.0
+                            no += 1
+                    ok = _trade(
+                        st, fills, trips, j, basket, no, src[k], close, vol, adv, r0, r1, sod,
+                        fee, costs, limits, carry_on,
                     )  # fmt: skip
-                    if not done:
+                    if not ok:
                         st[:] = saved
-                        return j  # the cost model refuses the order: the interpreted path raises
-                after = _direction(st[Q0], st[Q1])
-                if after != before:
-                    eq_now = st[CASH] + st[Q0] * p0 + st[Q1] * p1
-                    if st[TRIP_J] >= 0 and before != 0:
-                        t = int(st[N_TRIPS])
-                        trips[t, 0] = st[TRIP_J]
-                        trips[t, 1] = j
-                        trips[t, 2] = st[TRIP_DIR]
-                        trips[t, 3] = eq_now - st[TRIP_EQ]
-                        st[N_TRIPS] += 1
-                        st[TRIP_J] = -1.0
-                    if after != 0:
-                        st[TRIP_J] = j
-                        st[TRIP_EQ] = eq_now
-                        st[TRIP_DIR] = after
+                        return j  # a refusal, a refused fill price or a second remainder
         r = int(st[N_RECORDS])
         rec[r, 0] = j
         rec[r, 1] = st[CASH]
@@ -419,6 +431,58 @@ def _event_loop(close, vol, adv, base, day, weights, at, src, fees, params, st, 
         st[N_RECORDS] += 1
         i += 1
     return n
+
+
+def _trade(
+    st,
+    fills,
+    trips,
+    j,
+    basket,
+    no,
+    signal_bar,
+    close,
+    vol,
+    adv,
+    r0,
+    r1,
+    sod,
+    fee,
+    costs,
+    limits,
+    carry_on,
+):
+    """One basket (`no` rows of leg, signed shares, purpose, parent fill) on bar j, as
+    `submit_checked` sends it to the backtest venue: the gate, each order's fill in basket order,
+    the round-trip edge. False (state half-changed: the caller restores it) when anything
+    refuses."""
+    p0, p1 = close[j, 0], close[j, 1]
+    if not _basket(st, basket, no, p0, p1, r0, r1, sod, limits):
+        return False
+    before = _direction(st[Q0], st[Q1])
+    for o in range(no):
+        leg = int(basket[o, 0])
+        if not _fill(
+            st, fills, j, leg, basket[o, 1], close[j, leg], vol[j, leg], adv[j, leg], fee,
+            basket[o, 2], signal_bar, basket[o, 3], costs, carry_on,
+        ):  # fmt: skip
+            return False
+    after = _direction(st[Q0], st[Q1])
+    if after != before:
+        eq_now = st[CASH] + st[Q0] * p0 + st[Q1] * p1
+        if st[TRIP_J] >= 0 and before != 0:
+            t = int(st[N_TRIPS])
+            trips[t, 0] = st[TRIP_J]
+            trips[t, 1] = j
+            trips[t, 2] = st[TRIP_DIR]
+            trips[t, 3] = eq_now - st[TRIP_EQ]
+            st[N_TRIPS] += 1
+            st[TRIP_J] = -1.0
+        if after != 0:
+            st[TRIP_J] = j
+            st[TRIP_EQ] = eq_now
+            st[TRIP_DIR] = after
+    return True
 
 
 def _direction(q0: float, q1: float) -> int:
@@ -445,53 +509,47 @@ def _charge_borrow(st, base, day, a, b, rate0, rate1, day_count):
     st[THROUGH] = day[b]
 
 
-def _basket(
-    st,
-    d0,
-    d1,
-    p0,
-    p1,
-    r0,
-    r1,
-    sod,
-    factor,
-    max_notional,
-    max_qty,
-    max_leg,
-    max_gross,
-    max_net,
-    max_leverage,
-    margin,
-    daily_floor,
-):
+def _basket(st, basket, no, p0, p1, r0, r1, sod, limits):
     """`RiskManager.pre_trade_check` on the backtest venue's snapshot (prices fresh, the previous
-    close as reference, Reg-T buying power): True when the basket of signed orders d0, d1 (0:
-    none) passes. Same checks, same order, the same functions."""
+    close as reference, Reg-T buying power): True when the basket passes. The same checks in the
+    same order, by the same functions."""
+    factor, max_notional, max_qty, max_leg, max_gross, max_net = limits[:6]
+    max_leverage, margin, daily_floor = limits[6], limits[7], limits[8]
     q0, q1, cash = st[Q0], st[Q1], st[CASH]
     equity = cash + q0 * p0 + q1 * p1
-    low0, high0 = price_band(r0, factor)
-    low1, high1 = price_band(r1, factor)
-    if d0 != 0 and not price_sane(p0, low0, high0):
-        return False
-    if d1 != 0 and not price_sane(p1, low1, high1):
-        return False
+    for o in range(no):
+        price, ref = (p0, r0) if basket[o, 0] == 0 else (p1, r1)
+        low, high = price_band(ref, factor)
+        if not price_sane(price, low, high):
+            return False
     reduce_only = True
-    if d0 != 0 and not reduces(q0, d0, abs(d0)):
-        reduce_only = False
-    if d1 != 0 and not reduces(q1, d1, abs(d1)):
-        reduce_only = False
+    seen0 = seen1 = False
+    for o in range(no):
+        d = basket[o, 1]
+        if basket[o, 0] == 0:
+            if seen0 or not reduces(q0, d, abs(d)):
+                reduce_only = False
+            seen0 = True
+        else:
+            if seen1 or not reduces(q1, d, abs(d)):
+                reduce_only = False
+            seen1 = True
     if reduce_only:
         return True
-    if d0 != 0 and order_size_verdict(abs(d0), p0, max_notional, max_qty) != 0:
-        return False
-    if d1 != 0 and order_size_verdict(abs(d1), p1, max_notional, max_qty) != 0:
-        return False
+    for o in range(no):
+        price = p0 if basket[o, 0] == 0 else p1
+        if order_size_verdict(abs(basket[o, 1]), price, max_notional, max_qty) != 0:
+            return False
     opening = 0.0
-    if d0 != 0:
-        opening += opened_qty(q0, d0, abs(d0)) * p0
-    if d1 != 0:
-        opening += opened_qty(q1, d1, abs(d1)) * p1
-    post0, post1 = q0 + d0, q1 + d1
+    post0, post1 = q0, q1
+    for o in range(no):
+        d = basket[o, 1]
+        if basket[o, 0] == 0:
+            opening += opened_qty(post0, d, abs(d)) * p0
+            post0 = post0 + d
+        else:
+            opening += opened_qty(post1, d, abs(d)) * p1
+            post1 = post1 + d
     gross = 0.0
     net = 0.0
     if post0 != 0:
@@ -518,28 +576,11 @@ def _basket(
     return verdict == 0
 
 
-def _fill(
-    st,
-    fills,
-    j,
-    leg,
-    d,
-    price,
-    vol,
-    adv,
-    fee,
-    kind,
-    signal_bar,
-    part_cap,
-    per_share,
-    bps,
-    c_floor,
-    c_cap,
-    half_spread,
-    impact_y,
-):
+def _fill(st, fills, j, leg, d, price, vol, adv, fee, purpose, signal_bar, parent, costs, carry_on):
     """`OrderExecutor._fill` + `Ledger.apply` + the venue's record for one order of `d` signed
-    shares: False when the cost model refuses it (nothing changed)."""
+    shares, carrying an unfilled remainder when `carry_on`: False when the cost model refuses
+    the fill price, or the leg already carries a remainder (the caller restores the state)."""
+    part_cap, per_share, bps, c_floor, c_cap, half_spread, impact_y = costs[:7]
     requested = abs(d)
     qty = float(fill_quantity(requested, part_cap, adv, False, False))
     status = 0 if qty == requested else 1
@@ -590,8 +631,19 @@ def _fill(
     row[9] = c[2]
     row[10] = c[3]
     row[11] = c[4]
-    row[12] = 1.0 if kind == 0 else 0.0
+    row[12] = purpose
     row[13] = status
     row[14] = signal_bar
+    row[15] = parent
     st[N_FILLS] += 1
+    if carry_on and qty < requested:  # the remainder goes to the next bar (`_record`)
+        no = int(st[PENDING])
+        if no == MAX_PENDING:
+            return False  # more remainders than the loop keeps
+        slot = PENDING + 1 + 3 * no
+        rest = requested - qty
+        st[slot] = leg
+        st[slot + 1] = -rest if sell else rest
+        st[slot + 2] = f
+        st[PENDING] = no + 1
     return True
