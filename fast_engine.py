@@ -10,11 +10,11 @@ modules). No cost formula or gate check has a second copy here; what this module
 order of the steps, which `tests/test_fast_engine.py` holds equal to the interpreted engine's.
 
 What it does not handle it hands back (`Outcome.stopped_at`): the interpreted engine resumes from
-that bar with the state so far, and decides there exactly as before. That is any event whose
-outcome is not a plain fill: a basket the gate refuses, a drawdown breach (halt, liquidation),
-a fill price the cost model refuses, more carried remainders than it keeps (4). A run the loop cannot start at all (`unsupported`) runs
-interpreted from its first bar: fractional shares, random slippage, recalls and hard-to-borrow
-draws, a halted risk manager, or numba missing.
+that bar with the state so far, and decides there exactly as before. That is any event whose outcome
+is not a plain fill: a basket the gate refuses, a drawdown breach (halt, liquidation), a fill price
+the cost model refuses, more carried remainders than it keeps (4). A run the loop cannot start at
+all (`unsupported`) runs interpreted from its first bar: fractional shares, random slippage, recalls
+and hard-to-borrow draws, a halted risk manager, or numba missing.
 
 Compiled code is cached on disk under a key made of this module's and every rule module's source,
 so an edited rule can never run from a stale cache.
