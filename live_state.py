@@ -15,6 +15,7 @@ heartbeat, RiskStateError (the loop refuses to trade on an unknown halt) for the
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -396,21 +397,52 @@ def status(home: C.Paths | None = None) -> dict[str, Any]:
 def loop_pid(home: C.Paths) -> int | None:
     """The pid of the `main.py live` holding this home's lock, None when no loop runs (the lock
     is free: a heartbeat saying "running" is then a dead loop's last word)."""
-    import filelock
-
     if not home.live_lock_file.exists():
         return None
-    lock = filelock.FileLock(str(home.live_lock_file), timeout=0)
+    if not _lock_held(home.live_lock_file):
+        return None
+    pid_file = home.live_lock_file.with_suffix(".pid")
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return -1  # held, but the pid file is gone or unreadable
+
+
+def _lock_held(path: Path) -> bool:
+    """Whether a process holds the `filelock.FileLock` on `path` (the loop's lock). On Unix that
+    lock is an exclusive flock, probed here with fcntl (importing filelock costs `status` more
+    than its whole work); where flock is missing, filelock itself is asked."""
+    try:
+        import fcntl
+    except ImportError:
+        return _lock_held_by_filelock(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return True
+        if exc.errno == errno.ENOSYS:  # filelock falls back to its soft lock here
+            return _lock_held_by_filelock(path)
+        raise
+    finally:
+        os.close(fd)  # closing releases a flock the probe won
+    return False
+
+
+def _lock_held_by_filelock(path: Path) -> bool:
+    import filelock
+
+    lock = filelock.FileLock(str(path), timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:
-        pid_file = home.live_lock_file.with_suffix(".pid")
-        try:
-            return int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return -1  # held, but the pid file is gone or unreadable
+        return True
     lock.release()
-    return None
+    return False
 
 
 __all__ = [

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from atomic_io import atomic_write_json
+from atomic_io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,8 @@ class SessionCache:
         return cls(" + ".join(sorted(calendars)), first_year, last_year, now, opens, closes)
 
     def write(self, path: Path) -> None:
-        atomic_write_json(path, self.to_json())
+        """Atomically (temp, fsync, rename): a reader sees the old cache or the new one."""
+        atomic_write_text(path, json.dumps(self.to_json(), separators=(",", ":")) + "\n")
 
 
 def session_position(now: datetime, cache_path: Path) -> SessionPosition:
