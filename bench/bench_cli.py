@@ -6,6 +6,8 @@ model trained, a five-session paper replay for the live state files), then runs 
 (the interpreter's own start) measured in the same run: on a busy machine compare the medians,
 not single runs. The first `status` of a home computes the NYSE sessions and caches them
 (data/nyse_sessions.json); it is reported apart, then removed before each cold-cache run.
+Bytecode as the environment has it: with PYTHONDONTWRITEBYTECODE=1 and no __pycache__, every
+module is compiled at each start (main.py alone about 35 ms), so the line printed first says which.
 
 Run: .venv/bin/python bench/bench_cli.py [--runs N] [--home PATH]
 """
@@ -109,7 +111,12 @@ def main() -> None:
         for _ in range(opts.runs):  # interleaved, so a burst of load hits every command alike
             for name, args in commands.items():
                 results[name].append(once(args, home.home))
-        print(f"home: {home.home}")
+        cached = (ROOT / "__pycache__").is_dir()
+        print(
+            f"home: {home.home}; PYTHONDONTWRITEBYTECODE="
+            f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}, __pycache__ "
+            f"{'present' if cached else 'absent'} (modules compiled at each start when absent)"
+        )
         for name, times in results.items():
             print(row(name, times))
         print(row("main.py status, no session cache", cold))
