@@ -243,6 +243,12 @@ class Paths:
         return self.data_dir / "heartbeat.json"
 
     @property
+    def session_cache_file(self) -> Path:
+        """The NYSE sessions of this year and the next, cached for `main.py status`
+        (`market_sessions.SessionCache`; recomputed from the calendar when unusable)."""
+        return self.data_dir / "nyse_sessions.json"
+
+    @property
     def paper_broker_file(self) -> Path:
         """The simulated broker's account (cash, positions, every order by client id)."""
         return self.data_dir / "paper_broker.json"

@@ -9,8 +9,6 @@ right): price_sanity, stale_bar.
 
 from __future__ import annotations
 
-import functools
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -24,8 +22,7 @@ from constants import (
     price_sanity_range,
 )
 from error_handling import ValidationError
-
-NEW_YORK = "America/New_York"
+from market_sessions import NEW_YORK, locate, years_sessions
 
 # --- Split artefacts ------------------------------------------------------------------------------
 #: Price ratios P[t]/P[t-1] of an unadjusted split (2:1 .. 20:1) or reverse split (1:2 .. 1:20).
@@ -341,31 +338,6 @@ class MarketClock:
     session_date: pd.Timestamp | None
 
 
-@functools.lru_cache(maxsize=64)
-def _year_schedule(year: int) -> tuple[np.ndarray, np.ndarray]:
-    """(opens, closes) of a calendar year's NYSE sessions as int64 UTC nanoseconds, in order.
-
-    pandas_market_calendars gives holidays and early closes (13:00 New York); without it:
-    09:30-16:00 New York, Monday-Friday."""
-    start, end = pd.Timestamp(f"{year}-01-01"), pd.Timestamp(f"{year}-12-31")
-    try:
-        import pandas_market_calendars as mcal
-    except ImportError:
-        days = pd.bdate_range(start, end)
-        opens = (days + pd.Timedelta(hours=9, minutes=30)).tz_localize(NEW_YORK).tz_convert("UTC")
-        closes = (days + pd.Timedelta(hours=16)).tz_localize(NEW_YORK).tz_convert("UTC")
-    else:
-        with warnings.catch_warnings():  # its own pandas deprecation warnings, not ours
-            warnings.simplefilter("ignore")
-            sched = mcal.get_calendar("NYSE").schedule(start_date=start, end_date=end)
-        opens = pd.DatetimeIndex(sched["market_open"]).tz_convert("UTC")
-        closes = pd.DatetimeIndex(sched["market_close"]).tz_convert("UTC")
-    return (
-        opens.as_unit("ns").asi8.copy(),
-        closes.as_unit("ns").asi8.copy(),
-    )
-
-
 def market_clock(at: pd.Timestamp | datetime) -> MarketClock:
     """The NYSE clock at `at` (a tz-aware time): open or not, the next open and close."""
     now = pd.Timestamp(at)
@@ -373,18 +345,17 @@ def market_clock(at: pd.Timestamp | datetime) -> MarketClock:
         raise ValueError(f"market_clock needs a timezone-aware time, got {now}")
     now = now.tz_convert("UTC")
     t = now.as_unit("ns").value
-    opens = np.concatenate([_year_schedule(now.year)[0], _year_schedule(now.year + 1)[0]])
-    closes = np.concatenate([_year_schedule(now.year)[1], _year_schedule(now.year + 1)[1]])
-    i = int(np.searchsorted(closes, t, side="right"))  # first session whose close is after t
-    is_open = opens[i] <= t
-    following = i + 1 if is_open else i
-    utc = lambda ns: pd.Timestamp(int(ns), tz="UTC")  # noqa: E731
+    # The years of `now` and the next (SessionCache holds the same span for `main.py status`).
+    opens, closes = years_sessions(now.year, now.year + 1)
+    found = locate(opens, closes, t)
+    assert found is not None  # two whole years always hold the next open after now
+    utc = lambda ns: pd.Timestamp(ns, tz="UTC")  # noqa: E731
     return MarketClock(
         at=now,
-        is_open=bool(is_open),
-        next_open=utc(opens[following]),
-        next_close=utc(closes[i]),
-        session_date=utc(opens[i]).tz_convert(NEW_YORK).normalize().tz_localize(None)
-        if is_open
+        is_open=found.is_open,
+        next_open=utc(found.next_open),
+        next_close=utc(found.next_close),
+        session_date=utc(found.session_open).tz_convert(NEW_YORK).normalize().tz_localize(None)
+        if found.session_open is not None
         else None,
     )

@@ -44,8 +44,7 @@ import constants as C
 import pair_engine as pe
 import risk_management as rm
 import trading_api as ta
-from atomic_io import atomic_write_json
-from audit_logging import AuditAnchor, AuditLog
+from audit_logging import AuditLog
 from data_validation import NEW_YORK, market_clock
 from error_handling import (
     BrokerError,
@@ -55,11 +54,21 @@ from error_handling import (
     DataSourceUnavailable,
     TradingError,
 )
+from live_state import (
+    SCHEMA_VERSION,
+    Heartbeat,
+    HeldPosition,
+    PendingDecision,
+    PositionsState,
+    loop_pid,
+    read_positions,
+    status,
+    write_heartbeat,
+)
 from trading_execution import BarQuote, OrderStatus, Purpose, Qty, as_qty
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 DRIFT_EVERY_BARS = 5  # a drift check per trading week, not per 5-minute interval
 
 
@@ -493,189 +502,6 @@ class DeadMansSwitch:
 
 # --- State files ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class PendingDecision:
-    """A decision saved before its orders (write-ahead): after a restart the same bar is carried
-    out with the same target, so the same client ids and quantities go out."""
-
-    bar: str  # ISO timestamp of the decision bar
-    target: Mapping[str, Qty]  # signed shares per leg (floats in fractional shares)
-    start_of_day_equity: float  # USD, for the daily loss limit
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "bar": self.bar,
-            "target": dict(self.target),
-            "start_of_day_equity": self.start_of_day_equity,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PendingDecision:
-        return cls(
-            str(data["bar"]),
-            {str(s): as_qty(q) for s, q in data["target"].items()},
-            float(data.get("start_of_day_equity", math.nan)),
-        )
-
-
-@dataclass(frozen=True)
-class HeldPosition:
-    """One leg in positions.json: signed shares (a float in fractional shares), average entry
-    and last price (USD)."""
-
-    qty: Qty
-    avg_entry_price: float
-    market_price: float
-
-
-@dataclass(frozen=True)
-class PositionsState:
-    """data/positions.json: the loop's view of the account after every change, from the broker's
-    confirmed fills (the broker wins at start-up): the pair's legs, positions outside the pair
-    (`foreign`, reported only), the loop's own orders still open, the last bar decided, the
-    last bar whose signal was audited, and the decision in flight."""
-
-    mode: str
-    broker: str
-    updated_at: str
-    cash: float
-    equity: float
-    positions: Mapping[str, HeldPosition]
-    open_orders: tuple[Mapping[str, Any], ...] = ()
-    last_processed_bar: str | None = None
-    pending_decision: PendingDecision | None = None
-    schema_version: int = SCHEMA_VERSION
-    foreign: Mapping[str, HeldPosition] = field(default_factory=dict)
-    last_signal_bar: str | None = None
-    #: The audit log's last record when this was written: a removed tail is detected.
-    audit_anchor: AuditAnchor | None = None
-
-    @classmethod
-    def of(
-        cls,
-        broker: ta.Broker,
-        mode: str,
-        last_bar: pd.Timestamp | None,
-        now: pd.Timestamp,
-        pending: PendingDecision | None = None,
-        *,
-        symbols: tuple[str, ...] | None = None,
-        open_ids: Any = (),
-        signal_bar: pd.Timestamp | None = None,
-        audit_anchor: AuditAnchor | None = None,
-    ) -> PositionsState:
-        """The broker's state now; `symbols`: the pair (None: every position is the pair's);
-        `open_ids`: the client ids of the loop's orders not yet done."""
-        account = broker.account()
-        held = {
-            sym: HeldPosition(p.qty, round(p.avg_entry_price, 6), p.market_price)
-            for sym, p in sorted(broker.positions().items())
-        }
-        mine = {s: p for s, p in held.items() if symbols is None or s in symbols}
-        open_orders = []
-        for cid in open_ids:
-            o = broker.get_order_by_client_id(cid)
-            if o is not None and not o.done:
-                open_orders.append(
-                    {
-                        "client_order_id": o.client_order_id,
-                        "symbol": o.symbol,
-                        "side": o.side.value,
-                        "qty": o.qty,
-                        "filled_qty": o.filled_qty,
-                        "status": o.status.value,
-                    }
-                )
-        return cls(
-            mode=mode,
-            broker=broker.name,
-            updated_at=now.isoformat(),
-            cash=round(account.cash, 6),
-            equity=round(account.equity, 6),
-            positions=mine,
-            open_orders=tuple(open_orders),
-            last_processed_bar=last_bar.isoformat() if last_bar is not None else None,
-            pending_decision=pending,
-            foreign={s: p for s, p in held.items() if s not in mine},
-            last_signal_bar=signal_bar.isoformat() if signal_bar is not None else None,
-            audit_anchor=audit_anchor,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "mode": self.mode,
-            "broker": self.broker,
-            "updated_at": self.updated_at,
-            "cash": self.cash,
-            "equity": self.equity,
-            "positions": {s: dataclasses.asdict(p) for s, p in self.positions.items()},
-            "open_orders": [dict(o) for o in self.open_orders],
-            "last_processed_bar": self.last_processed_bar,
-            "pending_decision": self.pending_decision.to_json() if self.pending_decision else None,
-            "foreign": {s: dataclasses.asdict(p) for s, p in self.foreign.items()},
-            "last_signal_bar": self.last_signal_bar,
-            "audit_anchor": self.audit_anchor.to_json() if self.audit_anchor else None,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PositionsState:
-        pending = data.get("pending_decision")
-
-        def held(raw: Mapping[str, Any]) -> dict[str, HeldPosition]:
-            return {
-                str(s): HeldPosition(
-                    as_qty(p["qty"]), float(p["avg_entry_price"]), float(p["market_price"])
-                )
-                for s, p in raw.items()
-            }
-
-        return cls(
-            mode=str(data["mode"]),
-            broker=str(data["broker"]),
-            updated_at=str(data["updated_at"]),
-            cash=float(data["cash"]),
-            equity=float(data["equity"]),
-            positions=held(data.get("positions", {})),
-            open_orders=tuple(data.get("open_orders") or ()),
-            last_processed_bar=data.get("last_processed_bar"),
-            pending_decision=PendingDecision.from_json(pending) if pending else None,
-            schema_version=int(data["schema_version"]),
-            foreign=held(data.get("foreign") or {}),
-            last_signal_bar=data.get("last_signal_bar"),
-            audit_anchor=AuditAnchor.from_json(anchor)
-            if (anchor := data.get("audit_anchor"))
-            else None,
-        )
-
-    def save(self, path: Path) -> None:
-        atomic_write_json(path, self.to_json())
-
-
-def read_positions(path: Path) -> PositionsState | None:
-    """positions.json, or None when absent; ConfigurationError naming the file when unreadable."""
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(
-            f"{path} is unreadable ({exc}); move it aside: the broker's positions will be used"
-        ) from None
-    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-        version = data.get("schema_version") if isinstance(data, dict) else None
-        raise ConfigurationError(
-            f"{path} has schema version {version!r}, expected {SCHEMA_VERSION}"
-        )
-    try:
-        return PositionsState.from_json(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ConfigurationError(
-            f"{path} is not a positions file ({type(exc).__name__}: {exc}); move it aside: the "
-            "broker's positions will be used"
-        ) from None
-
-
-@dataclass(frozen=True)
 class EquityRow:
     """One row of data/equity_<mode>.csv: the account at a bar's close, after that bar's
     decision (the backtest's equity.csv has the same columns for the same bars)."""
@@ -731,78 +557,6 @@ def read_equity_log(path: Path) -> pd.DataFrame:
     quantity is written as its repr, which pandas' default float parser reads back exactly."""
     frame = pd.read_csv(path, parse_dates=["date"])
     return frame.drop_duplicates("date", keep="last").set_index("date").sort_index()
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """data/heartbeat.json: what the loop is doing, rewritten every iteration (times ISO, UTC;
-    money USD). Read by `status` and the dashboard through `read`."""
-
-    status: str  # running | waiting for the open | stopped
-    time: str  # wall clock of the write
-    loop_time: str  # the loop's clock (the replay's simulated time)
-    pid: int
-    mode: str  # paper | live
-    broker: str
-    market_open: bool
-    next_open: str
-    next_close: str
-    equity: float
-    cash: float
-    positions: Mapping[str, Qty]
-    halted: bool
-    halt_reason: str | None
-    circuit_breakers: Mapping[str, str]
-    last_bar: str | None
-    interval_s: float
-    stopped_at: str | None = None
-    #: Signed shares of positions outside the pair (reported, never traded).
-    foreign_positions: Mapping[str, Qty] = field(default_factory=dict)
-    #: The last broker failure the loop saw (None once an iteration succeeds).
-    broker_error: str | None = None
-    #: The audit log's last record at this beat ({"seq", "hash"}): a removed tail is detected.
-    audit_anchor: Mapping[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any) -> Heartbeat:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"not a heartbeat object: {type(data).__name__}")
-        fields = dataclasses.fields(cls)
-        names = {f.name for f in fields}
-        required = {
-            f.name
-            for f in fields
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        }
-        missing = sorted(required - set(data))
-        if missing:
-            raise ValueError(f"heartbeat lacks {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    @classmethod
-    def read(cls, path: Path) -> Heartbeat | None:
-        """The heartbeat file, None when absent; ConfigurationError naming it when unreadable."""
-        if not path.exists():
-            return None
-        try:
-            return cls.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise ConfigurationError(
-                f"{path} is not a readable heartbeat ({exc}); the loop rewrites it at its next "
-                "iteration, or delete it"
-            ) from None
-
-
-def _write_heartbeat(path: Path, beat: Heartbeat) -> None:
-    """Atomic rename without fsync: a heartbeat is rewritten every iteration and losing the last
-    one to a power cut only makes the loop look older than it is."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(beat.to_json(), indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def reconcile(
@@ -1069,7 +823,7 @@ def _finish(session: _Session | None, home: C.Paths, audit: AuditLog, summary: L
         stopped = dataclasses.replace(
             beat, status="stopped", stopped_at=stopped_at, audit_anchor=_anchor_json(audit)
         )
-        _write_heartbeat(home.heartbeat_file, stopped)
+        write_heartbeat(home.heartbeat_file, stopped)
 
 
 def _start(
@@ -1334,7 +1088,7 @@ def _run(session: _Session, clock: Any, stopper: _Stop) -> None:
             mclock = broker.clock()  # the broker's view of the session decides
             now = mclock.at
             if not mclock.is_open:
-                _write_heartbeat(
+                write_heartbeat(
                     home.heartbeat_file, _beat(now, session, mclock, "waiting for the open")
                 )
                 session.summary.idle(
@@ -1359,7 +1113,7 @@ def _run(session: _Session, clock: Any, stopper: _Stop) -> None:
             log.error("iteration failed: %s", exc)
             now = clock.now()
             _broker_failed(session, exc, now)
-            _write_heartbeat(home.heartbeat_file, _beat(now, session, None, "broker unavailable"))
+            write_heartbeat(home.heartbeat_file, _beat(now, session, None, "broker unavailable"))
             if config.once:
                 alert_dispatch.send(
                     "HIGH",
@@ -1375,7 +1129,7 @@ def _run(session: _Session, clock: Any, stopper: _Stop) -> None:
         session.state.broker_error = None
         session.summary.iterations += 1
         deadman.beat(clock.now())
-        _write_heartbeat(home.heartbeat_file, _beat(now, session, mclock, "running"))
+        write_heartbeat(home.heartbeat_file, _beat(now, session, mclock, "running"))
         if config.once:
             break
         clock.sleep(config.interval_s, stopper.event)
@@ -1700,62 +1454,24 @@ def _default_feed(pair: C.Pair, home: C.Paths, *, replay: bool) -> BarFeed:
     return BarFeed(fetch_and_process_latest_data(), pair, refresh=None)
 
 
-def status(home: C.Paths | None = None) -> dict[str, Any]:
-    """What `main.py status` shows: heartbeat, positions, risk state, market clock now."""
-    home = home or C.paths()
-    out: dict[str, Any] = {"home": str(home.home)}
-    now = pd.Timestamp.now(tz="UTC")
-    clock = market_clock(now)
-    out["market_open_now"] = clock.is_open
-    out["next_open"] = clock.next_open.isoformat()
-    beat = Heartbeat.read(home.heartbeat_file)
-    if beat is not None:
-        out["heartbeat"] = beat
-        out["heartbeat_age_s"] = (now - pd.Timestamp(beat.time)).total_seconds()
-    out["loop_pid"] = loop_pid(home)
-    last = AuditLog(home.audit_log).last() if home.audit_log.exists() else None
-    out["last_audit_event"] = last.event if last is not None else None
-    out["positions"] = read_positions(home.positions_file)
-    risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
-    out["halted"] = risk.halted
-    out["halt_reason"] = risk.halt_reason
-    return out
-
-
-def loop_pid(home: C.Paths) -> int | None:
-    """The pid of the `main.py live` holding this home's lock, None when no loop runs (the lock
-    is free: a heartbeat saying "running" is then a dead loop's last word)."""
-    import filelock
-
-    if not home.live_lock_file.exists():
-        return None
-    lock = filelock.FileLock(str(home.live_lock_file), timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        pid_file = home.live_lock_file.with_suffix(".pid")
-        try:
-            return int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return -1  # held, but the pid file is gone or unreadable
-    lock.release()
-    return None
-
-
 __all__ = [
+    "SCHEMA_VERSION",
     "BarFeed",
     "DeadMansSwitch",
     "EquityRow",
     "Heartbeat",
+    "HeldPosition",
     "LiveConfig",
     "LoopSummary",
     "PendingDecision",
     "PositionsState",
     "RealClock",
     "ReplayClock",
+    "loop_pid",
     "read_equity_log",
     "read_positions",
     "reconcile",
     "run_trading_loop",
     "status",
+    "write_heartbeat",
 ]

@@ -1760,11 +1760,12 @@ def cmd_live(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    # live_state, not live_trading: status imports no pandas, numpy or calendar (fast start).
     import constants as C
-    import live_trading as lt
+    import live_state
 
     home = C.paths()
-    st = lt.status(home)
+    st = live_state.status(home)
     beat = st.get("heartbeat")
     pid = st.get("loop_pid")
     # No process holds the lock, yet the last run wrote no `stop` record: it was killed.

@@ -18,7 +18,6 @@ POSITIVE loss fractions (a 2 % one-day 95 % VaR is 0.02); max drawdown is a NEGA
 from __future__ import annotations
 
 import enum
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,13 +30,11 @@ import pandas as pd
 
 import alert_dispatch
 import constants as C
-from atomic_io import atomic_write_json
-from error_handling import ConfigurationError, RiskStateError, RiskViolation
+from error_handling import ConfigurationError, RiskViolation
+from live_state import RESET_HINT, RiskState
 from trading_execution import ApprovedBasket, Order
 
 _INF = math.inf
-_STATE_VERSION = 1
-_RESET_HINT = "run `python main.py risk reset` to clear it (after checking the account)"
 
 
 class RiskReason(enum.StrEnum):
@@ -228,59 +225,23 @@ class RiskManager:
 
     def _load(self) -> None:
         assert self.state_path is not None
-        path = self.state_path
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        state = RiskState.read(self.state_path)  # RiskStateError when it cannot be trusted
+        if state is None:
             return
-        except (OSError, UnicodeDecodeError) as exc:
-            raise self._corrupt(f"cannot be read ({exc})") from exc
-        try:
-            state = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise self._corrupt(f"is not valid JSON ({exc})") from exc
-        if not isinstance(state, dict) or not isinstance(state.get("halted"), bool):
-            raise self._corrupt("has no boolean 'halted' field")
-        peak = state.get("equity_peak")
-        if peak is not None and (
-            isinstance(peak, bool)
-            or not isinstance(peak, int | float)
-            or not math.isfinite(peak)
-            or peak <= 0
-        ):
-            raise self._corrupt(f"has an invalid 'equity_peak': {peak!r}")
-        reason = state.get("halt_reason")
-        if reason is not None and not isinstance(reason, str):
-            raise self._corrupt(f"has an invalid 'halt_reason': {reason!r}")
-        halted_at = state.get("halted_at")
-        try:
-            at = pd.Timestamp(halted_at) if halted_at is not None else None
-        except (TypeError, ValueError) as exc:
-            raise self._corrupt(f"has an invalid 'halted_at': {halted_at!r}") from exc
-        self._halted = state["halted"]
-        self._halt_reason = reason if self._halted else None
-        self._halted_at = at if self._halted else None
-        self._equity_peak = float(peak) if peak is not None else None
-
-    def _corrupt(self, what: str) -> RiskStateError:
-        return RiskStateError(
-            f"risk state file {self.state_path} {what}; refusing to trade on an unknown halt "
-            f"state. Fix or delete the file, or {_RESET_HINT}"
-        )
+        self._halted = state.halted
+        self._halt_reason = state.halt_reason
+        self._halted_at = pd.Timestamp(state.halted_at) if state.halted_at is not None else None
+        self._equity_peak = state.equity_peak
 
     def _save(self) -> None:
         if self.state_path is None:
             return
-        atomic_write_json(
-            self.state_path,
-            {
-                "version": _STATE_VERSION,
-                "halted": self._halted,
-                "halt_reason": self._halt_reason,
-                "halted_at": self._halted_at.isoformat() if self._halted_at is not None else None,
-                "equity_peak": self._equity_peak,
-            },
-        )
+        RiskState(
+            halted=self._halted,
+            halt_reason=self._halt_reason,
+            halted_at=self._halted_at.isoformat() if self._halted_at is not None else None,
+            equity_peak=self._equity_peak,
+        ).save(self.state_path)
 
     def _alert(self, severity: str, title: str, message: str, details: dict[str, Any]) -> None:
         if self.alerts:
@@ -311,7 +272,7 @@ class RiskManager:
                 "CRITICAL",
                 "Drawdown limit breached: trading halted",
                 f"equity ${equity:,.2f} is {-drawdown:.2%} below the peak ${peak:,.2f} "
-                f"(limit {limit:.2%}); liquidating all positions. After review, {_RESET_HINT}.",
+                f"(limit {limit:.2%}); liquidating all positions. After review, {RESET_HINT}.",
                 {
                     "equity": equity,
                     "peak": peak,
@@ -347,7 +308,7 @@ class RiskManager:
         self._alert(
             "CRITICAL",
             "Trading halted",
-            f"trading halted at {pd.Timestamp(at).isoformat()}: {reason}. {_RESET_HINT}.",
+            f"trading halted at {pd.Timestamp(at).isoformat()}: {reason}. {RESET_HINT}.",
             {"reason": reason, "time": pd.Timestamp(at).isoformat()},
         )
 
@@ -400,8 +361,7 @@ class RiskManager:
         if self._halted:
             raise RiskViolation(
                 RiskReason.TRADING_HALTED.value,
-                f"trading is halted ({self._halt_reason}); only reducing orders pass. "
-                f"{_RESET_HINT}",
+                f"trading is halted ({self._halt_reason}); only reducing orders pass. {RESET_HINT}",
             )
         self._check_order_sizes(orders, prices)
         gross, opening = self._check_exposure(orders, positions, prices, now)

@@ -24,27 +24,7 @@ import numpy as np
 
 import transaction_costs as tc
 from error_handling import ConfigurationError
-
-#: Shares: int (whole shares) or float (fractional shares); signed where a position is meant.
-Qty = int | float
-
-
-def as_qty(value: object) -> Qty:
-    """A quantity read back from JSON, numpy or text: whole shares stay int, fractional shares
-    stay float (never truncated). TypeError/ValueError for anything that is not a number."""
-    if isinstance(value, bool):
-        raise TypeError(f"a quantity must be a number of shares, not {value!r}")
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            return float(text)
-    raise TypeError(f"a quantity must be a number of shares, not {value!r}")
+from quantities import Qty, as_qty
 
 
 class Side(enum.StrEnum):

@@ -233,7 +233,7 @@ def test_heartbeat_round_trips_and_a_corrupt_one_is_named(tmp_path):
         interval_s=300.0,
     )
     path = tmp_path / "heartbeat.json"
-    lt._write_heartbeat(path, beat)
+    lt.write_heartbeat(path, beat)
     assert lt.Heartbeat.read(path) == beat
     path.write_text("{{{")
     with pytest.raises(ConfigurationError, match=r"heartbeat\.json is not a readable heartbeat"):
