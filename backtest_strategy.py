@@ -431,7 +431,7 @@ class _BacktestRun:
         bars before the run, as warm-up), and the borrow prefix sums."""
         close, ex = self.close, self.cfg.execution
         warm = np.empty((0, 2)) if history is None else history.to_numpy("float64")[-60:]
-        self.vol = pe.daily_vol(np.vstack([warm, close]))[len(warm) :]
+        self.vol = pe.daily_vol(np.vstack([warm, close]) if len(warm) else close)[len(warm) :]
         self.adv = pe.adv_shares(
             close, None if volume is None else volume.to_numpy("float64"), ex.default_adv_usd
         )
@@ -444,7 +444,8 @@ class _BacktestRun:
         gap_days = np.diff(self.day, prepend=self.day[0]).astype("float64")
         base = self.base = np.zeros((self.n, 2))
         if self.n > 1:
-            base[1:] = np.cumsum(close[:-1] * gap_days[1:, None], axis=0)
+            for leg in (0, 1):  # per contiguous column: the same sums, a third of the time
+                base[1:, leg] = np.cumsum(close[:-1, leg] * gap_days[1:])
 
     @functools.cached_property
     def close_base(self) -> np.ndarray:
@@ -455,14 +456,23 @@ class _BacktestRun:
         """Instruction bars (after the fill delay; the last ones may fall past the data) and
         recall bars (configured dates, and seeded hard-to-borrow draws)."""
         n, ex, day = self.n, self.cfg.execution, self.day
-        has = ~np.isnan(self.weights).any(axis=1)
-        src = np.flatnonzero(has)
+        w = self.weights
+        src = np.flatnonzero(~(np.isnan(w[:, 0]) | np.isnan(w[:, 1])))  # rows without a NaN
         at = src + self.cfg.fill_delay_bars
         keep = at < n
         self.instructions = int(keep.sum())
         self.instr_at = dict(zip(at[keep].tolist(), src[keep].tolist(), strict=True))
         rng = np.random.default_rng(ex.seed)
         recall = self.recall = np.zeros((n, 2), dtype=bool)
+        self.has_recalls = any(
+            ex.recall_dates.get(s) or s in ex.hard_to_borrow for s in self.symbols
+        )
+        if not self.has_recalls:  # no recall bar: the instruction bars are the events
+            self.events = at[keep]
+            self.instruction_bars = (at[keep], src[keep])  # fill bar, signal bar; ascending
+            self.stamp_at: dict[int, pd.Timestamp] = {}
+            self.date_strs: dict[int, str] = {}
+            return
         for leg, sym in enumerate(self.symbols):
             for d in ex.recall_dates.get(sym, ()):
                 try:
@@ -473,9 +483,9 @@ class _BacktestRun:
             if sym in ex.hard_to_borrow:
                 recall[:, leg] |= rng.random(n) < ex.htb_recall_probability
         self.events = np.union1d(at[keep], np.flatnonzero(recall.any(axis=1)))
-        self.instruction_bars = (at[keep], src[keep])  # fill bar, signal bar; ascending
-        self.stamp_at: dict[int, pd.Timestamp] = {}
-        self.date_strs: dict[int, str] = {}
+        self.instruction_bars = (at[keep], src[keep])
+        self.stamp_at = {}
+        self.date_strs = {}
 
     def _name_events(self, start: int) -> None:
         """Timestamps and ISO dates of the event bars from `start` on, made in one batch for the

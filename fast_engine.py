@@ -135,7 +135,7 @@ def unsupported(run: Any) -> str | None:
         return "fractional shares"
     if ex.slippage_std_bps > 0:
         return "random slippage"
-    if run.recall.any():
+    if run.has_recalls and run.recall.any():
         return "recalls"
     if run.risk.halted or run.risk.equity_peak is None:
         return "risk manager halted"
@@ -184,7 +184,7 @@ def _compile() -> Any:
     from numba.extending import register_jitable
 
     _cache_dir()
-    for rule in (*RULES, _direction, _charge_borrow, _basket, _fill, _trade):
+    for rule in (*RULES, _direction, _charge_borrow, _basket, _fill, _trade, yyyymmdd, _fee_rates):
         register_jitable(rule)
     return numba.njit(cache=_CACHE, nogil=True)(_event_loop)
 
@@ -241,10 +241,10 @@ def run_compiled(run: Any) -> Outcome:
     cfg, ex, costs, limits = run.cfg, run.cfg.execution, run.cfg.execution.costs, run.cfg.limits
     at, src = (np.ascontiguousarray(a, dtype=np.int64) for a in run.instruction_bars)
     carry = ex.remainder is te.RemainderPolicy.CARRY
-    # Fee rates per instruction bar; per bar when remainders are carried to any later bar.
-    stamps = run.dates if carry else run.dates[at]
-    keys = np.asarray(stamps.year * 10000 + stamps.month * 100 + stamps.day, dtype=np.int64)
-    fees = tc.fee_rates(keys, costs)
+    fee_keys, fee_rates = tc.fee_segments(costs)
+    # A fee's date is the bar's own calendar date (`transaction_costs._date_key`): its wall clock.
+    dates = run.dates
+    wall_day = run.day if dates.tz is None else _days(dates.tz_localize(None))
     m = len(at)
     state = np.zeros(STATE_SIZE)
     state[CASH] = cfg.initial_capital
@@ -290,10 +290,12 @@ def run_compiled(run: Any) -> Outcome:
         run.adv,
         run.base,
         run.day.astype(np.float64),
+        wall_day,
         run.weights,
         at,
         src,
-        fees,
+        fee_keys,
+        fee_rates,
         params,
         state,
         fills,
@@ -309,7 +311,50 @@ def run_compiled(run: Any) -> Outcome:
     )
 
 
-def _event_loop(close, vol, adv, base, day, weights, at, src, fees, params, st, fills, trips, rec):
+def _days(dates: Any) -> np.ndarray:
+    """Days since 1970-01-01 of naive timestamps."""
+    return dates.values.astype("datetime64[D]").astype(np.int64)
+
+
+def yyyymmdd(day: int) -> int:
+    """The yyyymmdd key of a day number (days since 1970-01-01, proleptic Gregorian): the civil
+    date algorithm of H. Hinnant, in integers, so the compiled loop dates a bar's fees itself."""
+    z = day + 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    return y * 10000 + m * 100 + d
+
+
+def _fee_rates(fee_keys, fee_rates, wall_day, j):
+    """The SEC rate, TAF per share and TAF cap in force on bar j's date."""
+    row = np.searchsorted(fee_keys, yyyymmdd(wall_day[j]), side="right") - 1
+    return fee_rates[max(row, 0)]
+
+
+def _event_loop(
+    close,
+    vol,
+    adv,
+    base,
+    day,
+    wall_day,
+    weights,
+    at,
+    src,
+    fee_keys,
+    fee_rates,
+    params,
+    st,
+    fills,
+    trips,
+    rec,
+):
     """The compiled `_BacktestRun.run`: returns the bar the interpreted engine resumes at (n when
     done). `st` (the state vector) is left as it was before that bar or stretch."""
     n = close.shape[0]
@@ -365,7 +410,7 @@ def _event_loop(close, vol, adv, base, day, weights, at, src, fees, params, st, 
             return j  # out of room: the interpreted path goes on
         saved[:] = st
         instr = k < m and at[k] == j
-        fee = fees[j] if carry_on else fees[k if k < m else 0]
+        fee = _fee_rates(fee_keys, fee_rates, wall_day, j)
         st[EVENT_BARS] += 1
         p0, p1 = close[j, 0], close[j, 1]
         r0 = close[j - 1, 0] if j > 0 else close[0, 0]

@@ -484,20 +484,13 @@ def fill_terms(
     )
 
 
-def fee_rates(date_keys: npt.ArrayLike, model: CostModel) -> FloatArray:
-    """(n, 3) SEC rate (USD per $1M sold), TAF per share and TAF cap in force on each yyyymmdd
-    key: `_sec_rate` and `_taf_rate` for many dates at once (the compiled backtest's input)."""
-    keys = np.asarray(date_keys, dtype=np.int64)
-    out = np.zeros((len(keys), 3))
-    # A table row's rate holds from its start date to the next row's: ask `_sec_rate` and
-    # `_taf_rate` once per row in force, at its start date.
-    sec_rows = np.maximum(np.searchsorted(_SEC_KEYS, keys, side="right") - 1, 0)
-    for row in np.unique(sec_rows).tolist():
-        out[sec_rows == row, 0] = _sec_rate(_SEC_KEYS[row], model)
-    taf_rows = np.maximum(np.searchsorted(_TAF_KEYS, keys, side="right") - 1, 0)
-    for row in np.unique(taf_rows).tolist():
-        out[taf_rows == row, 1:] = _taf_rate(_TAF_KEYS[row], model)
-    return out
+def fee_segments(model: CostModel) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """The fee dates of both tables as yyyymmdd keys, ascending, and (n, 3) SEC rate (USD per $1M
+    sold), TAF per share and TAF cap in force from each key to the next: `_sec_rate` and
+    `_taf_rate` asked once per segment (the compiled backtest looks a bar's date up here)."""
+    keys = sorted(set(_SEC_KEYS) | set(_TAF_KEYS))
+    rates = [(_sec_rate(k, model), *_taf_rate(k, model)) for k in keys]
+    return np.array(keys, dtype=np.int64), np.array(rates, dtype=np.float64)
 
 
 @overload

@@ -207,6 +207,30 @@ def test_the_compiled_per_bar_state_equals_the_interpreted_one(seed):
     assert np.array_equal(got, want)
 
 
+def test_the_compiled_loop_dates_each_fee_as_the_cost_model_does(compiled):
+    """A bar's yyyymmdd from its day number, then the fee segment in force, against the cost
+    model's own dated lookups, on every day from 1600 to 2400 (and a sample of models)."""
+    days = np.arange(-135_000, 157_000, dtype=np.int64)
+    want = days.astype("datetime64[D]")
+    text = np.char.replace(np.datetime_as_string(want).astype(str), "-", "").astype(np.int64)
+    yyyymmdd = numba.njit(fast_engine.yyyymmdd)
+    assert all(yyyymmdd(int(d)) == k for d, k in zip(days[::37], text[::37], strict=True))
+    assert [fast_engine.yyyymmdd(int(d)) for d in days[::911]] == text[::911].tolist()
+    fee_rates = numba.njit(fast_engine._fee_rates)
+    models = [
+        tc.CostModel(),
+        tc.CostModel(sec_fee_per_million=5.0),
+        tc.CostModel(finra_taf_max=1.0),
+        tc.CostModel(regulatory_fees="none"),
+    ]
+    for model in models:
+        keys, rates = tc.fee_segments(model)
+        for d, key in zip(days[::97], text[::97], strict=True):
+            got = fee_rates(keys, rates, days, int(np.searchsorted(days, d)))
+            want_rates = (tc._sec_rate(int(key), model), *tc._taf_rate(int(key), model))
+            assert tuple(got) == want_rates
+
+
 # --- Whole runs, compiled and interpreted ---------------------------------------------------------
 @st.composite
 def order_streams(draw, closes: pd.DataFrame):
