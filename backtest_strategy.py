@@ -441,11 +441,7 @@ class _BacktestRun:
         # Borrow between events without a per-bar loop: P[t, leg] = sum over k <= t of
         # close[k-1, leg] x days(k-1, k], so a constant short of s shares pays
         # s x rate / day_count x (P[b] - P[a]) over the bars (a, b] (borrow on the prior close).
-        gap_days = np.diff(self.day, prepend=self.day[0]).astype("float64")
-        base = self.base = np.zeros((self.n, 2))
-        if self.n > 1:
-            for leg in (0, 1):  # per contiguous column: the same sums, a third of the time
-                base[1:, leg] = np.cumsum(close[:-1, leg] * gap_days[1:])
+        self.base = fast_engine.prefix_sums(close, self.day)
 
     @functools.cached_property
     def close_base(self) -> np.ndarray:
@@ -744,19 +740,20 @@ class _BacktestRun:
         venue.costs["borrow"] = venue.book.borrow_paid
         rec = np.array(self.record, dtype="float64").reshape(-1, 5)
         rec = np.vstack([[-1.0, cfg.initial_capital, 0.0, 0.0, 0.0], rec])
-        state = fast_engine.per_bar(rec, close, self.base, np.array(self.rates), self.day_count)
         fractional = cfg.sizing.fractional_shares
-        qty_arr = state[:, 2:4] if fractional else state[:, 2:4].astype("int64")
+        state, qty0, qty1 = fast_engine.per_bar(
+            rec, close, self.base, np.array(self.rates), self.day_count, fractional
+        )
         s0, s1 = self.symbols
         equity = pd.DataFrame(
             {
                 "equity": state[:, 0],
                 "cash": state[:, 1],
-                f"qty_{s0}": qty_arr[:, 0],
-                f"qty_{s1}": qty_arr[:, 1],
+                f"qty_{s0}": qty0,
+                f"qty_{s1}": qty1,
                 f"price_{s0}": close[:, 0],
                 f"price_{s1}": close[:, 1],
-                "borrow_paid": state[:, 4],
+                "borrow_paid": state[:, 2],
             },
             index=self.dates,
             copy=False,

@@ -105,7 +105,6 @@ STATUSES = (te.OrderStatus.FILLED, te.OrderStatus.PARTIALLY_FILLED, te.OrderStat
 
 _LOCK = threading.RLock()
 _KERNEL: Any = None
-_PER_BAR: Any = None
 _CACHE = False
 
 
@@ -189,15 +188,13 @@ def _compile() -> Any:
     return numba.njit(cache=_CACHE, nogil=True)(_event_loop)
 
 
-def per_bar_state(
-    records: np.ndarray, close: np.ndarray, base: np.ndarray, rates: np.ndarray, day_count: float
-) -> np.ndarray:
-    """(n, 5) equity, cash, long-leg shares, short-leg shares and borrow paid on every bar, from
-    the state after each event bar (`records`: bar, cash, shares, shares, borrow paid; the
-    first row is the start, bar -1): positions hold between events, and cash falls by the borrow
-    accrued on the shorts since the last event (on the prior closes' prefix sums `base`)."""
+def per_bar_state(records, close, base, rates, day_count, out, qty0, qty1):
+    """Every bar's equity, cash and borrow paid (`out`, (n, 3)) and shares per leg (`qty0`,
+    `qty1`: int64 for whole shares, float64 for fractional ones), from the state after each
+    event bar (`records`: bar, cash, shares, shares, borrow paid; the first row is the start, bar
+    -1): positions hold between events, and cash falls by the borrow accrued on the shorts since
+    the last event (on the prior closes' prefix sums `base`)."""
     n = close.shape[0]
-    out = np.empty((n, 5))
     r = 0
     for t in range(n):
         while r + 1 < records.shape[0] and records[r + 1, 0] <= t:
@@ -210,30 +207,69 @@ def per_bar_state(
         cash = records[r, 1] - accrued
         out[t, 0] = cash + (q0 * close[t, 0] + q1 * close[t, 1])
         out[t, 1] = cash
-        out[t, 2] = q0
-        out[t, 3] = q1
-        out[t, 4] = records[r, 4] + accrued
-    return out
+        out[t, 2] = records[r, 4] + accrued
+        qty0[t] = q0
+        qty1[t] = q1
+
+
+def borrow_base(close, day, base):
+    """The borrow prefix sums: base[t, leg] = sum over k <= t of close[k-1, leg] x calendar days
+    (k-1, k], so a constant short of s shares pays s x rate / day count x (base[b] - base[a])
+    over the bars (a, b] (borrow on the prior close). `base` (n, 2) is written."""
+    for leg in range(2):
+        total = 0.0
+        base[0, leg] = 0.0
+        for t in range(1, close.shape[0]):
+            total = total + close[t - 1, leg] * float(day[t] - day[t - 1])
+            base[t, leg] = total
 
 
 def per_bar(
-    records: np.ndarray, close: np.ndarray, base: np.ndarray, rates: np.ndarray, day_count: float
-) -> np.ndarray:
-    """`per_bar_state`: compiled (one pass, no temporaries) for a long run or once numba is
-    loaded; as is for a short run, which then never loads numba."""
-    global _PER_BAR
-    if _PER_BAR is None and close.shape[0] < COMPILE_FROM_BARS and "numba" not in sys.modules:
-        return per_bar_state(records, close, base, rates, day_count)
-    if _PER_BAR is None:
-        with _LOCK:
+    records: np.ndarray,
+    close: np.ndarray,
+    base: np.ndarray,
+    rates: np.ndarray,
+    day_count: float,
+    fractional: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`per_bar_state` into fresh arrays: (equity, cash, borrow paid), shares of the long leg,
+    shares of the short leg."""
+    n = close.shape[0]
+    out = np.empty((n, 3))
+    kind = np.float64 if fractional else np.int64
+    qty0, qty1 = np.empty(n, dtype=kind), np.empty(n, dtype=kind)
+    _helper(per_bar_state, n)(records, close, base, rates, day_count, out, qty0, qty1)
+    return out, qty0, qty1
+
+
+def prefix_sums(close: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """`borrow_base` into a fresh (n, 2) array."""
+    base = np.empty((close.shape[0], 2))
+    _helper(borrow_base, close.shape[0])(close, day, base)
+    return base
+
+
+_HELPERS: dict[Any, Any] = {}
+
+
+def _helper(fn: Callable[..., Any], n: int) -> Callable[..., Any]:
+    """`fn` compiled (one pass, no temporaries) for a run of `COMPILE_FROM_BARS` bars or once
+    numba is loaded; as is otherwise, so a short run never loads numba. Same results either way."""
+    compiled = _HELPERS.get(fn)
+    if compiled is not None:
+        return compiled
+    if n < COMPILE_FROM_BARS and "numba" not in sys.modules:
+        return fn
+    with _LOCK:
+        if fn not in _HELPERS:
             if importlib.util.find_spec("numba") is None:
-                _PER_BAR = per_bar_state
+                _HELPERS[fn] = fn
             else:
                 import numba
 
                 _cache_dir()
-                _PER_BAR = numba.njit(cache=_CACHE, nogil=True)(per_bar_state)
-    return _PER_BAR(records, close, base, rates, day_count)
+                _HELPERS[fn] = numba.njit(cache=_CACHE, nogil=True)(fn)
+    return _HELPERS[fn]
 
 
 def run_compiled(run: Any) -> Outcome:
@@ -289,7 +325,7 @@ def run_compiled(run: Any) -> Outcome:
         run.vol,
         run.adv,
         run.base,
-        run.day.astype(np.float64),
+        run.day,
         wall_day,
         run.weights,
         at,

@@ -188,23 +188,39 @@ def test_the_compiled_gate_checks_match_the_interpreted_ones(
 
 
 @settings(max_examples=50, deadline=None)
-@given(seed=st.integers(min_value=0, max_value=2**31 - 1))
-def test_the_compiled_per_bar_state_equals_the_interpreted_one(seed):
+@given(seed=st.integers(min_value=0, max_value=2**31 - 1), fractional=st.booleans())
+def test_the_compiled_per_bar_state_equals_the_interpreted_one(seed, fractional):
+    """`per_bar_state` and `borrow_base` (numba helpers of every long run) compiled and as they are
+    (short runs): the same bits."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 300))
     close = rng.uniform(1, 500, (n, 2))
-    base = np.vstack([np.zeros((1, 2)), np.cumsum(close[:-1] * 1.4, axis=0)])
+    day = np.cumsum(rng.integers(1, 4, n))
     bars = np.sort(rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False))
+    shares = rng.integers(-500, 500, (len(bars), 2)) + (
+        rng.random((len(bars), 2)) if fractional else 0
+    )
     records = np.column_stack(
-        [bars, rng.uniform(-1e5, 1e6, len(bars)), rng.integers(-500, 500, (len(bars), 2)),
-         rng.uniform(0, 100, len(bars))]
-    )  # fmt: skip
+        [bars, rng.uniform(-1e5, 1e6, len(bars)), shares, rng.uniform(0, 100, len(bars))]
+    )
     records = np.vstack([[-1.0, 1e5, 0.0, 0.0, 0.0], records])
     rates = rng.uniform(0, 0.3, 2)
-    want = fast_engine.per_bar_state(records, close, base, rates, 360.0)
-    assert "numba" in sys.modules  # so `per_bar` runs it compiled
-    got = fast_engine.per_bar(records, close, base, rates, 360.0)
-    assert np.array_equal(got, want)
+    kind = np.float64 if fractional else np.int64
+    outputs = []
+    for fn in (fast_engine.borrow_base, numba.njit(fast_engine.borrow_base)):
+        base = np.empty((n, 2))
+        fn(close, day, base)
+        outputs.append(base)
+    assert np.array_equal(outputs[0], outputs[1])
+    want = np.vstack([np.zeros((1, 2)), np.cumsum(close[:-1] * np.diff(day)[:, None], axis=0)])
+    assert np.array_equal(outputs[0], want)  # the numpy prefix sums it replaced
+    results = []
+    for fn in (fast_engine.per_bar_state, numba.njit(fast_engine.per_bar_state)):
+        out, q0, q1 = np.empty((n, 3)), np.empty(n, dtype=kind), np.empty(n, dtype=kind)
+        fn(records, close, base, rates, 360.0, out, q0, q1)
+        results.append((out, q0, q1))
+    for a, b in zip(*results, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
 def test_the_compiled_loop_dates_each_fee_as_the_cost_model_does(compiled):
