@@ -633,18 +633,14 @@ def _basket(st, basket, no, p0, p1, r0, r1, sod, limits):
             post1 = post1 + d
     gross = 0.0
     net = 0.0
-    if post0 != 0:
-        notional = post0 * p0
-        if leg_over(abs(notional), max_leg):
-            return False
-        gross += abs(notional)
-        net += notional
-    if post1 != 0:
-        notional = post1 * p1
-        if leg_over(abs(notional), max_leg):
-            return False
-        gross += abs(notional)
-        net += notional
+    for leg in range(2):  # the long leg first, as the gate walks the positions
+        post, price = (post0, p0) if leg == 0 else (post1, p1)
+        if post != 0:
+            notional = post * price
+            if leg_over(abs(notional), max_leg):
+                return False
+            gross += abs(notional)
+            net += notional
     if exposure_verdict(gross, net, max_gross, max_net) != 0:
         return False
     current = 0.0
