@@ -48,11 +48,18 @@ def home(trained_home, tmp_path) -> C.Paths:
     return copy_home(trained_home, tmp_path)
 
 
-def backtest(home: C.Paths, **kw) -> bs.BacktestResult:
+def backtest(home: C.Paths, engine: str = "compiled", **kw) -> bs.BacktestResult:
+    """The backtest of the replayed bars, by default through the compiled event loop (the paper
+    replay is the interpreted decision step, so every test here also holds the two equal)."""
     request = bs.BacktestRequest(
-        PAIR, start=START, end=END, allow_in_sample=True, write_charts=False, **kw
+        PAIR, start=START, end=END, allow_in_sample=True, write_charts=False, engine=engine, **kw
     )
-    return bs.backtest(request, home=home).strategy
+    result = bs.backtest(request, home=home).strategy
+    fractional = request.config.sizing.fractional_shares
+    assert result.compiled_bars == (
+        0 if engine == "interpreted" or fractional else len(result.equity)
+    )
+    return result
 
 
 def assert_same_trading(result: bs.BacktestResult, home: C.Paths) -> None:
@@ -84,8 +91,9 @@ def assert_same_trading(result: bs.BacktestResult, home: C.Paths) -> None:
     assert broker["ledger"]["cash"] == pytest.approx(bt["cash"].iloc[-1], abs=0.005)
 
 
-def test_model_signals_trade_the_same_in_a_backtest_and_a_paper_replay(home):
-    result = backtest(home)
+@pytest.mark.parametrize("engine", ["compiled", "interpreted"])
+def test_model_signals_trade_the_same_in_a_backtest_and_a_paper_replay(home, engine):
+    result = backtest(home, engine)
     summary = lt.run_trading_loop(config=replay_config(START, END), pair=PAIR, home=home)
     assert summary.orders == len(result.trades)
     assert summary.equity == pytest.approx(result.equity["equity"].iloc[-1], abs=0.005)
@@ -102,6 +110,30 @@ def test_a_signal_file_trades_the_same_in_a_backtest_and_a_paper_replay(home, tm
     pd.DataFrame({"date": [d.date() for d in bars], "action": actions}).to_csv(file, index=False)
     result = backtest(home, signal_file=str(file))
     config = replay_config(START, END, signal_file=str(file))
+    summary = lt.run_trading_loop(config=config, pair=PAIR, home=home)
+    assert summary.orders == len(result.trades)
+    assert_same_trading(result, home)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_order_streams_trade_the_same_compiled_and_in_a_paper_replay(home, tmp_path, seed):
+    """Random state files (random entries, flips, exits and re-sizes at random sizes per leg)
+    and a random rebalance band and fill delay: the compiled backtest and the paper replay make
+    the same orders, fills and equity."""
+    table, _ = psd.load_processed(PAIR, home)
+    bars = table.loc[START:END].index
+    rng = np.random.default_rng(seed)
+    states = rng.choice(["1", "-1", "0", ""], size=len(bars), p=[0.12, 0.12, 0.08, 0.68])
+    file = tmp_path / "states.csv"
+    pd.DataFrame({"date": [d.date() for d in bars], "state": states}).to_csv(file, index=False)
+    trading = dataclasses.replace(
+        bs.TradingConfig(),
+        rebalance_band=float(rng.choice([0.0, 0.25])),
+        fill_delay_bars=int(rng.integers(1, 3)),
+        sizing=bs.SizingConfig(leg_usd=float(rng.uniform(5_000, 20_000))),
+    )
+    result = backtest(home, signal_file=str(file), config=trading)
+    config = replay_config(START, END, signal_file=str(file), trading=trading)
     summary = lt.run_trading_loop(config=config, pair=PAIR, home=home)
     assert summary.orders == len(result.trades)
     assert_same_trading(result, home)
