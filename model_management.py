@@ -39,14 +39,13 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import filelock
 
 import alert_dispatch
 from atomic_io import atomic_write_json, sha256_file
@@ -212,6 +211,9 @@ def _train_hint(pair: Pair) -> str:
     )
 
 
+_LOCK_MADE = threading.Lock()  # one FileLock per registry, also when threads race for it
+
+
 class ModelRegistry:
     """Versioned model store under `root` (default `paths(home).models_dir`).
 
@@ -237,7 +239,8 @@ class ModelRegistry:
         self.canary_fraction = float(canary_fraction)
         self.home = home
         self._clock = clock
-        self._lock = filelock.FileLock(self.root / LOCK_FILE, timeout=lock_timeout_s)
+        self._lock_timeout_s = lock_timeout_s
+        self._lock: Any = None  # the FileLock, made on first use (filelock costs `models` 12 ms)
 
     # --- Files and locking ------------------------------------------------------------------------
     @property
@@ -252,6 +255,11 @@ class ModelRegistry:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold registry.lock (re-entrant within a thread): for read-modify-write of state files."""
+        import filelock
+
+        with _LOCK_MADE:
+            if self._lock is None:
+                self._lock = filelock.FileLock(self.root / LOCK_FILE, timeout=self._lock_timeout_s)
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             with self._lock:
