@@ -128,6 +128,19 @@ class BacktestResult:
         return self.trade_rows
 
     @property
+    def fill_count(self) -> int:
+        """Fills in the run (rows of `trades`), without building the trades frame."""
+        rows = self.trade_rows
+        return len(rows.rows) if isinstance(rows, _CompiledFills) else len(self.trades)
+
+    def traded_notional(self) -> float:
+        """Gross traded notional, USD: the sum over fills of |qty x fill price| (the trades
+        frame's `notional` column, summed as pandas sums it), without building the frame."""
+        rows = self.trade_rows
+        notional = rows.notional() if isinstance(rows, _CompiledFills) else self.trades["notional"]
+        return float(pd.Series(notional, dtype="float64").abs().sum()) if len(notional) else 0.0
+
+    @property
     def round_trips(self) -> list[RoundTrip]:
         """Pair positions from entry to exit, oldest first (built on first read, like `trades`)."""
         if callable(self.trip_rows):
@@ -817,6 +830,10 @@ class _CompiledFills:
     strategy: str
     label: str
     prefix: str
+
+    def notional(self) -> np.ndarray:
+        """|qty| x fill price per fill, USD (the `notional` column)."""
+        return self.rows[:, 3].astype(np.int64) * self.rows[:, 6]
 
     def columns(self) -> list[Any]:
         """The trade columns, `TRADE_COLUMNS` order."""

@@ -479,7 +479,6 @@ def window_result(
     initial_capital: float,
 ) -> WindowResult:
     """The record of one window from its engine run (`backtest_strategy.BacktestResult`)."""
-    traded = float(result.trades["notional"].abs().sum()) if len(result.trades) else 0.0
     return WindowResult(
         long=long,
         short=short,
@@ -488,8 +487,8 @@ def window_result(
         window=window,
         statistics=statistics,
         returns=result.returns.to_numpy("float64"),
-        fills=len(result.trades),
-        traded_notional=traded,
+        fills=result.fill_count,
+        traded_notional=result.traded_notional(),
         total_costs=float(sum(result.costs.values())),
         net_pnl=float(result.equity["equity"].iloc[-1] - initial_capital),
     )

@@ -459,7 +459,11 @@ def test_the_compiled_trades_are_built_on_first_read_and_kept(closes):
     prices, weights = flip_stream(closes)
     result = bs.run_backtest(prices, weights, log_rejections=False, engine="compiled")
     assert callable(result.trade_rows) and callable(result.trip_rows)
+    count, notional = result.fill_count, result.traded_notional()  # before the frame exists
+    assert callable(result.trade_rows)
     trades = result.trades
     assert result.trades is trades and not callable(result.trade_rows)
+    assert count == len(trades) and notional == float(trades["notional"].abs().sum())
+    assert (result.fill_count, result.traded_notional()) == (count, notional)
     assert trades["client_order_id"].is_unique
     assert result.round_trips is result.round_trips

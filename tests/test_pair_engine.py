@@ -250,3 +250,24 @@ def test_an_equity_row_is_written_once_per_bar(tmp_path):
     assert lt.append_equity_row(path, nxt, ("A", "B"))
     frame = lt.read_equity_log(path)
     assert list(frame["equity"]) == [100.0, 101.0] and list(frame["qty_B"]) == [-1, -1]
+
+
+def test_daily_vol_is_pandas_rolling_std_to_the_bit():
+    """`daily_vol` calls pandas' own rolling variance directly: every bit equals the public
+    ``pct_change().rolling(20, min_periods=5).std().fillna(0.02)``, on random walks (calm and
+    wild), flat stretches (variance 0, and float noise around it) and very short series."""
+    rng = np.random.default_rng(5)
+    for i in range(200):
+        n = int(rng.integers(1, 300))
+        close = np.exp(np.cumsum(rng.normal(0, rng.uniform(1e-4, 0.3), (n, 2)), axis=0)) * 50
+        if i % 5 == 0:
+            close[: n // 2] = 10.0
+        want = (
+            pd.DataFrame(close)
+            .pct_change()
+            .rolling(pe.VOL_BARS, min_periods=5)
+            .std()
+            .fillna(pe.DEFAULT_DAILY_VOL)
+            .to_numpy()
+        )
+        assert np.array_equal(pe.daily_vol(close), want)
