@@ -552,7 +552,11 @@ class _BacktestRun:
                     break
             self.bar(i)
             i += 1
-        return self.result()
+        result = self.result()
+        # The venue points back at the run: without this, the run's per-bar arrays (volatility,
+        # ADV, borrow sums: ~70 MB at 1M bars) live until the cyclic garbage collector runs.
+        self.venue.run = None
+        return result
 
     def _adopt(self, out: fast_engine.Outcome) -> int:
         """Take over the compiled loop's state; returns the bar the per-bar path resumes at."""

@@ -47,8 +47,9 @@ synthetic series (the real daily log returns of both stocks, demeaned, tiled, cu
 consecutive business days from 1900 with a datetime64[s] index, since nanoseconds overflow after
 2262). backtrader and backtesting.py run 1,000,000 bars only with --big-others (minutes);
 vectorbt runs at every size. Timings: best of --repeat runs (at most 2 for backtrader and
-backtesting.py at 100,000 bars, 1 at 1,000,000); our runs and vectorbt's take turns run by run
-(`interleaved_best`), so that this VM's bursts of page-fault time hit both alike. Ours: the
+backtesting.py at 100,000 bars, 1 at 1,000,000), each engine's runs back to back (`best_runs`: a
+run reuses the memory the one before freed; taking turns with vectorbt made our run after its run
+pay for the pages it gave back, up to 0.5 s per 100 MB on this VM). Ours: the
 compiled event loop (loaded untimed first, as vectorbt compiles in its untimed warm-up run) with
 every cost, with the 0.1 % commission, and with the participation cap and carried remainders;
 and the interpreted engine for the before/after ratio. Single-threaded BLAS; machine load adds
@@ -399,25 +400,19 @@ def best_of(
     return min(times), out
 
 
-def interleaved_best(
-    fns: dict[str, Callable[[], Any]], repeat: int
-) -> dict[str, tuple[float, Any]]:
-    """Each function's best wall time over `repeat` rounds, the functions taking turns within a
-    round; and its last result (the exception, if it raised: it is not run again)."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    out: dict[str, Any] = {}
+def best_runs(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Best wall time of `repeat` runs of `fn` back to back, and the last result (or the
+    exception it raised, after which it is not run again)."""
+    times: list[float] = []
+    out: Any = None
     for _ in range(max(1, repeat)):
-        for name, fn in fns.items():
-            if isinstance(out.get(name), Exception):
-                continue
-            t0 = time.perf_counter()
-            try:
-                out[name] = fn()
-            except Exception as exc:  # reported by the caller, with the rest still timed
-                out[name] = exc
-                continue
-            times[name].append(time.perf_counter() - t0)
-    return {name: (min(times[name], default=math.nan), out[name]) for name in fns}
+        t0 = time.perf_counter()
+        try:
+            out = fn()
+        except Exception as exc:  # reported by the caller, with the rest still timed
+            return math.nan, exc
+        times.append(time.perf_counter() - t0)
+    return min(times), out
 
 
 def leg_pnl(result: bt.BacktestResult, sym: str, last_price: float) -> float:
@@ -590,8 +585,9 @@ def main() -> None:
         others_repeat = args.repeat if n < SLICE else min(args.repeat, 2) if n == SLICE else 1
         row: dict[str, float | str] = {}
         ours_fixed: bt.BacktestResult | None = None
-        # Ours and vectorbt take turns, run by run, so that machine noise (this VM's bursts of
-        # page-fault time) hits them alike; each keeps its best.
+        # Each engine's runs back to back, best of `repeat`: a run reuses the memory its previous
+        # run freed. (Taking turns run by run made the run after vectorbt's pay for the pages
+        # vectorbt gave back: on this VM fresh pages cost up to 0.5 s per 100 MB.)
         timed: dict[str, Callable[[], Any]] = {
             name: (lambda p=prices, w=w, c=cfg, e=engine: run_ours(p, w, c, e))
             for name, (cfg, engine) in configs.items()
@@ -604,7 +600,7 @@ def main() -> None:
                 timed["vectorbt"] = lambda p=prices, s=signals: vectorbt_run(p, s)
             except Exception as exc:
                 row["vectorbt"] = f"failed: {type(exc).__name__}: {exc}"
-        best = interleaved_best(timed, ours_repeat)
+        best = {name: best_runs(fn, ours_repeat) for name, fn in timed.items()}
         for name in configs:
             try:
                 seconds, result = best[name]
