@@ -471,17 +471,17 @@ class _BacktestRun:
         keep = at < n
         self.instructions = int(keep.sum())
         self.instr_at = dict(zip(at[keep].tolist(), src[keep].tolist(), strict=True))
-        rng = np.random.default_rng(ex.seed)
+        self.instruction_bars = (at[keep], src[keep])  # fill bar, signal bar; ascending
+        self.stamp_at: dict[int, pd.Timestamp] = {}  # named by `_name_events` when needed
+        self.date_strs: dict[int, str] = {}
         recall = self.recall = np.zeros((n, 2), dtype=bool)
         self.has_recalls = any(
             ex.recall_dates.get(s) or s in ex.hard_to_borrow for s in self.symbols
         )
-        if not self.has_recalls:  # no recall bar: the instruction bars are the events
-            self.events = at[keep]
-            self.instruction_bars = (at[keep], src[keep])  # fill bar, signal bar; ascending
-            self.stamp_at: dict[int, pd.Timestamp] = {}
-            self.date_strs: dict[int, str] = {}
+        self.events = at[keep]  # without recalls the instruction bars are the events
+        if not self.has_recalls:
             return
+        rng = np.random.default_rng(ex.seed)
         for leg, sym in enumerate(self.symbols):
             for d in ex.recall_dates.get(sym, ()):
                 try:
@@ -492,9 +492,6 @@ class _BacktestRun:
             if sym in ex.hard_to_borrow:
                 recall[:, leg] |= rng.random(n) < ex.htb_recall_probability
         self.events = np.union1d(at[keep], np.flatnonzero(recall.any(axis=1)))
-        self.instruction_bars = (at[keep], src[keep])
-        self.stamp_at = {}
-        self.date_strs = {}
 
     def _name_events(self, start: int) -> None:
         """Timestamps and ISO dates of the event bars from `start` on, made in one batch for the

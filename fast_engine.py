@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
 import shutil
 import sys
 import threading
@@ -138,8 +137,6 @@ def unsupported(run: Any) -> str | None:
         return "recalls"
     if run.risk.halted or run.risk.equity_peak is None:
         return "risk manager halted"
-    if not math.isfinite(cfg.initial_capital):
-        return "capital"
     return None
 
 
