@@ -429,6 +429,10 @@ class _BacktestRun:
         self.venue = _BacktestVenue(self)
         self.rejections: list[Rejection] = []
         self.halted_at: pd.Timestamp | None = None
+        #: The bar whose close revealed a drawdown breach, and the bar its liquidation fills on
+        #: (`fill_delay_bars` later; None once sent, or past the data).
+        self.breach_bar: int | None = None
+        self.liquidate_at: int | None = None
         self.event_bars = 0
         # State after each event bar: (bar, cash, qty long leg, qty short leg, borrow paid so far).
         self.record: list[tuple[int, float, Qty, Qty, float]] | np.ndarray = []
@@ -542,6 +546,8 @@ class _BacktestRun:
             while k < n_events and events[k] < i:
                 k += 1
             nxt = i if self.venue.carry else (int(events[k]) if k < n_events else n)
+            if self.liquidate_at is not None:  # a drawdown liquidation is an event too
+                nxt = min(nxt, self.liquidate_at)
             if nxt > i:
                 nxt = self.stretch(i, nxt)
                 i = nxt
@@ -649,20 +655,8 @@ class _BacktestRun:
         self._charge_borrow(j - 1, j)
         self.refs = dict(zip(self.symbols, prev, strict=True))
         self.sod = sod
-        liquidation = None
-        if self._may_breach(venue.mark()):
-            liquidation = pe.control_drawdown(
-                venue,
-                self.risk,
-                now,
-                id_parts=pe.drawdown_ids(self.date_str(j), self.strategy),
-                start_of_day_equity=sod,
-                reference_prices=self.refs,
-            )
-        if liquidation is not None:
-            self.halted_at = now
-            venue.carry.clear()
-            self._note(liquidation, now)
+        if j == self.liquidate_at or self._may_breach(venue.mark()):
+            self._control_drawdown(j, now, sod)
         self._recalls(j, now)
         if venue.carry:
             pending, venue.carry[:] = list(venue.carry), []
@@ -686,6 +680,30 @@ class _BacktestRun:
         self.record.append(
             (j, b.cash, b.qty[self.symbols[0]], b.qty[self.symbols[1]], b.borrow_paid)
         )
+
+    def _control_drawdown(self, j: int, now: pd.Timestamp, sod: float) -> None:
+        """`pair_engine.control_drawdown` on bar j: a breach seen at j's close halts trading
+        there and schedules the liquidation `fill_delay_bars` later; on that bar it is sent
+        (carried remainders are dropped for it)."""
+        venue, delay = self.venue, self.cfg.fill_delay_bars
+        liquidation = pe.control_drawdown(
+            venue,
+            self.risk,
+            now,
+            bar=now,
+            fill_delay_bars=delay,
+            bars_since_breach=None if self.breach_bar is None else j - self.breach_bar,
+            id_parts=pe.drawdown_ids(self.date_str(j), self.strategy),
+            start_of_day_equity=sod,
+            reference_prices=self.refs,
+        )
+        if self.breach_bar is None and self.risk.halted:  # the breach was seen on this bar
+            self.breach_bar, self.halted_at = j, now
+            self.liquidate_at = j + delay if liquidation is None else None
+        if liquidation is not None:
+            self.liquidate_at = None
+            venue.carry.clear()
+            self._note(liquidation, now)
 
     def _may_breach(self, equity: float) -> bool:
         """False when bar equity cannot breach the drawdown limit (then only the peak moves): a

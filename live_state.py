@@ -228,12 +228,15 @@ def read_positions(path: Path) -> PositionsState | None:
 class RiskState:
     """data/risk_state.json: the drawdown halt and the equity peak the risk manager keeps across
     restarts (live and paper; the backtest keeps them in memory). `halted_at`: ISO time of the
-    halt; `equity_peak`: USD, > 0."""
+    halt; `equity_peak`: USD, > 0; `drawdown_bar`: ISO time of the bar whose close revealed a
+    drawdown breach while its liquidation is still to be sent (`fill_delay_bars` later), else
+    None."""
 
     halted: bool = False
     halt_reason: str | None = None
     halted_at: str | None = None
     equity_peak: float | None = None
+    drawdown_bar: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -242,6 +245,7 @@ class RiskState:
             "halt_reason": self.halt_reason,
             "halted_at": self.halted_at,
             "equity_peak": self.equity_peak,
+            "drawdown_bar": self.drawdown_bar,
         }
 
     @classmethod
@@ -277,12 +281,21 @@ class RiskState:
                 datetime.fromisoformat(halted_at)
             except (TypeError, ValueError) as exc:
                 raise _corrupt_risk(path, f"has an invalid 'halted_at': {halted_at!r}") from exc
+        drawdown_bar = state.get("drawdown_bar")  # absent from files written before it existed
+        if drawdown_bar is not None:
+            try:
+                datetime.fromisoformat(drawdown_bar)
+            except (TypeError, ValueError) as exc:
+                raise _corrupt_risk(
+                    path, f"has an invalid 'drawdown_bar': {drawdown_bar!r}"
+                ) from exc
         halted = state["halted"]
         return cls(
             halted=halted,
             halt_reason=reason if halted else None,
             halted_at=halted_at if halted else None,
             equity_peak=float(peak) if peak is not None else None,
+            drawdown_bar=drawdown_bar if halted else None,
         )
 
     def save(self, path: Path) -> None:

@@ -1245,17 +1245,23 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
     sod = pending.start_of_day_equity if pending else _last_close_equity(log_path, broker)
     before = venue.holdings()
     reports = []
+    # The paper broker fills at this bar's close, so an instruction waits the whole delay here;
+    # Alpaca fills in the next session, one bar of the delay by itself.
+    delay = trading.fill_delay_bars if broker.simulated else max(trading.fill_delay_bars - 1, 0)
+    breach = risk.drawdown_bar
     dd = pe.control_drawdown(
         venue,
         risk,
         now,
+        bar=bar,
+        fill_delay_bars=delay,
+        bars_since_breach=None if breach is None else pe.bars_between(table.index, breach, bar),
         id_parts=pe.drawdown_ids(bar),
         start_of_day_equity=sod,
         on_event=session.on_event,
     )
     if dd is not None:
         reports.append(dd)
-    delay = trading.fill_delay_bars if broker.simulated else max(trading.fill_delay_bars - 1, 0)
     src = row - delay
     if src >= session.first_row:
         target = pending.target if pending else None

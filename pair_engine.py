@@ -1027,21 +1027,30 @@ def control_drawdown(
     risk: rm.RiskManager,
     at: pd.Timestamp,
     *,
+    bar: pd.Timestamp,
+    fill_delay_bars: int,
+    bars_since_breach: int | None,
     id_parts: tuple[object, ...],
     start_of_day_equity: float,
     reference_prices: Mapping[str, float] | None = None,
     on_event: EventHook | None = None,
 ) -> StepReport | None:
-    """The one drawdown path: record the venue's equity with the risk manager; on a breach while
-    holding (trading halts there) liquidate every position with a reduce-only basket. Returns the
-    liquidation's report, or None when there was no breach."""
+    """The one drawdown path: record the venue's equity at the close of `bar` with the risk
+    manager. A breach while holding halts trading on that bar (only reduce-only baskets pass from
+    then on), but no account can act on the close that reveals it: the liquidation, a reduce-only
+    basket to flat, is sent `fill_delay_bars` bars later and fills like every other order.
+    `bars_since_breach`: bars from the breach's bar (`risk.drawdown_bar`) to `bar` (None when
+    unknown); a breach seen on `bar` counts 0. Returns the liquidation's report on the bar it is
+    sent, else None."""
     held = venue.holdings()
     holding = any(held.values())
-    if not risk.update_equity(venue.account().equity, at, holding=holding):
+    if risk.update_equity(venue.account().equity, at, holding=holding, bar=bar):
+        bars_since_breach = 0
+        if on_event is not None:
+            on_event("halt", {"reason": risk.halt_reason, "equity": venue.account().equity})
+    if not liquidation_due(risk.drawdown_bar, bars_since_breach, fill_delay_bars):
         return None
-    if on_event is not None:
-        on_event("halt", {"reason": risk.halt_reason, "equity": venue.account().equity})
-    return rebalance(
+    report = rebalance(
         venue,
         risk,
         dict.fromkeys(held, 0),
@@ -1051,6 +1060,29 @@ def control_drawdown(
         reference_prices=reference_prices,
         on_event=on_event,
     )
+    risk.liquidation_sent()
+    return report
+
+
+def liquidation_due(
+    breach_bar: pd.Timestamp | None, bars_since_breach: int | None, fill_delay_bars: int
+) -> bool:
+    """True when a breach's liquidation is pending (`breach_bar`) and `fill_delay_bars` bars have
+    passed since it: the fill timing of every order (a decision on bar t's close fills at
+    t + delay)."""
+    return (
+        breach_bar is not None
+        and bars_since_breach is not None
+        and bars_since_breach >= fill_delay_bars
+    )
+
+
+def bars_between(index: pd.Index, first: pd.Timestamp, last: pd.Timestamp) -> int:
+    """Bars of `index` after `first` up to and including `last` (0 when `last` <= `first`): how
+    many bars a breach seen on `first` is old on `last` (`first` need not be in `index`)."""
+    lo = int(index.searchsorted(pd.Timestamp(first), side="right"))
+    hi = int(index.searchsorted(pd.Timestamp(last), side="right"))
+    return max(hi - lo, 0)
 
 
 def drawdown_ids(bar: Any, strategy: str = STRATEGY) -> tuple[str, str, str]:
@@ -1080,12 +1112,14 @@ __all__ = [
     "TradingConfig",
     "Venue",
     "adv_shares",
+    "bars_between",
     "control_drawdown",
     "daily_vol",
     "decide",
     "decision_ids",
     "drawdown_ids",
     "instructions_from_states",
+    "liquidation_due",
     "model_weights",
     "needs_rebalance",
     "read_signal_file",

@@ -171,6 +171,7 @@ class RiskManager:
         self._halt_reason: str | None = None
         self._halted_at: pd.Timestamp | None = None
         self._equity_peak: float | None = None
+        self._drawdown_bar: pd.Timestamp | None = None
         lim = self.limits
         # Plain floats for the hot path.
         self._max_age_s = float(lim.max_price_age_days) * 86_400.0
@@ -219,6 +220,12 @@ class RiskManager:
         return self._halted_at
 
     @property
+    def drawdown_bar(self) -> pd.Timestamp | None:
+        """The bar whose close revealed a drawdown breach, while the liquidation it calls for is
+        still to be sent (`liquidation_sent`); None otherwise."""
+        return self._drawdown_bar
+
+    @property
     def equity_peak(self) -> float | None:
         """Highest equity seen by `update_equity` (USD); None before the first update."""
         return self._equity_peak
@@ -232,6 +239,8 @@ class RiskManager:
         self._halt_reason = state.halt_reason
         self._halted_at = pd.Timestamp(state.halted_at) if state.halted_at is not None else None
         self._equity_peak = state.equity_peak
+        bar = state.drawdown_bar
+        self._drawdown_bar = pd.Timestamp(bar) if bar is not None else None
 
     def _save(self) -> None:
         if self.state_path is None:
@@ -241,6 +250,7 @@ class RiskManager:
             halt_reason=self._halt_reason,
             halted_at=self._halted_at.isoformat() if self._halted_at is not None else None,
             equity_peak=self._equity_peak,
+            drawdown_bar=None if self._drawdown_bar is None else self._drawdown_bar.isoformat(),
         ).save(self.state_path)
 
     def _alert(self, severity: str, title: str, message: str, details: dict[str, Any]) -> None:
@@ -248,12 +258,21 @@ class RiskManager:
             alert_dispatch.send(severity, "risk", title, message, details, home=self.home)
 
     # --- Drawdown control ---------------------------------------------------------------------
-    def update_equity(self, equity: float, at: pd.Timestamp, *, holding: bool = True) -> bool:
-        """Record the account's equity (USD) at `at`; raises the peak when higher.
+    def update_equity(
+        self,
+        equity: float,
+        at: pd.Timestamp,
+        *,
+        holding: bool = True,
+        bar: pd.Timestamp | None = None,
+    ) -> bool:
+        """Record the account's equity (USD) at `at`, marked at the close of `bar` (default
+        `at`); raises the peak when higher.
 
         Returns True exactly once per breach, when positions are held (`holding`), equity <= peak
         x (1 - max_drawdown_pct) and trading was not yet halted: trading is then halted
-        (persisted), a CRITICAL alert is written, and the caller must liquidate every position.
+        (persisted), a CRITICAL alert is written, `drawdown_bar` is set to `bar`, and the caller
+        must liquidate every position once an order can fill (`pair_engine.control_drawdown`).
         A flat book never breaches (there is nothing to liquidate). Otherwise False.
         """
         equity = float(equity)
@@ -267,6 +286,7 @@ class RiskManager:
         limit = self.limits.max_drawdown_pct
         if holding and not self._halted and equity <= peak * (1.0 - limit):
             drawdown = equity / peak - 1.0 if peak > 0 else -_INF
+            self._drawdown_bar = pd.Timestamp(at if bar is None else bar)
             self._set_halt(f"drawdown {drawdown:.2%} breached the limit {-limit:.2%}", at)
             self._alert(
                 "CRITICAL",
@@ -285,6 +305,13 @@ class RiskManager:
         if changed:
             self._save()
         return False
+
+    def liquidation_sent(self) -> None:
+        """The liquidation a drawdown breach called for was sent: none is due any more
+        (persisted). The halt stays until `reset`."""
+        if self._drawdown_bar is not None:
+            self._drawdown_bar = None
+            self._save()
 
     def raise_peak(self, equity: float) -> None:
         """Raise the equity peak to `equity` (USD) when higher, with no drawdown test: the
@@ -323,6 +350,7 @@ class RiskManager:
         self._halted = False
         self._halt_reason = None
         self._halted_at = None
+        self._drawdown_bar = None
         if equity is not None:
             self._equity_peak = equity
         self._save()

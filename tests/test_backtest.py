@@ -241,6 +241,77 @@ def test_drawdown_breach_liquidates_halts_and_blocks_every_later_entry():
     assert (held == 0).all().all()
 
 
+@pytest.fixture(scope="module")
+def amd_pg() -> pd.DataFrame:
+    """AMD/PG, 2016-01-04 .. 2016-04-04: long AMD and short PG from the second bar breaches a
+    10 % drawdown on the 2016-01-15 close (a Friday; the next bar is Tuesday the 19th)."""
+    import process_stock_data as psd
+
+    return psd.load_bundled().close[["AMD", "PG"]].loc["2016-01-04":"2016-04-04"]
+
+
+def first_breach(equity: pd.Series, initial: float, limit: float) -> pd.Timestamp:
+    """The first bar whose close is `limit` or more below the running peak (from `initial`)."""
+    peak = equity.cummax().clip(lower=initial)
+    return equity[equity <= peak * (1.0 - limit)].index[0]
+
+
+@pytest.mark.parametrize("engine", ["compiled", "interpreted"])
+@pytest.mark.parametrize("delay", [1, 2])
+def test_a_drawdown_liquidation_fills_fill_delay_bars_after_the_close_that_reveals_it(
+    amd_pg, engine, delay
+):
+    """No account can act on the close that reveals a breach: the halt starts on that bar, the
+    liquidation fills `fill_delay_bars` later at that bar's close (zero costs: at the close)."""
+    n = len(amd_pg)
+    w = signal_weights(n, {0: (0.5, -0.5)})
+    limits = dataclasses.replace(LOOSE, max_drawdown_pct=0.10)
+    zero = te.ExecutionConfig(costs=tc.CostModel.zero())
+    cfg = config(limits=limits, execution=zero, fill_delay_bars=delay)
+    r = bt.run_backtest(amd_pg, w, cfg, engine=engine)
+    eq = r.equity
+    seen = first_breach(eq["equity"], r.initial_capital, 0.10)
+    assert r.halted_at == seen
+    assert delay != 1 or seen == pd.Timestamp("2016-01-15")
+    fill_bar = eq.index[eq.index.get_loc(seen) + delay]
+    liq = r.trades[r.trades["purpose"] == "liquidation"]
+    assert sorted(liq["symbol"]) == ["AMD", "PG"]
+    assert list(liq["date"].unique()) == [fill_bar]
+    assert (liq["fill_price"] == liq["bar_price"]).all()
+    assert liq["bar_price"].tolist() == amd_pg.loc[fill_bar, liq["symbol"]].tolist()
+    held = eq.loc[seen:fill_bar, ["qty_AMD", "qty_PG"]]
+    assert (held.iloc[:-1] != 0).all().all()  # still held through the bars before the fill
+    assert (eq.loc[fill_bar:, ["qty_AMD", "qty_PG"]] == 0).all().all()
+    assert r.trades["date"].max() == fill_bar
+
+
+def test_the_halt_starts_on_the_bar_that_reveals_the_breach(amd_pg):
+    """Entries that would fill on the breach bar or while the liquidation waits are refused."""
+    n = len(amd_pg)
+    b = amd_pg.index.get_loc(pd.Timestamp("2016-01-15"))
+    w = signal_weights(n, {0: (0.5, -0.5), b - 1: (0.6, -0.6), b: (0.7, -0.7)})
+    limits = dataclasses.replace(LOOSE, max_drawdown_pct=0.10)
+    zero = te.ExecutionConfig(costs=tc.CostModel.zero())
+    r = bt.run_backtest(amd_pg, w, config(limits=limits, execution=zero, fill_delay_bars=1))
+    assert r.halted_at == amd_pg.index[b]
+    assert [(x.date, x.reason) for x in r.rejections] == [
+        (amd_pg.index[b], "trading_halted"),
+        (amd_pg.index[b + 1], "trading_halted"),
+    ]
+    assert set(r.trades["purpose"]) == {"entry", "liquidation"}
+    assert (r.equity.iloc[b + 1 :][["qty_AMD", "qty_PG"]] == 0).all().all()
+
+
+def test_a_liquidation_due_past_the_last_bar_leaves_the_book_halted_and_held(amd_pg):
+    px = amd_pg.loc[:"2016-01-15"]  # the breach is seen on the last bar
+    w = signal_weights(len(px), {0: (0.5, -0.5)})
+    limits = dataclasses.replace(LOOSE, max_drawdown_pct=0.10)
+    r = bt.run_backtest(px, w, config(limits=limits, fill_delay_bars=1))
+    assert r.halted_at == px.index[-1]
+    assert not (r.trades["purpose"] == "liquidation").any()
+    assert (r.equity.iloc[-1][["qty_AMD", "qty_PG"]] != 0).all()
+
+
 def test_the_backtest_never_writes_the_live_risk_state(prices, home):
     bt.run_backtest(prices, zscore_weights(prices, 2.0), config(limits=rm.RiskLimits()))
     assert not home.risk_state_file.exists()
