@@ -1415,9 +1415,11 @@ def _beat(now: pd.Timestamp, session: _Session, mclock: Any, status: str) -> Hea
     if mclock is None:
         account, held = state.account, {}
         mclock = market_clock(now)
+        source = "the NYSE calendar (the broker is failing)"
     else:
         account = state.account = broker.account()
         held = broker.holdings()
+        source = clock_source(broker)
     return Heartbeat(
         status=status,
         time=pd.Timestamp.now(tz="UTC").isoformat(),
@@ -1439,7 +1441,14 @@ def _beat(now: pd.Timestamp, session: _Session, mclock: Any, status: str) -> Hea
         foreign_positions=dict(state.foreign),
         broker_error=state.broker_error,
         audit_anchor=_anchor_json(session.audit),
+        clock_source=source,
     )
+
+
+def clock_source(broker: ta.Broker) -> str:
+    """Whose clock `broker.clock()` reads: a real broker's own, the NYSE calendar for the paper
+    broker."""
+    return "the NYSE calendar" if broker.simulated else f"{broker.name}'s clock"
 
 
 def _anchor_json(audit: AuditLog) -> dict[str, Any] | None:

@@ -9,6 +9,8 @@ injection) or the paper broker; our code runs unmodified."""
 from __future__ import annotations
 
 import hashlib
+import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,17 @@ import constants as C
 import process_stock_data as psd
 from tests.helpers import run
 from tests.local_alpaca import FakeAlpaca, serving
-from tests.test_live_alpaca import NEXT_CLOSE, NEXT_OPEN, OPEN_NOW, PAIR, new_home
+from tests.test_live_alpaca import (
+    NEXT_CLOSE,
+    NEXT_OPEN,
+    OPEN_NOW,
+    PAIR,
+    env,
+    live_process,
+    new_home,
+    signal_file,
+    wait_for,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
 
@@ -103,3 +115,24 @@ def test_live_once_on_stale_bundled_data_writes_nothing_but_the_lock(processed, 
         "data/processed_AAPL_MSFT.parquet",
         "logs/trading.log",
     ]
+
+
+# --- Item 13: status shows the clock the loop used ----------------------------------------------
+def test_status_shows_the_brokers_clock_the_running_loop_decided_on(home, alpaca, tmp_path):
+    # Alpaca says open on 2022-12-29 whatever the local calendar says about today.
+    proc = live_process(home, alpaca, "--signals", signal_file(tmp_path), "--interval", "60")
+    try:
+        wait_for(lambda: home.heartbeat_file.exists())
+        running = run("main.py", "status", home=home.home, extra_env=env(home, alpaca))
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    stopped = run("main.py", "status", home=home.home, extra_env=env(home, alpaca))
+
+    beat = json.loads(home.heartbeat_file.read_text())
+    assert beat["market_open"] is True and beat["clock_source"] == "alpaca's clock"
+    assert "market: OPEN by alpaca's clock at 2022-12-29T15:00:00+00:00" in running.stdout
+    assert "local NYSE calendar now:" in running.stdout  # the other clock, labelled
+    assert "now by the local NYSE calendar" in stopped.stdout  # no loop: the calendar now
+    assert "the loop last saw the market open by alpaca's clock" in stopped.stdout
