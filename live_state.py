@@ -339,6 +339,9 @@ class Heartbeat:
     broker_error: str | None = None
     #: The audit log's last record at this beat ({"seq", "hash"}): a removed tail is detected.
     audit_anchor: Mapping[str, Any] | None = None
+    #: Whose clock `market_open` / `next_open` / `next_close` are ("alpaca's clock", "the NYSE
+    #: calendar"): the clock the loop decided on, which `status` shows.
+    clock_source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -629,8 +629,13 @@ def _acquire_lock(home: C.Paths) -> Any:
             f"another `python main.py live` (pid {pid}) is running on {home.home}: one instance "
             f"per TRADING_HOME (lock {home.live_lock_file})"
         ) from None
-    home.live_lock_file.with_suffix(".pid").write_text(f"{os.getpid()}\n")
     return lock
+
+
+def _write_pid(home: C.Paths) -> None:
+    """data/live.pid, for `status` and a second instance's message: written with the `start`
+    record, after every refusal (a refused run leaves only the lock file)."""
+    home.live_lock_file.with_suffix(".pid").write_text(f"{os.getpid()}\n")
 
 
 @dataclass
@@ -860,8 +865,9 @@ def _start(
             now=lambda: clocks[0].now(),
         )
     default_feed = feed is None
+    write_feed: Callable[[], None] | None = None
     if feed is None:
-        feed = _default_feed(pair, home, replay=config.replay)
+        feed, write_feed = _default_feed(pair, home, replay=config.replay)
     if clock is None:
         clock = RealClock()
         if config.replay:
@@ -877,7 +883,11 @@ def _start(
         _refuse_a_replay_past_the_data(config, feed, pair)
         first_row = feed.closed_rows(pd.Timestamp(config.replay_start))
     source = _signal_source(config, pair, home, feed, first_row, generator)
-    broker.order_prefix = home.order_prefix()  # its first write (a new home's tag)
+    # Every refusal is behind us: the processed table, the pid, the order tag are written now.
+    if write_feed is not None:
+        write_feed()
+    _write_pid(home)
+    broker.order_prefix = home.order_prefix()
     broker.stop_event = stopper.event
     journal = FillJournal.from_audit(audit)
     session = _Session(
@@ -1411,9 +1421,11 @@ def _beat(now: pd.Timestamp, session: _Session, mclock: Any, status: str) -> Hea
     if mclock is None:
         account, held = state.account, {}
         mclock = market_clock(now)
+        source = "the NYSE calendar (the broker is failing)"
     else:
         account = state.account = broker.account()
         held = broker.holdings()
+        source = clock_source(broker)
     return Heartbeat(
         status=status,
         time=pd.Timestamp.now(tz="UTC").isoformat(),
@@ -1435,7 +1447,14 @@ def _beat(now: pd.Timestamp, session: _Session, mclock: Any, status: str) -> Hea
         foreign_positions=dict(state.foreign),
         broker_error=state.broker_error,
         audit_anchor=_anchor_json(session.audit),
+        clock_source=source,
     )
+
+
+def clock_source(broker: ta.Broker) -> str:
+    """Whose clock `broker.clock()` reads: a real broker's own, the NYSE calendar for the paper
+    broker."""
+    return "the NYSE calendar" if broker.simulated else f"{broker.name}'s clock"
 
 
 def _anchor_json(audit: AuditLog) -> dict[str, Any] | None:
@@ -1443,7 +1462,12 @@ def _anchor_json(audit: AuditLog) -> dict[str, Any] | None:
     return anchor.to_json() if anchor is not None else None
 
 
-def _default_feed(pair: C.Pair, home: C.Paths, *, replay: bool) -> BarFeed:
+def _default_feed(
+    pair: C.Pair, home: C.Paths, *, replay: bool
+) -> tuple[BarFeed, Callable[[], None] | None]:
+    """The data source's bars, and what writes the processed table once the run is not refused
+    (None: nothing to write). A live run processes without writing: data it refuses as stale
+    must leave data/processed_*.parquet as it was."""
     import process_stock_data as psd
 
     if replay:
@@ -1451,13 +1475,9 @@ def _default_feed(pair: C.Pair, home: C.Paths, *, replay: bool) -> BarFeed:
             table, _ = psd.load_processed(pair, home)
         except DataError:
             table, _ = psd.process("bundled", pair, home=home)
-        return BarFeed(table, pair)
-
-    def fetch_and_process_latest_data() -> pd.DataFrame:
-        table, _ = psd.process(C.data_source_name(), pair, home=home)
-        return table
-
-    return BarFeed(fetch_and_process_latest_data(), pair, refresh=None)
+        return BarFeed(table, pair), None
+    table, summary = psd.process(C.data_source_name(), pair, home=home, write=False)
+    return BarFeed(table, pair, refresh=None), lambda: psd.write_processed(table, summary)
 
 
 __all__ = [

@@ -1795,9 +1795,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if beat.broker_error:
             print(f"broker: last failure: {beat.broker_error}")
-    print(
-        f"market: {'OPEN' if st['market_open_now'] else 'closed'} now; next open {st['next_open']}"
-    )
+    if beat is not None and beat.clock_source and pid is not None:
+        # The running loop decides by its broker's clock: show that, and where it came from.
+        print(
+            f"market: {'OPEN' if beat.market_open else 'closed'} by {beat.clock_source} at "
+            f"{beat.loop_time} (the loop's last heartbeat); next open {beat.next_open}"
+        )
+        print(
+            f"local NYSE calendar now: {'open' if st['market_open_now'] else 'closed'}; next "
+            f"open {st['next_open']}"
+        )
+    else:
+        print(
+            f"market: {'OPEN' if st['market_open_now'] else 'closed'} now by the local NYSE "
+            f"calendar; next open {st['next_open']}"
+        )
+        if beat is not None and beat.clock_source:
+            print(
+                f"the loop last saw the market {'open' if beat.market_open else 'closed'} by "
+                f"{beat.clock_source} at {beat.loop_time}"
+            )
     print(
         f"risk: {'HALTED (' + str(st['halt_reason']) + ')' if st['halted'] else 'trading allowed'}"
     )

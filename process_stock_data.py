@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -845,11 +845,14 @@ def process(
     end: str | None = None,
     home: C.Paths | None = None,
     today: pd.Timestamp | None = None,
+    write: bool = True,
 ) -> tuple[pd.DataFrame, ProcessSummary]:
     """Load, validate, compute features and label, drop warm-up rows, write the processed file.
 
     Writes data/processed_<LONG>_<SHORT>.parquet and its .json metadata atomically, only after
-    every rule passed. `today` (default: the clock's New York date) is the last date a bar may have.
+    every rule passed; `write=False` leaves that to `write_processed` (a caller that may still
+    refuse, such as `live` on stale data, writes nothing). `today` (default: the clock's New York
+    date) is the last date a bar may have.
     """
     home = (home or C.paths()).ensure()
     today = today if today is not None else pd.Timestamp.now(tz=_NEW_YORK).tz_localize(None)
@@ -886,20 +889,35 @@ def process(
         sha256=sha256_bytes(blob),
         rules=list(report.rules),
     )
+    if write:
+        _write_blob(blob, summary)
+    return table, summary
+
+
+def write_processed(table: pd.DataFrame, summary: ProcessSummary) -> None:
+    """Write what `process(write=False)` returned: the table to `summary.path` and its .json
+    metadata, atomically (the same bytes `process` would have written)."""
+    buf = io.BytesIO()
+    table.to_parquet(buf)
+    _write_blob(buf.getvalue(), summary)
+
+
+def _write_blob(blob: bytes, summary: ProcessSummary) -> None:
+    out = Path(summary.path)
+    summary = replace(summary, sha256=sha256_bytes(blob))
     atomic_write_bytes(out, blob)
     atomic_write_json(out.with_suffix(".json"), asdict(summary))
     log.info(
         "processed %s/%s from %s: %d rows %s..%s -> %s",
-        pair.long,
-        pair.short,
+        summary.long,
+        summary.short,
         summary.source,
         summary.rows,
         summary.start,
         summary.end,
         out,
-        extra={"sha256": summary.sha256, "warmup_rows": warmup_rows},
+        extra={"sha256": summary.sha256, "warmup_rows": summary.warmup_rows},
     )
-    return table, summary
 
 
 def load_processed(

@@ -721,6 +721,9 @@ CASES: list[Case] = [
     case("drift-window-word", "drift", "--window", "wide", code=2, says="wide",
          home="trained"),
     case("unknown-command", "frobnicate", code=2, says="frobnicate"),
+    # A live run on the bundled data (ends 2022-12-28) refuses it as stale: nothing processed.
+    case("live-once-stale-bundled-data", "live", "--once", code=2,
+         says=("bundled data of AAPL/MSFT end on 2022-12-28", "live --replay")),
 ]  # fmt: skip
 
 

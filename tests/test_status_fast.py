@@ -100,7 +100,8 @@ def test_status_imports_no_pandas_numpy_or_calendar_once_the_sessions_are_cached
     strip_age = lambda out: re.sub(r"heartbeat [\d,]+ s ago", "", out)  # noqa: E731
     assert strip_age(again.stdout) == strip_age(first.stdout)
     clock = market_clock(pd.Timestamp.now(tz="UTC"))
-    market = f"market: {'OPEN' if clock.is_open else 'closed'} now; next open "
+    market = f"market: {'OPEN' if clock.is_open else 'closed'} now by the local NYSE calendar"
+    market += "; next open "
     assert f"{market}{clock.next_open.isoformat()}\n" in again.stdout
     assert "risk: HALTED (drawdown 21% >= 20%)" in again.stdout
     assert "AAPL +10 @ 170.50" in again.stdout and "KO +5 @ 61.00" in again.stdout
