@@ -54,6 +54,14 @@ echo "==> installing profile '$profile' from $req (pinned, with constraints.txt)
   -r "$req" -c constraints.txt ||
   fail "pip could not install $req; see the messages above (network to the package index? disk space?)"
 
+# The project's own modules, editable: any process started from this venv (a `dask worker`, a loky
+# worker, a script run elsewhere) imports them from this checkout, and sees a `git pull` at once.
+# Offline like the step above: pip fetches the pinned build backend (pyproject.toml) from the same
+# indexes.
+echo "==> installing the project's modules into $venv (editable)"
+"$venv/bin/python" -m pip install --disable-pip-version-check --quiet --no-deps -e . ||
+  fail "pip could not install the project's modules (pyproject.toml); see the messages above"
+
 mkdir -p data models logs results
 echo "==> profile '$profile' installed in $venv"
 echo "    next: $venv/bin/python main.py check      (what each profile has)"

@@ -400,7 +400,11 @@ class DaskRunner(_BaseRunner):
             # to fetch it again; a plugin is unpickled once per worker process, on every current
             # and future (restarted) worker, and the scheduler keeps its bytes.
             plugin_name = f"task-runner-shared-{run_id}"
-            client.register_plugin(_SharedInputs(plugin_name, shared), name=plugin_name)
+            try:
+                client.register_plugin(_SharedInputs(plugin_name, shared), name=plugin_name)
+            except Exception as exc:
+                _raise_if_worker_cannot_import(exc, client)
+                raise
         futures = [
             client.submit(
                 _invoke_with_worker_shared,
@@ -415,12 +419,41 @@ class DaskRunner(_BaseRunner):
         index = {f.key: j for j, f in enumerate(futures)}
         try:
             for future in as_completed(futures, loop=client.loop):
-                yield index[future.key], future.result()
+                try:
+                    value = future.result()
+                except Exception as exc:
+                    _raise_if_worker_cannot_import(exc, client)
+                    raise
+                yield index[future.key], value
         finally:
             client.cancel([f for f in futures if not f.done()])
             del futures
             if plugin_name is not None:
                 client.unregister_worker_plugin(plugin_name)
+
+
+#: How Dask reports a worker's failed import: the exception itself (a task's result) or, from a
+#: plugin broadcast, a plain Exception whose text is its repr (`ModuleNotFoundError("No ...")`).
+_IMPORT_FAILURE = re.compile(r"\b(ModuleNotFoundError|ImportError)\b")
+_MISSING_MODULE = re.compile(r"No module named '([^']+)'")
+
+
+def _raise_if_worker_cannot_import(exc: BaseException, client: distributed.Client) -> None:
+    """A worker that cannot import a module of a task (typically one started outside this project's
+    venv, or from a venv without the project installed): a ConfigurationError that names the
+    module and the fix, instead of Dask's bare exception. Anything else: nothing."""
+    text = str(exc)
+    if not (isinstance(exc, ImportError) or _IMPORT_FAILURE.search(text)):
+        return
+    found = _MISSING_MODULE.search(text)
+    what = f"the module {found.group(1)!r}" if found else "a module a task needs"
+    address = getattr(client.scheduler, "address", None) or "tcp://SCHEDULER_HOST:8786"
+    detail = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+    raise ConfigurationError(
+        f"a Dask worker cannot import {what} ({detail}); start every worker from this project's "
+        f"venv after ./install.sh, which installs the project's modules into it: "
+        f"`.venv/bin/dask worker {address}` (DEPLOYMENT.md, Scans on a Dask cluster)"
+    ) from None
 
 
 # A Dask worker process's shared inputs, by plugin name (one per map), set by _SharedInputs.

@@ -46,3 +46,12 @@ def test_help_lists_the_profiles():
     proc = _install("--help")
     assert proc.returncode == 0
     assert all(p in proc.stdout for p in ("core", "lstm", "live", "advanced", "full"))
+
+
+def test_pyproject_installs_every_root_module():
+    """install.sh's `pip install -e .` installs what pyproject.toml lists: a root module left out
+    would be missing on a Dask worker started from the venv."""
+    import tomllib
+
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert sorted(listed["py-modules"]) == sorted(p.stem for p in ROOT.glob("*.py"))
