@@ -111,6 +111,7 @@ class BacktestResult:
     trip_rows: list[RoundTrip] | Callable[[], list[RoundTrip]] = field(repr=False)
     costs: dict[str, float]
     initial_capital: float
+    #: The bar whose close revealed a drawdown breach (trading halted from it on); None if none.
     halted_at: pd.Timestamp | None
     realized_pnl: float
     unrealized_pnl: float
@@ -118,6 +119,9 @@ class BacktestResult:
     event_bars: int
     #: Bars the compiled event loop ran (`fast_engine`); the interpreted path ran the rest.
     compiled_bars: int = 0
+    #: The bar the drawdown liquidation filled on (`fill_delay_bars` after `halted_at`); None
+    #: when there was none, or it fell after the last bar.
+    liquidated_at: pd.Timestamp | None = None
 
     @property
     def trades(self) -> pd.DataFrame:
@@ -433,6 +437,7 @@ class _BacktestRun:
         #: (`fill_delay_bars` later; None once sent, or past the data).
         self.breach_bar: int | None = None
         self.liquidate_at: int | None = None
+        self.liquidated_at: pd.Timestamp | None = None
         self.event_bars = 0
         # State after each event bar: (bar, cash, qty long leg, qty short leg, borrow paid so far).
         self.record: list[tuple[int, float, Qty, Qty, float]] | np.ndarray = []
@@ -701,7 +706,7 @@ class _BacktestRun:
             self.breach_bar, self.halted_at = j, now
             self.liquidate_at = j + delay if liquidation is None else None
         if liquidation is not None:
-            self.liquidate_at = None
+            self.liquidate_at, self.liquidated_at = None, now
             venue.carry.clear()
             self._note(liquidation, now)
 
@@ -816,6 +821,7 @@ class _BacktestRun:
             costs=venue.costs,
             initial_capital=cfg.initial_capital,
             halted_at=self.halted_at,
+            liquidated_at=self.liquidated_at,
             realized_pnl=book.realized,
             unrealized_pnl=float(unrealized),
             instructions=self.instructions,
@@ -1040,6 +1046,9 @@ def summarize(result: BacktestResult) -> dict[str, Any]:
             "total_costs": round(sum(result.costs.values()), 2),
             "rejections": result.rejection_counts,
             "halted_at": None if result.halted_at is None else str(result.halted_at.date()),
+            "liquidated_at": (
+                None if result.liquidated_at is None else str(result.liquidated_at.date())
+            ),
             "realized_pnl": result.realized_pnl,
             "unrealized_pnl": result.unrealized_pnl,
             "instructions": result.instructions,

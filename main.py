@@ -1176,9 +1176,15 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     else:
         console.print("Risk gate: no order refused.")
     if strat.get("halted_at"):
+        liquidated = strat.get("liquidated_at")
         console.print(
-            f"[bold red]drawdown limit hit on {strat['halted_at']}: positions liquidated, "
-            "no entries after it[/bold red]"
+            f"[bold red]drawdown limit hit on the {strat['halted_at']} close: no entries after "
+            + (
+                f"it; positions liquidated on {liquidated}"
+                if liquidated
+                else "it; the liquidation was due after the last bar (positions still held)"
+            )
+            + "[/bold red]"
         )
     if run.get("versions"):
         console.print(

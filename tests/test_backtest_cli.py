@@ -109,6 +109,38 @@ def test_tight_limits_over_eight_months_log_each_rejection_with_its_reason(tmp_p
     assert {r["reason"] for r in summary["rejections"]} == {"leg_notional"}
 
 
+def test_the_drawdown_liquidation_fills_at_the_close_after_the_breach_is_seen(tmp_path):
+    """The issue's run: AMD/PG from 2016-01-04 with every cost at zero, long AMD / short PG at
+    half of equity each. equity.csv first shows the 10 % breach on the 2016-01-15 close;
+    trades.csv liquidates at the next close (Tuesday 2016-01-19), never at the breach close."""
+    signals = write_csv(
+        tmp_path / "weights.csv", [("date", "AMD", "PG"), ("2016-01-04", 0.5, -0.5)]
+    )
+    home = tmp_path / "home"
+    res = run(
+        "main.py", "backtest", "--long", "AMD", "--short", "PG", "--signals", str(signals),
+        "--start", "2016-01-04", "--end", "2016-04-04", "--fees", "none",
+        "--commission-per-share", "0", "--commission-min", "0", "--half-spread-bps", "0",
+        "--impact-coef", "0", "--borrow-rate", "0", "--max-gross", "1e9", "--max-net", "1e9",
+        "--max-leg-notional", "1e9", "--max-order-notional", "1e9", "--max-leverage", "50",
+        "--daily-loss-limit", "0.99", "--max-drawdown", "0.1", "--no-charts", home=home,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = only_run_dir(home)
+    equity = pd.read_csv(out / "equity.csv", index_col="date", parse_dates=True)["equity"]
+    peak = equity.cummax().clip(lower=100_000.0)
+    breached = equity.index[equity <= peak * 0.9]
+    assert str(breached[0].date()) == "2016-01-15"
+    trades = pd.read_csv(out / "trades.csv", parse_dates=["date"])
+    liq = trades[trades["purpose"] == "liquidation"]
+    assert len(liq) == 2 and (liq["date"] > breached[0]).all()
+    assert set(liq["date"].dt.date.astype(str)) == {"2016-01-19"}  # the next bar (MLK day)
+    assert (liq["fill_price"] == liq["bar_price"]).all()  # zero costs: at that close
+    strategy = json.loads((out / "summary.json").read_text())["strategy"]
+    assert (strategy["halted_at"], strategy["liquidated_at"]) == ("2016-01-15", "2016-01-19")
+    assert "2016-01-15 close" in res.stdout and "liquidated on 2016-01-19" in res.stdout
+
+
 def test_results_folder_has_every_output_and_no_temporary_leftovers(tmp_path):
     signals = write_csv(
         tmp_path / "s.csv", [("date", "action"), ("2022-01-03", "buy"), ("2022-06-01", "sell")]

@@ -159,6 +159,74 @@ def test_fractional_usd_legs_trade_the_same_in_a_backtest_and_a_paper_replay(hom
     assert_same_trading(result, home)
 
 
+def drawdown_states(home: C.Paths, tmp_path: Path) -> Path:
+    """A state file that enters, flips and flips back in early January 2022: with $40,000 legs
+    and a 2 % drawdown limit it breaches late in the month, and asks for entries after it."""
+    table, _ = psd.load_processed(PAIR, home)
+    bars = table.loc[START:END].index
+    states = {0: "1", 2: "-1", 5: "1", 30: "-1", 45: "1"}
+    file = tmp_path / "states.csv"
+    rows = [states.get(i, "") for i in range(len(bars))]
+    pd.DataFrame({"date": [d.date() for d in bars], "state": rows}).to_csv(file, index=False)
+    return file
+
+
+@pytest.mark.parametrize("delay", [1, 2])
+def test_a_drawdown_liquidation_trades_the_same_in_a_backtest_and_a_paper_replay(
+    home, tmp_path, delay
+):
+    """The breach is seen on one bar's close in both worlds; the liquidation fills `delay` bars
+    later at that bar's close, with the same ids, quantities and prices, and the later entries
+    are refused in both."""
+    file = drawdown_states(home, tmp_path)
+    trading = dataclasses.replace(
+        bs.TradingConfig(),
+        fill_delay_bars=delay,
+        sizing=bs.SizingConfig(leg_usd=40_000.0),
+        limits=dataclasses.replace(bs.TradingConfig().limits, max_drawdown_pct=0.02),
+    )
+    request = bs.BacktestRequest(
+        PAIR, start=START, end=END, allow_in_sample=True, write_charts=False,
+        signal_file=str(file), config=trading,
+    )  # fmt: skip
+    result = bs.backtest(request, home=home).strategy
+    liq = result.trades[result.trades["purpose"] == "liquidation"]
+    assert result.halted_at is not None and len(liq) == 2
+    dates = result.equity.index
+    assert set(liq["date"]) == {dates[dates.get_loc(result.halted_at) + delay]}
+    assert result.rejection_counts.get("trading_halted", 0) >= 1
+    config = replay_config(START, END, signal_file=str(file), trading=trading)
+    summary = lt.run_trading_loop(config=config, pair=PAIR, home=home)
+    assert summary.orders == len(result.trades)
+    assert_same_trading(result, home)
+
+
+def test_a_replay_stopped_between_the_breach_and_its_liquidation_liquidates_on_time(home, tmp_path):
+    """The breach's bar is kept in data/risk_state.json: a replay that ends on the breach's bar
+    and is resumed the next day sends the liquidation on the bar a backtest does."""
+    file = drawdown_states(home, tmp_path)
+    trading = dataclasses.replace(
+        bs.TradingConfig(),
+        sizing=bs.SizingConfig(leg_usd=40_000.0),
+        limits=dataclasses.replace(bs.TradingConfig().limits, max_drawdown_pct=0.02),
+    )
+    request = bs.BacktestRequest(
+        PAIR, start=START, end=END, allow_in_sample=True, write_charts=False,
+        signal_file=str(file), config=trading,
+    )  # fmt: skip
+    result = bs.backtest(request, home=home).strategy
+    seen = result.halted_at
+    assert seen is not None
+    first = replay_config(START, str(seen.date()), signal_file=str(file), trading=trading)
+    lt.run_trading_loop(config=first, pair=PAIR, home=home)
+    risk = json.loads(home.risk_state_file.read_text())
+    assert risk["halted"] and pd.Timestamp(risk["drawdown_bar"]).date() == seen.date()
+    rest = replay_config(START, END, signal_file=str(file), trading=trading)
+    lt.run_trading_loop(config=rest, pair=PAIR, home=home)
+    assert json.loads(home.risk_state_file.read_text())["drawdown_bar"] is None
+    assert_same_trading(result, home)
+
+
 def test_the_same_configuration_is_traded_in_both(home):
     """A non-default TradingConfig changes both worlds the same way."""
     trading = dataclasses.replace(
