@@ -648,6 +648,13 @@ def _scan_parser(commands: Any, trading: bool) -> None:
         help="after the ranking, train and walk-forward-score XGBoost for the top N pairs "
         f"(bare --models: {SCAN_MODEL_PAIRS}; off)",
     )
+    sc.add_argument(
+        "--coint-lags",
+        choices=("fixed1", "aic"),  # pair_selection.COINT_LAGS (statsmodels not imported here)
+        help="the Engle-Granger test's ADF lags (the coint column only, never the trades): fixed1 "
+        "one lagged difference, aic the lag AIC picks up to statsmodels' maximum (its default; "
+        "~10x the test's cost, p-values can differ by up to ~0.6) (fixed1)",
+    )
     sc.add_argument("--no-charts", action="store_true", help="skip heatmap.png and heatmap.html")
     sc.add_argument(
         "--adopt",
@@ -1237,6 +1244,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             formation_bars=args.formation_bars,
             trading_bars=args.trading_bars,
             rules=_scan_rules(args),
+            **({"coint_lags": args.coint_lags} if args.coint_lags else {}),
         ),
         config=_trading_config(args),
         top=args.top,
@@ -1307,7 +1315,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         f"scan trials in {run['statistics']['trials_file']} (Sharpe variance "
         f"{result.trial_count.sharpe_variance:.3f}); cost = total costs / traded notional; "
         "half-life: median over formation windows, bars; coint: share of formation windows with "
-        f"Engle-Granger p < {run['coint_level']}"
+        f"Engle-Granger p < {run['coint_level']} (ADF lags: {run['coint_lags']})"
     )
     if result.model_settings is not None:
         bars = [m.scored_bars for m in result.models.values()]

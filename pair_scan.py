@@ -71,6 +71,7 @@ from backtest_strategy import ZSCORE_RULES, run_backtest
 from error_handling import ConfigurationError, DataError
 from pair_engine import TradingConfig, rule_instructions
 from pair_selection import (
+    COINT_LAGS,
     FORMATION_BARS,
     TRADING_BARS,
     PairStatistics,
@@ -140,8 +141,15 @@ class ScanSettings:
     formation_bars: int = FORMATION_BARS
     trading_bars: int = TRADING_BARS
     rules: tuple[RuleParameters, ...] = (RuleParameters(),)
+    #: The Engle–Granger test's ADF lags (`pair_selection.coint_pvalue`): fixed1 or aic. Only
+    #: the formation statistics (the coint column) depend on it, never the trades.
+    coint_lags: str = "fixed1"
 
     def __post_init__(self) -> None:
+        if self.coint_lags not in COINT_LAGS:
+            raise ConfigurationError(
+                f"--coint-lags must be one of {', '.join(COINT_LAGS)}, not {self.coint_lags!r}"
+            )
         if not self.rules:
             raise ConfigurationError("a scan needs at least one rule parameter set")
         if len(set(self.rules)) != len(self.rules):
@@ -435,13 +443,14 @@ def scan_window(
     window_index: int,
     window: WalkForwardWindow,
     config: TradingConfig,
+    coint_lags: str = "fixed1",
 ) -> WindowResult:
     """One pair on one window. `prices`: the shared closes (date index, one column per ticker);
     only rows ``[window.formation_start, window.trading_stop)`` are read."""
     rows = prices[[long, short]].iloc[window.formation_start : window.trading_stop]
     logs = np.log(rows.to_numpy("float64"))
     f = window.formation_bars
-    stats = pair_statistics(logs[:f, 0], logs[:f, 1])
+    stats = pair_statistics(logs[:f, 0], logs[:f, 1], coint_lags)
     spec = ZSCORE_RULES[rule.rule]
     z = spec.zscore(logs[:, 0], logs[:, 1], rule.zscore_bars)[f:]
     states = end_flat(spec.states(z, rule.entry_z, rule.exit_z), config.fill_delay_bars)
@@ -502,12 +511,13 @@ def scan_pair(
     rule: RuleParameters,
     windows: tuple[WalkForwardWindow, ...],
     config: TradingConfig,
+    coint_lags: str = "fixed1",
 ) -> tuple[PairResult, tuple[WindowResult, ...]]:
     """One pair under one rule set: every window (`scan_window`, window i = ``windows[i]``), then
     its row (`summarize_pair`). The scan's task: one per pair x rule set, so a task is about a
     second of work and the runner's per-task cost (keys, pickling, scheduling) stays small."""
     results = tuple(
-        scan_window(prices, long, short, rule_index, rule, i, w, config)
+        scan_window(prices, long, short, rule_index, rule, i, w, config, coint_lags)
         for i, w in enumerate(windows)
     )
     return summarize_pair(rule, results), results
@@ -720,7 +730,7 @@ def run_scan(
     windows = walk_forward_windows(len(closes), settings.formation_bars, settings.trading_bars)
     pairs = universe_pairs(list(closes.columns)) if pairs is None else list(pairs)
     tasks = [
-        (a, b, k, rule, tuple(windows), config)
+        (a, b, k, rule, tuple(windows), config, settings.coint_lags)
         for a, b in pairs
         for k, rule in enumerate(settings.rules)
     ]
@@ -936,6 +946,7 @@ def scan_summary(
                 "windows_end": "flat: a position is closed at each trading window's last close",
                 "cost_share": "total costs / gross traded notional",
                 "coint_level": COINT_LEVEL,
+                "coint_lags": s.coint_lags,
                 "statistics": {**STATISTICS_METHOD, "trials_file": trials_file},
             },
             "trials": {

@@ -17,9 +17,13 @@ Conventions
   ``[formation_start, formation_stop)`` only; rows at or after `formation_stop` (the trading
   window and beyond) never enter them. Enforced by `tests/test_pair_selection.py`'s truncation
   and future-shock tests.
-- **Cointegration test**: ``statsmodels.tsa.stattools.coint(log_a, log_b, trend="c",
-  maxlag=COINT_MAXLAG, autolag=None)``: the ADF regression on the residuals uses exactly one
-  lagged difference. Why fixed: ``autolag="aic"`` fits every lag up to 15 on 252 bars and costs
+- **Cointegration test** (`coint_pvalue`; the scan's ``--coint-lags``): ``fixed1`` (default) is
+  ``statsmodels.tsa.stattools.coint(log_a, log_b, trend="c", maxlag=COINT_MAXLAG, autolag=None)``:
+  the ADF regression on the residuals uses exactly one lagged difference. ``aic`` is statsmodels'
+  own default, ``coint(log_a, log_b, trend="c", autolag="aic")``: the lag (0 to 15 on 252 bars)
+  chosen by AIC per window. The two disagree (p-values up to ~0.6 apart on one window; BAC/JPM
+  cointegrated in 8 vs 12 of 127 bundled windows). Why fixed1 is the default:
+  ``autolag="aic"`` fits every lag up to 15 on 252 bars and costs
   ~10x as much (measured ~10 ms instead of ~1 ms a call), and the scan makes ~23,000 calls (190
   pairs x ~120 windows); ``autolag=None`` with statsmodels' default maxlag (15 lags on 252 bars)
   spends degrees of freedom on lags daily spreads rarely need and loses power (one seeded
@@ -47,8 +51,11 @@ from error_handling import ConfigurationError
 #: A formation window shorter than this is refused: the ADF regression and the two half-window
 #: hedge ratios need some data.
 MIN_BARS = 30
-#: Lagged differences in the Engle–Granger ADF regression (fixed; see the module docstring).
+#: Lagged differences in the Engle–Granger ADF regression under ``fixed1`` (module docstring).
 COINT_MAXLAG = 1
+#: How the ADF regression's lags are chosen: one fixed lag (default), or AIC up to statsmodels'
+#: default maximum.
+COINT_LAGS = ("fixed1", "aic")
 #: Default formation window: one year of trading days.
 FORMATION_BARS = 252
 #: Default trading window: one quarter of trading days.
@@ -144,7 +151,7 @@ class PairStatistics:
     hedge_ratio: float
     #: OLS intercept of that fit, in log price.
     intercept: float
-    #: Engle–Granger p-value, ``coint(log_a, log_b, trend="c", maxlag=1, autolag=None)[1]``;
+    #: Engle–Granger p-value (`coint_pvalue`, one ADF lag by default, AIC-chosen under ``aic``);
     #: small = evidence of cointegration.
     coint_pvalue: float
     #: Bars for a spread deviation to halve (`half_life` of the window's spread); inf when it
@@ -201,8 +208,23 @@ def _checked_pair(log_a: np.ndarray, log_b: np.ndarray) -> tuple[np.ndarray, np.
     return a, b
 
 
-def pair_statistics(log_a: np.ndarray, log_b: np.ndarray) -> PairStatistics:
-    """Statistics of one formation window from the log prices of a and b over it (oldest first).
+def coint_pvalue(a: np.ndarray, b: np.ndarray, lags: str = "fixed1") -> float:
+    """Engle–Granger p-value of log prices a on b (constant trend): ``fixed1`` one ADF lag,
+    ``aic`` the lag AIC picks (statsmodels' default). ConfigurationError on another `lags`."""
+    if lags not in COINT_LAGS:
+        raise ConfigurationError(f"coint lags must be one of {', '.join(COINT_LAGS)}, not {lags!r}")
+    options = {"maxlag": COINT_MAXLAG, "autolag": None} if lags == "fixed1" else {"autolag": "aic"}
+    with warnings.catch_warnings():
+        # Perfect collinearity gives p = 0 by statsmodels' convention; not worth a warning per call.
+        warnings.simplefilter("ignore", CollinearityWarning)
+        return float(coint(a, b, trend="c", **options)[1])
+
+
+def pair_statistics(
+    log_a: np.ndarray, log_b: np.ndarray, coint_lags: str = "fixed1"
+) -> PairStatistics:
+    """Statistics of one formation window from the log prices of a and b over it (oldest first);
+    `coint_lags` picks the Engle–Granger test's ADF lags (`coint_pvalue`).
 
     Raises ConfigurationError on unequal lengths, fewer than `MIN_BARS` bars, NaN or inf (a missing
     or non-positive price), or a constant series (no hedge ratio or correlation exists).
@@ -232,10 +254,7 @@ def pair_statistics(log_a: np.ndarray, log_b: np.ndarray) -> PairStatistics:
     first, _ = _ols(a[:half], b[:half])
     second, _ = _ols(a[half:], b[half:])
     stability = abs(first - second) / 2.0 / abs(hedge_ratio) if hedge_ratio != 0.0 else math.inf
-    with warnings.catch_warnings():
-        # Perfect collinearity gives p = 0 by statsmodels' convention; not worth a warning per call.
-        warnings.simplefilter("ignore", CollinearityWarning)
-        pvalue = float(coint(a, b, trend="c", maxlag=COINT_MAXLAG, autolag=None)[1])
+    pvalue = coint_pvalue(a, b, coint_lags)
     spread = a - hedge_ratio * b - intercept
     return PairStatistics(
         correlation=correlation,

@@ -233,6 +233,35 @@ def test_cli_scan_grid_ranks_every_pair_and_set_and_deflates_by_their_product(tm
     assert both.returncode == 2 and "either --grid or --entry-z" in both.stderr
 
 
+def test_coint_lags_aic_changes_the_coint_column_only_never_the_trades(closes, scanned):
+    aic = ps.run_scan(closes, ps.ScanSettings(coint_lags="aic"))
+    fixed, other = _by_key(scanned.window_results), _by_key(aic.window_results)
+    assert fixed.keys() == other.keys()
+    for key, r in other.items():
+        f = closes[[r.long, r.short]].iloc[r.window.formation_start : r.window.formation_stop]
+        logs = np.log(f.to_numpy())
+        assert (
+            r.statistics.coint_pvalue == pair_statistics(logs[:, 0], logs[:, 1], "aic").coint_pvalue
+        )
+        np.testing.assert_array_equal(r.returns, fixed[key].returns)
+    assert any(other[k].statistics.coint_pvalue != fixed[k].statistics.coint_pvalue for k in fixed)
+    with pytest.raises(ConfigurationError, match="--coint-lags must be one of fixed1, aic"):
+        ps.ScanSettings(coint_lags="bic")
+
+
+def test_cli_scan_coint_lags_is_recorded_and_named_under_the_table(tmp_path, bundled):
+    universe = _write_universe(tmp_path / "u.csv", bundled)
+    proc = run("main.py", "scan", "--universe", f"csv:{universe}", "--coint-lags", "aic",
+               "--jobs", "1", "--no-charts", home=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = (tmp_path / "results").glob("scan-*")
+    assert json.loads((folder / "summary.json").read_text())["run"]["coint_lags"] == "aic"
+    assert "(ADF lags: aic)" in " ".join(proc.stdout.split())
+    bad = run("main.py", "scan", "--universe", f"csv:{universe}", "--coint-lags", "bic",
+              home=tmp_path)  # fmt: skip
+    assert bad.returncode == 2 and "invalid choice: 'bic'" in bad.stderr
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [

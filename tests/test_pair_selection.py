@@ -237,3 +237,42 @@ def test_aapl_msft_statistics_are_finite_on_the_bundled_prices() -> None:
     last = stats[-1]  # formation ending in 2022: measured correlation 0.78, half-life 35 bars
     assert 0.3 < last.correlation < 1.0
     assert math.isfinite(last.half_life_bars)
+
+
+def _engle_granger_by_hand(log_a: np.ndarray, log_b: np.ndarray, **adf: object) -> float:
+    """The Engle-Granger p-value composed from its parts, not through `coint`: OLS residuals of a
+    on (1, b), their ADF statistic without deterministic terms, MacKinnon's p for 2 variables."""
+    import statsmodels.api as sm
+    from statsmodels.tsa.adfvalues import mackinnonp
+    from statsmodels.tsa.stattools import adfuller
+
+    resid = sm.OLS(log_a, sm.add_constant(log_b)).fit().resid
+    stat = adfuller(resid, regression="n", result_object=False, **adf)[0]
+    return float(mackinnonp(stat, regression="c", N=2))
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_coint_lags_aic_is_statsmodels_default_lag_choice(seed: int) -> None:
+    log_a, log_b = cointegrated_pair(seed=seed, n=252)
+    log_a = log_a + np.cumsum(np.random.default_rng(seed).normal(0, 0.004, 252))  # weaker coint
+    aic = ps.pair_statistics(log_a, log_b, coint_lags="aic").coint_pvalue
+    assert aic == coint(log_a, log_b, trend="c", autolag="aic")[1]
+    assert aic == pytest.approx(_engle_granger_by_hand(log_a, log_b, autolag="AIC"), rel=1e-9)
+
+
+def test_coint_lags_fixed1_is_one_lag_and_the_default() -> None:
+    log_a, log_b = cointegrated_pair(seed=3, n=252)
+    log_a = log_a + np.cumsum(np.random.default_rng(3).normal(0, 0.004, 252))
+    fixed = ps.pair_statistics(log_a, log_b, coint_lags="fixed1").coint_pvalue
+    assert fixed == ps.pair_statistics(log_a, log_b).coint_pvalue
+    assert fixed == pytest.approx(
+        _engle_granger_by_hand(log_a, log_b, maxlag=1, autolag=None), rel=1e-9
+    )
+    # the two choices are really different tests on this window
+    assert fixed != ps.pair_statistics(log_a, log_b, coint_lags="aic").coint_pvalue
+
+
+def test_an_unknown_coint_lags_is_refused_naming_the_choices() -> None:
+    log_a, log_b = cointegrated_pair(seed=3, n=252)
+    with pytest.raises(ConfigurationError, match="fixed1, aic"):
+        ps.pair_statistics(log_a, log_b, coint_lags="bic")
