@@ -35,6 +35,7 @@ from pytest_httpserver import HTTPServer
 
 import audit_logging
 import constants as C
+import home_identity
 import live_trading as lt
 import process_stock_data as psd
 import risk_management as rm
@@ -133,6 +134,12 @@ def run_once(home: C.Paths, fake: FakeAlpaca, signals: str, table: pd.DataFrame,
     )
 
 
+def own(home: C.Paths, fake: FakeAlpaca) -> None:
+    """`positions adopt`: the shares the account holds in the pair become the home's own (a new
+    home holds them apart)."""
+    home_identity.adopt(home.ensure(), alpaca_broker(fake), PAIR.tickers, None)
+
+
 def records(home: C.Paths, event: str | None = None) -> list[audit_logging.AuditRecord]:
     log = audit_logging.AuditLog(home.audit_log)
     return [r for r in log.records() if event is None or r.event == event]
@@ -209,6 +216,7 @@ def wait_for(condition: Any, timeout_s: float = 60.0) -> None:
 
 # --- Asynchronous fills ---------------------------------------------------------------------------
 def test_a_flip_with_async_partial_fills_reduces_then_increases(home, alpaca, table, tmp_path):
+    own(home, alpaca)
     alpaca.fill_after_s = 1.0  # half at 0.5 s, the rest at 1 s: each part seen as it comes
     signals = signal_file(tmp_path)
     summary = run_once(home, alpaca, signals, table)
@@ -244,6 +252,7 @@ def test_a_flip_with_async_partial_fills_reduces_then_increases(home, alpaca, ta
 def test_a_reduce_unfilled_at_the_bound_is_cancelled_and_the_increase_withheld(
     home, alpaca, table, tmp_path
 ):
+    own(home, alpaca)
     alpaca.fill = False  # orders rest unfilled
     broker = alpaca_broker(alpaca, fill_policy=FillPolicy(timeout_s=0.3, poll_s=0.05))
     run_once(home, alpaca, signal_file(tmp_path), table, broker=broker)
@@ -262,6 +271,7 @@ def test_a_reduce_unfilled_at_the_bound_is_cancelled_and_the_increase_withheld(
 def test_a_reduce_left_open_is_saved_as_open_and_resolved_at_the_next_start(
     home, alpaca, table, tmp_path
 ):
+    own(home, alpaca)
     alpaca.fill_after_s = 1.5
     alpaca.partial = False
     broker = alpaca_broker(
@@ -292,6 +302,16 @@ def test_a_reduce_left_open_is_saved_as_open_and_resolved_at_the_next_start(
 
 def test_a_sigkill_right_after_a_post_is_recovered_without_a_double(home, alpaca, tmp_path):
     signals = signal_file(tmp_path)
+    adopted = run(
+        "main.py",
+        "positions",
+        "adopt",
+        "--broker",
+        "alpaca",
+        home=home.home,
+        extra_env=env(home, alpaca),
+    )
+    assert adopted.returncode == 0, adopted.stderr
     alpaca.fail("POST", ORDERS, "lost")  # the first order is taken; its answer never comes
     proc = live_process(home, alpaca, "--once", "--signals", signals, "--fill-timeout", "5")
     try:
@@ -331,6 +351,7 @@ def test_a_sigkill_right_after_a_post_is_recovered_without_a_double(home, alpaca
 def test_the_brokers_open_market_trades_when_the_local_calendar_is_closed(
     home, alpaca, table, tmp_path
 ):
+    own(home, alpaca)
     alpaca.clock_now = pd.Timestamp("2022-12-31 15:00", tz="UTC")  # a Saturday for NYSE
     run_once(home, alpaca, signal_file(tmp_path), table)
     assert len(alpaca.posted) == 4
@@ -340,6 +361,7 @@ def test_the_brokers_open_market_trades_when_the_local_calendar_is_closed(
 def test_the_brokers_closed_market_waits_and_the_bar_is_taken_at_its_open(
     home, alpaca, table, tmp_path
 ):
+    own(home, alpaca)
     alpaca.is_open = False  # the local calendar says open at 10:00 New York on a session day
     signals = signal_file(tmp_path)
     summary = run_once(home, alpaca, signals, table)
@@ -387,6 +409,7 @@ def test_a_bar_refused_for_a_closed_market_is_deferred_then_traded(
     )
     closing.url = alpaca.url
     current["fake"] = closing
+    own(home, closing)
     signals = signal_file(tmp_path)
     run_once(home, closing, signals, table)
 
@@ -404,6 +427,7 @@ def test_a_bar_refused_for_a_closed_market_is_deferred_then_traded(
 
 # --- Positions outside the pair -------------------------------------------------------------------
 def test_a_foreign_position_is_reported_and_does_not_block_the_pair(home, alpaca, table, tmp_path):
+    own(home, alpaca)
     alpaca.positions["KO"] = [5.0, 60.0]  # bought by hand
     run_once(home, alpaca, signal_file(tmp_path), table)
 
