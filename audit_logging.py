@@ -106,6 +106,9 @@ EVENT_TYPES = frozenset(
         "reconciliation",
         "recovery",
         "chain_repair",  # `audit repair`: documents a break or a failed anchor; rewrites nothing
+        "home_recorded",  # a home's first start: its account, and the shares it does not own
+        "home_claimed",  # `home claim`: this home trades the account from here, with a new tag
+        "positions_adopted",  # `positions adopt`: shares held apart become the home's own
     }
 )
 #: Fields of a record on disk, in the order they are documented.

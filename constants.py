@@ -285,6 +285,12 @@ class Paths:
             return tag
         raise ConfigurationError(f"cannot create {path}")
 
+    @property
+    def home_identity_file(self) -> Path:
+        """The venue, account, place and order tag this home recorded at its first start
+        (`home_identity`)."""
+        return self.data_dir / "home.json"
+
     def order_prefix(self) -> str:
         """The prefix of this home's client order ids, `pt-<tag>` (its backtests use it too, so
         a backtest and a replay name their orders alike)."""

@@ -95,6 +95,9 @@ class PositionsState:
     last_signal_bar: str | None = None
     #: The audit log's last record when this was written: a removed tail is detected.
     audit_anchor: AuditAnchor | None = None
+    #: Short borrow the paper account had charged in all (USD; None for a remote broker): a
+    #: charge made after this file was written explains a cash difference at the next start.
+    borrow_paid: float | None = None
 
     @classmethod
     def of(
@@ -109,14 +112,20 @@ class PositionsState:
         open_ids: Any = (),
         signal_bar: datetime | None = None,
         audit_anchor: AuditAnchor | None = None,
+        unowned: Mapping[str, Qty] | None = None,
     ) -> PositionsState:
         """The broker's state now (`broker`: a `trading_api.Broker`; times tz-aware);
         `symbols`: the pair (None: every position is the pair's); `open_ids`: the client ids of
-        the loop's orders not yet done."""
+        the loop's orders not yet done; `unowned`: shares held apart (not the home's, see
+        home_identity), left out of its positions."""
         account = broker.account()
+        unowned = unowned or {}
         held = {
-            sym: HeldPosition(p.qty, round(p.avg_entry_price, 6), p.market_price)
+            sym: HeldPosition(
+                p.qty - unowned.get(sym, 0), round(p.avg_entry_price, 6), p.market_price
+            )
             for sym, p in sorted(broker.positions().items())
+            if p.qty != unowned.get(sym, 0)
         }
         mine = {s: p for s, p in held.items() if symbols is None or s in symbols}
         open_orders = []
@@ -146,6 +155,7 @@ class PositionsState:
             foreign={s: p for s, p in held.items() if s not in mine},
             last_signal_bar=signal_bar.isoformat() if signal_bar is not None else None,
             audit_anchor=audit_anchor,
+            borrow_paid=getattr(broker, "borrow_paid", None),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -163,6 +173,7 @@ class PositionsState:
             "foreign": {s: dataclasses.asdict(p) for s, p in self.foreign.items()},
             "last_signal_bar": self.last_signal_bar,
             "audit_anchor": self.audit_anchor.to_json() if self.audit_anchor else None,
+            "borrow_paid": self.borrow_paid,
         }
 
     @classmethod
@@ -193,6 +204,7 @@ class PositionsState:
             audit_anchor=AuditAnchor.from_json(anchor)
             if (anchor := data.get("audit_anchor"))
             else None,
+            borrow_paid=None if data.get("borrow_paid") is None else float(data["borrow_paid"]),
         )
 
     def save(self, path: Path) -> None:

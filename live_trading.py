@@ -41,6 +41,7 @@ import pandas as pd
 import alert_dispatch
 import audit_logging
 import constants as C
+import home_identity
 import pair_engine as pe
 import risk_management as rm
 import trading_api as ta
@@ -302,9 +303,15 @@ class PairVenue:
     dashboard, an alert) but never traded and kept out of the pair's limits: the gate sees the
     pair's legs against the account's whole equity."""
 
-    def __init__(self, broker: ta.Broker, symbols: tuple[str, ...]):
+    def __init__(
+        self,
+        broker: ta.Broker,
+        symbols: tuple[str, ...],
+        unowned: Mapping[str, Qty] | None = None,
+    ):
         self.broker = broker
         self.symbols = symbols
+        self.unowned = dict(unowned or {})  # shares the home does not own (home_identity)
         self.name = broker.name
         self.simulated = broker.simulated
         self.live_checks = broker.live_checks
@@ -317,7 +324,12 @@ class PairVenue:
         return self.broker.account()
 
     def holdings(self) -> dict[str, int]:
-        return {s: q for s, q in self.broker.holdings().items() if s in self.symbols}
+        held = self.broker.holdings()
+        return {
+            s: held.get(s, 0) - self.unowned.get(s, 0)
+            for s in self.symbols
+            if held.get(s, 0) != self.unowned.get(s, 0)
+        }
 
     def latest_prices(self, symbols: Any) -> dict[str, ta.Quote]:
         return self.broker.latest_prices(symbols)
@@ -424,6 +436,7 @@ class FillJournal:
                     "order_qty": t.qty,
                     "status": status.value,
                     "recovered": recovered,
+                    "fees": round(float(get("fees") or 0.0) * shares / filled, 6),
                 },
             )
             t.filled, t.avg_price = filled, avg
@@ -465,6 +478,24 @@ class FillJournal:
             current = broker.await_fills(current, cancel_unfilled=False, on_update=self.observe)
         deltas = [self.observe(o, recovered=recovered) for o in current]
         return [d for d in deltas if d is not None]
+
+
+def journaled_since(audit: AuditLog, since: Any) -> list[FillDelta]:
+    """The fills (and adopted shares) the audit journal recorded after record `since` (an
+    AuditAnchor: positions.json's), which a kill may have kept out of positions.json. Shares
+    are signed; an adoption has no price."""
+    out = []
+    for record in audit.records():
+        if record.seq <= since.seq:
+            continue
+        p = record.payload
+        if record.event == "fill":
+            sign = 1 if p["side"] == "buy" else -1
+            shares = sign * as_qty(p["qty"])
+            out.append(FillDelta(p["symbol"], shares, float(p["price"]), float(p.get("fees", 0))))
+        elif record.event == "positions_adopted":
+            out.extend(FillDelta(s, as_qty(q), 0.0, 0.0) for s, q in p["positions"].items())
+    return out
 
 
 # --- Dead man's switch ------------------------------------------------------------------------
@@ -564,11 +595,14 @@ def reconcile(
     broker: ta.Broker,
     symbols: tuple[str, ...] | None = None,
     recovered: Any = (),
+    unowned: Mapping[str, Qty] | None = None,
 ) -> list[dict[str, Any]]:
     """Differences between positions.json and the broker (the broker wins): one entry per pair
     symbol whose quantity differs, and one for cash beyond a cent. `recovered` (FillDelta) are
-    the loop's own fills found at start-up after positions.json was written: they are expected,
-    not differences. Positions outside `symbols` are reported apart (`foreign`)."""
+    the loop's own fills journaled after positions.json was written (`journaled_since`, the
+    ones found at start-up included): they are expected, not differences; so is the borrow the
+    paper account charged since. Shares held apart (`unowned`) are not the home's; positions
+    outside `symbols` are reported apart (`foreign`)."""
     if saved is None:
         return []
     diffs: list[dict[str, Any]] = []
@@ -577,7 +611,11 @@ def reconcile(
     for fill in recovered:
         mine[fill.symbol] = mine.get(fill.symbol, 0) + fill.shares
         cash -= fill.shares * fill.price + fill.fees
-    theirs = broker.holdings()
+    unowned = unowned or {}
+    theirs = {s: q - unowned.get(s, 0) for s, q in broker.holdings().items()}
+    paid = getattr(broker, "borrow_paid", None)
+    if paid is not None and saved.borrow_paid is not None:
+        cash -= paid - saved.borrow_paid
     for sym in sorted(set(mine) | set(theirs)):
         if symbols is not None and sym not in symbols:
             continue
@@ -674,10 +712,12 @@ class _Session:
     state: _IterationState = field(default_factory=_IterationState)
     deadman: DeadMansSwitch | None = None
     first_row: int = 0  # the first bar this run decides (the replay's START)
+    #: Shares in the pair's symbols that are not this home's (home_identity): never traded.
+    unowned: Mapping[str, Qty] = field(default_factory=dict)
 
     @property
     def venue(self) -> PairVenue:
-        return PairVenue(self.broker, self.pair.tickers)
+        return PairVenue(self.broker, self.pair.tickers, self.unowned)
 
     def save_positions(self, now: pd.Timestamp) -> PositionsState:
         """positions.json from the broker's confirmed state; a change in the positions outside
@@ -693,6 +733,7 @@ class _Session:
             open_ids=self.journal.open_ids(),
             signal_bar=st.audited_signal_bar,
             audit_anchor=self.audit.anchor(),
+            unowned=self.unowned,
         )
         saved.save(self.home.positions_file)
         st.account = ta.Account(saved.equity, saved.cash, math.nan)
@@ -883,17 +924,20 @@ def _start(
         _refuse_a_replay_past_the_data(config, feed, pair)
         first_row = feed.closed_rows(pd.Timestamp(config.replay_start))
     source = _signal_source(config, pair, home, feed, first_row, generator)
+    broker.stop_event = stopper.event
+    identity = _home_identity(home, broker, pair, saved)  # a refusal writes nothing
     # Every refusal is behind us: the processed table, the pid, the order tag are written now.
     if write_feed is not None:
         write_feed()
     _write_pid(home)
-    broker.order_prefix = home.order_prefix()
-    broker.stop_event = stopper.event
+    broker.order_prefix = home.order_prefix()  # its first write (a new home's tag)
     journal = FillJournal.from_audit(audit)
     session = _Session(
         config, pair, home, broker, risk, source, feed, audit, summary, mode, journal
     )
     session.first_row = first_row
+    if not isinstance(identity, BrokerError):
+        session.unowned = identity[0].unowned
     state = session.state
     state.last_bar = last_bar
     state.pending = saved.pending_decision if saved else None
@@ -927,6 +971,9 @@ def _start(
         f", replay {config.replay_start}..{config.replay_end}" if config.replay else "",
     )
     try:
+        if isinstance(identity, BrokerError):  # the home's account could not be checked
+            raise identity
+        home_identity.report_unowned(home, audit, *identity, pair.tickers)
         recovered = journal.poll(broker, recovered=True)
         if recovered:
             log.warning(
@@ -965,6 +1012,22 @@ def _refuse_an_old_feed(feed: BarFeed, pair: C.Pair, broker: ta.Broker) -> None:
         )
 
 
+def _home_identity(
+    home: C.Paths, broker: ta.Broker, pair: C.Pair, saved: PositionsState | None
+) -> tuple[home_identity.HomeIdentity, bool] | BrokerError:
+    """(HomeIdentity, first start): the account this home trades, checked (another venue or
+    account, a copy on a remote account: ConfigurationError) and recorded at a first start.
+    A broker failure is returned: the start-up raises it after its `start` record, and halts."""
+    try:
+        identity, new = home_identity.establish(home, broker, pair.tickers, saved)
+    except BrokerError as exc:
+        return exc
+    if new:
+        broker.persist()  # the paper account's id is on disk before the home names it
+        home_identity.write_identity(home, identity)
+    return identity, new
+
+
 def _refuse_a_replay_past_the_data(config: LiveConfig, feed: BarFeed, pair: C.Pair) -> None:
     """ConfigurationError (exit 2) when the replay starts after the data's last bar."""
     last = pd.Timestamp(feed.table.index[-1])
@@ -984,8 +1047,8 @@ def _broker_failed(
     run of failures, not "circuit open" -- and a CRITICAL alert."""
     broker, risk = session.broker, session.risk
     cause = broker.failure_cause()
-    if cause is None and isinstance(exc, CircuitOpenError):
-        cause = str(exc)
+    if cause is None and isinstance(exc, CircuitOpenError | ta.OrderIdConflict):
+        cause = str(exc)  # an id that stands for another order halts at once
     session.state.broker_error = str(exc)
     session.audit.append(
         "broker_failure",
@@ -1025,12 +1088,22 @@ def _signal_source(
 
 
 def _reconcile(session: _Session, saved: PositionsState | None, recovered: Any = ()) -> None:
+    """positions.json against the broker, after the journal's fills since it was written (a
+    kill between a fill's audit record and positions.json is no difference)."""
     home, broker = session.home, session.broker
-    diffs = reconcile(saved, broker, session.pair.tickers, recovered)
+    journaled = list(recovered)
+    if saved is not None and saved.audit_anchor is not None:
+        journaled = journaled_since(session.audit, saved.audit_anchor)  # recovered ones too
+    diffs = reconcile(saved, broker, session.pair.tickers, journaled, session.unowned)
     session.summary.reconciliation_differences = len(diffs)
     session.audit.append(
         "reconciliation",
-        {"differences": diffs, "broker_wins": True, "recovered_fills": len(recovered)},
+        {
+            "differences": diffs,
+            "broker_wins": True,
+            "recovered_fills": len(recovered),
+            "journaled_fills": len(journaled),
+        },
     )
     if diffs:
         log.warning(

@@ -276,6 +276,8 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
         _add_trading_options(lv)
     lv.set_defaults(func=cmd_live)
 
+    _home_parsers(commands, common)
+
     st = commands.add_parser(
         "status",
         parents=[common],
@@ -795,6 +797,94 @@ def _sweep_parser(commands: Any, common: argparse.ArgumentParser, trading: bool)
 
 
 # --- Commands -------------------------------------------------------------------------------------
+def _home_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    """`home show|claim` and `positions adopt`: which account a home trades (home_identity)."""
+    venue = argparse.ArgumentParser(add_help=False)
+    venue.add_argument(
+        "--broker",
+        choices=["simulated", "alpaca"],
+        default="simulated",
+        help="the broker whose account is meant (as for `live`)",
+    )
+    venue.add_argument("--live", action="store_true", help="Alpaca's live (real-money) account")
+    h = commands.add_parser(
+        "home",
+        parents=[common, venue],
+        help="which broker account this home trades; claim it for a copied or moved home",
+        description="A home records the venue and account it trades at its first `live` start "
+        "(data/home.json) and refuses any other. A copied or moved home on Alpaca does not "
+        "trade until `home claim`: it then takes a new order tag (a copy never sends its "
+        "original's client order ids) and trades the account from here; stop the other home.",
+    )
+    h.add_argument("action", nargs="?", default="show", choices=["show", "claim"])
+    h.set_defaults(func=cmd_home)
+    ps = commands.add_parser(
+        "positions",
+        parents=[common, venue],
+        help="adopt the pair's shares the account held before this home's first start",
+        description="Shares of the pair's symbols that the account held before the home's first "
+        "start are not the home's: the loop never trades them. `positions adopt` makes them "
+        "its own (traded from the next start).",
+    )
+    ps.add_argument("action", choices=["adopt"])
+    ps.set_defaults(func=cmd_positions)
+
+
+def _home_broker(args: argparse.Namespace, home: Any) -> Any:
+    """The broker `args` name, to read its account (no order is sent)."""
+    import trading_api as ta
+
+    if args.live or args.broker == "alpaca":
+        if args.live:
+            api_key, secret_key = _live_keys(home)
+            return ta.AlpacaBroker(
+                api_key,
+                secret_key,
+                paper=False,
+                trading_url=os.environ.get("ALPACA_TRADING_URL") or None,
+                data_url=os.environ.get("ALPACA_DATA_URL") or None,
+            )
+        return ta.AlpacaBroker.from_environment(paper=True, home=home.home)
+    return ta.SimulatedBroker(home.paper_broker_file)
+
+
+def cmd_home(args: argparse.Namespace) -> int:
+    import constants as C
+    import home_identity as hi
+    import live_state
+
+    home = C.paths().ensure()
+    if args.action == "claim":
+        pair = C.resolve_pair(args.long, args.short)
+        saved = live_state.read_positions(home.positions_file)
+        identity = hi.claim(home, _home_broker(args, home), pair.tickers, saved)
+        print(f"claimed: this home trades the {identity.describe()}")
+        print(f"new order tag {identity.order_tag}: stop any other home that trades this account")
+    else:
+        identity = hi.read_identity(home)
+        if identity is None:
+            print(f"{home.home} has not traded yet: its first `live` start records its account")
+            return 0
+        print(f"this home trades the {identity.describe()}; order tag {identity.order_tag}")
+    for line in hi.unowned_lines(identity):
+        print(line)
+    return 0
+
+
+def cmd_positions(args: argparse.Namespace) -> int:
+    import constants as C
+    import home_identity as hi
+    import live_state
+
+    home = C.paths().ensure()
+    pair = C.resolve_pair(args.long, args.short)
+    saved = live_state.read_positions(home.positions_file)
+    adopted = hi.adopt(home, _home_broker(args, home), pair.tickers, saved)
+    text = ", ".join(f"{s} {q:+,}" for s, q in adopted.items()) or "nothing held apart"
+    print(f"adopted: {text}; this home trades all of {pair.long}/{pair.short} from its next start")
+    return 0
+
+
 def cmd_process(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table

@@ -68,6 +68,9 @@ class Account:
     cash: float
     buying_power: float
     status: str = "ACTIVE"
+    #: The broker's id of the account (Alpaca's account UUID; the paper account's `sim-...`):
+    #: a trading home records it at its first start and trades no other (home_identity).
+    account_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -272,8 +275,48 @@ class Broker(abc.ABC):
     def known_orders(self, orders: Sequence[Order]) -> dict[str, BrokerOrder]:
         """The orders among `orders` the broker already has, by client id (a restart after the
         broker accepted them: they are looked up, never sent twice)."""
-        found = {o.client_order_id: self.get_order_by_client_id(o.client_order_id) for o in orders}
-        return {cid: bo for cid, bo in found.items() if bo is not None}
+        known = {}
+        for order in orders:
+            found = self.get_order_by_client_id(order.client_order_id)
+            if found is not None:
+                known[order.client_order_id] = check_same_order(order, found, self.name)
+        return known
+
+    def persist(self) -> None:
+        """Write the account's local state now (the paper account's file); a remote broker keeps
+        its own."""
+        return None
+
+
+class OrderIdConflict(BrokerError):
+    """The broker already has an order with this client id, but for another symbol, side or
+    quantity: another home (a copy of this one) sent it. Never taken as this order done."""
+
+    def __init__(self, order: Order, found: BrokerOrder, broker: str):
+        self.order, self.found = order, found
+        super().__init__(
+            f"{broker} already has client order id {order.client_order_id} for "
+            f"{found.side.value} {found.qty} {found.symbol}, not this home's "
+            f"{order.side.value} {order.qty} {order.symbol}: another home sends this home's ids "
+            "(a copied home?); trading halted. Stop the other home, then run `python main.py "
+            "home claim` in the home that owns the account (it takes a new order tag)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.order, self.found, "broker"))
+
+
+def same_order(order: Order, found: BrokerOrder) -> bool:
+    """Whether the broker's order `found` (looked up by `order`'s client id) is `order`: the same
+    symbol, side and quantity. An id is only proof of identity within one home."""
+    return (found.symbol, found.side, found.qty) == (order.symbol, order.side, order.qty)
+
+
+def check_same_order(order: Order, found: BrokerOrder, broker: str) -> BrokerOrder:
+    """`found` when it is `order`; OrderIdConflict when the id stands for another order."""
+    if not same_order(order, found):
+        raise OrderIdConflict(order, found, broker)
+    return found
 
 
 def _require_approved(basket: object) -> ApprovedBasket:
@@ -320,6 +363,7 @@ class SimulatedBroker(Broker):
                 "ledger": pe.Ledger(initial_cash).to_json(),
                 "orders": {},
                 "quotes": {},
+                "account_id": _new_paper_account_id(),
             }
         try:
             state = json.loads(self.state_path.read_text())
@@ -333,7 +377,9 @@ class SimulatedBroker(Broker):
             if missing:
                 raise KeyError(", ".join(missing))
             pe.Ledger.from_json(state["ledger"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # An account saved before accounts had ids gets one (kept by its next save).
+            state.setdefault("account_id", _new_paper_account_id())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigurationError(
                 f"simulated broker state {self.state_path} is unreadable ({exc}); move it aside "
                 "to start a fresh paper account"
@@ -343,6 +389,10 @@ class SimulatedBroker(Broker):
     def _save(self) -> None:
         self._state["ledger"] = self.ledger.to_json()
         atomic_write_json(self.state_path, self._state)
+
+    def persist(self) -> None:
+        """Write the account file now: its id is then fixed before a home records it."""
+        self._save()
 
     # --- Market data ---------------------------------------------------------------------------
     def set_market(self, quotes: Mapping[str, BarQuote]) -> None:
@@ -398,7 +448,12 @@ class SimulatedBroker(Broker):
     def account(self) -> Account:
         cash = self.ledger.cash
         equity = cash + sum(p.market_value for p in self.positions().values())
-        return Account(equity=equity, cash=cash, buying_power=max(equity, 0.0) * 2.0)
+        return Account(
+            equity=equity,
+            cash=cash,
+            buying_power=max(equity, 0.0) * 2.0,
+            account_id=str(self._state["account_id"]),
+        )
 
     def clock(self) -> MarketClock:
         return market_clock(self._now())
@@ -424,6 +479,9 @@ class SimulatedBroker(Broker):
     def submit_basket(self, basket: ApprovedBasket) -> list[BrokerOrder]:
         basket = _require_approved(basket)
         orders = self._state["orders"]
+        for o in basket.orders:
+            if o.client_order_id in orders:
+                check_same_order(o, _order_from_state(orders[o.client_order_id]), self.name)
         new = [o for o in basket.orders if o.client_order_id not in orders]
         if new:
             quotes = {o.symbol: self._bar_quote(o.symbol) for o in new}
@@ -462,6 +520,11 @@ class SimulatedBroker(Broker):
     def filled_client_ids(self) -> list[str]:
         """Every client order id this account filled (for audits and crash tests)."""
         return [cid for cid, o in self._state["orders"].items() if o["filled_qty"] > 0]
+
+
+def _new_paper_account_id() -> str:
+    """A new paper account's id: `sim-` and 12 random hex digits."""
+    return f"sim-{os.urandom(6).hex()}"
 
 
 def _state_v1_to_v2(state: dict[str, Any]) -> dict[str, Any]:
@@ -748,6 +811,7 @@ class AlpacaBroker(Broker):
             cash=_alpaca_usd(raw.cash, "account cash"),
             buying_power=_alpaca_usd(raw.buying_power, "account buying_power"),
             status=str(getattr(raw.status, "value", raw.status)),
+            account_id=str(raw.id),
         )
 
     def positions(self) -> dict[str, Position]:
@@ -846,7 +910,9 @@ class AlpacaBroker(Broker):
         for order in basket.orders:
             known = self._lookup(order.client_order_id)
             if known is not None:
-                found = _order_from_alpaca(known, order.purpose.value)
+                found = check_same_order(
+                    order, _order_from_alpaca(known, order.purpose.value), self.name
+                )
                 log.info(
                     "alpaca already has order %s (%s): not submitted again",
                     found.client_order_id,
@@ -918,7 +984,7 @@ class AlpacaBroker(Broker):
                 raise
 
         raw = self._call("orders", "POST /v2/orders", post)
-        result = _order_from_alpaca(raw, order.purpose.value)
+        result = check_same_order(order, _order_from_alpaca(raw, order.purpose.value), self.name)
         log.info(
             "alpaca order %s: %s %d %s -> %s",
             cid,

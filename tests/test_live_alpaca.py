@@ -15,6 +15,7 @@ homes on one account never share a client order id.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,12 +36,14 @@ from pytest_httpserver import HTTPServer
 
 import audit_logging
 import constants as C
+import home_identity
 import live_trading as lt
 import process_stock_data as psd
 import risk_management as rm
+from error_handling import ConfigurationError
 from tests.helpers import ROOT, run
 from tests.local_alpaca import KEY_ID, ORDERS, SECRET, FakeAlpaca, serving
-from trading_api import AlpacaBroker, BrokerUnavailable, FillPolicy
+from trading_api import AlpacaBroker, BrokerUnavailable, FillPolicy, OrderIdConflict
 
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
 
@@ -133,6 +136,12 @@ def run_once(home: C.Paths, fake: FakeAlpaca, signals: str, table: pd.DataFrame,
     )
 
 
+def own(home: C.Paths, fake: FakeAlpaca) -> None:
+    """`positions adopt`: the shares the account holds in the pair become the home's own (a new
+    home holds them apart)."""
+    home_identity.adopt(home.ensure(), alpaca_broker(fake), PAIR.tickers, None)
+
+
 def records(home: C.Paths, event: str | None = None) -> list[audit_logging.AuditRecord]:
     log = audit_logging.AuditLog(home.audit_log)
     return [r for r in log.records() if event is None or r.event == event]
@@ -209,6 +218,7 @@ def wait_for(condition: Any, timeout_s: float = 60.0) -> None:
 
 # --- Asynchronous fills ---------------------------------------------------------------------------
 def test_a_flip_with_async_partial_fills_reduces_then_increases(home, alpaca, table, tmp_path):
+    own(home, alpaca)
     alpaca.fill_after_s = 1.0  # half at 0.5 s, the rest at 1 s: each part seen as it comes
     signals = signal_file(tmp_path)
     summary = run_once(home, alpaca, signals, table)
@@ -244,6 +254,7 @@ def test_a_flip_with_async_partial_fills_reduces_then_increases(home, alpaca, ta
 def test_a_reduce_unfilled_at_the_bound_is_cancelled_and_the_increase_withheld(
     home, alpaca, table, tmp_path
 ):
+    own(home, alpaca)
     alpaca.fill = False  # orders rest unfilled
     broker = alpaca_broker(alpaca, fill_policy=FillPolicy(timeout_s=0.3, poll_s=0.05))
     run_once(home, alpaca, signal_file(tmp_path), table, broker=broker)
@@ -262,6 +273,7 @@ def test_a_reduce_unfilled_at_the_bound_is_cancelled_and_the_increase_withheld(
 def test_a_reduce_left_open_is_saved_as_open_and_resolved_at_the_next_start(
     home, alpaca, table, tmp_path
 ):
+    own(home, alpaca)
     alpaca.fill_after_s = 1.5
     alpaca.partial = False
     broker = alpaca_broker(
@@ -292,6 +304,16 @@ def test_a_reduce_left_open_is_saved_as_open_and_resolved_at_the_next_start(
 
 def test_a_sigkill_right_after_a_post_is_recovered_without_a_double(home, alpaca, tmp_path):
     signals = signal_file(tmp_path)
+    adopted = run(
+        "main.py",
+        "positions",
+        "adopt",
+        "--broker",
+        "alpaca",
+        home=home.home,
+        extra_env=env(home, alpaca),
+    )
+    assert adopted.returncode == 0, adopted.stderr
     alpaca.fail("POST", ORDERS, "lost")  # the first order is taken; its answer never comes
     proc = live_process(home, alpaca, "--once", "--signals", signals, "--fill-timeout", "5")
     try:
@@ -331,6 +353,7 @@ def test_a_sigkill_right_after_a_post_is_recovered_without_a_double(home, alpaca
 def test_the_brokers_open_market_trades_when_the_local_calendar_is_closed(
     home, alpaca, table, tmp_path
 ):
+    own(home, alpaca)
     alpaca.clock_now = pd.Timestamp("2022-12-31 15:00", tz="UTC")  # a Saturday for NYSE
     run_once(home, alpaca, signal_file(tmp_path), table)
     assert len(alpaca.posted) == 4
@@ -340,6 +363,7 @@ def test_the_brokers_open_market_trades_when_the_local_calendar_is_closed(
 def test_the_brokers_closed_market_waits_and_the_bar_is_taken_at_its_open(
     home, alpaca, table, tmp_path
 ):
+    own(home, alpaca)
     alpaca.is_open = False  # the local calendar says open at 10:00 New York on a session day
     signals = signal_file(tmp_path)
     summary = run_once(home, alpaca, signals, table)
@@ -387,6 +411,7 @@ def test_a_bar_refused_for_a_closed_market_is_deferred_then_traded(
     )
     closing.url = alpaca.url
     current["fake"] = closing
+    own(home, closing)
     signals = signal_file(tmp_path)
     run_once(home, closing, signals, table)
 
@@ -404,6 +429,7 @@ def test_a_bar_refused_for_a_closed_market_is_deferred_then_traded(
 
 # --- Positions outside the pair -------------------------------------------------------------------
 def test_a_foreign_position_is_reported_and_does_not_block_the_pair(home, alpaca, table, tmp_path):
+    own(home, alpaca)
     alpaca.positions["KO"] = [5.0, 60.0]  # bought by hand
     run_once(home, alpaca, signal_file(tmp_path), table)
 
@@ -545,3 +571,147 @@ def test_two_homes_on_one_account_never_share_an_id(processed, alpaca, table, tm
     assert {c.rsplit("-", 1)[0] for c in ids_second} == {second.order_prefix()}
     assert first.order_prefix() != second.order_prefix()
     assert held(alpaca)["AAPL"] > 0  # the second home traded: it adopted none of the first's
+
+
+# --- One home, one account ------------------------------------------------------------------------
+def test_a_copied_home_does_not_trade_until_claimed_and_then_takes_a_new_tag(
+    home, alpaca, table, tmp_path
+):
+    """`cp -a` of a traded home copies its order tag: the copy refuses to trade (one line, exit
+    2, nothing written) until `home claim` gives it a tag of its own."""
+    alpaca.positions.clear()
+    signals = signal_file(tmp_path)
+    run_once(home, alpaca, signals, table)
+    copied = C.paths(tmp_path / "copy")
+    shutil.copytree(home.home, copied.home, symlinks=True)
+    before = {p: p.read_bytes() for p in (copied.audit_log, copied.positions_file)}
+    posted = len(alpaca.posted)
+
+    refused = run(
+        "main.py", "live", "--broker", "alpaca", "--once", "--signals", signals,
+        home=copied.home, extra_env=env(copied, alpaca),
+    )  # fmt: skip
+
+    assert refused.returncode == 2, refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert "a copy or a move" in refused.stderr and "home claim --broker alpaca" in refused.stderr
+    assert {p: p.read_bytes() for p in before} == before and len(alpaca.posted) == posted
+
+    claimed = run(
+        "main.py", "home", "claim", "--broker", "alpaca", home=copied.home,
+        extra_env=env(copied, alpaca),
+    )  # fmt: skip
+    assert claimed.returncode == 0, claimed.stderr
+    assert copied.order_tag() != home.order_tag()
+    (claim,) = records(copied, "home_claimed")
+    assert claim.payload["previous"]["order_tag"] == home.order_tag()
+    assert claim.payload["unowned"] == {}  # what positions.json holds stays the copy's own
+    again = run(
+        "main.py", "live", "--broker", "alpaca", "--once", "--signals", signals,
+        home=copied.home, extra_env=env(copied, alpaca),
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert records(copied, "reconciliation")[-1].payload["differences"] == []
+
+
+def test_an_id_the_broker_has_for_another_order_halts_and_is_never_taken_as_done(
+    processed, alpaca, table, tmp_path
+):
+    """Two homes that share a tag (copied before homes recorded themselves) make the same ids
+    for different orders: the second home's order is refused loudly, not taken as filled."""
+    first = new_home(processed, tmp_path / "a")
+    first.order_tag()
+    twin = C.paths(tmp_path / "b")
+    shutil.copytree(first.home, twin.home)  # the same data/order_tag
+    alpaca.positions.clear()
+    run_once(first, alpaca, signal_file(tmp_path), table)
+    posted = list(alpaca.posted)
+
+    with pytest.raises(OrderIdConflict, match="another home sends this home's ids"):
+        run_once(twin, alpaca, signal_file(tmp_path, 0.5, -0.5), table)
+
+    assert alpaca.posted == posted  # nothing sent for the twin, nothing it took as its own
+    risk = rm.RiskManager(state_path=twin.risk_state_file, home=twin.home, alerts=False)
+    assert risk.halted and "already has client order id" in risk.halt_reason
+    halted = [a for a in alerts(twin) if a["title"] == "Trading halted"]
+    assert halted and halted[0]["severity"] == "CRITICAL"
+    (failure,) = records(twin, "broker_failure")
+    assert "not this home's" in failure.payload["error"]
+    assert not records(twin, "fill")
+
+
+def test_a_home_refuses_another_venue_naming_both_and_how_to_start_a_new_home(
+    home, alpaca, table, tmp_path
+):
+    """A paper replay then Alpaca in one home made each broker wipe the other's positions."""
+    signals = signal_file(tmp_path)
+    replay = run(
+        "main.py", "live", "--replay", "2022-12-27", "2022-12-28", "--signals", signals,
+        home=home.home, extra_env=env(home, alpaca),
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    written = {p: p.read_bytes() for p in (home.positions_file, home.audit_log)}
+
+    switched = run(
+        "main.py", "live", "--broker", "alpaca", "--once", "--signals", signals,
+        home=home.home, extra_env=env(home, alpaca),
+    )  # fmt: skip
+
+    assert switched.returncode == 2, switched.stderr
+    line = switched.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "simulated account sim-" in line and f"alpaca account {alpaca.account_id}" in line
+    assert "TRADING_HOME=/path/to/new-home python main.py live --broker alpaca" in line
+    assert alpaca.posted == [] and {p: p.read_bytes() for p in written} == written
+    assert not [a for a in alerts(home) if a["source"] == "reconciliation"]
+
+
+def test_a_home_refuses_another_account_of_its_venue(home, alpaca, table, tmp_path):
+    alpaca.positions.clear()
+    signals = signal_file(tmp_path)
+    run_once(home, alpaca, signals, table)
+    recorded = alpaca.account_id
+    alpaca.account_id = "0b5a6f3e-0000-4000-8000-000000000001"  # other keys: another account
+
+    with pytest.raises(ConfigurationError, match=f"alpaca account {recorded}.*0b5a6f3e-0000"):
+        run_once(home, alpaca, signals, table)
+    # A paper run in the Alpaca home is refused the same way, before it writes anything.
+    with pytest.raises(ConfigurationError, match="this start reaches simulated account sim-"):
+        lt.run_trading_loop(
+            config=lt.LiveConfig(once=True, signal_file=signals, interval_s=1.0),
+            pair=PAIR,
+            home=home,
+            feed=lt.BarFeed(table, PAIR),
+        )
+    assert not home.paper_broker_file.exists()
+
+
+def test_a_fresh_home_holds_the_accounts_pair_shares_apart_until_adopted(
+    home, alpaca, table, tmp_path
+):
+    """AAPL +10 bought before the first start is not the home's: it buys its whole target,
+    says so, and owns the 10 only after `positions adopt` (no difference reported then)."""
+    alpaca.positions.clear()
+    alpaca.positions["AAPL"] = [10.0, alpaca.prices["AAPL"]]
+    signals = signal_file(tmp_path)
+    run_once(home, alpaca, signals, table)
+
+    bought = sum(int(p["qty"]) for p in alpaca.posted if p["symbol"] == "AAPL")
+    assert [p["side"] for p in alpaca.posted if p["symbol"] == "AAPL"] == ["buy"]
+    saved = lt.read_positions(home.positions_file)
+    assert saved.positions["AAPL"].qty == bought  # the home's own: what it bought
+    assert held(alpaca)["AAPL"] == bought + 10  # the 10 are left alone
+    (said,) = [a for a in alerts(home) if a["source"] == "home_identity"]
+    assert "AAPL +10" in said["message"] and "positions adopt" in said["message"]
+    assert records(home, "home_recorded")[0].payload["unowned"] == "AAPL +10"
+
+    adopted = run(
+        "main.py", "positions", "adopt", "--broker", "alpaca", home=home.home,
+        extra_env=env(home, alpaca),
+    )  # fmt: skip
+    assert adopted.returncode == 0, adopted.stderr
+    assert "adopted: AAPL +10" in adopted.stdout
+    run_once(home, alpaca, signals, table)
+    assert records(home, "reconciliation")[-1].payload["differences"] == []
+    assert lt.read_positions(home.positions_file).positions["AAPL"].qty == bought + 10
+    assert not [a for a in alerts(home) if a["source"] == "reconciliation"]

@@ -127,6 +127,33 @@ def test_a_basket_already_filled_is_returned_not_filled_again(tmp_path):
     assert restarted.account().cash == cash and restarted.positions()["AAPL"].qty == 10
 
 
+def test_an_id_the_account_knows_for_another_order_is_refused_not_taken_as_done(tmp_path):
+    """A copied home sends its original's ids: the same id for another quantity or side is a
+    conflict, never "already filled"."""
+    b = broker(tmp_path)
+    _, first = orders_toward({}, {"AAPL": 10}, Purpose.ENTRY, ("t", "b1"))
+    b.submit_basket(approved(first, b))
+    cash = b.account().cash
+    _, other = orders_toward({}, {"AAPL": 25}, Purpose.ENTRY, ("t", "b1"))
+    assert other[0].client_order_id == first[0].client_order_id
+
+    with pytest.raises(ta.OrderIdConflict, match="buy 10 AAPL, not this home's buy 25 AAPL"):
+        b.submit_basket(approved(other, b))
+    with pytest.raises(ta.OrderIdConflict):
+        b.known_orders(other)
+    assert b.account().cash == cash and b.positions()["AAPL"].qty == 10
+    assert set(b.known_orders(first)) == {first[0].client_order_id}  # the same order is known
+
+
+def test_the_paper_account_has_an_id_that_survives_a_restart(tmp_path):
+    b = broker(tmp_path)
+    again = ta.SimulatedBroker(tmp_path / "broker.json", now=lambda: NOW)
+    other = broker(tmp_path / "other")
+    assert b.account().account_id.startswith("sim-")
+    assert again.account().account_id == b.account().account_id
+    assert other.account().account_id != b.account().account_id
+
+
 def test_only_an_approved_basket_is_accepted(tmp_path):
     b = broker(tmp_path)
     _, opening = orders_toward({}, {"AAPL": 10}, Purpose.ENTRY, ("t", "b1"))
