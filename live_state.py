@@ -95,6 +95,9 @@ class PositionsState:
     last_signal_bar: str | None = None
     #: The audit log's last record when this was written: a removed tail is detected.
     audit_anchor: AuditAnchor | None = None
+    #: Signed shares per leg a decision aimed at but did not reach because its increase was
+    #: withheld (a reduce unfilled in time): the next bar without an instruction trades to it.
+    owed_target: Mapping[str, Qty] | None = None
 
     @classmethod
     def of(
@@ -109,6 +112,7 @@ class PositionsState:
         open_ids: Any = (),
         signal_bar: datetime | None = None,
         audit_anchor: AuditAnchor | None = None,
+        owed_target: Mapping[str, Qty] | None = None,
     ) -> PositionsState:
         """The broker's state now (`broker`: a `trading_api.Broker`; times tz-aware);
         `symbols`: the pair (None: every position is the pair's); `open_ids`: the client ids of
@@ -146,6 +150,7 @@ class PositionsState:
             foreign={s: p for s, p in held.items() if s not in mine},
             last_signal_bar=signal_bar.isoformat() if signal_bar is not None else None,
             audit_anchor=audit_anchor,
+            owed_target=dict(owed_target) if owed_target is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -163,6 +168,7 @@ class PositionsState:
             "foreign": {s: dataclasses.asdict(p) for s, p in self.foreign.items()},
             "last_signal_bar": self.last_signal_bar,
             "audit_anchor": self.audit_anchor.to_json() if self.audit_anchor else None,
+            "owed_target": dict(self.owed_target) if self.owed_target is not None else None,
         }
 
     @classmethod
@@ -192,6 +198,9 @@ class PositionsState:
             last_signal_bar=data.get("last_signal_bar"),
             audit_anchor=AuditAnchor.from_json(anchor)
             if (anchor := data.get("audit_anchor"))
+            else None,
+            owed_target={str(s): as_qty(q) for s, q in owed.items()}
+            if (owed := data.get("owed_target"))
             else None,
         )
 
