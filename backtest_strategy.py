@@ -758,6 +758,10 @@ class _BacktestRun:
         self._note(report, now)
 
     def _note(self, report: pe.StepReport, now: pd.Timestamp) -> None:
+        if report.unsized is not None:  # a pair the capital cannot size on both legs
+            self.rejections.append(Rejection(now, "one_legged", report.unsized, "entry"))
+            if self.log_rejections:
+                log.warning("%s %s: %s", self.label, now.date(), report.unsized)
         for d in report.denials:
             self.rejections.append(Rejection(now, d.reason, d.message, d.purpose))
             if self.log_rejections:

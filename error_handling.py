@@ -91,6 +91,13 @@ class CircuitOpenError(BrokerError):
     """A call was refused because its circuit breaker is open."""
 
 
+class StopRequested(BaseException):
+    """A stop (SIGTERM, Ctrl-C) arrived while the loop waited on the broker or a data source:
+    raised from the signal handler to end that wait at once, and at the next attempt a retry
+    would make. A BaseException, as KeyboardInterrupt: no `except Exception` takes it for a
+    failure (no retry, no halt, no breaker count)."""
+
+
 class ModelIntegrityError(TradingError):
     """A model artifact does not match its registered SHA-256, pair or feature list."""
 

@@ -38,7 +38,7 @@ import pair_engine as pe
 import risk_management as rm
 import trading_execution as te
 import transaction_costs as tc
-from pair_engine import book_fill, leg_rebalances, whole_shares
+from pair_engine import book_fill, both_legs_sized, leg_rebalances, whole_shares
 from risk_management import (
     capital_verdict,
     exposure_verdict,
@@ -57,6 +57,7 @@ from transaction_costs import fill_terms
 RULES: tuple[Callable[..., Any], ...] = (
     pe.whole_shares,
     pe.leg_rebalances,
+    pe.both_legs_sized,
     pe.book_fill,
     te.leg_orders,
     te.fill_quantity,
@@ -478,6 +479,9 @@ def _event_loop(
             scale = 1.0 if per_usd else equity
             want0 = float(whole_shares(weights[src[k], 0], scale, p0))
             want1 = float(whole_shares(weights[src[k], 1], scale, p1))
+            if not both_legs_sized(weights[src[k], 0], weights[src[k], 1], want0, want1):
+                st[:] = saved
+                return j  # a one-legged pair: the interpreted path says why
             q0, q1 = st[Q0], st[Q1]
             if leg_rebalances(q0, want0, band) or leg_rebalances(q1, want1, band):
                 cut0, add0 = leg_orders(q0, want0)

@@ -98,6 +98,9 @@ class PositionsState:
     #: Short borrow the paper account had charged in all (USD; None for a remote broker): a
     #: charge made after this file was written explains a cash difference at the next start.
     borrow_paid: float | None = None
+    #: Signed shares per leg a decision aimed at but did not reach because its increase was
+    #: withheld (a reduce unfilled in time): the next bar without an instruction trades to it.
+    owed_target: Mapping[str, Qty] | None = None
 
     @classmethod
     def of(
@@ -113,6 +116,7 @@ class PositionsState:
         signal_bar: datetime | None = None,
         audit_anchor: AuditAnchor | None = None,
         unowned: Mapping[str, Qty] | None = None,
+        owed_target: Mapping[str, Qty] | None = None,
     ) -> PositionsState:
         """The broker's state now (`broker`: a `trading_api.Broker`; times tz-aware);
         `symbols`: the pair (None: every position is the pair's); `open_ids`: the client ids of
@@ -156,6 +160,7 @@ class PositionsState:
             last_signal_bar=signal_bar.isoformat() if signal_bar is not None else None,
             audit_anchor=audit_anchor,
             borrow_paid=getattr(broker, "borrow_paid", None),
+            owed_target=dict(owed_target) if owed_target is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -174,6 +179,7 @@ class PositionsState:
             "last_signal_bar": self.last_signal_bar,
             "audit_anchor": self.audit_anchor.to_json() if self.audit_anchor else None,
             "borrow_paid": self.borrow_paid,
+            "owed_target": dict(self.owed_target) if self.owed_target is not None else None,
         }
 
     @classmethod
@@ -205,6 +211,9 @@ class PositionsState:
             if (anchor := data.get("audit_anchor"))
             else None,
             borrow_paid=None if data.get("borrow_paid") is None else float(data["borrow_paid"]),
+            owed_target={str(s): as_qty(q) for s, q in owed.items()}
+            if (owed := data.get("owed_target"))
+            else None,
         )
 
     def save(self, path: Path) -> None:

@@ -53,6 +53,7 @@ from error_handling import (
     ConfigurationError,
     DataError,
     DataSourceUnavailable,
+    StopRequested,
     TradingError,
 )
 from live_state import (
@@ -158,6 +159,8 @@ class LoopSummary:
     #: order first seen; `main.py live` prints them when nothing was traded.
     idle_reasons: list[str] = field(default_factory=list)
     started: bool = False  # the `start` record was written (then a `stop` record follows)
+    #: The audit chain was checked: a stop by signal before the `start` record is recorded too.
+    audit_checked: bool = False
 
     def idle(self, reason: str) -> None:
         if reason not in self.idle_reasons:
@@ -631,11 +634,14 @@ def reconcile(
 
 # --- The loop -------------------------------------------------------------------------------------
 class _Stop:
-    """Ctrl-C and SIGTERM set the event; the loop stops at its next safe point."""
+    """Ctrl-C and SIGTERM set the event; the loop stops at its next safe point. A signal that
+    arrives while the loop's thread waits on a broker read (`Broker.in_request`) also ends that
+    wait at once: `StopRequested` is raised from the handler there, and nowhere else."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason = "end"
+        self.broker: ta.Broker | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -646,8 +652,11 @@ class _Stop:
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.reason = signal_module.Signals(signum).name
-        log.warning("%s received: stopping at the next safe point", self.reason)
         self.event.set()
+        if self.broker is not None and self.broker.in_request:
+            self.broker.in_request = False
+            raise StopRequested(f"{self.reason} during a {self.broker.name} request")
+        log.warning("%s received: stopping at the next safe point", self.reason)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -691,6 +700,8 @@ class _IterationState:
     deferred_bar: pd.Timestamp | None = None  # the bar last deferred (audited once)
     account: ta.Account | None = None  # the last account read (for a heartbeat in an outage)
     broker_error: str | None = None
+    #: A target a withheld increase left unreached: the next bar without an instruction owes it.
+    owed: dict[str, Qty] | None = None
 
 
 @dataclass
@@ -734,6 +745,7 @@ class _Session:
             signal_bar=st.audited_signal_bar,
             audit_anchor=self.audit.anchor(),
             unowned=self.unowned,
+            owed_target=st.owed,
         )
         saved.save(self.home.positions_file)
         st.account = ta.Account(saved.equity, saved.cash, math.nan)
@@ -832,6 +844,8 @@ def run_trading_loop(
             config, pair, home, clock, broker, feed, generator, audit, summary, stopper
         )
         _run(session, clock, stopper)
+    except StopRequested:
+        log.warning("%s received: the wait on the broker ended, stopping", stopper.reason)
     except (BrokerError, DataSourceUnavailable):
         if not stopper.event.is_set():
             summary.stopped_by = "error"
@@ -850,14 +864,17 @@ def run_trading_loop(
 
 def _finish(session: _Session | None, home: C.Paths, audit: AuditLog, summary: LoopSummary) -> None:
     """The last positions.json (when the broker answers), the `stop` record, a stopped
-    heartbeat: written however the run ended -- unless it was refused before its `start`
-    record (a broken audit chain, a bad state file): then nothing is written."""
+    heartbeat: written however the run ended -- unless it ended before its `start` record:
+    refused (a broken audit chain, a bad state file, stale data), nothing is written; stopped
+    by a signal, the `stop` record alone."""
     if not summary.started:
+        if summary.audit_checked and summary.stopped_by in ("SIGTERM", "SIGINT"):
+            audit.append("stop", {"reason": summary.stopped_by, "iterations": 0, "equity": None})
         return
     if session is not None:
         try:
             summary.equity = session.save_positions(pd.Timestamp.now(tz="UTC")).equity
-        except (BrokerError, DataSourceUnavailable) as exc:
+        except (BrokerError, DataSourceUnavailable, StopRequested) as exc:
             log.warning("positions.json not refreshed at stop: %s", exc)
     audit.append(
         "stop",
@@ -892,6 +909,7 @@ def _start(
     # Nothing is written before the audit chain, its anchor and the state files are read.
     stored = audit_logging.read_stored_anchor(home)
     audit_logging.check_chain(home.audit_log, stored.anchor, anchor_source=stored.source)
+    summary.audit_checked = True
     saved = read_positions(home.positions_file)
     risk = rm.RiskManager(trading.limits, state_path=home.risk_state_file, home=home.home)
     last_bar = (
@@ -917,6 +935,8 @@ def _start(
                 start = max(start, feed.bar_close_time(feed.row_of(last_bar)))
             clock = ReplayClock(start, config.speed)
     clocks[0] = clock
+    broker.stop_event = stopper.event  # before its first call: a stop cuts its waits short
+    stopper.broker = broker
     if default_feed and not config.replay:
         _refuse_an_old_feed(feed, pair, broker)
     first_row = 0
@@ -941,6 +961,7 @@ def _start(
     state = session.state
     state.last_bar = last_bar
     state.pending = saved.pending_decision if saved else None
+    state.owed = dict(saved.owed_target) if saved and saved.owed_target else None
     if saved is not None:
         state.foreign = {s: p.qty for s, p in saved.foreign.items()}
         if saved.last_signal_bar:
@@ -1345,35 +1366,45 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
     )
     if dd is not None:
         reports.append(dd)
+        state.owed = None  # liquidated: nothing is owed any more
     src = row - delay
     if src >= session.first_row:
         target = pending.target if pending else None
         if target is None:
-            target = pe.size_target(
+            weights = session.source.weights(table, src)
+            instructed = pe.size_target(
                 venue,
-                session.source.weights(table, src),
+                weights,
                 symbols,
                 per_usd=session.source.per_usd,
                 fractional=trading.sizing.fractional_shares,
             )
-            if target is None:
+            why = pe.one_legged(weights, instructed) if instructed is not None else None
+            if why is not None:
+                _not_sized(session, bar, instructed or {}, why)
+                state.owed = None  # a new instruction supersedes what was owed
+            else:
+                target = pe.standing_target(instructed, state.owed)
+            if instructed is None and target is not None:
+                log.info("the signal says keep: completing the withheld target %s", target)
+            elif instructed is None:
                 session.summary.idle(f"the signal of {table.index[src].date()} says keep")
         if target is not None:
             # Write-ahead: the target is saved before any order, so a restart between the two
             # baskets of a flip re-sends exactly the same orders (same ids, same quantities).
             state.pending = PendingDecision(bar.isoformat(), dict(target), sod)
             session.save_positions(now)
-            reports.append(
-                pe.trade_to(
-                    venue,
-                    risk,
-                    trading,
-                    target,
-                    id_parts=pe.decision_ids(bar, table.index[src]),
-                    start_of_day_equity=sod,
-                    on_event=session.on_event,
-                )
+            report = pe.trade_to(
+                venue,
+                risk,
+                trading,
+                target,
+                id_parts=pe.decision_ids(bar, table.index[src]),
+                start_of_day_equity=sod,
+                on_event=session.on_event,
             )
+            reports.append(report)
+            state.owed = pe.owed_target(report)  # held, not intended, decides the next bar
     if session.journal.open_ids():  # positions.json from confirmed fills: wait (bounded)
         session.journal.poll(broker, wait=True)
     after = venue.holdings()
@@ -1416,6 +1447,16 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
     state.last_bar = bar
     state.pending = None
     session.save_positions(now)
+
+
+def _not_sized(session: _Session, bar: pd.Timestamp, target: Mapping[str, Qty], why: str) -> None:
+    """A pair the capital cannot size on both legs: no order, and the loop says why (log,
+    audit, the run's idle reasons)."""
+    log.warning("%s: %s", bar.date(), why)
+    session.summary.idle(why)
+    session.audit.append(
+        "pair_not_sized", {"bar": bar.isoformat(), "target": dict(target), "reason": why}
+    )
 
 
 def _last_close_equity(log_path: Path, broker: ta.Broker) -> float:

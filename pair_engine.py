@@ -563,6 +563,15 @@ def whole_shares(weight: float, scale: float, price: float) -> int:
     return math.trunc(weight * scale / price)
 
 
+def both_legs_sized(w0: float, w1: float, want0: float, want1: float) -> bool:
+    """A pair is traded both legs or not at all: False when a leg with a non-zero weight sizes to
+    0 shares while the other leg does not (the capital is too small for the dearer leg), which
+    would make the "pair" an outright bet on one stock."""
+    if w0 != 0 and want0 == 0 and want1 != 0:
+        return False
+    return not (w1 != 0 and want1 == 0 and want0 != 0)
+
+
 def leg_rebalances(have: Qty, want: Qty, band: float) -> bool:
     """One leg of the rebalance rule: it changes direction (or opens or closes), or its target
     differs from the holding by more than `band` x the larger of the two."""
@@ -767,6 +776,8 @@ class StepReport:
     already_known: list[str] = field(default_factory=list)
     #: Reduce orders a real venue had not filled by the bound; the increase basket was withheld.
     unfilled: list[Any] = field(default_factory=list)
+    #: Why the instruction was not traded at all (`one_legged`), None when it was sized.
+    unsized: str | None = None
 
 
 EventHook = Callable[[str, dict[str, Any]], None]
@@ -958,6 +969,9 @@ def decide(
     )
     if target is None:
         return StepReport()
+    why = one_legged(weights, target)
+    if why is not None:
+        return StepReport(unsized=why)
     return trade_to(
         venue,
         risk,
@@ -1020,6 +1034,38 @@ def size_target(
     prices = [quotes[s].price for s in symbols]
     shares = target_shares(weights, scale, prices, fractional=fractional)
     return dict(zip(symbols, shares, strict=True))
+
+
+def standing_target(
+    instructed: Mapping[str, Qty] | None, owed: Mapping[str, Qty] | None
+) -> dict[str, Qty] | None:
+    """The target a bar trades toward: its own instruction's, else the one an earlier decision
+    still owes (`owed_target`); `trade_to` then compares it with what is held, so "keep" after a
+    withheld flip completes the flip instead of keeping the wrong side. None: nothing to do."""
+    chosen = instructed if instructed is not None else owed
+    return dict(chosen) if chosen is not None else None
+
+
+def owed_target(report: StepReport) -> dict[str, Qty] | None:
+    """The target a step aimed at but left unreached because its increase basket was withheld
+    (a reduce a real venue had not filled in time); None when it was reached, refused by the
+    gate or never set. A simulated venue fills at once, so the backtest never owes one."""
+    if report.unfilled and report.target is not None:
+        return dict(report.target)
+    return None
+
+
+def one_legged(weights: Sequence[float], target: Mapping[str, Qty]) -> str | None:
+    """Why a sized `target` cannot be traded as a pair (`both_legs_sized` fails), naming the leg
+    left at 0 shares; None when both legs are sized (or both are flat)."""
+    (s0, q0), (s1, q1) = target.items()
+    if both_legs_sized(float(weights[0]), float(weights[1]), float(q0), float(q1)):
+        return None
+    zero, other = (s0, s1) if q0 == 0 else (s1, s0)
+    return (
+        f"the capital sizes {other} {target[other]:+} but {zero} 0 shares: a pair is traded both "
+        "legs or not at all, so no order (raise the capital or the size per leg)"
+    )
 
 
 def control_drawdown(
@@ -1113,6 +1159,7 @@ __all__ = [
     "Venue",
     "adv_shares",
     "bars_between",
+    "both_legs_sized",
     "control_drawdown",
     "daily_vol",
     "decide",
@@ -1122,11 +1169,14 @@ __all__ = [
     "liquidation_due",
     "model_weights",
     "needs_rebalance",
+    "one_legged",
+    "owed_target",
     "read_signal_file",
     "rebalance",
     "rule_instructions",
     "signal_weights",
     "size_target",
+    "standing_target",
     "submit_checked",
     "target_shares",
     "trade_to",

@@ -40,7 +40,7 @@ import pandas as pd
 import pair_engine as pe
 from atomic_io import atomic_write_json
 from data_validation import NEW_YORK, MarketClock, market_clock
-from error_handling import BrokerError, CircuitBreaker, ConfigurationError
+from error_handling import BrokerError, CircuitBreaker, ConfigurationError, StopRequested
 from trading_execution import (
     ApprovedBasket,
     BarQuote,
@@ -162,6 +162,9 @@ class Broker(abc.ABC):
     fill_policy: FillPolicy = FillPolicy()
     #: Set by the live loop: a stop (SIGTERM) cuts retries and waits short.
     stop_event: threading.Event | None = None
+    #: True while the loop's thread waits on a request: a stop signal may interrupt it there
+    #: (`StopRequested` raised from the handler), and nowhere else.
+    in_request: bool = False
 
     @abc.abstractmethod
     def account(self) -> Account: ...
@@ -751,7 +754,12 @@ class AlpacaBroker(Broker):
         error says how many attempts were made."""
         breaker = self.breakers[kind]
         for attempt in range(1, self.attempts + 1):
+            if self.stopping():  # no request, first or retried, after a stop
+                raise StopRequested(f"alpaca {what}: not sent, stopping")
             try:
+                # A read may be cut short by a stop; an order's POST is let finish (its answer
+                # tells whether it was placed), bounded by `timeout_s`.
+                self.in_request = kind != "orders"
                 return breaker.call(self._translated, what, fn)
             except BrokerUnavailable as exc:
                 if attempt == self.attempts or self.stopping():
@@ -761,6 +769,8 @@ class AlpacaBroker(Broker):
                     "%s; attempt %d of %d, retrying in %.1f s", exc, attempt, self.attempts, wait_s
                 )
                 self._sleep(wait_s)
+            finally:
+                self.in_request = False
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def breaker_states(self) -> dict[str, str]:

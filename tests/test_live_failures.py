@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -22,8 +24,12 @@ pytest.importorskip("pytest_httpserver")
 
 from pytest_httpserver import HTTPServer
 
+import backtest_strategy as bs
 import constants as C
+import live_trading as lt
+import pair_engine as pe
 import process_stock_data as psd
+import risk_management as rm
 from tests.helpers import run
 from tests.local_alpaca import FakeAlpaca, serving
 from tests.test_live_alpaca import (
@@ -31,12 +37,17 @@ from tests.test_live_alpaca import (
     NEXT_OPEN,
     OPEN_NOW,
     PAIR,
+    alpaca_broker,
     env,
+    held,
     live_process,
     new_home,
+    records,
+    run_once,
     signal_file,
     wait_for,
 )
+from trading_api import FillPolicy
 
 pytestmark = pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
 
@@ -136,3 +147,104 @@ def test_status_shows_the_brokers_clock_the_running_loop_decided_on(home, alpaca
     assert "local NYSE calendar now:" in running.stdout  # the other clock, labelled
     assert "now by the local NYSE calendar" in stopped.stdout  # no loop: the calendar now
     assert "the loop last saw the market open by alpaca's clock" in stopped.stdout
+
+
+# --- Item 14: both legs or none -----------------------------------------------------------------
+def test_both_legs_sized_refuses_only_a_pair_left_with_one_leg():
+    assert pe.both_legs_sized(0.25, -0.25, 1, -1)
+    assert pe.both_legs_sized(0.25, -0.25, 0, 0)  # neither leg: no position, no pair to break
+    assert pe.both_legs_sized(0.0, 0.0, 0, 0)  # flat
+    assert not pe.both_legs_sized(0.25, -0.25, 1, 0)  # the dearer leg got no share
+    assert not pe.both_legs_sized(-0.25, 0.25, 0, 2)
+
+
+@pytest.mark.parametrize("engine", ["interpreted", "compiled"])
+def test_a_backtest_with_capital_for_one_leg_only_trades_neither_and_says_why(table, engine):
+    pytest.importorskip("numba")
+    closes = table[["AAPL_close", "MSFT_close"]].loc["2022-01-03":"2022-03-31"]
+    closes.columns = ["AAPL", "MSFT"]  # AAPL ~ $170, MSFT ~ $300: $250 a leg buys 1 and 0
+    weights = np.full((len(closes), 2), np.nan)
+    weights[0] = (0.25, -0.25)
+    weights[20] = (-0.25, 0.25)
+    config = pe.TradingConfig(initial_capital=1_000.0)
+
+    result = bs.run_backtest(closes, weights, config, log_rejections=False, engine=engine)
+
+    assert len(result.trades) == 0  # before: AAPL +1 and MSFT 0, a one-legged "pair"
+    assert (result.equity[["qty_AAPL", "qty_MSFT"]] == 0).all().all()
+    assert [r.reason for r in result.rejections] == ["one_legged", "one_legged"]
+    assert "MSFT 0 shares" in result.rejections[0].message
+
+
+def test_the_live_loop_with_capital_for_one_leg_only_sends_no_order_and_says_why(
+    home, alpaca, table, tmp_path
+):
+    alpaca.cash = 1_000.0
+    summary = run_once(home, alpaca, signal_file(tmp_path, 0.2, -0.2), table)  # 1.5, 0.8
+
+    assert alpaca.posted == [] and held(alpaca) == {}  # before: buy 1 AAPL, nothing of MSFT
+    (record,) = records(home, "pair_not_sized")
+    assert record.payload["target"] == {"AAPL": 1, "MSFT": 0}
+    assert any("traded both legs or not at all" in r for r in summary.idle_reasons)
+    assert lt.read_positions(home.positions_file).last_processed_bar.startswith("2022-12-28")
+
+
+# --- Item 7: a withheld flip is completed -------------------------------------------------------
+def test_a_withheld_flip_is_completed_at_the_next_bar_that_says_keep(home, alpaca, table, tmp_path):
+    """A state file asks -1 on 2022-12-27 (and keeps it after): the reduce does not fill in
+    time, so it is cancelled and the increase withheld; on 2022-12-28 the file says keep, and
+    the loop compares the target with what is held: it completes the flip."""
+    alpaca.positions = {"AAPL": [85.0, alpaca.prices["AAPL"]], "MSFT": [-46.0, 240.0]}
+    signals = tmp_path / "states.csv"
+    signals.write_text("date,state\n2022-12-27,-1\n")
+    alpaca.clock_now = pd.Timestamp("2022-12-28 15:00", tz="UTC")  # 10:00 New York
+    alpaca.fill = False  # the reduce rests unfilled
+    slow = alpaca_broker(alpaca, fill_policy=FillPolicy(timeout_s=0.3, poll_s=0.05))
+    run_once(home, alpaca, str(signals), table.loc[:"2022-12-27"], broker=slow)
+    assert held(alpaca) == {"AAPL": 85, "MSFT": -46}  # withheld (correct)
+    assert records(home, "increase_withheld")
+    after_first = json.loads(home.positions_file.read_text())
+
+    alpaca.clock_now, alpaca.fill = OPEN_NOW, True
+    summary = run_once(home, alpaca, str(signals), table)
+
+    assert held(alpaca)["AAPL"] < 0 < held(alpaca)["MSFT"]  # before: +85/-46 for good
+    assert not any("says keep" in r for r in summary.idle_reasons)
+    assert held(alpaca) == after_first["owed_target"]  # what the withheld decision aimed at
+    assert lt.read_positions(home.positions_file).owed_target is None
+
+
+# --- Item 10: SIGTERM while the broker hangs at start-up ----------------------------------------
+@pytest.mark.parametrize("path", ["/v2/clock", "/v2/account"])
+def test_sigterm_while_the_broker_hangs_at_start_up_ends_at_once_writing_only_stop(
+    home, alpaca, tmp_path, monkeypatch, path
+):
+    """The clock hangs before the `start` record (the stale-data check asks it), the account
+    after it (reconciliation): either way the stop ends the wait within a second or two, no
+    request follows it, and the audit gains nothing but the `stop` record."""
+    import tests.local_alpaca as local
+
+    monkeypatch.setattr(local, "STALL_S", 60.0)  # an answer held back a minute: a hang
+    alpaca.fail("GET", path, *["stall"] * 10)
+    proc = live_process(home, alpaca, "--signals", signal_file(tmp_path))
+    try:
+        wait_for(lambda: alpaca.hits["GET", path] >= 1)
+        time.sleep(0.5)  # inside the hanging request
+        before = [r.event for r in records(home)]
+        hits = alpaca.requests
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+        alpaca.release.set()
+
+    assert proc.returncode == 0, err
+    assert took < 5.0, f"SIGTERM took {took:.1f} s: {err}"  # before: 10 s a hanging request
+    assert alpaca.requests == hits  # nothing asked of the broker after the signal
+    events = [r.event for r in records(home)]
+    assert events[: len(before)] == before and events[len(before) :] == ["stop"]
+    assert records(home)[-1].payload["reason"] == "SIGTERM"
+    risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
+    assert not risk.halted  # a stop is not a broker failure
