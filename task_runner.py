@@ -41,6 +41,7 @@ import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from atomic_io import atomic_write_bytes
+from child_processes import exit_with_parent
 from error_handling import ConfigurationError
 
 if TYPE_CHECKING:
@@ -330,7 +331,8 @@ def _invoke_with_shared_file(
 
 class LocalRunner(_BaseRunner):
     """Runs tasks on `jobs` local worker processes (joblib, loky backend); -1: every core.
-    `shared` is pickled once to a temp file that each worker process loads once (module cache)."""
+    `shared` is pickled once to a temp file that each worker process loads once (module cache).
+    The worker processes end when this process dies, however it dies."""
 
     def __init__(self, jobs: int = -1) -> None:
         if jobs == 0 or jobs < -1:
@@ -348,7 +350,15 @@ class LocalRunner(_BaseRunner):
                 path = os.path.join(folder, "shared.pkl")
                 atomic_write_bytes(path, data, mode=0o600)
                 shared_ref = (path, hashlib.sha256(data).hexdigest())
-            parallel = Parallel(n_jobs=self.jobs, backend="loky", return_as="generator_unordered")
+            # Each worker process asks the kernel to end it when this process dies: a killed
+            # scan leaves no worker computing for nobody (child_processes).
+            parallel = Parallel(
+                n_jobs=self.jobs,
+                backend="loky",
+                return_as="generator_unordered",
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
+            )
             calls = (
                 delayed(_invoke_with_shared_file)(j, t.fn, t.args, shared_ref)
                 for j, t in enumerate(tasks)
