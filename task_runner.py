@@ -460,9 +460,10 @@ def _raise_if_worker_cannot_import(exc: BaseException, client: distributed.Clien
     address = getattr(client.scheduler, "address", None) or "tcp://SCHEDULER_HOST:8786"
     detail = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
     raise ConfigurationError(
-        f"a Dask worker cannot import {what} ({detail}); start every worker from this project's "
-        f"venv after ./install.sh, which installs the project's modules into it: "
-        f"`.venv/bin/dask worker {address}` (DEPLOYMENT.md, Scans on a Dask cluster)"
+        f"a Dask worker cannot import {what} ({detail}); run ./install.sh on each worker "
+        "machine (it installs the project's modules into .venv; again after a pull that adds "
+        f"one) and start the workers from that venv: `.venv/bin/dask worker {address}` "
+        "(DEPLOYMENT.md, Scans on a Dask cluster)"
     ) from None
 
 
