@@ -55,7 +55,8 @@ echo "==> installing profile '$profile' from $req (pinned, with constraints.txt)
   fail "pip could not install $req; see the messages above (network to the package index? disk space?)"
 
 # The project's own modules, editable: any process started from this venv (a `dask worker`, a loky
-# worker, a script run elsewhere) imports them from this checkout, and sees a `git pull` at once.
+# worker, a script run elsewhere) imports them from this checkout and sees a `git pull` that
+# changes them at once (one that adds a module needs this script again).
 # Offline like the step above: pip fetches the pinned build backend (pyproject.toml) from the same
 # indexes.
 echo "==> installing the project's modules into $venv (editable)"

@@ -1955,8 +1955,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import importlib.util
+    import signal
     from pathlib import Path
 
+    from child_processes import run_child
     from error_handling import ConfigurationError
 
     if importlib.util.find_spec("streamlit") is None:
@@ -1974,11 +1976,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         str(args.port),
     ]
     print(f"dashboard on http://{args.address}:{args.port} (Ctrl-C stops it)", flush=True)
-    try:
-        # cwd: Streamlit reads .streamlit/config.toml (127.0.0.1, headless) from there.
-        return subprocess.run(command, check=False, cwd=script.parent).returncode  # noqa: S603
-    except KeyboardInterrupt:
-        return 0
+    # A child that dies with this process (SIGKILL included) and gets its stop signals, so no
+    # Streamlit server keeps the port after the launcher is gone. cwd: Streamlit reads
+    # .streamlit/config.toml (127.0.0.1, headless) from there.
+    code = run_child(command, cwd=script.parent)
+    return 0 if code in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM) else code
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from atomic_io import atomic_write_bytes
+from child_processes import exit_with_parent
 from error_handling import ConfigurationError
 
 if TYPE_CHECKING:
@@ -330,7 +331,8 @@ def _invoke_with_shared_file(
 
 class LocalRunner(_BaseRunner):
     """Runs tasks on `jobs` local worker processes (joblib, loky backend); -1: every core.
-    `shared` is pickled once to a temp file that each worker process loads once (module cache)."""
+    `shared` is pickled once to a temp file that each worker process loads once (module cache).
+    The worker processes end when this process dies, however it dies."""
 
     def __init__(self, jobs: int = -1) -> None:
         if jobs == 0 or jobs < -1:
@@ -348,7 +350,15 @@ class LocalRunner(_BaseRunner):
                 path = os.path.join(folder, "shared.pkl")
                 atomic_write_bytes(path, data, mode=0o600)
                 shared_ref = (path, hashlib.sha256(data).hexdigest())
-            parallel = Parallel(n_jobs=self.jobs, backend="loky", return_as="generator_unordered")
+            # Each worker process asks the kernel to end it when this process dies: a killed
+            # scan leaves no worker computing for nobody (child_processes).
+            parallel = Parallel(
+                n_jobs=self.jobs,
+                backend="loky",
+                return_as="generator_unordered",
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
+            )
             calls = (
                 delayed(_invoke_with_shared_file)(j, t.fn, t.args, shared_ref)
                 for j, t in enumerate(tasks)
@@ -450,9 +460,10 @@ def _raise_if_worker_cannot_import(exc: BaseException, client: distributed.Clien
     address = getattr(client.scheduler, "address", None) or "tcp://SCHEDULER_HOST:8786"
     detail = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
     raise ConfigurationError(
-        f"a Dask worker cannot import {what} ({detail}); start every worker from this project's "
-        f"venv after ./install.sh, which installs the project's modules into it: "
-        f"`.venv/bin/dask worker {address}` (DEPLOYMENT.md, Scans on a Dask cluster)"
+        f"a Dask worker cannot import {what} ({detail}); run ./install.sh on each worker "
+        "machine (it installs the project's modules into .venv; again after a pull that adds "
+        f"one) and start the workers from that venv: `.venv/bin/dask worker {address}` "
+        "(DEPLOYMENT.md, Scans on a Dask cluster)"
     ) from None
 
 

@@ -21,6 +21,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,10 +72,15 @@ def _layered_venv(path: Path) -> Venv:
 
 
 def _import_elsewhere(venv: Venv, cwd: Path) -> subprocess.CompletedProcess:
-    """`import task_runner, pair_scan` by the venv's interpreter in `cwd`, as a worker would."""
+    """Where the venv's interpreter in `cwd` finds `task_runner` (the module a Dask worker first
+    needs), without running it: its file, or exit 1 "No module named"."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = (
+        "import importlib.util, sys; spec = importlib.util.find_spec('task_runner'); "
+        "print(spec.origin) if spec else sys.exit(\"No module named 'task_runner'\")"
+    )
     return subprocess.run(
-        [str(venv.python), "-c", "import pair_scan, task_runner; print(task_runner.__file__)"],
+        [str(venv.python), "-c", code],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -195,10 +201,12 @@ def test_the_installed_project_imports_from_another_folder(bare_venv, installed_
 def test_a_scan_on_the_documented_dask_cluster_equals_the_local_scan(
     installed_venv, universe, tmp_path
 ):
-    local = _scan(installed_venv, tmp_path / "local", universe, "--jobs", "1")
+    with ThreadPoolExecutor(1) as pool:  # the local scan runs while the cluster starts
+        running = pool.submit(_scan, installed_venv, tmp_path / "local", universe, "--jobs", "1")
+        with dask_cluster(installed_venv, tmp_path / "cluster", nworkers=2) as address:
+            remote = _scan(installed_venv, tmp_path / "remote", universe, "--scheduler", address)
+        local = running.result()
     assert local.returncode == 0, local.stderr
-    with dask_cluster(installed_venv, tmp_path / "cluster", nworkers=2) as address:
-        remote = _scan(installed_venv, tmp_path / "remote", universe, "--scheduler", address)
     assert remote.returncode == 0, remote.stderr
     assert "Traceback" not in remote.stderr
     assert "on the Dask cluster" in remote.stdout, remote.stdout
