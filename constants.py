@@ -143,6 +143,15 @@ def feature_names(long: str, short: str, *, with_volume: bool = False) -> list[s
     return names
 
 
+# --- Price bounds (history and live alike) --------------------------------------------------------
+#: Any close outside [MIN_CLOSE_USD, MAX_CLOSE_USD] is an error in the data, not a price: the lowest
+#: split-adjusted close of the bundled history is $0.098 (NVDA's 1999 closes adjust to about $0.03)
+#: and the highest quoted US share (BRK.A) is under $1,000,000. A close of 1e308 would overflow the
+#: features (a return of inf) and surface later as a missing feature, far from its cause.
+MIN_CLOSE_USD = 1e-4
+MAX_CLOSE_USD = 1e7
+
+
 # --- Price sanity (live use only: history is split-adjusted, AAPL was $0.26 in 1990) -------------
 #: Plausible live price range in USD per symbol. Review these when a stock splits.
 PRICE_SANITY_RANGES: dict[str, tuple[float, float]] = {
@@ -373,11 +382,20 @@ def _env_path(value: str) -> str | None:
 
 
 def _home(value: str) -> str | None:
-    path = Path(value).expanduser()
+    """A home that exists must be a writable directory; one that does not is made later, so its
+    nearest existing ancestor must be a directory (not `.../prices.csv/sub`) this user can write."""
+    path = Path(value).expanduser().absolute()
     if path.exists() and not path.is_dir():
         return "a directory, but it is a file"
     if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
         return "a directory this user can write to, but it is read-only"
+    if path.is_dir():
+        return None
+    parent = next((p for p in path.parents if os.path.lexists(p)), None)
+    if parent is not None and not parent.is_dir():
+        return f"a directory, but {parent} is a file, so nothing can be made under it"
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        return f"a directory this user can create, but {parent} is read-only"
     return None
 
 

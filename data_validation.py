@@ -2,9 +2,10 @@
 
 Each rule raises `ValidationError` naming the rule, the ticker and the date, so a user can find the
 bad row. Rules for history: missing_column, bad_date, future_bar (no bar dated after today in New
-York), non_numeric, nan_or_inf, non_positive, duplicate_date, non_increasing_date, session_gap,
-split_artefact. Rules for live use only (history is split-adjusted, so AAPL at $0.26 in 1990 is
-right): price_sanity, stale_bar.
+York), non_numeric, nan_or_inf, non_positive, price_range (a close outside constants'
+MIN_CLOSE_USD..MAX_CLOSE_USD), duplicate_date, non_increasing_date, session_gap, split_artefact.
+Rules for live use only (history is split-adjusted, so AAPL at $0.26 in 1990 is right):
+price_sanity, stale_bar.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import numpy as np
 import pandas as pd
 
 from constants import (
+    MAX_CLOSE_USD,
     MAX_GAP_SESSIONS,
     MAX_STALE_SESSIONS,
+    MIN_CLOSE_USD,
     price_sanity_range,
 )
 from error_handling import ValidationError
@@ -94,6 +97,7 @@ def validate_prices(
         "non_numeric",
         "nan_or_inf",
         "non_positive",
+        "price_range",
         "duplicate_date",
         "non_increasing_date",
     ]
@@ -127,6 +131,16 @@ def validate_prices(
         if nonpos.any():
             i = int(np.argmax(nonpos))
             raise ValidationError("non_positive", f"close is {v[i]:g}", ticker, close.index[i])
+        absurd = (v < MIN_CLOSE_USD) | (v > MAX_CLOSE_USD)
+        if absurd.any():
+            i = int(np.argmax(absurd))
+            raise ValidationError(
+                "price_range",
+                f"close is {v[i]:g}, outside the sane range "
+                f"{MIN_CLOSE_USD:g}-{MAX_CLOSE_USD:g} USD",
+                ticker,
+                close.index[i],
+            )
 
     dates = close.index
     dup = dates.duplicated()

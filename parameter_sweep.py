@@ -78,6 +78,43 @@ DEFAULT_MODEL_GRID = {"buy": "0.55,0.6", "sell": "0.4,0.45", "kelly": "0.25,0.5,
 
 
 @dataclass(frozen=True)
+class GridRange:
+    """The values one grid key may take on its own: low..high, each end open or closed; `whole`
+    for a count of bars. Rules between keys (exit_z < entry_z, sell <= buy) are the sets' own."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = True
+    whole: bool = False
+
+    def allows(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below and (not self.whole or value == int(value))
+
+    def describe(self, name: str) -> str:
+        """``0 < kelly <= 1``, ``lookback a whole number >= 3``."""
+        if self.whole:
+            return f"{name} a whole number >= {self.low:g}"
+        low = f"{self.low:g} {'<' if self.low_open else '<='} "
+        high = "" if math.isinf(self.high) else f" {'<' if self.high_open else '<='} {self.high:g}"
+        return f"{low}{name}{high}"
+
+
+#: Per grid key, what each of its values may be (the sets' own rules: `RuleParameters`,
+#: `ModelParameters` and `signals.Thresholds`).
+GRID_RANGES: dict[str, GridRange] = {
+    "entry_z": GridRange(0.0, low_open=True),
+    "exit_z": GridRange(0.0),
+    "lookback": GridRange(3, whole=True),
+    "buy": GridRange(0.0, 1.0, low_open=True),
+    "sell": GridRange(0.0, 1.0, low_open=True),
+    "kelly": GridRange(0.0, 1.0, low_open=True, high_open=False),
+}
+
+
+@dataclass(frozen=True)
 class ModelParameters:
     """One parameter set of a model's signals: thresholds on P(long beats short) and the Kelly
     fraction that sizes each leg (`pair_engine.signal_weights`)."""
@@ -144,8 +181,9 @@ def parse_grid(
 ) -> tuple[tuple[Candidate, ...], int]:
     """(candidates in grid order, combinations skipped as invalid) from ``KEY=V1,V2`` items; keys
     missing from `items` take the default grid's values. Rule keys: entry_z, exit_z, lookback;
-    model keys: buy, sell, kelly. A combination that breaks a set's own rule (exit_z >= entry_z,
-    sell > buy) is skipped; ConfigurationError if nothing is left or on a malformed item."""
+    model keys: buy, sell, kelly. A value outside its key's GRID_RANGES is refused, naming it; a
+    combination that breaks a set's own rule (exit_z >= entry_z, sell > buy) is skipped;
+    ConfigurationError if nothing is left or on a malformed item."""
     keys, defaults = (MODEL_KEYS, DEFAULT_MODEL_GRID) if model else (RULE_KEYS, DEFAULT_RULE_GRID)
     given: dict[str, str] = {}
     for item in items or ():
@@ -163,7 +201,7 @@ def parse_grid(
         given[name] = values
     axes: dict[str, list[float | int]] = {}
     for name, field_name in keys.items():
-        axes[field_name] = _values(name, given.get(name, defaults[name]), whole=name == "lookback")
+        axes[field_name] = _values(name, given.get(name, defaults[name]))
     out: list[Candidate] = []
     skipped = 0
     for combo in itertools.product(*axes.values()):
@@ -180,7 +218,10 @@ def parse_grid(
     return tuple(dict.fromkeys(out)), skipped
 
 
-def _values(name: str, text: str, *, whole: bool) -> list[float | int]:
+def _values(name: str, text: str) -> list[float | int]:
+    """The values of grid key `name`, each checked against GRID_RANGES; ConfigurationError naming
+    the first value that is not a number, out of its range or given twice."""
+    allowed = GRID_RANGES[name]
     out: list[float | int] = []
     for part in text.split(","):
         part = part.strip()
@@ -190,13 +231,13 @@ def _values(name: str, text: str, *, whole: bool) -> list[float | int]:
             raise ConfigurationError(f"--grid {name}: {part!r} is not a number") from None
         if not math.isfinite(value):
             raise ConfigurationError(f"--grid {name}: {part!r} is not a finite number")
-        if whole:
-            if value != int(value) or value < 3:
-                raise ConfigurationError(f"--grid {name}: {part!r} is not a whole number >= 3")
-            value = int(value)
-        out.append(value)
-    if len(set(out)) != len(out):
-        raise ConfigurationError(f"--grid {name}: a value is given twice")
+        if not allowed.allows(value):
+            raise ConfigurationError(
+                f"--grid {name}: {part} is out of range; allowed: {allowed.describe(name)}"
+            )
+        if value in out:
+            raise ConfigurationError(f"--grid {name}: {part} is given twice")
+        out.append(int(value) if allowed.whole else value)
     return out
 
 

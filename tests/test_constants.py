@@ -189,6 +189,14 @@ def test_a_trading_home_that_is_a_file_or_read_only_is_refused(tmp_path):
         C.check_environment({"TRADING_HOME": str(read_only)})
 
 
+def test_a_trading_home_under_a_regular_file_is_refused(tmp_path):
+    """`.../prices.csv/sub` does not exist, and cannot be made: its ancestor is a file."""
+    (tmp_path / "prices.csv").write_text("x")
+    with pytest.raises(ConfigurationError, match=r"TRADING_HOME=.*prices.csv is a file"):
+        C.check_environment({"TRADING_HOME": str(tmp_path / "prices.csv" / "sub" / "deeper")})
+    C.check_environment({"TRADING_HOME": str(tmp_path / "new" / "home")})  # made later: fine
+
+
 def test_main_refuses_a_bad_variable_before_any_work(tmp_path):
     from tests.helpers import run
 

@@ -73,6 +73,14 @@ def test_non_positive(prices, value):
     _expect("non_positive", "AAPL", "2019-07-01", dv.validate_prices, prices, ["AAPL", "MSFT"])
 
 
+@pytest.mark.parametrize("value", [1e308, 2e7, 1e-9])
+def test_a_close_outside_the_sane_bounds_is_refused_naming_it(prices, value):
+    """An absurd but finite close is a data error here, not a missing feature later."""
+    prices.loc["2019-07-02", "MSFT"] = value
+    err = _expect("price_range", "MSFT", "2019-07-02", dv.validate_prices, prices, ["AAPL", "MSFT"])
+    assert f"{value:g}" in str(err)
+
+
 def test_duplicate_date(prices):
     dup = pd.concat([prices.iloc[:10], prices.iloc[9:10], prices.iloc[10:]])
     day = str(prices.index[9].date())

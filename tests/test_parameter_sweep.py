@@ -173,6 +173,26 @@ def test_bad_grids_are_refused_in_one_line(items, model, needle):
         psw.parse_grid(items, model=model)
 
 
+@pytest.mark.parametrize(
+    ("items", "model", "needle"),
+    [
+        (["kelly=-1"], True, "--grid kelly: -1 is out of range; allowed: 0 < kelly <= 1"),
+        (["kelly=0.5,1.5"], True, "--grid kelly: 1.5 is out of range; allowed: 0 < kelly <= 1"),
+        (["buy=1.5"], True, "--grid buy: 1.5 is out of range; allowed: 0 < buy < 1"),
+        (["sell=0"], True, "--grid sell: 0 is out of range; allowed: 0 < sell < 1"),
+        (["exit_z=-1"], False, "--grid exit_z: -1 is out of range; allowed: 0 <= exit_z"),
+        (["entry_z=0"], False, "--grid entry_z: 0 is out of range; allowed: 0 < entry_z"),
+        (["lookback=2"], False, "--grid lookback: 2 is out of range; allowed: lookback a whole"),
+        (["entry_z=2,2.0"], False, "--grid entry_z: 2.0 is given twice"),
+    ],
+)
+def test_a_grid_value_out_of_its_range_is_named_with_the_range(items, model, needle):
+    """Not the rule between keys ("each needs sell <= buy"): the value and its own range."""
+    with pytest.raises(ConfigurationError) as info:
+        psw.parse_grid(items, model=model)
+    assert needle in str(info.value)
+
+
 def test_too_few_windows_for_the_training_windows_is_refused(closes, settings):
     with pytest.raises(ConfigurationError, match="train-windows"):
         psw.run_sweep(closes.iloc[:500], "AMD", "BAC", settings)  # 3 windows, 4 to train
