@@ -6,15 +6,17 @@ Invariants:
   receives `PARENT_DEATH_SIGNAL` from the kernel when its parent dies, whatever kills the parent
   (SIGKILL included): Linux's `prctl(PR_SET_PDEATHSIG)`. A parent that is already gone when the
   child gets there (the race between fork and prctl) makes the child exit at once.
-- **A stop reaches the child.** `run_child` forwards SIGTERM, SIGHUP and SIGINT to the child and
-  waits for it, so `kill PID`, `systemctl stop` or a closed terminal stop the server, not only
-  the launcher, and the port is free when the launcher exits.
+- **A stop reaches the child.** `run_child` passes SIGTERM, SIGHUP and SIGINT on to the child
+  (SIGINT after 2 s, if a terminal's Ctrl-C has not already stopped it) and waits for it, so
+  `kill PID`, `systemctl stop` or a closed terminal stop the server, not only the launcher, and
+  the port is free when the launcher exits.
 - Standard library only (ctypes, signal, subprocess). Elsewhere than Linux, `exit_with_parent` does
   nothing (`supported()` says so) and `run_child` still forwards the signals.
 
 The kernel's signal follows the *thread* that started the child: a child started from a thread
-that ends before the process gets the signal then. Start children from the main thread (as
-`run_child` and joblib's loky backend do).
+that ends before the process gets the signal then. `run_child` starts its child from the calling
+(main) thread; loky starts its workers from the thread that submits work and, to replace a worker
+that timed out, from its manager thread, which lives as long as the pool.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ PARENT_DEATH_SIGNAL = signal.SIGTERM
 STOP_GRACE_S = 10.0
 #: Seconds between two looks at the child while waiting for it.
 _POLL_S = 0.2
+#: Seconds before a SIGINT is passed on: a Ctrl-C in the terminal reaches the child as well (same
+#: process group), and a second one would interrupt its clean stop.
+_INTERRUPT_DELAY_S = 2.0
 #: Linux's prctl option (linux/prctl.h).
 _PR_SET_PDEATHSIG = 1
 #: Signals `run_child` forwards to its child.
@@ -79,35 +84,28 @@ def _child_setup() -> Callable[[], None] | None:
 
 
 class _Forwarder:
-    """While installed, SIGTERM, SIGHUP and SIGINT to this process go to the child (one that comes
-    before the child exists is sent as soon as it does); the previous handlers come back after."""
+    """While installed, SIGTERM, SIGHUP and SIGINT to this process are recorded (signal, time) for
+    `run_child` to pass on; the previous handlers come back after."""
 
     def __init__(self) -> None:
-        self.child: subprocess.Popen | None = None
-        self.received: list[int] = []
+        self.received: list[tuple[int, float]] = []
         self._previous: dict[int, Any] = {}
 
-    def _forward(self, signum: int, frame: FrameType | None) -> None:
-        self.received.append(signum)
-        self._send(signum)
-
-    def _send(self, signum: int) -> None:
-        if self.child is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.child.send_signal(signum)
-
-    def adopt(self, child: subprocess.Popen) -> None:
-        self.child = child
-        for signum in self.received:
-            self._send(signum)
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append((signum, time.monotonic()))
 
     def __enter__(self) -> _Forwarder:
-        self._previous = {s: signal.signal(s, self._forward) for s in _FORWARDED}
+        self._previous = {s: signal.signal(s, self._record) for s in _FORWARDED}
         return self
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def _send(child: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signum)
 
 
 def run_child(
@@ -116,21 +114,25 @@ def run_child(
     cwd: str | os.PathLike[str] | None = None,
     grace_s: float = STOP_GRACE_S,
 ) -> int:
-    """Run `command` as a child that dies with this process, forward stop signals to it and wait
+    """Run `command` as a child that dies with this process, pass stop signals on to it and wait
     for it. Returns its exit code, or 128 + the signal number when a signal ended it (the shell's
-    convention); a child still running `grace_s` after a forwarded stop is killed. Call it from the
+    convention); a child still running `grace_s` after the first stop is killed. Call it from the
     main thread (signal handlers)."""
     with _Forwarder() as forwarder:
         child = subprocess.Popen(list(command), cwd=cwd, preexec_fn=_child_setup())  # noqa: S603
-        forwarder.adopt(child)
-        kill_at: float | None = None
+        passed_on = 0
         while True:
             try:
                 code = child.wait(timeout=_POLL_S)
                 break
             except subprocess.TimeoutExpired:
-                if forwarder.received and kill_at is None:
-                    kill_at = time.monotonic() + grace_s
-                if kill_at is not None and time.monotonic() >= kill_at:
-                    child.kill()
+                pass
+            now = time.monotonic()
+            for signum, at in forwarder.received[passed_on:]:
+                if signum == signal.SIGINT and now < at + _INTERRUPT_DELAY_S:
+                    break  # a terminal's Ctrl-C reached the child too: let it stop on its own
+                _send(child, signum)
+                passed_on += 1
+            if forwarder.received and now >= forwarder.received[0][1] + grace_s:
+                child.kill()
     return 128 - code if code < 0 else code
