@@ -42,6 +42,7 @@ from tests.test_live_alpaca import (
     held,
     live_process,
     new_home,
+    own,
     records,
     run_once,
     signal_file,
@@ -195,6 +196,7 @@ def test_a_withheld_flip_is_completed_at_the_next_bar_that_says_keep(home, alpac
     time, so it is cancelled and the increase withheld; on 2022-12-28 the file says keep, and
     the loop compares the target with what is held: it completes the flip."""
     alpaca.positions = {"AAPL": [85.0, alpaca.prices["AAPL"]], "MSFT": [-46.0, 240.0]}
+    own(home, alpaca)  # the home's own shares, not held apart (item 12)
     signals = tmp_path / "states.csv"
     signals.write_text("date,state\n2022-12-27,-1\n")
     alpaca.clock_now = pd.Timestamp("2022-12-28 15:00", tz="UTC")  # 10:00 New York
