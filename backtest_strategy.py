@@ -1,6 +1,7 @@
 """The backtest: the shared decision step (`pair_engine`) driven over daily bars.
 
-Per bar with something to do: mark to market (borrow accrued) -> drawdown control -> recalls
+Per bar with something to do: mark to market (borrow accrued) -> drawdown control (a breach seen
+on the bar's close halts there; its liquidation is an event `fill_delay_bars` later) -> recalls
 (forced buy-in) -> carried remainders -> the bar's instruction -> `pair_engine.decide` (sizing,
 rebalance band, `pre_trade_check`) -> the backtest venue (executor, ledger). Bars with nothing to
 do (no instruction, no recall, no carried order) are computed in vectorized form: positions are

@@ -1228,7 +1228,8 @@ def _new_bar(session: _Session, rows: int, now: pd.Timestamp) -> None:
 
 
 def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp) -> None:
-    """The bar's decision through the engine: drawdown control, then the instruction of the
+    """The bar's decision through the engine: drawdown control (a breach seen on this bar halts;
+    its liquidation goes out as late as an instruction would), then the instruction of the
     signal `fill_delay_bars` bars back (a simulated venue fills at this bar's close, as in the
     backtest); the fills it got (waited for, bounded); then the equity row and positions.json.
 

@@ -8,6 +8,8 @@ the backtest and the live loop (replay, paper and Alpaca) both call on every dec
 The loops keep only what differs: the clock, the data feed and persistence. Invariants:
 - A signal decided on bar t's close is acted on at bar t + `fill_delay_bars`; a simulated venue
   fills at that bar's close, so a paper replay and a backtest of the same bars trade identically.
+  A drawdown liquidation too: the close that reveals a breach halts trading, and the liquidation
+  goes out `fill_delay_bars` later (`control_drawdown`).
 - Client order ids come from (strategy, decision bar, signal bar, symbol, purpose, leg part): the
   same decision always produces the same ids, in the backtest and live alike.
 - Borrow accrues once per calendar day, keyed by the day: charging a day twice (a crash and a
