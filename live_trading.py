@@ -1261,10 +1261,11 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
         start_of_day_equity=sod,
         on_event=session.on_event,
     )
-    if dd is not None:
+    if dd is not None:  # the liquidation's flat book is the bar's target (`control_drawdown`)
         reports.append(dd)
+        session.summary.idle("a drawdown liquidation went out: the bar's instruction is not traded")
     src = row - delay
-    if src >= session.first_row:
+    if src >= session.first_row and dd is None:
         target = pending.target if pending else None
         if target is None:
             target = pe.size_target(
@@ -1314,7 +1315,7 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
             )
         session.save_positions(now)
         return
-    if rm.RiskReason.TRADING_HALTED.value in reasons:
+    if dd is not None or rm.RiskReason.TRADING_HALTED.value in reasons:
         session.summary.idle(f"trading halted since {risk.halted_at}: {risk.halt_reason}")
         session.audit.append(
             "bar_skipped", {"bar": bar.isoformat(), "reason": f"halted: {risk.halt_reason}"}
