@@ -1,6 +1,7 @@
 """The backtest: the shared decision step (`pair_engine`) driven over daily bars.
 
-Per bar with something to do: mark to market (borrow accrued) -> drawdown control -> recalls
+Per bar with something to do: mark to market (borrow accrued) -> drawdown control (a breach seen
+on the bar's close halts there; its liquidation is an event `fill_delay_bars` later) -> recalls
 (forced buy-in) -> carried remainders -> the bar's instruction -> `pair_engine.decide` (sizing,
 rebalance band, `pre_trade_check`) -> the backtest venue (executor, ledger). Bars with nothing to
 do (no instruction, no recall, no carried order) are computed in vectorized form: positions are
@@ -61,6 +62,9 @@ from trial_ledger import Trial, TrialCount, TrialLedger, config_hash
 log = logging.getLogger(__name__)
 
 COST_KINDS = ("commission", "spread", "impact", "sec_fee", "finra_taf", "borrow", "buy_in_penalty")
+
+#: Why the instruction of a bar a drawdown liquidation goes out on is not traded.
+REPLACED = "a drawdown liquidation goes out on this bar: its instruction is not traded"
 
 #: The backtest's configuration is the one trading configuration (kept under its old name).
 BacktestConfig = TradingConfig
@@ -660,15 +664,20 @@ class _BacktestRun:
         self._charge_borrow(j - 1, j)
         self.refs = dict(zip(self.symbols, prev, strict=True))
         self.sod = sod
+        liquidated = False
         if j == self.liquidate_at or self._may_breach(venue.mark()):
-            self._control_drawdown(j, now, sod)
+            liquidated = self._control_drawdown(j, now, sod)
         self._recalls(j, now)
         if venue.carry:
             pending, venue.carry[:] = list(venue.carry), []
             if j not in self.instr_at:
                 self._submit(pending, now)
         src = self.instr_at.get(j)
-        if src is not None:
+        if src is not None and liquidated:
+            if self.weights[src].any():  # what is not flat, the halt refuses
+                halted = rm.RiskReason.TRADING_HALTED.value
+                self.rejections.append(Rejection(now, halted, REPLACED, Purpose.ENTRY.value))
+        elif src is not None:
             report = pe.decide(
                 venue,
                 self.risk,
@@ -686,10 +695,11 @@ class _BacktestRun:
             (j, b.cash, b.qty[self.symbols[0]], b.qty[self.symbols[1]], b.borrow_paid)
         )
 
-    def _control_drawdown(self, j: int, now: pd.Timestamp, sod: float) -> None:
+    def _control_drawdown(self, j: int, now: pd.Timestamp, sod: float) -> bool:
         """`pair_engine.control_drawdown` on bar j: a breach seen at j's close halts trading
         there and schedules the liquidation `fill_delay_bars` later; on that bar it is sent
-        (carried remainders are dropped for it)."""
+        (carried remainders are dropped for it; one the gate refuses is due again at j + 1).
+        True when a liquidation went out on j."""
         venue, delay = self.venue, self.cfg.fill_delay_bars
         liquidation = pe.control_drawdown(
             venue,
@@ -705,10 +715,15 @@ class _BacktestRun:
         if self.breach_bar is None and self.risk.halted:  # the breach was seen on this bar
             self.breach_bar, self.halted_at = j, now
             self.liquidate_at = j + delay if liquidation is None else None
-        if liquidation is not None:
-            self.liquidate_at, self.liquidated_at = None, now
-            venue.carry.clear()
-            self._note(liquidation, now)
+        if liquidation is None:
+            return False
+        refused = bool(liquidation.denials)
+        self.liquidate_at = j + 1 if refused else None
+        if not refused:
+            self.liquidated_at = now
+        venue.carry.clear()
+        self._note(liquidation, now)
+        return True
 
     def _may_breach(self, equity: float) -> bool:
         """False when bar equity cannot breach the drawdown limit (then only the peak moves): a

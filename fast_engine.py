@@ -11,8 +11,9 @@ order of the steps, which `tests/test_fast_engine.py` holds equal to the interpr
 
 What it does not handle it hands back (`Outcome.stopped_at`): the interpreted engine resumes from
 that bar with the state so far, and decides there exactly as before. That is any event whose outcome
-is not a plain fill: a basket the gate refuses, a drawdown breach (halt, liquidation), a fill price
-the cost model refuses, more carried remainders than it keeps (4). A run the loop cannot start at
+is not a plain fill: a basket the gate refuses, a drawdown breach (the halt on that bar and the
+liquidation `fill_delay_bars` later are both the interpreted path's), a fill price the cost model
+refuses, more carried remainders than it keeps (4). A run the loop cannot start at
 all (`unsupported`) runs interpreted from its first bar: fractional shares, random slippage, recalls
 and hard-to-borrow draws, a halted risk manager, or numba missing.
 

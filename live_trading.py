@@ -1332,7 +1332,8 @@ def _new_bar(session: _Session, rows: int, now: pd.Timestamp) -> None:
 
 
 def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp) -> None:
-    """The bar's decision through the engine: drawdown control, then the instruction of the
+    """The bar's decision through the engine: drawdown control (a breach seen on this bar halts;
+    its liquidation goes out as late as an instruction would), then the instruction of the
     signal `fill_delay_bars` bars back (a simulated venue fills at this bar's close, as in the
     backtest); the fills it got (waited for, bounded); then the equity row and positions.json.
 
@@ -1364,11 +1365,12 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
         start_of_day_equity=sod,
         on_event=session.on_event,
     )
-    if dd is not None:
+    if dd is not None:  # the liquidation's flat book is the bar's target (`control_drawdown`)
         reports.append(dd)
         state.owed = None  # liquidated: nothing is owed any more
+        session.summary.idle("a drawdown liquidation went out: the bar's instruction is not traded")
     src = row - delay
-    if src >= session.first_row:
+    if src >= session.first_row and dd is None:
         target = pending.target if pending else None
         if target is None:
             weights = session.source.weights(table, src)
@@ -1427,7 +1429,7 @@ def _decide(session: _Session, table: pd.DataFrame, row: int, now: pd.Timestamp)
             )
         session.save_positions(now)
         return
-    if rm.RiskReason.TRADING_HALTED.value in reasons:
+    if dd is not None or rm.RiskReason.TRADING_HALTED.value in reasons:
         session.summary.idle(f"trading halted since {risk.halted_at}: {risk.halt_reason}")
         session.audit.append(
             "bar_skipped", {"bar": bar.isoformat(), "reason": f"halted: {risk.halt_reason}"}

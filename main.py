@@ -1731,6 +1731,11 @@ def cmd_risk(args: argparse.Namespace) -> int:
         else "trading allowed"
     )
     console.print(f"risk state: {state}")
+    if manager.drawdown_bar is not None:
+        console.print(
+            f"liquidation due: the breach was seen on the {manager.drawdown_bar.date()} close; "
+            "the loop liquidates --fill-delay bars after it"
+        )
     console.print(f"equity peak: {'n/a' if not peak else f'${peak:,.2f}'}")
     console.print(f"file: {home.risk_state_file}")
     return 0

@@ -8,6 +8,8 @@ the backtest and the live loop (replay, paper and Alpaca) both call on every dec
 The loops keep only what differs: the clock, the data feed and persistence. Invariants:
 - A signal decided on bar t's close is acted on at bar t + `fill_delay_bars`; a simulated venue
   fills at that bar's close, so a paper replay and a backtest of the same bars trade identically.
+  A drawdown liquidation too: the close that reveals a breach halts trading, and the liquidation
+  goes out `fill_delay_bars` later (`control_drawdown`).
 - Client order ids come from (strategy, decision bar, signal bar, symbol, purpose, leg part): the
   same decision always produces the same ids, in the backtest and live alike.
 - Borrow accrues once per calendar day, keyed by the day: charging a day twice (a crash and a
@@ -1086,8 +1088,11 @@ def control_drawdown(
     then on), but no account can act on the close that reveals it: the liquidation, a reduce-only
     basket to flat, is sent `fill_delay_bars` bars later and fills like every other order.
     `bars_since_breach`: bars from the breach's bar (`risk.drawdown_bar`) to `bar` (None when
-    unknown); a breach seen on `bar` counts 0. Returns the liquidation's report on the bar it is
-    sent, else None."""
+    unknown); a breach seen on `bar` counts 0. A liquidation the gate refuses (a closed market, a
+    price out of its band) stays due: the caller calls again on a later bar. Returns the
+    liquidation's report on a bar it is sent, else None; the caller trades no instruction on
+    that bar (the liquidation's flat book is the bar's target, and a real venue's holdings do not
+    show its fills yet)."""
     held = venue.holdings()
     holding = any(held.values())
     if risk.update_equity(venue.account().equity, at, holding=holding, bar=bar):
@@ -1106,7 +1111,8 @@ def control_drawdown(
         reference_prices=reference_prices,
         on_event=on_event,
     )
-    risk.liquidation_sent()
+    if not report.denials:
+        risk.liquidation_sent()
     return report
 
 

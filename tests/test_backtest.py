@@ -302,6 +302,27 @@ def test_the_halt_starts_on_the_bar_that_reveals_the_breach(amd_pg):
     assert (r.equity.iloc[b + 1 :][["qty_AMD", "qty_PG"]] == 0).all().all()
 
 
+def test_a_liquidation_the_gate_refuses_stays_due_and_goes_out_on_the_next_bar():
+    """Long 100 shares at $100; the 85 close breaches 10 %; the next close, 20, is outside the
+    price band (x3) of 85, so the gate refuses the liquidation there; it goes out at 21."""
+    days = pd.bdate_range("2024-01-02", periods=10)
+    long = [100.0, 100.0, 100.0, 85.0, 20.0, 21.0, 22.0, 23.0, 24.0, 25.0]
+    px = pd.DataFrame({"AAPL": long, "MSFT": 50.0}, index=days)
+    w = signal_weights(len(px), {0: (0.1, 0.0)})
+    limits = dataclasses.replace(LOOSE, max_drawdown_pct=0.01)
+    zero = te.ExecutionConfig(costs=tc.CostModel.zero())
+    r = bt.run_backtest(px, w, config(limits=limits, execution=zero), engine="interpreted")
+    assert r.halted_at == days[3]
+    assert [(x.date, x.reason, x.purpose) for x in r.rejections] == [
+        (days[4], "price_sanity", "liquidation")
+    ]
+    liq = r.trades[r.trades["purpose"] == "liquidation"]
+    assert liq[["date", "symbol", "side", "qty"]].values.tolist() == [
+        [days[5], "AAPL", "sell", 100]
+    ]
+    assert r.liquidated_at == days[5]
+
+
 def test_a_liquidation_due_past_the_last_bar_leaves_the_book_halted_and_held(amd_pg):
     px = amd_pg.loc[:"2016-01-15"]  # the breach is seen on the last bar
     w = signal_weights(len(px), {0: (0.5, -0.5)})

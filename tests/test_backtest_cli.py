@@ -354,9 +354,11 @@ def test_risk_status_and_reset_round_trip(tmp_path):
     assert manager.update_equity(85_000.0, pd.Timestamp("2024-01-03")) is True
     status = run("main.py", "risk", home=tmp_path)
     assert status.returncode == 0 and "HALTED" in status.stdout
+    assert "breach was seen on the 2024-01-03 close" in status.stdout  # its liquidation waits
     reset = run("main.py", "risk", "reset", home=tmp_path)
     assert reset.returncode == 0 and "halt cleared" in reset.stdout
     assert not rm.RiskManager(state_path=state).halted
+    assert json.loads(state.read_text())["drawdown_bar"] is None
     alerts = (tmp_path / "logs" / "alerts.log").read_text().splitlines()
     assert [json.loads(a)["severity"] for a in alerts] == ["CRITICAL", "INFO"]
 

@@ -38,6 +38,7 @@ import audit_logging
 import constants as C
 import home_identity
 import live_trading as lt
+import pair_engine as pe
 import process_stock_data as psd
 import risk_management as rm
 from error_handling import ConfigurationError
@@ -492,6 +493,42 @@ def test_an_order_failing_all_its_attempts_in_a_once_run_halts_and_alerts(
     assert severities["Trading halted"] == "CRITICAL"
     assert severities["Live iteration failed"] == "HIGH"
     assert records(home)[-1].event == "stop"
+
+
+# --- Drawdown -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("delay", [1, 2])
+def test_a_drawdown_liquidation_goes_out_as_late_as_an_instruction_would(
+    home, alpaca, table, tmp_path, delay
+):
+    """An equity peak of $200,000 on record: the account's ~$100,000 breaches on the newest
+    close. Alpaca fills in the session after it, one bar of the fill delay by itself: with the
+    default delay of 1 the liquidation goes out in this session (as the bar's instruction
+    would), with 2 it waits one bar, the breach's bar kept in risk_state.json. The halt starts
+    now either way: the signal's flip is refused."""
+    rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False).raise_peak(
+        200_000.0
+    )
+    trading = pe.TradingConfig(fill_delay_bars=delay)
+    config = lt.LiveConfig(
+        once=True, signal_file=signal_file(tmp_path), interval_s=1.0, trading=trading
+    )
+    lt.run_trading_loop(
+        config=config,
+        pair=PAIR,
+        home=home,
+        broker=alpaca_broker(alpaca),
+        feed=lt.BarFeed(table, PAIR),
+    )
+    risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
+    assert risk.halted and risk.halt_reason.startswith("drawdown")
+    sides = [(p["symbol"], p["side"], float(p["qty"])) for p in alpaca.posted]
+    if delay == 1:
+        assert sides == [("AAPL", "buy", 60.0), ("MSFT", "sell", 30.0)]  # to flat, no flip
+        wait_for(lambda: held(settled(alpaca)) == {})
+        assert risk.drawdown_bar is None
+    else:
+        assert sides == [] and held(alpaca) == {"AAPL": -60, "MSFT": 30}
+        assert str(risk.drawdown_bar.date()) == BAR
 
 
 def test_an_outage_at_start_up_halts_with_its_cause(home, table, tmp_path):

@@ -442,6 +442,37 @@ def test_drawdown_breach_halts_once_and_appends_one_critical_alert(tmp_path):
     assert details["time"] == (NOW + pd.Timedelta(days=2)).isoformat()
 
 
+def test_a_breach_keeps_its_bar_until_the_liquidation_is_sent_across_restarts(tmp_path):
+    """The bar whose close revealed the breach survives a restart (the liquidation is due
+    `fill_delay_bars` after it); once the liquidation is sent none is due, the halt stays."""
+    state = tmp_path / "risk_state.json"
+    bar = pd.Timestamp("2024-01-03")
+    first = RiskManager(state_path=state, home=tmp_path)
+    first.update_equity(100_000.0, NOW)
+    assert first.update_equity(85_000.0, NOW, bar=bar)
+    reloaded = RiskManager(state_path=state, home=tmp_path)
+    assert reloaded.drawdown_bar == bar and reloaded.halted
+    reloaded.liquidation_sent()
+    again = RiskManager(state_path=state, home=tmp_path)
+    assert again.drawdown_bar is None and again.halted
+
+
+def test_a_risk_state_file_from_before_the_breach_bar_still_loads(tmp_path):
+    state = tmp_path / "risk_state.json"
+    state.write_text(
+        json.dumps({"version": 1, "halted": True, "halt_reason": "x", "equity_peak": 1.0})
+    )
+    manager = RiskManager(state_path=state, home=tmp_path)
+    assert manager.halted and manager.drawdown_bar is None
+
+
+def test_a_corrupt_breach_bar_is_refused_naming_the_field(tmp_path):
+    state = tmp_path / "risk_state.json"
+    state.write_text(json.dumps({"halted": True, "drawdown_bar": "yesterday"}))
+    with pytest.raises(RiskStateError, match="drawdown_bar"):
+        RiskManager(state_path=state, home=tmp_path)
+
+
 def test_drawdown_breach_after_reset_halts_again(tmp_path):
     manager = RiskManager(home=tmp_path)
     manager.update_equity(100.0, NOW)
