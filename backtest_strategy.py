@@ -1319,13 +1319,13 @@ def backtest(
     summary = _summary(request, dates, label, model_info, notes, strategy, zscore, buy_hold)
     run_id = reserve_run_id(home.results_dir, summary["run"], run_id)
     summary["run"]["run_id"] = run_id
-    # Counted before the results are written: a run that dies after this still was a trial.
-    trials = record_trials(home.results_dir, request, summary)
     returns = {
         "strategy": strategy.returns,
         "zscore_rule": zscore.returns,
         "buy_hold_long": buy_hold / buy_hold.shift(1).fillna(cfg.initial_capital) - 1.0,
     }
+    # Counted before the results are written: a run that dies after this still was a trial.
+    trials = record_trials(home.results_dir, request, summary, returns)
     stats = uncertainty(returns, trials)
     summary["strategy"].update(stats["strategy"])
     for name in ("zscore_rule", "buy_hold_long"):
@@ -1388,6 +1388,7 @@ def uncertainty(
             "psr": est.psr,
             "dsr": dsr,
             "trials": count.trials,
+            "trials_as_of": count.as_of,
             "trial_sharpe_variance": count.sharpe_variance,
             "bootstrap_block_length": est.block_length,
             "skew": est.skew,
@@ -1432,13 +1433,16 @@ def reserve_run_id(results_dir: Any, run: dict[str, Any], run_id: str | None = N
 
 
 def record_trials(
-    results_dir: Any, request: BacktestRequest, summary: dict[str, Any]
+    results_dir: Any,
+    request: BacktestRequest,
+    summary: dict[str, Any],
+    returns: dict[str, pd.Series],
 ) -> dict[str, TrialCount]:
-    """Append this run's strategy and z-score benchmark to the home's trial ledger; return, per
-    column, the distinct trials on the same pair and bars (this run included)."""
-    from datetime import UTC, datetime
-
+    """Append this run's strategy and z-score benchmark (keyed by their `returns`' fingerprint) to
+    the home's trial ledger; return, per column, the distinct trials on the same pair and bars
+    (this run included), as of now."""
     import atomic_io
+    from trial_ledger import utc_now
 
     run = summary["run"]
     ledger = TrialLedger(results_dir)
@@ -1458,25 +1462,22 @@ def record_trials(
             },
         ),
     }
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = utc_now()
     counts: dict[str, TrialCount] = {}
     for kind, (src, settings) in configs.items():
-        sharpe = summary["strategy" if kind == "strategy" else "benchmarks"]
-        sharpe = sharpe.get("sharpe") if kind == "strategy" else sharpe[kind].get("sharpe")
-        trial = Trial(
+        trial = Trial.of_returns(
+            returns[kind],
             run_id=run["run_id"],
             recorded_at=now,
             pair=(run["pair"][0], run["pair"][1]),
             start=run["start"],
             end=run["end"],
-            bars=run["bars"],
             kind=kind,
             source=src,
             config_hash=config_hash(settings),
-            sharpe=sharpe if sharpe is not None and math.isfinite(sharpe) else None,
         )
         ledger.record(trial)
-        counts[kind] = ledger.count(trial.pair, trial.start, trial.end, kind)
+        counts[kind] = ledger.count(trial.pair, trial.start, trial.end, kind, now=now)
     unreadable = ledger.read()[1]
     if unreadable:
         run["notes"].append(

@@ -29,6 +29,7 @@ if str(_HERE) not in sys.path:  # `streamlit run` from elsewhere, or AppTest
     sys.path.insert(0, str(_HERE))
 
 import constants as C  # noqa: E402
+from trial_ledger import deflated_over  # noqa: E402
 
 # --- Settings -------------------------------------------------------------------------------------
 ENV_REFRESH_S = "DASHBOARD_REFRESH_S"
@@ -659,7 +660,9 @@ def _metrics_table(summary: dict[str, Any], long: str) -> pd.DataFrame:
         cells = []
         for key, _label, fmt in _METRICS:
             value = stats.get(key)
-            if isinstance(value, list) and all(isinstance(v, int | float) for v in value):
+            if key == "trials" and isinstance(value, int):  # a DSR names its trials and when
+                cells.append(deflated_over(value, stats.get("trials_as_of")))
+            elif isinstance(value, list) and all(isinstance(v, int | float) for v in value):
                 cells.append(fmt.format(*value))
             else:
                 cells.append(fmt.format(value) if isinstance(value, int | float) else "—")
@@ -807,7 +810,7 @@ def panel_sweeps(home: C.Paths, pair: C.Pair) -> None:
         "Sharpe 95 % CI": _ci_text(wf.get("sharpe_ci_95")),
         "P(Sharpe > 0)": "{:.3f}".format(wf["psr"]) if wf.get("psr") is not None else "—",
         "deflated Sharpe": "{:.3f}".format(wf["dsr"]) if wf.get("dsr") is not None else "—",
-        "trials (deflated by)": f"{wf.get('trials', 0):,}",
+        "trials (deflated by)": deflated_over(wf.get("trials", 0), wf.get("trials_as_of")),
         "total return": "{:+.2%}".format(wf["total_return"])
         if wf.get("total_return") is not None
         else "—",
@@ -982,8 +985,8 @@ def panel_scan(home: C.Paths, pair: C.Pair) -> None:
         f"{folder.name} · universe {run.get('universe')} · {len(run.get('tickers') or [])} "
         f"tickers, {run.get('pairs')} pairs · {run.get('windows')} walk-forward windows "
         f"({run.get('formation_bars')} + {run.get('trading_bars')} bars) · out of sample "
-        f"{run.get('oos_start')}..{run.get('oos_end')} · DSR deflated by "
-        f"{trials.get('count', '?')} scan trials"
+        f"{run.get('oos_start')}..{run.get('oos_end')} · DSR "
+        f"{deflated_over(int(trials.get('count') or 0), trials.get('as_of'))} (scan trials)"
     )
     rows = _scan_rows(table)
     traded = rows[

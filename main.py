@@ -29,6 +29,7 @@ examples:
   python main.py scan --top 10                   every bundled pair, walk-forward, out of sample
   python main.py scan --adopt AMD/BAC            trade a pair of the latest scan from now on
   python main.py sweep --long AMD --short BAC    a parameter grid, walk-forward, with its DSR
+  python main.py trials                          every run's Sharpe, its DSR over the trials now
   python main.py live --replay 2022-01-03 2022-03-31   the trading loop on history (paper)
   python main.py backtest --config trading.toml  backtest and live take the same settings
   python main.py live --once                     one live iteration (cron); paper by default
@@ -178,6 +179,7 @@ def build_parser(*, trading: bool = True) -> argparse.ArgumentParser:
     _backtest_parser(commands, common, trading)
     _scan_parser(commands, trading)
     _sweep_parser(commands, common, trading)
+    _trials_parser(commands)
 
     r = commands.add_parser(
         "risk",
@@ -672,6 +674,56 @@ def _scan_parser(commands: Any, trading: bool) -> None:
     if trading:
         _add_trading_options(sc)
     sc.set_defaults(func=cmd_scan, long=None, short=None)
+
+
+def _trials_parser(commands: Any) -> None:
+    tr = commands.add_parser(
+        "trials",
+        help="the trial ledger: every run's Sharpe and its DSR over the trials counted now",
+        description="List results/trials.jsonl by pair, dates and kind: each run's Sharpe and "
+        "its deflated Sharpe recomputed over the trials on record now (a run's own report froze "
+        "the count of its day). Runs whose returns are identical bar for bar are one trial. "
+        "`trials prune --since DATE|--all --reason TEXT` starts counting again: it appends a "
+        "restart record naming the runs it stops counting and why; nothing is deleted.",
+    )
+    tr.add_argument("action", nargs="?", default="list", choices=["list", "prune"])
+    tr.add_argument(
+        "--since",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help="list: only runs recorded on or after this UTC date; prune: stop counting the runs "
+        "recorded before it",
+    )
+    tr.add_argument(
+        "--all",
+        action="store_true",
+        dest="everything",
+        help="list: also the runs no longer counted and the restart records; prune: stop "
+        "counting every run so far",
+    )
+    tr.add_argument("--reason", metavar="TEXT", help="prune: why counting restarts (required)")
+    tr.add_argument("--pair", metavar="LONG/SHORT", help="list: only this pair (all)")
+    tr.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+    tr.set_defaults(func=cmd_trials)
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    import constants as C
+    from trial_ledger import TrialLedger, trials_command
+
+    ledger = TrialLedger(C.paths().results_dir)
+    lines = trials_command(
+        ledger,
+        args.action,
+        since=args.since,
+        everything=args.everything,
+        reason=args.reason,
+        pair=args.pair,
+    )
+    print("\n".join(lines))
+    return 0
 
 
 def _add_runner_options(parser: argparse.ArgumentParser, cache: str) -> None:
@@ -1206,6 +1258,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     import backtest_strategy as bt
+    from trial_ledger import deflated_over
 
     request = _backtest_request(args)
     console = Console()
@@ -1239,8 +1292,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     table.add_column(f"buy & hold {long}", justify="right")
     columns = (strat, zs, bh)
     for name, key, kind in REPORT_ROWS:
-        if kind == "dsr":  # the deflated Sharpe names how many trials it deflates by
-            name = f"deflated Sharpe ({strat.get('trials', 1)} trials)"
+        if kind == "dsr":  # the deflated Sharpe names how many trials it deflates by, and when
+            name = "DSR " + deflated_over(strat.get("trials", 1), strat.get("trials_as_of"))
             cells = [
                 _fmt(c.get(key), "p")
                 + ("" if c.get("trials") == strat.get("trials") else f" ({c.get('trials')})")
@@ -1403,8 +1456,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(
-        f"{len(result.pairs):,} trials in this scan; DSR deflated by {result.trial_count.trials:,} "
-        f"scan trials in {run['statistics']['trials_file']} (Sharpe variance "
+        f"{len(result.pairs):,} trials in this scan; DSR {result.trial_count.describe()} (scan "
+        f"trials in {run['statistics']['trials_file']}, Sharpe variance "
         f"{result.trial_count.sharpe_variance:.3f}); cost = total costs / traded notional; "
         "half-life: median over formation windows, bars; coint: share of formation windows with "
         f"Engle-Granger p < {run['coint_level']} (ADF lags: {run['coint_lags']})"
@@ -1581,8 +1634,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"note: {skipped} grid combination(s) skipped (exit_z >= entry_z or sell > buy)"
         )
     console.print(
-        f"DSR deflated by {wf['trials']:,} sweep trials on {result.pair} over these dates in "
-        f"{run['statistics']['trials_file']} (Sharpe variance {wf['trial_sharpe_variance']:.3f}); "
+        f"DSR {result.trial_count.describe()} (sweep trials on {result.pair} over these dates in "
+        f"{run['statistics']['trials_file']}, Sharpe variance {wf['trial_sharpe_variance']:.3f}); "
         f"choice: best Sharpe over the previous {run['train_windows']} windows"
     )
     console.print(f"time: {elapsed:,.1f} s ({where})")
@@ -1602,6 +1655,7 @@ def _adopt(text: str) -> int:
     import process_stock_data as psd
     import train_model as tm
     from error_handling import ConfigurationError
+    from trial_ledger import deflated_over
 
     legs = text.strip().split("/")
     if len(legs) != 2 or not all(leg.strip() for leg in legs):
@@ -1638,7 +1692,7 @@ def _adopt(text: str) -> int:
     console.print(
         f"scan {found.scan_id}{scanned_as}: rank {found.rank} of {found.pairs_scanned}, OOS Sharpe "
         f"{_fmt(found.sharpe, 'ratio')} (95 % CI {ci}), PSR {_fmt(found.psr, 'p')}, "
-        f"DSR {_fmt(found.dsr, 'p')} ({found.trials:,} trials)"
+        f"DSR {_fmt(found.dsr, 'p')} ({deflated_over(found.trials, found.trials_as_of)})"
     )
     console.print(
         f"data: {processed.rows:,} rows {processed.start} .. {processed.end} from "

@@ -79,7 +79,7 @@ from pair_selection import (
     pair_statistics,
     walk_forward_windows,
 )
-from trial_ledger import Trial, TrialCount, TrialLedger, config_hash
+from trial_ledger import Trial, TrialCount, TrialLedger, config_hash, count_trials
 
 if TYPE_CHECKING:
     from train_model import TrainConfig
@@ -842,16 +842,16 @@ def load_universe(spec: str) -> pd.DataFrame:
 
 
 def universe_trials(
-    ledger: TrialLedger, pairs: Sequence[tuple[str, str]], start: str, end: str
+    ledger: TrialLedger,
+    pairs: Sequence[tuple[str, str]],
+    start: str,
+    end: str,
+    *,
+    now: str | None = None,
 ) -> TrialCount:
     """Distinct scan trials in the ledger on these pairs over exactly start..end (the last record
-    of a key wins), with the variance of their Sharpes."""
-    wanted = {tuple(p) for p in pairs}
-    latest: dict[tuple[Any, ...], float | None] = {}
-    for t in ledger:
-        if t.kind == TRIAL_KIND and t.pair in wanted and (t.start, t.end) == (start, end):
-            latest[(t.pair, *t.key)] = t.sharpe
-    return TrialCount.of([s if s is not None else math.nan for s in latest.values()])
+    of a key wins), with the variance of their Sharpes, as of `now`."""
+    return count_trials(ledger, pairs, start, end, TRIAL_KIND, now=now)
 
 
 def trial_settings(result: ScanResult, rule: RuleParameters, config: TradingConfig) -> dict:
@@ -885,24 +885,23 @@ def scan(
     now = now or datetime.now(UTC)
     scan_id = "scan-" + now.strftime("%Y%m%d-%H%M%S")
     ledger = TrialLedger(results_dir)
-    bars = len(result.pairs[0].returns)
+    recorded_at = now.isoformat(timespec="seconds")
     for p in sorted(result.pairs, key=lambda p: (p.pair, p.rule_index)):
         ledger.record(
-            Trial(
+            Trial.of_returns(
+                p.returns,
                 run_id=scan_id,
-                recorded_at=now.isoformat(timespec="seconds"),
+                recorded_at=recorded_at,
                 pair=(p.long, p.short),
                 start=result.oos_start,
                 end=result.oos_end,
-                bars=bars,
                 kind=TRIAL_KIND,
                 source=f"rule:{p.rule.rule}",
                 config_hash=config_hash(trial_settings(result, p.rule, request.config)),
-                sharpe=p.sharpe if math.isfinite(p.sharpe) else None,
             )
         )
     count = universe_trials(
-        ledger, universe_pairs(result.tickers), result.oos_start, result.oos_end
+        ledger, universe_pairs(result.tickers), result.oos_start, result.oos_end, now=recorded_at
     )
     result.pairs = rank(result.pairs, count)
     result.trial_count = count
@@ -951,6 +950,7 @@ def scan_summary(
             },
             "trials": {
                 "count": result.trial_count.trials,
+                "as_of": result.trial_count.as_of,
                 "sharpe_variance": result.trial_count.sharpe_variance,
                 "this_scan": len(result.pairs),
             },
@@ -1071,6 +1071,8 @@ class ScannedPair:
     #: Scan trials the DSR is deflated by.
     trials: int
     pairs_scanned: int
+    #: When those trials were counted (UTC ISO; the scan's own time, from its folder's name).
+    trials_as_of: str | None = None
 
 
 def scanned_pair(folder: str | os.PathLike[str], long: str, short: str) -> ScannedPair | None:
@@ -1101,7 +1103,17 @@ def scanned_pair(folder: str | os.PathLike[str], long: str, short: str) -> Scann
         dsr=float(row["dsr"]),
         trials=int(row["trials"]),
         pairs_scanned=len(table),
+        trials_as_of=_scan_time(folder.name),
     )
+
+
+def _scan_time(scan_id: str) -> str | None:
+    """The UTC time in a `scan-YYYYmmdd-HHMMSS` folder name, ISO 8601; None for another name."""
+    try:
+        stamp = datetime.strptime(scan_id[len("scan-") :][:15], "%Y%m%d-%H%M%S")
+    except ValueError:
+        return None
+    return stamp.replace(tzinfo=UTC).isoformat(timespec="seconds")
 
 
 def sharpe_matrix(result: ScanResult) -> pd.DataFrame:

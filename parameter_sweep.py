@@ -353,6 +353,7 @@ class SweepResult:
     bar_choice: np.ndarray = field(repr=False)
     choices: list[WindowChoice]
     #: Per candidate: its returns as a fixed choice over the same windows, annualised Sharpe.
+    candidate_oos: list[np.ndarray] = field(repr=False)
     candidate_sharpes: list[float]
     candidate_returns: list[float]
     estimate: pst.SharpeEstimate
@@ -458,6 +459,7 @@ def run_sweep(
         bar_window=np.repeat([c.window_index for c in choices], lengths),
         bar_choice=np.repeat([c.chosen for c in choices], lengths),
         choices=choices,
+        candidate_oos=fixed,
         candidate_sharpes=candidate_sharpes,
         candidate_returns=[float(np.prod(1.0 + x) - 1.0) for x in fixed],
         estimate=pst.estimate_sharpe(oos, level=level, reps=reps, seed=seed),
@@ -570,22 +572,23 @@ def sweep(
     sweep_id = "sweep-" + now.strftime("%Y%m%d-%H%M%S")
     ledger = TrialLedger(home.results_dir)
     pair = (result.long, result.short)
-    for c, sharpe in zip(request.settings.candidates, result.candidate_sharpes, strict=True):
+    recorded_at = now.isoformat(timespec="seconds")
+    for c, oos in zip(request.settings.candidates, result.candidate_oos, strict=True):
         ledger.record(
-            Trial(
+            Trial.of_returns(
+                oos,
                 run_id=sweep_id,
-                recorded_at=now.isoformat(timespec="seconds"),
+                recorded_at=recorded_at,
                 pair=pair,
                 start=result.oos_start,
                 end=result.oos_end,
-                bars=len(result.dates),
                 kind=TRIAL_KIND,
                 source=source,
                 config_hash=config_hash(trial_settings(request, c)),
-                sharpe=sharpe if math.isfinite(sharpe) else None,
             )
         )
-    deflate(result, ledger.count(pair, result.oos_start, result.oos_end, TRIAL_KIND))
+    count = ledger.count(pair, result.oos_start, result.oos_end, TRIAL_KIND, now=recorded_at)
+    deflate(result, count)
     summary = sweep_summary(request, result, sweep_id, str(ledger.path), notes)
     folder = write_sweep_results(home.results_dir, sweep_id, result, summary)
     summary["run"]["folder"] = str(folder)
@@ -624,6 +627,7 @@ def sweep_summary(
                 "psr": est.psr,
                 "dsr": result.dsr,
                 "trials": result.trial_count.trials,
+                "trials_as_of": result.trial_count.as_of,
                 "trial_sharpe_variance": result.trial_count.sharpe_variance,
                 "total_return": result.total_return,
                 "fills": result.fills,

@@ -307,6 +307,44 @@ def deflated_sharpe_ratio(
     return probabilistic_sharpe_ratio(returns, benchmark, periods=periods)
 
 
+@dataclass(frozen=True)
+class SharpeMoments:
+    """What a PSR or DSR needs of a return series, so it can be recomputed later without the
+    returns (the trial ledger keeps these, not the series)."""
+
+    n_obs: int
+    sharpe: float  # annualised
+    skew: float
+    kurtosis: float  # non-excess
+
+
+def sharpe_moments(returns: Returns, *, periods: int = PERIODS_PER_YEAR) -> SharpeMoments | None:
+    """The annualised Sharpe, sample size, skew and kurtosis of `returns`; None if degenerate."""
+    x = _as_returns(returns)
+    if _is_degenerate(x):
+        return None
+    sr, skew, kurt = _per_period_moments(x)
+    return SharpeMoments(int(x.size), sr * math.sqrt(periods), skew, kurt)
+
+
+def deflated_sharpe_from_moments(
+    moments: SharpeMoments,
+    n_trials: int,
+    trial_sharpe_variance: float,
+    *,
+    periods: int = PERIODS_PER_YEAR,
+) -> float:
+    """`deflated_sharpe_ratio` from a series' moments instead of the series (equal to it up to
+    rounding: the per-period Sharpe is recovered as ``sharpe / sqrt(periods)``)."""
+    benchmark = expected_max_sharpe(n_trials, trial_sharpe_variance)
+    if math.isnan(benchmark):
+        return math.nan
+    root = math.sqrt(periods)
+    return _psr(
+        moments.sharpe / root, benchmark / root, moments.n_obs, moments.skew, moments.kurtosis
+    )
+
+
 def estimate_sharpe(
     returns: Returns,
     *,

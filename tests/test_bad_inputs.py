@@ -727,6 +727,48 @@ CASES: list[Case] = [
 ]  # fmt: skip
 
 
+# --- `trials` (issue 23 items 2, 3): the ledger listed and pruned; a refusal appends nothing -----
+LEDGER = "results/trials.jsonl"
+LEDGER_LINE = json.dumps({"run_id": "r1", "recorded_at": "2026-01-05T10:00:00+00:00",
+                          "pair": ["AAPL", "MSFT"], "start": "2021-01-04", "end": "2021-12-31",
+                          "bars": 251, "kind": "strategy", "source": "rule:x",
+                          "config_hash": "h", "sharpe": 0.4}) + "\n"  # fmt: skip
+
+
+def folder(rel: str) -> Setup:
+    """A directory where the home expects a file."""
+
+    def setup(home: Path, tmp: Path) -> None:
+        (home / rel).mkdir(parents=True)
+
+    return setup
+
+
+CASES += [
+    case("trials-prune-without-since-or-all", "trials", "prune", "--reason", "x", code=2,
+         says=("--since", "--all"), setup=put(LEDGER, LEDGER_LINE)),
+    case("trials-prune-since-and-all", "trials", "prune", "--since", "2026-01-06", "--all",
+         "--reason", "x", code=2, says="exactly one", setup=put(LEDGER, LEDGER_LINE)),
+    case("trials-prune-without-reason", "trials", "prune", "--all", code=2, says="--reason",
+         setup=put(LEDGER, LEDGER_LINE)),
+    case("trials-prune-blank-reason", "trials", "prune", "--all", "--reason", "   ", code=2,
+         says="--reason", setup=put(LEDGER, LEDGER_LINE)),
+    case("trials-since-not-a-date", "trials", "--since", "2026-13-01", code=2,
+         says="2026-13-01"),
+    case("trials-prune-since-in-the-future", "trials", "prune", "--since", "2999-01-01",
+         "--reason", "x", code=2, says="2999-01-01", setup=put(LEDGER, LEDGER_LINE)),
+    case("trials-list-with-reason", "trials", "list", "--reason", "x", code=2, says="--reason"),
+    case("trials-pair-one-leg", "trials", "--pair", "AAPL", code=2, says="AAPL"),
+    case("trials-prune-one-pair", "trials", "prune", "--all", "--reason", "x", "--pair",
+         "AAPL/MSFT", code=2, says="--pair", setup=put(LEDGER, LEDGER_LINE)),
+    case("trials-unknown-action", "trials", "frobnicate", code=2, says="frobnicate"),
+    case("trials-ledger-is-a-directory", "trials", code=3, says="trials.jsonl",
+         setup=folder(LEDGER)),
+    case("trials-prune-ledger-is-a-directory", "trials", "prune", "--all", "--reason", "x",
+         code=3, says="trials.jsonl", setup=folder(LEDGER)),
+]  # fmt: skip
+
+
 # --- Homes, prepared once and copied per case ---------------------------------------------------
 @pytest.fixture(scope="session")
 def homes(tmp_path_factory) -> dict[str, Path]:

@@ -18,6 +18,7 @@ pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest
 
 import constants as C
+from trial_ledger import deflated_over
 
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
 #: The universe of the home's scan: its six pairs include the traded AAPL/MSFT.
@@ -168,8 +169,8 @@ def test_every_panel_renders_from_a_replayed_session(home):
     low, high = summary["strategy"]["sharpe_ci_95"]
     strategy_column = metrics_table.columns[0]
     assert metrics_table.loc["Sharpe 95 % CI", strategy_column] == f"{low:.2f} .. {high:.2f}"
-    assert metrics_table.loc["trials (deflated by)", strategy_column] == str(
-        summary["strategy"]["trials"]
+    assert metrics_table.loc["trials (deflated by)", strategy_column] == deflated_over(
+        summary["strategy"]["trials"], summary["strategy"]["trials_as_of"]
     )
     assert any(summary["strategy"]["verdict"] in m.value for m in at.markdown)
     bars = json.loads(next(c for c in charts if c.key == "backtest_sharpe_ci").proto.spec)
@@ -436,7 +437,7 @@ def test_the_scan_panel_ranks_the_pairs_as_pairs_csv_with_the_heatmap(home):
         "4 tickers, 6 pairs",
         f"{summary['run']['windows']} walk-forward windows",
         f"{summary['run']['oos_start']}..{summary['run']['oos_end']}",
-        f"deflated by {summary['trials']['count']} scan trials",
+        f"DSR {deflated_over(summary['trials']['count'], summary['trials']['as_of'])} (scan",
     ):
         assert part in headline, headline
     rank = int(expected.index[expected["pair"] == "AAPL/MSFT"][0]) + 1
@@ -582,4 +583,4 @@ def test_the_sweep_panel_shows_the_chosen_set_per_window_and_the_out_of_sample_f
     column = shown["walk-forward (out of sample)"]
     assert column["Sharpe"] == f"{summary['walk_forward']['sharpe']:.2f}"
     assert column["deflated Sharpe"] == f"{result.dsr:.3f}"
-    assert column["trials (deflated by)"] == "2"
+    assert column["trials (deflated by)"].startswith("deflated over 2 trials as of ")

@@ -227,11 +227,11 @@ def test_cli_sweep_writes_its_folder_records_one_trial_per_set_and_reruns_are_no
     assert len(trials) == 4
     again = run(*args, home=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "DSR deflated by 4 sweep trials" in again.stdout  # the same sets: no new trials
+    assert "DSR deflated over 4 trials as of " in again.stdout  # the same sets: no new trials
     wider = run(*args[:-5], "entry_z=1.5,2,2.5", "exit_z=0,0.5", "lookback=40", "--jobs", "1",
                 home=tmp_path)  # fmt: skip
     assert wider.returncode == 0, wider.stderr
-    assert "DSR deflated by 6 sweep trials" in wider.stdout  # 2 new sets, 6 distinct
+    assert "DSR deflated over 6 trials as of " in wider.stdout  # 2 new sets, 6 distinct
 
 
 @pytest.mark.parametrize(

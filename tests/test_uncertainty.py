@@ -166,11 +166,11 @@ def test_the_report_prints_the_uncertainty_rows_and_a_verdict(tmp_path):
     wide = {"COLUMNS": "200"}  # the table's row names unwrapped
     res = run(*args, home=home, extra_env=wide)
     assert res.returncode == 0, res.stderr
-    for row in ("Sharpe 95 % CI", "P(Sharpe > 0)", "deflated Sharpe (1 trials)",
+    for row in ("Sharpe 95 % CI", "P(Sharpe > 0)", "DSR deflated over 1 trial as of ",
                 "vs z-score rule: p", "vs buy & hold: p", "verdict:"):  # fmt: skip
         assert row in res.stdout, row
     res = run(*args, "--rule-fraction", "0.4", home=home, extra_env=wide)
-    assert "deflated Sharpe (2 trials)" in res.stdout
+    assert "DSR deflated over 2 trials as of " in res.stdout
 
 
 # --- The z-score benchmark's two rules ------------------------------------------------------------
