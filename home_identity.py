@@ -179,8 +179,12 @@ def establish(
 def report_unowned(
     home: C.Paths, audit: AuditLog, identity: HomeIdentity, first: bool, symbols: tuple[str, ...]
 ) -> None:
-    """Say that the account holds pair shares this home does not own: at the first start a
-    WARNING alert and an audit record, at every start a log line."""
+    """At the first start a `home_recorded` audit record; whenever the account holds pair
+    shares this home does not own, a log line, and at the first start a WARNING alert."""
+    if first:
+        audit.append(
+            "home_recorded", {**_audit_payload(identity), "unowned": dict(identity.unowned)}
+        )
     if not identity.unowned:
         return
     text = ", ".join(f"{s} {q:+,}" for s, q in identity.unowned.items())
@@ -191,7 +195,6 @@ def report_unowned(
     )
     log.warning("%s", message)
     if first:
-        audit.append("home_recorded", {**_audit_payload(identity), "unowned": text})
         alert_dispatch.send(
             "WARNING",
             "home_identity",

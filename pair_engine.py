@@ -916,6 +916,7 @@ def _order_payload(o: Any) -> dict[str, Any]:
         "status": getattr(o.status, "value", o.status),
         "filled_qty": getattr(o, "filled_qty", o.qty),
         "filled_avg_price": getattr(o, "filled_avg_price", getattr(o, "price", None)),
+        "fees": getattr(o, "fees", 0.0),  # USD so far: the journal explains cash with them
     }
 
 

@@ -141,3 +141,76 @@ def kill_and_resume(
         chain_ok=audit_logging.verify(home.audit_log).ok,
         final_returncode=final.returncode,
     )
+
+
+def kill_after_a_fill_before_positions(home: Any, window: tuple[str, str]) -> int:
+    """Kill the replay of `window` when the audit log holds a `fill` record that positions.json
+    does not (its audit anchor is older): the crash between the journal and the state file.
+    Returns the fill's seq."""
+
+    def fill_not_saved(new: list[dict[str, Any]]) -> int | None:
+        fills = [r["seq"] for r in new if r["event"] == "fill"]
+        return fills[-1] if fills and _anchor(home) < fills[-1] else None
+
+    return kill_when(home, window, fill_not_saved)
+
+
+def kill_after_borrow_before_positions(home: Any, window: tuple[str, str]) -> int:
+    """Kill the replay of `window` after the paper account charged a day's borrow (a new bar's
+    quotes) that positions.json does not show, with no fill since it was written. Returns the
+    seq of the new bar's `signal` record."""
+
+    def borrow_not_saved(new: list[dict[str, Any]]) -> int | None:
+        signals = [r["seq"] for r in new if r["event"] == "signal"]
+        if not signals or not home.paper_broker_file.exists():
+            return None
+        saved = json.loads(home.positions_file.read_text())
+        cash = json.loads(home.paper_broker_file.read_text())["ledger"]["cash"]
+        return signals[-1] if abs(cash - saved["cash"]) > 0.005 else None
+
+    return kill_when(home, window, borrow_not_saved)
+
+
+def _anchor(home: Any) -> int:
+    saved = json.loads(home.positions_file.read_text())
+    return (saved.get("audit_anchor") or {}).get("seq", 0)
+
+
+def kill_when(home: Any, window: tuple[str, str], moment: Any) -> int:
+    """Run the replay of `window`, pause it (SIGSTOP) at each batch of new audit records, and
+    SIGKILL it the first time `moment(new records)` returns a seq (else let it go on): a kill
+    at a chosen point of the real process, found by looking at its files. Returns that seq."""
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "live", "--replay", *window],
+        cwd=ROOT,
+        env=_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    offset, pending = 0, b""
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if not home.audit_log.exists() or not home.positions_file.exists():
+                time.sleep(0.01)
+                continue
+            with open(home.audit_log, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            offset += len(chunk)
+            *lines, pending = (pending + chunk).split(b"\n")
+            if not lines:
+                time.sleep(0.001)
+                continue
+            os.kill(proc.pid, signal.SIGSTOP)
+            seq = moment([json.loads(x) for x in lines])
+            if seq is not None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+                return seq
+            os.kill(proc.pid, signal.SIGCONT)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    raise AssertionError(f"the replay of {window} ended before the moment to kill it came")

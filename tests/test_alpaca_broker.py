@@ -43,7 +43,15 @@ from tests.local_alpaca import (
     FakeAlpaca,
     serving,
 )
-from trading_api import Account, AlpacaBroker, BrokerUnavailable, OrderRejected, Position, Quote
+from trading_api import (
+    Account,
+    AlpacaBroker,
+    BrokerUnavailable,
+    OrderIdConflict,
+    OrderRejected,
+    Position,
+    Quote,
+)
 from trading_execution import ApprovedBasket, Order, OrderType, Purpose, Side, client_order_id
 
 # alpaca-py's import of its live-stream module warns about websockets' legacy API; not ours to fix.
@@ -131,7 +139,7 @@ def pair_basket(bar: str = "2024-01-03") -> ApprovedBasket:
 # --- A normal session -----------------------------------------------------------------------------
 def test_a_session_reads_the_account_clock_and_prices_then_trades_a_basket(alpaca):
     b = broker(alpaca)
-    assert b.account() == Account(100_000.0, 100_000.0, 200_000.0, "ACTIVE")
+    assert b.account() == Account(100_000.0, 100_000.0, 200_000.0, "ACTIVE", alpaca.account_id)
 
     clock = b.clock()
     assert clock.is_open
@@ -371,6 +379,22 @@ def test_a_duplicate_client_id_answer_returns_the_existing_order(alpaca):
     assert alpaca.hits["POST", ORDERS] == 2  # the second POST was answered 422
     assert len(alpaca.orders_for(original.client_order_id)) == 1
     assert held_shares(alpaca) == {"AAPL": 10}
+
+
+def test_an_id_alpaca_has_for_another_order_is_a_conflict_not_a_done_order(alpaca):
+    """A copied home sends its original's ids: found by id is not enough, the order must be the
+    same symbol, side and quantity (found at the look-up, and after a 422 duplicate)."""
+    broker(alpaca).submit_basket(approved(leg("AAPL", Side.SELL, 66)))
+    mine = approved(leg("AAPL", Side.BUY, 33))  # the same id
+
+    with pytest.raises(OrderIdConflict, match="sell 66 AAPL, not this home.s buy 33 AAPL"):
+        broker(alpaca).submit_basket(mine)
+    alpaca.fail("GET", BY_CLIENT_ID, 404)  # the look-up misses it: the POST is answered 422
+    with pytest.raises(OrderIdConflict):
+        broker(alpaca).submit_basket(mine)
+    with pytest.raises(OrderIdConflict):
+        broker(alpaca).known_orders(mine.orders)
+    assert alpaca.hits["POST", ORDERS] == 2 and held_shares(alpaca) == {"AAPL": -66}
 
 
 def test_only_an_approved_basket_is_accepted(alpaca):

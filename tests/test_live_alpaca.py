@@ -740,7 +740,7 @@ def test_a_fresh_home_holds_the_accounts_pair_shares_apart_until_adopted(
     assert held(alpaca)["AAPL"] == bought + 10  # the 10 are left alone
     (said,) = [a for a in alerts(home) if a["source"] == "home_identity"]
     assert "AAPL +10" in said["message"] and "positions adopt" in said["message"]
-    assert records(home, "home_recorded")[0].payload["unowned"] == "AAPL +10"
+    assert records(home, "home_recorded")[0].payload["unowned"] == {"AAPL": 10}
 
     adopted = run(
         "main.py", "positions", "adopt", "--broker", "alpaca", home=home.home,
