@@ -95,6 +95,7 @@ EVENT_TYPES = frozenset(
         "order_update",  # the broker's later view of an order (an asynchronous fill, a cancel)
         "order_done",  # an order ended with shares unfilled (canceled, expired, rejected)
         "increase_withheld",  # a flip's reduce orders had not filled: its opening orders wait
+        "data_failure",  # the market data failed (start-up): the error, its cause, keys or outage
         "pair_not_sized",  # the capital cannot size both legs: no order, with the reason
         "fill",  # each new fill once (a partial fill, its rest), recovered ones included
         "bar_deferred",  # a bar's decision postponed (market closed): retried at the next open

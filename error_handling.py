@@ -31,6 +31,11 @@ class ConfigurationError(TradingError):
     exit_code = 2
 
 
+class KeysRejected(ConfigurationError):
+    """The broker or the market-data API refused the API keys (HTTP 401/403): no retry helps,
+    the operator must fix the keys."""
+
+
 class DataError(TradingError):
     """Prices could not be obtained or read (missing file, offline source, unknown ticker)."""
 

@@ -53,6 +53,7 @@ from error_handling import (
     ConfigurationError,
     DataError,
     DataSourceUnavailable,
+    KeysRejected,
     StopRequested,
     TradingError,
 )
@@ -642,6 +643,7 @@ class _Stop:
         self.event = threading.Event()
         self.reason = "end"
         self.broker: ta.Broker | None = None
+        self.data: Any = None  # the market-data fetch (market_data.GuardedFetch) in use
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -653,9 +655,10 @@ class _Stop:
     def _handle(self, signum: int, _frame: Any) -> None:
         self.reason = signal_module.Signals(signum).name
         self.event.set()
-        if self.broker is not None and self.broker.in_request:
-            self.broker.in_request = False
-            raise StopRequested(f"{self.reason} during a {self.broker.name} request")
+        for waited in (self.broker, self.data):
+            if waited is not None and waited.in_request:
+                waited.in_request = False
+                raise StopRequested(f"{self.reason} during a request")
         log.warning("%s received: stopping at the next safe point", self.reason)
 
     def restore(self) -> None:
@@ -923,10 +926,14 @@ def _start(
             execution=trading.execution,
             now=lambda: clocks[0].now(),
         )
+    broker.stop_event = stopper.event  # before its first call: a stop cuts its waits short
+    stopper.broker = broker
     default_feed = feed is None
     write_feed: Callable[[], None] | None = None
-    if feed is None:
-        feed, write_feed = _default_feed(pair, home, replay=config.replay)
+    if feed is None and config.replay:
+        feed, write_feed = _default_feed(pair, home, replay=True)
+    elif feed is None:
+        feed, write_feed = _live_feed(config, pair, home, broker, risk, audit, summary, stopper)
     if clock is None:
         clock = RealClock()
         if config.replay:
@@ -935,8 +942,6 @@ def _start(
                 start = max(start, feed.bar_close_time(feed.row_of(last_bar)))
             clock = ReplayClock(start, config.speed)
     clocks[0] = clock
-    broker.stop_event = stopper.event  # before its first call: a stop cuts its waits short
-    stopper.broker = broker
     if default_feed and not config.replay:
         _refuse_an_old_feed(feed, pair, broker)
     first_row = 0
@@ -944,13 +949,12 @@ def _start(
         _refuse_a_replay_past_the_data(config, feed, pair)
         first_row = feed.closed_rows(pd.Timestamp(config.replay_start))
     source = _signal_source(config, pair, home, feed, first_row, generator)
-    broker.stop_event = stopper.event
     identity = _home_identity(home, broker, pair, saved)  # a refusal writes nothing
     # Every refusal is behind us: the processed table, the pid, the order tag are written now.
     if write_feed is not None:
         write_feed()
-    _write_pid(home)
-    broker.order_prefix = home.order_prefix()  # its first write (a new home's tag)
+    if not summary.started:  # (a market-data failure at start-up recorded it already)
+        _record_start(config, pair, home, broker, audit, summary)
     journal = FillJournal.from_audit(audit)
     session = _Session(
         config, pair, home, broker, risk, source, feed, audit, summary, mode, journal
@@ -966,31 +970,6 @@ def _start(
         state.foreign = {s: p.qty for s, p in saved.foreign.items()}
         if saved.last_signal_bar:
             state.audited_signal_bar = pd.Timestamp(saved.last_signal_bar)
-    audit.append(
-        "start",
-        {
-            "mode": mode,
-            "broker": broker.name,
-            "pair": list(pair.tickers),
-            "pid": os.getpid(),
-            "interval_s": config.interval_s,
-            "replay": [str(config.replay_start), str(config.replay_end)] if config.replay else None,
-            "once": config.once,
-            "signals": config.signal_file or "model",
-            "order_prefix": broker.order_prefix,
-            "config": trading.to_dict(),
-        },
-    )
-    summary.started = True
-    log.info(
-        "live loop started: %s, %s broker, %s/%s, every %gs%s",
-        mode,
-        broker.name,
-        pair.long,
-        pair.short,
-        config.interval_s,
-        f", replay {config.replay_start}..{config.replay_end}" if config.replay else "",
-    )
     try:
         if isinstance(identity, BrokerError):  # the home's account could not be checked
             raise identity
@@ -1006,6 +985,116 @@ def _start(
         _broker_failed(session, exc, clock.now(), at_start=True)
         raise
     return session, clock
+
+
+def _record_start(
+    config: LiveConfig,
+    pair: C.Pair,
+    home: C.Paths,
+    broker: ta.Broker,
+    audit: AuditLog,
+    summary: LoopSummary,
+) -> None:
+    """The run's first writes, once nothing refuses it: the pid, the order tag, the `start`
+    record (after it, a `stop` record always follows)."""
+    _write_pid(home)
+    broker.order_prefix = home.order_prefix()  # its first write (a new home's tag)
+    audit.append(
+        "start",
+        {
+            "mode": "live" if config.live else "paper",
+            "broker": broker.name,
+            "pair": list(pair.tickers),
+            "pid": os.getpid(),
+            "interval_s": config.interval_s,
+            "replay": [str(config.replay_start), str(config.replay_end)] if config.replay else None,
+            "once": config.once,
+            "signals": config.signal_file or "model",
+            "order_prefix": broker.order_prefix,
+            "config": config.trading.to_dict(),
+        },
+    )
+    summary.started = True
+    log.info(
+        "live loop started: %s, %s broker, %s/%s, every %gs%s",
+        "live" if config.live else "paper",
+        broker.name,
+        pair.long,
+        pair.short,
+        config.interval_s,
+        f", replay {config.replay_start}..{config.replay_end}" if config.replay else "",
+    )
+
+
+def _live_feed(
+    config: LiveConfig,
+    pair: C.Pair,
+    home: C.Paths,
+    broker: ta.Broker,
+    risk: rm.RiskManager,
+    audit: AuditLog,
+    summary: LoopSummary,
+    stopper: _Stop,
+) -> tuple[BarFeed, Callable[[], None]]:
+    """The data source's bars for a live run, fetched under the broker's failure policy
+    (`market_data.GuardedFetch`: breaker, retries). A failure is recorded like a broker's at
+    start-up -- `start` and `data_failure` records, an alert, a halt for an outage -- then
+    raised with `--once` or rejected keys; a loop waits an interval and tries again."""
+    import market_data
+    import process_stock_data as psd
+
+    source = C.data_source_name()
+    fetch = market_data.GuardedFetch(
+        lambda: psd.process(source, pair, home=home, write=False), stop_event=stopper.event
+    )
+    stopper.data = fetch
+    while True:
+        try:
+            table, processed = fetch()
+            break
+        except (DataSourceUnavailable, KeysRejected) as exc:
+            _data_failed(config, pair, home, broker, risk, audit, summary, exc, fetch)
+            if config.once or isinstance(exc, KeysRejected):
+                raise
+            log.error("market data unavailable at start-up: %s; retrying", exc)
+            stopper.event.wait(config.interval_s)
+    return BarFeed(table, pair, refresh=None), lambda: psd.write_processed(table, processed)
+
+
+def _data_failed(
+    config: LiveConfig,
+    pair: C.Pair,
+    home: C.Paths,
+    broker: ta.Broker,
+    risk: rm.RiskManager,
+    audit: AuditLog,
+    summary: LoopSummary,
+    exc: TradingError,
+    fetch: Any,
+) -> None:
+    """A market-data failure at start-up, as a broker's: the `start` record (once), a
+    `data_failure` record, an alert; an outage also halts new entries with its cause (keys
+    rejected: nothing could trade anyway, the operator fixes them)."""
+    if not summary.started:
+        _record_start(config, pair, home, broker, audit, summary)
+    keys = isinstance(exc, KeysRejected)
+    cause = fetch.failure_cause()
+    audit.append(
+        "data_failure",
+        {"error": str(exc), "cause": cause, "at_start": True, "keys_rejected": keys},
+    )
+    alert_dispatch.send(
+        "CRITICAL" if keys else "HIGH",
+        "market_data",
+        "Market data keys rejected" if keys else "Market data unavailable",
+        f"{C.data_source_name()} market data at start-up: {exc}",
+        {"error": str(exc), "source": C.data_source_name()},
+        home=home.home,
+    )
+    if not keys and not risk.halted:
+        reason = f"market data failing at start-up: {cause or exc}"
+        risk.halt(reason, pd.Timestamp.now(tz="UTC"))
+        audit.append("halt", {"reason": reason, "cause": cause or str(exc)})
 
 
 #: A live run refuses a data source whose last bar is older than this (days): it has no current

@@ -28,7 +28,13 @@ import pandas as pd
 import constants as C
 from atomic_io import atomic_write_bytes, atomic_write_json, sha256_bytes
 from data_validation import ValidationReport, validate_prices
-from error_handling import ConfigurationError, DataError, DataSourceUnavailable, ValidationError
+from error_handling import (
+    ConfigurationError,
+    DataError,
+    DataSourceUnavailable,
+    KeysRejected,
+    ValidationError,
+)
 
 ONLINE_SOURCES = ("yfinance", "alpaca")
 log = logging.getLogger(__name__)
@@ -411,7 +417,7 @@ def _alpaca_http_error(
             if status == 403
             else ""
         )
-        return ConfigurationError(
+        return KeysRejected(
             f"alpaca: Alpaca rejected the API keys ({label}); check {_ENV_ALPACA_API_KEY} and "
             f"{_ENV_ALPACA_SECRET_KEY} in .env{plan}"
         )

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,13 +33,15 @@ import live_trading as lt
 import pair_engine as pe
 import process_stock_data as psd
 import risk_management as rm
-from tests.helpers import run
-from tests.local_alpaca import FakeAlpaca, serving
+from error_handling import ConfigurationError, KeysRejected
+from tests.helpers import ROOT, run
+from tests.local_alpaca import BARS, FakeAlpaca, serving
 from tests.test_live_alpaca import (
     NEXT_CLOSE,
     NEXT_OPEN,
     OPEN_NOW,
     PAIR,
+    alerts,
     alpaca_broker,
     env,
     held,
@@ -250,3 +255,93 @@ def test_sigterm_while_the_broker_hangs_at_start_up_ends_at_once_writing_only_st
     assert records(home)[-1].payload["reason"] == "SIGTERM"
     risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
     assert not risk.halted  # a stop is not a broker failure
+
+
+# --- Item 9: market-data failures are failures --------------------------------------------------
+@pytest.fixture
+def data_alpaca(alpaca) -> FakeAlpaca:
+    """The local Alpaca serving the bundled AAPL/MSFT daily closes as its market data."""
+    alpaca.bars = psd.load_bundled().close[["AAPL", "MSFT"]]
+    return alpaca
+
+
+def data_env(home: C.Paths, fake: FakeAlpaca, **extra: str) -> dict[str, str]:
+    return {**env(home, fake), "DATA_SOURCE": "alpaca", **extra}
+
+
+def live_once(home: C.Paths, fake: FakeAlpaca, signals: str, **extra: str):
+    return run(
+        "main.py", "live", "--broker", "alpaca", "--once", "--signals", signals,
+        home=home.home, extra_env=data_env(home, fake, **extra),
+    )  # fmt: skip
+
+
+def events(home: C.Paths) -> list[str]:
+    return [r.event for r in records(home)]
+
+
+def test_one_market_data_503_at_start_up_is_retried_and_the_run_trades(home, data_alpaca, tmp_path):
+    data_alpaca.fail("GET", BARS, 503)
+    done = live_once(home, data_alpaca, signal_file(tmp_path))
+
+    assert done.returncode == 0, done.stderr  # before: exit 3 on the one 503
+    assert data_alpaca.hits["GET", BARS] >= 3  # the failed request, then both legs
+    assert len(data_alpaca.posted) == 2 and "data_failure" not in events(home)
+
+
+def test_a_market_data_outage_at_start_up_halts_alerts_and_records_stop(
+    home, data_alpaca, tmp_path
+):
+    data_alpaca.fail("GET", BARS, *[503] * 50)
+    done = live_once(home, data_alpaca, signal_file(tmp_path))
+
+    assert done.returncode == 3, done.stderr
+    assert "market data is unavailable" in done.stderr.strip().splitlines()[-1]
+    assert data_alpaca.hits["GET", BARS] == 3  # three attempts, none after
+    assert events(home) == ["start", "data_failure", "halt", "stop"]  # before: none
+    (failure,) = records(home, "data_failure")
+    assert "HTTP 503" in failure.payload["error"] and not failure.payload["keys_rejected"]
+    titles = {a["title"]: a["severity"] for a in alerts(home)}
+    assert titles["Market data unavailable"] == "HIGH"
+    assert titles["Trading halted"] == "CRITICAL"
+    risk = rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False)
+    assert risk.halted and "market data failing at start-up" in risk.halt_reason
+    assert data_alpaca.posted == []
+
+
+def test_rejected_market_data_keys_at_start_up_say_so_alert_and_are_audited(
+    home, data_alpaca, tmp_path
+):
+    done = live_once(home, data_alpaca, signal_file(tmp_path), ALPACA_SECRET_KEY="wrong")
+
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "rejected the API keys" in last and "Traceback" not in done.stderr
+    assert data_alpaca.hits["GET", BARS] == 1  # no retry can fix a key
+    assert events(home) == ["start", "data_failure", "stop"]  # before: nothing recorded
+    assert records(home, "data_failure")[0].payload["keys_rejected"] is True
+    assert any(a["title"] == "Market data keys rejected" for a in alerts(home))
+    assert issubclass(KeysRejected, ConfigurationError)
+
+
+def test_a_loop_keeps_running_through_a_market_data_outage_at_start_up(home, data_alpaca, tmp_path):
+    data_alpaca.fail("GET", BARS, *[503] * 4)  # the first fetch's 3 attempts and one more
+    environ = {k: v for k, v in os.environ.items() if k not in ("TICKER_LONG", "TICKER_SHORT")}
+    environ.update(data_env(home, data_alpaca))
+    args = ["live", "--broker", "alpaca", "--signals", signal_file(tmp_path), "--interval", "0.5"]
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", *args], cwd=ROOT, env=environ, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: home.heartbeat_file.exists() or proc.poll() is not None)
+        alive = proc.poll() is None  # before: exit 3 at the first 503
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+    assert alive and proc.returncode == 0, err
+    assert json.loads(home.heartbeat_file.read_text())["status"] in ("running", "stopped")
+    assert events(home)[:2] == ["start", "data_failure"] and events(home)[-1] == "stop"
+    assert data_alpaca.hits["GET", BARS] >= 6  # retried until the bars came
