@@ -1,15 +1,18 @@
 """The live loop's state files as typed records, and `status()`, which reads them.
 
-`PositionsState` (positions.json), `Heartbeat` (data/heartbeat.json) and `RiskState`
-(data/risk_state.json) are written by the loop (`live_trading`, `risk_management.RiskManager`) and
-read by the loop at start, by `main.py status` and by the dashboard, only through the readers
-here. Standard library only at import (no pandas, numpy or calendar), so `main.py status` starts
-fast; its market clock comes from the cached NYSE sessions (`market_sessions`).
+`PositionsState` (positions.json), `Heartbeat` (data/heartbeat.json), `RiskState`
+(data/risk_state.json) and `EquityRow` (data/equity_<mode>.csv) are written by the loop
+(`live_trading`, `risk_management.RiskManager`) and read by the loop at start, by `main.py status`
+and by the dashboard, only through the readers here. Standard library only at import (no pandas,
+numpy or calendar), so `main.py status` starts fast; its market clock comes from the cached NYSE
+sessions (`market_sessions`).
 
 Invariants: positions.json and risk_state.json are written atomically (temp, fsync, rename); the
-heartbeat by an atomic rename without fsync (rewritten every iteration). A file that cannot be
-read is an error naming it, never a silent default: ConfigurationError for positions and the
-heartbeat, RiskStateError (the loop refuses to trade on an unknown halt) for the risk state.
+heartbeat by an atomic rename without fsync (rewritten every iteration); the equity log is created
+whole (header and first row) atomically, then appended with fsync. A file that cannot be read is
+an error naming it, never a silent default: ConfigurationError for positions, the heartbeat and
+the equity log (never appended under garbage), RiskStateError (the loop refuses to trade on an
+unknown halt) for the risk state.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import constants as C
-from atomic_io import atomic_write_json
+from atomic_io import atomic_write_json, atomic_write_text
 from audit_logging import AuditAnchor, AuditLog
 from error_handling import ConfigurationError, RiskStateError
 from market_sessions import session_position, utc
@@ -242,6 +245,135 @@ def read_positions(path: Path) -> PositionsState | None:
             f"{path} is not a positions file ({type(exc).__name__}: {exc}); move it aside: the "
             "broker's positions will be used"
         ) from None
+
+
+# --- data/equity_<mode>.csv ----------------------------------------------------------------------
+#: The equity log's first columns; a `qty_<SYMBOL>` column per leg of the pair follows.
+EQUITY_COLUMNS = ("date", "equity", "cash", "borrow_paid")
+
+
+@dataclass(frozen=True)
+class EquityRow:
+    """One row of data/equity_<mode>.csv: the account at a bar's close, after that bar's
+    decision (the backtest's equity.csv has the same columns for the same bars). USD; quantities
+    are signed shares."""
+
+    date: str  # ISO date of the bar
+    equity: float
+    cash: float
+    borrow_paid: float
+    positions: Mapping[str, Qty]
+
+    def line(self, symbols: tuple[str, ...]) -> str:
+        # repr of a fractional quantity: read back, it is the same float.
+        qty = ",".join(str(as_qty(self.positions.get(s, 0))) for s in symbols)
+        return f"{self.date},{self.equity:.6f},{self.cash:.6f},{self.borrow_paid:.6f},{qty}\n"
+
+
+def equity_log_path(home: C.Paths, mode: str) -> Path:
+    return home.data_dir / f"equity_{mode}.csv"
+
+
+def equity_log_header(symbols: tuple[str, ...]) -> str:
+    return ",".join((*EQUITY_COLUMNS, *(f"qty_{s}" for s in symbols))) + "\n"
+
+
+def check_equity_log(path: Path, symbols: tuple[str, ...] | None = None) -> str | None:
+    """The last date of the equity log at `path`, None when it has no row (no file; an empty file
+    or a lone header: an older version's torn first append). ConfigurationError naming the file
+    and the line when it is not a log this loop could have written: another header (with
+    `symbols`, other legs' qty columns), a row without an ISO date and finite numbers, dates
+    not increasing, a cut last line. Read whole: the loop checks it before writing anything."""
+    if not path.exists():
+        return None
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _corrupt_equity_log(path, f"is unreadable ({exc})") from None
+    lines = text.split("\n")
+    if lines[-1]:
+        raise _corrupt_equity_log(path, f"line {len(lines)} is cut short (no line end)")
+    lines.pop()
+    if not lines:
+        return None
+    columns = lines[0].split(",")
+    legs = columns[len(EQUITY_COLUMNS) :]
+    if (
+        tuple(columns[: len(EQUITY_COLUMNS)]) != EQUITY_COLUMNS
+        or len(legs) != 2
+        or not all(c.startswith("qty_") and len(c) > 4 for c in legs)
+    ):
+        want = equity_log_header(symbols or ("LONG", "SHORT")).strip()
+        raise _corrupt_equity_log(path, f"line 1 is {lines[0][:80]!r}, not the header {want!r}")
+    if symbols is not None and legs != [f"qty_{s}" for s in symbols]:
+        raise _corrupt_equity_log(
+            path,
+            f"is the log of {legs[0][4:]}/{legs[1][4:]}, not {'/'.join(symbols)}; move it "
+            "aside to trade this pair in this home",
+        )
+    last: str | None = None
+    for number, line in enumerate(lines[1:], 2):
+        day = _equity_row_date(line, len(columns))
+        if day is None:
+            raise _corrupt_equity_log(
+                path, f"line {number} is {line[:80]!r}, not a date and {len(columns) - 1} numbers"
+            )
+        if last is not None and day <= last:
+            raise _corrupt_equity_log(path, f"line {number}: {day} does not come after {last}")
+        last = day
+    return last
+
+
+def last_equity_row(path: Path) -> list[str] | None:
+    """The fields of the last data row of an equity log (its tail only), None when it has none;
+    ConfigurationError naming the file when that row does not parse (never appended under)."""
+    if not path.exists():
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(max(fh.seek(0, os.SEEK_END) - 4096, 0))
+        lines = fh.read().decode("utf-8", "replace").splitlines()
+    if not lines or lines[-1].startswith(f"{EQUITY_COLUMNS[0]},"):
+        return None
+    fields = lines[-1].split(",")
+    if _equity_row_date(lines[-1], len(fields)) is None or len(fields) != len(EQUITY_COLUMNS) + 2:
+        raise _corrupt_equity_log(path, f"its last line {lines[-1][:80]!r} is not an equity row")
+    return fields
+
+
+def append_equity_row(path: Path, row: EquityRow, symbols: tuple[str, ...]) -> bool:
+    """Append `row` (fsync) unless the log already has its date (a restart re-running the bar);
+    returns whether it was written. A log without rows is written whole (header and row)
+    atomically, so a crash never leaves a log without its header."""
+    last = last_equity_row(path)
+    if last is not None and last[0] >= row.date:
+        return False
+    if last is None:
+        atomic_write_text(path, equity_log_header(symbols) + row.line(symbols))
+        return True
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(row.line(symbols))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def _equity_row_date(line: str, width: int) -> str | None:
+    """The ISO date of an equity row with `width` fields (the date, then finite numbers)."""
+    fields = line.split(",")
+    if len(fields) != width or len(fields[0]) != 10:
+        return None
+    try:
+        datetime.strptime(fields[0], "%Y-%m-%d")
+        numbers = [float(f) for f in fields[1:]]
+    except ValueError:
+        return None
+    return fields[0] if all(math.isfinite(x) for x in numbers) else None
+
+
+def _corrupt_equity_log(path: Path, what: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{path} {what}: the loop never appends under a log it cannot read; fix or move it aside"
+    )
 
 
 # --- data/risk_state.json -------------------------------------------------------------------------

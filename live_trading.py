@@ -58,11 +58,17 @@ from error_handling import (
     TradingError,
 )
 from live_state import (
+    EQUITY_COLUMNS,
     SCHEMA_VERSION,
+    EquityRow,
     Heartbeat,
     HeldPosition,
     PendingDecision,
     PositionsState,
+    append_equity_row,
+    check_equity_log,
+    equity_log_path,
+    last_equity_row,
     loop_pid,
     read_positions,
     status,
@@ -536,62 +542,15 @@ class DeadMansSwitch:
 
 
 # --- State files ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EquityRow:
-    """One row of data/equity_<mode>.csv: the account at a bar's close, after that bar's
-    decision (the backtest's equity.csv has the same columns for the same bars)."""
-
-    date: str  # ISO date of the bar
-    equity: float
-    cash: float
-    borrow_paid: float
-    positions: Mapping[str, Qty]
-
-    def line(self, symbols: tuple[str, ...]) -> str:
-        # repr of a fractional quantity: read back, it is the same float.
-        qty = ",".join(str(as_qty(self.positions.get(s, 0))) for s in symbols)
-        return f"{self.date},{self.equity:.6f},{self.cash:.6f},{self.borrow_paid:.6f},{qty}\n"
-
-
-def equity_log_path(home: C.Paths, mode: str) -> Path:
-    return home.data_dir / f"equity_{mode}.csv"
-
-
-def append_equity_row(path: Path, row: EquityRow, symbols: tuple[str, ...]) -> bool:
-    """Append `row` (fsync) unless the file already has its date (a restart re-running the bar);
-    returns whether it was written."""
-    header = "date,equity,cash,borrow_paid," + ",".join(f"qty_{s}" for s in symbols) + "\n"
-    last = last_equity_row(path)
-    if last is not None and last[0] >= row.date:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        if fh.tell() == 0:
-            fh.write(header)
-        fh.write(row.line(symbols))
-        fh.flush()
-        os.fsync(fh.fileno())
-    return True
-
-
-def last_equity_row(path: Path) -> list[str] | None:
-    """The fields of the last data row of an equity log (its tail only); None when there is
-    none (no file, or only a header)."""
-    if not path.exists():
-        return None
-    with open(path, "rb") as fh:
-        fh.seek(max(fh.seek(0, os.SEEK_END) - 4096, 0))
-        lines = fh.read().decode("utf-8", "replace").splitlines()
-    if not lines or not lines[-1][:1].isdigit():
-        return None
-    return lines[-1].split(",")
-
-
 def read_equity_log(path: Path) -> pd.DataFrame:
-    """data/equity_<mode>.csv by date (the last row wins for a date written twice). A fractional
-    quantity is written as its repr, which pandas' default float parser reads back exactly."""
-    frame = pd.read_csv(path, parse_dates=["date"])
-    return frame.drop_duplicates("date", keep="last").set_index("date").sort_index()
+    """data/equity_<mode>.csv by date, checked first (`check_equity_log`: ConfigurationError
+    naming the file when it does not parse; no rows yet: an empty frame). A fractional quantity
+    is written as its repr, which pandas' default float parser reads back exactly."""
+    if check_equity_log(path) is None:
+        return pd.DataFrame(
+            columns=list(EQUITY_COLUMNS[1:]), index=pd.DatetimeIndex([], name="date")
+        )
+    return pd.read_csv(path, parse_dates=["date"]).set_index("date")
 
 
 def reconcile(
@@ -914,6 +873,7 @@ def _start(
     audit_logging.check_chain(home.audit_log, stored.anchor, anchor_source=stored.source)
     summary.audit_checked = True
     saved = read_positions(home.positions_file)
+    check_equity_log(equity_log_path(home, mode), pair.tickers)  # never appended under garbage
     risk = rm.RiskManager(trading.limits, state_path=home.risk_state_file, home=home.home)
     last_bar = (
         pd.Timestamp(saved.last_processed_bar) if saved and saved.last_processed_bar else None
@@ -1698,6 +1658,10 @@ __all__ = [
     "PositionsState",
     "RealClock",
     "ReplayClock",
+    "append_equity_row",
+    "check_equity_log",
+    "equity_log_path",
+    "last_equity_row",
     "loop_pid",
     "read_equity_log",
     "read_positions",

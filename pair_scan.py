@@ -694,6 +694,8 @@ def checked_universe(prices: pd.DataFrame, name: str = "universe") -> pd.DataFra
         raise ConfigurationError(f"{name}: ticker {dup} appears twice")
     if prices.index.duplicated().any():
         raise ConfigurationError(f"{name}: date {prices.index[prices.index.duplicated()][0]} twice")
+    import constants as C
+
     closes = prices.sort_index().astype("float64").dropna(how="any")
     values = closes.to_numpy()
     bad = ~np.isfinite(values) | (values <= 0)
@@ -703,7 +705,30 @@ def checked_universe(prices: pd.DataFrame, name: str = "universe") -> pd.DataFra
             f"{name}: {closes.columns[j]} on {closes.index[i].date()} is {values[i, j]!r}; "
             "prices must be positive"
         )
+    absurd = (values < C.MIN_CLOSE_USD) | (values > C.MAX_CLOSE_USD)
+    if absurd.any():
+        i, j = np.argwhere(absurd)[0]
+        raise ConfigurationError(
+            f"{name}: {closes.columns[j]} on {closes.index[i].date()} is {values[i, j]:g}, "
+            f"outside the sane range {C.MIN_CLOSE_USD:g}-{C.MAX_CLOSE_USD:g} USD"
+        )
     return closes
+
+
+def requested_dates(
+    frame: pd.DataFrame, start: str | None, end: str | None, name: str
+) -> pd.DataFrame:
+    """The rows of `frame` (a date index, oldest first) from `start` to `end` inclusive;
+    ConfigurationError naming the date when the range lies wholly outside the data, rather
+    than "0 bars" further down."""
+    first, last = frame.index[0].date(), frame.index[-1].date()
+    if start and pd.Timestamp(start) > frame.index[-1]:
+        raise ConfigurationError(f"--start {start} is after the last date of {name} ({last})")
+    if end and pd.Timestamp(end) < frame.index[0]:
+        raise ConfigurationError(f"--end {end} is before the first date of {name} ({first})")
+    lo = frame.index.searchsorted(pd.Timestamp(start)) if start else 0
+    hi = frame.index.searchsorted(pd.Timestamp(end), side="right") if end else len(frame)
+    return frame.iloc[lo:hi]
 
 
 def universe_pairs(tickers: Sequence[str]) -> list[tuple[str, str]]:
@@ -802,6 +827,8 @@ class ScanRequest:
 def load_universe(spec: str) -> pd.DataFrame:
     """Closes of `bundled` (the 20 bundled tickers) or `csv:PATH` (a wide CSV: a date column and
     one close column per ticker); ConfigurationError with one line on anything else."""
+    import constants as C
+
     if spec == "bundled":
         import process_stock_data as psd
 
@@ -829,6 +856,11 @@ def load_universe(spec: str) -> pd.DataFrame:
         )
     closes = raw.drop(columns=[date_col])
     closes.columns = [str(c).strip().upper() for c in closes.columns]
+    for ticker in closes.columns:
+        try:
+            C.validate_symbol(ticker)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"universe file {file}, column {ticker!r}: {exc}") from None
     numeric = closes.apply(pd.to_numeric, errors="coerce")
     bad = numeric.isna() & closes.notna()
     if bad.to_numpy().any():
@@ -877,10 +909,7 @@ def scan(
     deflate by the ledger's count, write ``results/scan-<UTC stamp>/``; return the result, the
     summary and the folder. Nothing is written when the input is refused."""
     prices = load_universe(request.universe)
-    if request.start:
-        prices = prices.loc[pd.Timestamp(request.start) :]
-    if request.end:
-        prices = prices.loc[: pd.Timestamp(request.end)]
+    prices = requested_dates(prices, request.start, request.end, f"{request.universe} universe")
     result = run_scan(prices, request.settings, request.config, mapper=mapper, progress=progress)
     now = now or datetime.now(UTC)
     scan_id = "scan-" + now.strftime("%Y%m%d-%H%M%S")

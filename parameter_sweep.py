@@ -54,6 +54,7 @@ from pair_scan import (
     RuleParameters,
     WindowResult,
     end_flat,
+    requested_dates,
     scan_window,
     serial_map,
     window_result,
@@ -503,15 +504,11 @@ def sweep_table(
     pair = request.pair
     table = bs.processed_table(pair, home, notes)
     close_cols = [f"{pair.long}_close", f"{pair.short}_close"]
+    name = f"the processed {pair.long}/{pair.short} data"
+    in_range = requested_dates(table, request.start, request.end, name)
     if request.model is None:
-        closes = table[close_cols].set_axis([pair.long, pair.short], axis=1)
-        lo = closes.index.searchsorted(pd.Timestamp(request.start)) if request.start else 0
-        hi = (
-            closes.index.searchsorted(pd.Timestamp(request.end), side="right")
-            if request.end
-            else len(closes)
-        )
-        return closes.iloc[lo:hi], f"rule:{request.settings.candidates[0].rule}"
+        closes = in_range[close_cols].set_axis([pair.long, pair.short], axis=1)
+        return closes, f"rule:{request.settings.candidates[0].rule}"
     prob, version = bs.model_probabilities(
         pair,
         table,

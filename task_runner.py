@@ -496,11 +496,12 @@ def _connect(address: str, timeout_s: float) -> distributed.Client:
     import dask
     from distributed import Client
 
-    if not _ADDRESS.match(address.strip()):
+    match = _ADDRESS.match(address.strip())
+    if not match or (match.group(2) and not 1 <= int(match.group(2)[1:]) <= 65535):
         # Checked before a Client exists: a half-made one fails again, noisily, at exit.
         raise ConfigurationError(
-            f"{address!r} is not a Dask scheduler address; use tcp://HOST:PORT (e.g. "
-            "tcp://10.0.0.5:8786)"
+            f"{address!r} is not a Dask scheduler address; use tcp://HOST:PORT with a port in "
+            "1-65535 (e.g. tcp://10.0.0.5:8786)"
         )
     try:
         with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout_s}s"}):

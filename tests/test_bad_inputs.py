@@ -235,6 +235,28 @@ def remove_middle(lines: list[str]) -> list[str]:
     return [*lines[:5], *lines[6:]]
 
 
+# --- Equity log and universe edits ---------------------------------------------------------------
+EQUITY = "data/equity_paper.csv"
+UNIVERSE = ("--universe", "csv:{tmp}/prices.csv")
+
+
+def equity_cell(i: int, value: str, col: int = 1) -> Callable[[list[str]], list[str]]:
+    """Line `i` (0 is the header) of the equity log with field `col` set to `value`."""
+
+    def change(lines: list[str]) -> list[str]:
+        parts = lines[i].rstrip("\n").split(",")
+        parts[col] = value
+        lines[i] = ",".join(parts) + "\n"
+        return lines
+
+    return change
+
+
+def reorder_rows(lines: list[str]) -> list[str]:
+    lines[1], lines[2] = lines[2], lines[1]
+    return lines
+
+
 # --- Signal and configuration files ---------------------------------------------------------------
 def signals(text: str | bytes, name: str = "signals.csv") -> Setup:
     return file(name, text)
@@ -721,6 +743,133 @@ CASES: list[Case] = [
     case("drift-window-word", "drift", "--window", "wide", code=2, says="wide",
          home="trained"),
     case("unknown-command", "frobnicate", code=2, says="frobnicate"),
+    # --- Issue 23 items 18 and 19; scan, sweep, --scheduler and the equity log --------------------
+    # Item 18: an equity log that does not parse is refused, never appended under.
+    case("equity-log-overwritten-with-garbage", *REPLAY, code=2, says="equity_paper.csv",
+         home="live", setup=put(EQUITY, "garbage\nmore garbage\n")),
+    case("equity-log-binary", *REPLAY, code=2, says=("equity_paper.csv", "unreadable"),
+         home="live", setup=put(EQUITY, BINARY)),
+    case("equity-log-wrong-columns", *REPLAY, code=2, says=("equity_paper.csv", "line 1"),
+         home="live", setup=edit(EQUITY, lambda lines: ["date,value\n", *lines[1:]])),
+    case("equity-log-other-pair", *REPLAY, code=2, says=("equity_paper.csv", "XOM/CVX"),
+         home="live", setup=edit(EQUITY, lambda lines: [
+             "date,equity,cash,borrow_paid,qty_XOM,qty_CVX\n", *lines[1:]])),
+    case("equity-log-non-numeric-equity", *REPLAY, code=2, says=("equity_paper.csv", "line 3"),
+         home="live", setup=edit(EQUITY, equity_cell(2, "lots"))),
+    case("equity-log-nan-equity", *REPLAY, code=2, says=("equity_paper.csv", "line 2"),
+         home="live", setup=edit(EQUITY, equity_cell(1, "nan"))),
+    case("equity-log-infinite-cash", *REPLAY, code=2, says=("equity_paper.csv", "line 4"),
+         home="live", setup=edit(EQUITY, equity_cell(3, "inf", col=2))),
+    case("equity-log-missing-field", *REPLAY, code=2, says=("equity_paper.csv", "line 5"),
+         home="live", setup=edit(EQUITY, lambda lines: [
+             *lines[:4], lines[4].rsplit(",", 1)[0] + "\n", *lines[5:]])),
+    case("equity-log-dates-out-of-order", *REPLAY, code=2, says=("equity_paper.csv", "line 3"),
+         home="live", setup=edit(EQUITY, reorder_rows)),
+    case("equity-log-date-twice", *REPLAY, code=2, says=("equity_paper.csv", "line 4"),
+         home="live", setup=edit(EQUITY, lambda lines: [*lines[:3], lines[2], *lines[3:]])),
+    case("equity-log-bad-date", *REPLAY, code=2, says=("equity_paper.csv", "line 2"),
+         home="live", setup=edit(EQUITY, equity_cell(1, "2022-13-45", col=0))),
+    case("equity-log-cut-last-line", *REPLAY, code=2, says=("equity_paper.csv", "cut short"),
+         home="live", setup=edit(EQUITY, lambda lines: [*lines[:-1], lines[-1][:15]])),
+    # Item 19.
+    case("env-TRADING_HOME-under-a-file", "status", code=2, says=("TRADING_HOME", "prices.csv"),
+         setup=file("prices.csv", "x"), env={"TRADING_HOME": "{tmp}/prices.csv/sub"}),
+    case("env-TRADING_HOME-under-a-file-process", "process", code=2, says="TRADING_HOME",
+         setup=file("prices.csv", "x"), env={"TRADING_HOME": "{tmp}/prices.csv/sub"}),
+    case("csv-price-1e308", *CSV, code=4, says=("price_range", "AAPL", day(100), "1e+308"),
+         setup=prices(cell(100, 1, "1e308"))),
+    case("csv-price-below-a-hundredth-of-a-cent", *CSV, code=4,
+         says=("price_range", "MSFT", day(90), "1e-09"), setup=prices(cell(90, 2, "1e-9"))),
+    case("sweep-grid-kelly-negative", "sweep", "--model", "xgb", "--grid", "kelly=-1", code=2,
+         says=("kelly", "-1", "0 < kelly <= 1")),
+    case("sweep-grid-buy-above-one", "sweep", "--model", "xgb", "--grid", "buy=1.5", code=2,
+         says=("buy", "1.5", "0 < buy < 1")),
+    case("sweep-grid-sell-zero", "sweep", "--model", "xgb", "--grid", "sell=0", code=2,
+         says=("sell", "0 < sell < 1")),
+    case("sweep-grid-exit-negative", "sweep", "--grid", "exit_z=-1", code=2,
+         says=("exit_z", "-1", "0 <= exit_z")),
+    # scan: the universe, its dates, the options.
+    case("scan-universe-unknown", "scan", "--universe", "bloomberg", code=2, says="bloomberg"),
+    case("scan-universe-missing-file", "scan", "--universe", "csv:{tmp}/missing.csv", code=2,
+         says="missing.csv"),
+    case("scan-universe-bad-symbol", "scan", *UNIVERSE, code=2, says=("prices.csv", "A$PL"),
+         setup=prices(lambda rows: rows, header="date,A$PL,MSFT")),
+    case("scan-universe-one-ticker", "scan", *UNIVERSE, code=2, says=("prices.csv", "2 tickers"),
+         setup=prices(lambda rows: [r.rsplit(",", 1)[0] for r in rows], header="date,AAPL")),
+    case("scan-universe-price-1e308", "scan", *UNIVERSE, code=2, says=("AAPL", "1e+308"),
+         setup=prices(cell(100, 1, "1e308"))),
+    case("scan-universe-word-for-a-price", "scan", *UNIVERSE, code=2,
+         says=("prices.csv", "MSFT", "'lots'"), setup=prices(cell(100, 2, "lots"))),
+    case("scan-universe-empty-file", "scan", *UNIVERSE, code=2, says="prices.csv",
+         setup=file("prices.csv", "")),
+    case("scan-start-after-end", "scan", "--start", "2022-06-01", "--end", "2022-01-03",
+         code=2, says="2022-01-03"),
+    case("scan-start-after-data", "scan", "--start", "2030-01-02", code=2,
+         says=("2030-01-02", "2022-12-28")),
+    case("scan-end-before-data", "scan", "--end", "1985-01-02", code=2,
+         says=("1985-01-02", "1990-01-02")),
+    case("scan-range-shorter-than-a-window", "scan", "--start", "2022-01-03", "--end",
+         "2022-03-01", code=2, says="walk-forward window"),
+    case("scan-jobs-zero", "scan", "--jobs", "0", code=2, says="--jobs"),
+    case("scan-jobs-minus-two", "scan", "--jobs", "-2", code=2, says="-2"),
+    case("scan-jobs-word", "scan", "--jobs", "abc", code=2, says="abc"),
+    case("scan-top-zero", "scan", "--top", "0", code=2, says="--top"),
+    case("scan-formation-bars-below-warm-up", "scan", "--formation-bars", "2", code=2,
+         says="formation_bars=2"),
+    case("scan-entry-below-exit", "scan", "--entry-z", "0.5", "--exit-z", "1", code=2,
+         says="exit z"),
+    case("scan-entry-z-nan", "scan", "--entry-z", "nan", code=2, says="finite"),
+    case("scan-grid-and-entry-z", "scan", "--grid", "entry_z=2", "--entry-z", "2", code=2,
+         says="--grid"),
+    case("scan-grid-model-key", "scan", "--grid", "buy=0.6", code=2, says="buy"),
+    case("scan-grid-lookback-two", "scan", "--grid", "lookback=2", code=2,
+         says=("lookback", "whole number >= 3")),
+    case("scan-models-zero", "scan", "--models", "0", code=2, says="--models"),
+    case("scan-adopt-not-a-pair", "scan", "--adopt", "AAPL", code=2, says="AAPL"),
+    case("scan-adopt-bad-symbol", "scan", "--adopt", "??/MSFT", code=2, says="??"),
+    case("scan-adopt-without-a-scan", "scan", "--adopt", "AAPL/MSFT", code=2,
+         says="no scan"),
+    # --scheduler (and its variable): malformed, or nobody listening (fails in seconds).
+    case("scan-scheduler-malformed", "scan", "--scheduler", "foo", code=2, says="'foo'"),
+    case("scan-scheduler-without-port", "scan", "--scheduler", "tcp://127.0.0.1", code=2,
+         says="tcp://127.0.0.1"),
+    case("scan-scheduler-port-out-of-range", "scan", "--scheduler", "tcp://127.0.0.1:99999",
+         code=2, says=("99999", "1-65535")),
+    case("scan-scheduler-closed-port", "scan", "--scheduler", "tcp://127.0.0.1:9", code=2,
+         says=("cannot reach", "tcp://127.0.0.1:9")),
+    case("scan-scheduler-variable-garbage", "scan", code=2, says="DASK_SCHEDULER_ADDRESS",
+         env={"DASK_SCHEDULER_ADDRESS": "garbage"}),
+    case("sweep-scheduler-closed-port", "sweep", "--scheduler", "tcp://127.0.0.1:9", code=2,
+         says=("cannot reach", "tcp://127.0.0.1:9"), home="processed"),
+    # sweep: the grid, the windows, the pair and the dates.
+    case("sweep-grid-unknown-key", "sweep", "--grid", "frobnicate=1", code=2,
+         says="frobnicate"),
+    case("sweep-grid-empty-values", "sweep", "--grid", "entry_z=", code=2, says="entry_z="),
+    case("sweep-grid-without-equals", "sweep", "--grid", "entry_z", code=2, says="KEY=V1"),
+    case("sweep-grid-duplicate-value", "sweep", "--grid", "entry_z=2,2.0", code=2,
+         says="2.0 is given twice"),
+    case("sweep-grid-key-twice", "sweep", "--grid", "entry_z=1.5", "entry_z=2", code=2,
+         says="entry_z is given twice"),
+    case("sweep-grid-empty-item", "sweep", "--grid", "entry_z=1,,2", code=2,
+         says="entry_z"),
+    case("sweep-grid-lookback-fraction", "sweep", "--grid", "lookback=40.5", code=2,
+         says="40.5"),
+    case("sweep-grid-infinite", "sweep", "--grid", "entry_z=inf", code=2, says="inf"),
+    case("sweep-grid-no-valid-set", "sweep", "--grid", "entry_z=0.2", "exit_z=0.5", code=2,
+         says="no valid parameter set"),
+    case("sweep-train-windows-zero", "sweep", "--train-windows", "0", code=2,
+         says="--train-windows"),
+    case("sweep-model-version-without-model", "sweep", "--model-version", "x", code=2,
+         says="--model"),
+    case("sweep-same-leg-twice", "sweep", "--long", "MSFT", "--short", "MSFT", code=2,
+         says="MSFT"),
+    case("sweep-unknown-ticker", "sweep", "--long", "ZZZZ", code=3, says="ZZZZ"),
+    case("sweep-start-after-data", "sweep", "--start", "2030-01-02", code=2,
+         says=("2030-01-02", "2022-12-28"), home="processed"),
+    case("sweep-end-before-data", "sweep", "--end", "1985-01-02", code=2,
+         says="1985-01-02", home="processed"),
+    case("sweep-too-few-windows", "sweep", "--start", "2021-01-04", code=2,
+         says="--train-windows", home="processed"),
     # A live run on the bundled data (ends 2022-12-28) refuses it as stale: nothing processed.
     case("live-once-stale-bundled-data", "live", "--once", code=2,
          says=("bundled data of AAPL/MSFT end on 2022-12-28", "live --replay")),

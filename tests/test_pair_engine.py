@@ -252,6 +252,64 @@ def test_an_equity_row_is_written_once_per_bar(tmp_path):
     assert list(frame["equity"]) == [100.0, 101.0] and list(frame["qty_B"]) == [-1, -1]
 
 
+EQUITY_HEADER = "date,equity,cash,borrow_paid,qty_A,qty_B\n"
+EQUITY_ROW = "2022-01-03,100.000000,50.000000,0.000000,1,-1\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("garbage\nmore garbage\n", "line 1"),
+        ("date,equity\n2022-01-03,100\n", "line 1"),
+        ("date,equity,cash,borrow_paid,qty_X,qty_Y\n", "the log of X/Y, not A/B"),
+        (EQUITY_HEADER + "2022-01-03,lots,50,0,1,-1\n", "line 2"),
+        (EQUITY_HEADER + "2022-01-03,nan,50,0,1,-1\n", "line 2"),
+        (EQUITY_HEADER + "2022-01-03,inf,50,0,1,-1\n", "line 2"),
+        (EQUITY_HEADER + "2022-01-03,100,50,0,1\n", "line 2"),
+        (EQUITY_HEADER + "03/01/2022,100,50,0,1,-1\n", "line 2"),
+        (EQUITY_HEADER + EQUITY_ROW + "2021-12-31,100,50,0,1,-1\n", "line 3: 2021-12-31"),
+        (EQUITY_HEADER + EQUITY_ROW + EQUITY_ROW, "line 3: 2022-01-03"),
+        (EQUITY_HEADER + EQUITY_ROW + "this is not a row\n" + EQUITY_ROW, "line 3"),
+        (EQUITY_HEADER + EQUITY_ROW[:20], "cut short"),
+        (bytes(range(256)), "unreadable"),
+    ],
+)
+def test_an_equity_log_that_does_not_parse_is_refused_naming_the_file(tmp_path, content, needle):
+    path = tmp_path / "equity_paper.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigurationError) as info:
+        lt.check_equity_log(path, ("A", "B"))
+    assert str(path) in str(info.value) and needle in str(info.value)
+
+
+def test_an_equity_log_ending_in_garbage_is_never_appended_under(tmp_path):
+    """The overwritten log of issue 23 item 18: the append refuses it and leaves it as it was."""
+    path = tmp_path / "equity_paper.csv"
+    path.write_text(EQUITY_HEADER + EQUITY_ROW + "garbage written over the log\n")
+    before = path.read_bytes()
+    row = lt.EquityRow("2022-01-04", 100.0, 50.0, 0.0, {"A": 1, "B": -1})
+    with pytest.raises(ConfigurationError, match=r"equity_paper\.csv"):
+        lt.append_equity_row(path, row, ("A", "B"))
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("content", ["", EQUITY_HEADER])
+def test_an_equity_log_without_rows_is_rewritten_whole_with_its_first_row(tmp_path, content):
+    """An empty file or a lone header (an older version's torn first append) has no row to
+    lose: accepted, and replaced atomically by the header and the first row."""
+    path = tmp_path / "equity_paper.csv"
+    path.write_text(content)
+    assert lt.check_equity_log(path, ("A", "B")) is None
+    row = lt.EquityRow("2022-01-03", 100.0, 50.0, 0.0, {"A": 1, "B": -1})
+    assert lt.append_equity_row(path, row, ("A", "B"))
+    assert path.read_text() == EQUITY_HEADER + EQUITY_ROW
+    assert lt.check_equity_log(path, ("A", "B")) == "2022-01-03"
+    assert [p.name for p in tmp_path.iterdir()] == ["equity_paper.csv"]  # no temp file left
+
+
 def test_daily_vol_is_pandas_rolling_std_to_the_bit():
     """`daily_vol` calls pandas' own rolling variance directly: every bit equals the public
     ``pct_change().rolling(20, min_periods=5).std().fillna(0.02)``, on random walks (calm and

@@ -214,7 +214,10 @@ def test_an_unreachable_scheduler_is_a_configuration_error_within_5_s():
     assert time.monotonic() - start < 5
 
 
-@pytest.mark.parametrize("address", ["nonsense", "tcp://host", "http://h:8786", "tcp://h:x"])
+@pytest.mark.parametrize(
+    "address",
+    ["nonsense", "tcp://host", "http://h:8786", "tcp://h:x", "tcp://h:99999", "tcp://h:0"],
+)
 def test_a_malformed_scheduler_address_is_refused_before_connecting(address):
     start = time.monotonic()
     with pytest.raises(ConfigurationError, match="not a Dask scheduler address"):
