@@ -157,7 +157,9 @@ class BacktestResult:
 
     @property
     def returns(self) -> pd.Series:
-        """Simple returns of equity per bar (the first bar against the initial capital)."""
+        """Simple returns of equity per bar, one per bar (n = bars): the first bar against the
+        initial capital, 0.0 unless something fills on it (fill delay 0). Every statistic uses
+        this series as it is (performance_stats: "Returns")."""
         eq = self.equity["equity"]
         prev = eq.shift(1).fillna(self.initial_capital)
         return eq / prev - 1.0
@@ -1411,6 +1413,7 @@ def uncertainty(
         strat["dsr"] if strat["trials"] > 1 else None,
         tests,
         level=level,
+        trials=strat["trials"],
     )
     return out
 

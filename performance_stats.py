@@ -10,6 +10,10 @@ Conventions
 - **Returns** are simple per-period returns as fractions (0.01 = +1 %), one per trading day by
   default, already in excess of the risk-free rate (the Sharpe here uses a risk-free rate of 0).
   A numpy array, a list or a pandas Series; NaN is dropped (NaN *pairs* for two paired series).
+  The callers pass one return per bar, n = bars: a run's first bar is measured against its
+  initial capital (0.0 with any fill delay >= 1: nothing can be held over the first bar). Kept
+  rather than dropped so returns stay aligned bar for bar with equity.csv and between the
+  columns a paired test compares; it shrinks a Sharpe by about 1/(2n) relative (0.2 % on a year).
 - **Sharpe ratio**, annualised: ``mean / std(ddof=1) * sqrt(periods)``, `periods` = 252 for daily
   returns. The PSR/DSR formulas work per period; their benchmark arguments are annualised and
   converted inside (``SR_per_period = SR_annual / sqrt(periods)``).
@@ -590,9 +594,11 @@ def verdict(
     dsr: float | None = None,
     p_vs_benchmarks: Mapping[str, float | SharpeDifference | None] | None = None,
     level: float = 0.95,
+    trials: int | None = None,
 ) -> str:
     """One line in plain words: is the edge positive, negative or indistinguishable from zero at
-    `level` (by the Sharpe interval), does it survive deflation (DSR >= level), and how it
+    `level` (by the Sharpe interval), does it survive deflation (DSR >= level; over how many
+    `trials`, when given), and how it
     compares with the benchmarks (p-values of `sharpe_difference_test`, keyed by name; underscores
     read as spaces).
 
@@ -609,10 +615,12 @@ def verdict(
     if estimate.ci_low > 0:
         line = f"positive edge at {pct} ({ci})"
         if dsr is not None and math.isfinite(dsr):
+            over = f" over {trials:,} trials" if trials else ""
             if dsr >= level:
-                line += f", survives deflation (DSR {dsr:.2f})"
+                line += f", survives deflation{over} (DSR {dsr:.2f})"
             else:
-                line += f", but not after deflating by the trials (DSR {dsr:.2f})"
+                by = f"its {trials:,}" if trials else "the"
+                line += f", but not after deflating by {by} trials (DSR {dsr:.2f})"
     elif estimate.ci_high < 0:
         line = f"negative edge at {pct} ({ci})"
     else:

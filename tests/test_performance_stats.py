@@ -387,6 +387,32 @@ def test_verdict_positive_edge_that_does_not_survive_deflation():
     )
 
 
+def test_verdict_names_how_many_trials_it_deflated_by():
+    assert ps.verdict(_estimate(0.3, 1.9), dsr=0.62, trials=4) == (
+        "positive edge at 95 % (Sharpe CI 0.30 .. 1.90), "
+        "but not after deflating by its 4 trials (DSR 0.62)"
+    )
+    assert ps.verdict(_estimate(0.3, 1.9), dsr=0.97, trials=2) == (
+        "positive edge at 95 % (Sharpe CI 0.30 .. 1.90), "
+        "survives deflation over 2 trials (DSR 0.97)"
+    )
+
+
+def test_sharpe_moments_are_scipys_and_none_when_degenerate():
+    from scipy import stats
+
+    r = np.random.default_rng(7).normal(5e-4, 0.01, 300)
+    m = ps.sharpe_moments(r)
+    assert m is not None and m.n_obs == 300
+    assert m.sharpe == pytest.approx(ps.sharpe_ratio(r), rel=1e-12)
+    assert m.skew == pytest.approx(stats.skew(r), rel=1e-9)
+    assert m.kurtosis == pytest.approx(stats.kurtosis(r, fisher=False), rel=1e-9)
+    assert ps.deflated_sharpe_from_moments(m, 10, 0.2) == pytest.approx(
+        ps.deflated_sharpe_ratio(r, 10, 0.2), rel=1e-12
+    )
+    assert ps.sharpe_moments(np.zeros(10)) is None and ps.sharpe_moments([0.01, 0.02]) is None
+
+
 def test_verdict_positive_edge_surviving_deflation_and_beating_a_benchmark():
     line = ps.verdict(
         _estimate(0.3, 1.9),

@@ -229,3 +229,31 @@ def test_train_metrics_carry_the_auc_interval_and_the_accuracy_p_value():
     )
     row = dict(zip(tm.SUMMARY_COLUMNS, tm.metric_cells(m), strict=True))
     assert row["AUC 95 % CI (DeLong)"] == f"{low:.3f} .. {high:.3f}"
+
+
+# --- The first bar (issue 23 item 5): n = bars, the first return against the initial capital -----
+def test_every_statistic_counts_each_bar_the_first_a_zero_against_the_initial_capital(
+    home, tmp_path
+):
+    """The documented convention, pinned against a computation from equity.csv alone: one return
+    per bar (n = bars), the first bar's against the initial capital, which is exactly 0 with the
+    default one-bar fill delay (nothing can be held over the first bar)."""
+    from scipy import stats
+
+    report = backtest(home, action_file(tmp_path / "s.csv", SIGNALS))
+    summary = json.loads((report.run_dir / "summary.json").read_text())
+    equity = pd.read_csv(report.run_dir / "equity.csv")["equity"].to_numpy()
+    r = equity / np.concatenate([[100_000.0], equity[:-1]]) - 1.0
+    assert r.size == summary["run"]["bars"] and r[0] == 0.0
+    sr = r.mean() / r.std(ddof=1)
+    assert summary["strategy"]["sharpe"] == pytest.approx(sr * math.sqrt(252), rel=1e-9)
+    skew, kurt = stats.skew(r), stats.kurtosis(r, fisher=False)
+    psr = stats.norm.cdf(
+        sr * math.sqrt(r.size - 1) / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2)
+    )
+    assert summary["strategy"]["psr"] == pytest.approx(psr, rel=1e-7)  # equity.csv as written
+    # Not the bars - 1 convention: dropping the first zero gives measurably other figures.
+    rest = r[1:]
+    assert (
+        abs(rest.mean() / rest.std(ddof=1) * math.sqrt(252) - summary["strategy"]["sharpe"]) > 1e-6
+    )
