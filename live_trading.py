@@ -188,6 +188,7 @@ class BarFeed:
     ):
         self.pair = pair
         self._refresh = refresh
+        self._fresh_day: Any = None  # the New York day whose first look fetched the bars
         self._set(table)
 
     def _set(self, table: pd.DataFrame) -> None:
@@ -197,10 +198,20 @@ class BarFeed:
         self._close_ns = closes.as_unit("ns").asi8
         self._closes = closes
 
-    def refresh(self) -> None:
-        """Fetch and process the latest data (live mode); the replay's table never changes."""
-        if self._refresh is not None:
-            self._set(self._refresh())
+    def refresh(self, now: pd.Timestamp) -> None:
+        """Fetch and process the latest data (live mode) at the first look of each New York day
+        at the broker's time `now` (a session's first iteration brings the bar the previous one
+        closed); a failure raises and the next look tries again. The replay's table never
+        changes."""
+        day = now.tz_convert(NEW_YORK).date()
+        if self._refresh is None or day == self._fresh_day:
+            return
+        self._set(self._refresh())
+        self._fresh_day = day
+
+    def fresh_at(self, now: pd.Timestamp) -> None:
+        """The table was fetched at `now` (start-up): no refresh before the next day."""
+        self._fresh_day = now.tz_convert(NEW_YORK).date()
 
     def closed_rows(self, now: pd.Timestamp) -> int:
         """How many bars have closed at `now`."""
@@ -278,7 +289,14 @@ class FileSignals:
 
     def __init__(self, path: str, pair: C.Pair, table: pd.DataFrame, first: int, sizing: Any):
         self.first = first
-        dates = pd.DatetimeIndex(table.index)[first:]
+        self._args = (path, pair, sizing)
+        self._read(table)
+
+    def _read(self, table: pd.DataFrame) -> None:
+        """The file's instructions on the table's bars from `first` (again when the live feed
+        brought new bars: a row dated after the last bar read is read then)."""
+        path, pair, sizing = self._args
+        dates = pd.DatetimeIndex(table.index)[self.first :]
         found = pe.read_signal_file(path, pair, dates, sizing, data_start=table.index[0])
         if found.skipped_before:
             log.info(
@@ -292,6 +310,8 @@ class FileSignals:
 
     def weights(self, table: pd.DataFrame, row: int) -> tuple[float, float]:
         i = row - self.first
+        if i >= len(self._weights) and len(table) - self.first > len(self._weights):
+            self._read(table)  # the feed has bars the file was not read on yet
         if i < 0 or i >= len(self._weights):
             return math.nan, math.nan
         w = self._weights[i]
@@ -594,15 +614,17 @@ def reconcile(
 
 # --- The loop -------------------------------------------------------------------------------------
 class _Stop:
-    """Ctrl-C and SIGTERM set the event; the loop stops at its next safe point. A signal that
-    arrives while the loop's thread waits on a broker read (`Broker.in_request`) also ends that
-    wait at once: `StopRequested` is raised from the handler there, and nowhere else."""
+    """Ctrl-C and SIGTERM set the event; the loop stops at its next safe point. During start-up
+    (`interruptible`: nothing decided yet) a signal that arrives while the thread waits on a
+    broker read or the market data (`in_request`) also ends that wait at once: `StopRequested`
+    is raised from the handler there, and nowhere else."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason = "end"
         self.broker: ta.Broker | None = None
         self.data: Any = None  # the market-data fetch (market_data.GuardedFetch) in use
+        self.interruptible = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -614,11 +636,16 @@ class _Stop:
     def _handle(self, signum: int, _frame: Any) -> None:
         self.reason = signal_module.Signals(signum).name
         self.event.set()
-        for waited in (self.broker, self.data):
+        for waited in (self.broker, self.data) if self.interruptible else ():
             if waited is not None and waited.in_request:
                 waited.in_request = False
                 raise StopRequested(f"{self.reason} during a request")
         log.warning("%s received: stopping at the next safe point", self.reason)
+
+    def check(self) -> None:
+        """StopRequested when a stop has come: start-up asks nothing more of the broker."""
+        if self.event.is_set():
+            raise StopRequested(f"{self.reason} during start-up")
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -687,6 +714,7 @@ class _Session:
     first_row: int = 0  # the first bar this run decides (the replay's START)
     #: Shares in the pair's symbols that are not this home's (home_identity): never traded.
     unowned: Mapping[str, Qty] = field(default_factory=dict)
+    data: Any = None  # the live feed's guarded fetch (market_data.GuardedFetch); None in a replay
 
     @property
     def venue(self) -> PairVenue:
@@ -802,9 +830,11 @@ def run_trading_loop(
     session: _Session | None = None
     stopper.install()  # before any broker call: SIGTERM during a start-up outage is a stop too
     try:
+        stopper.interruptible = True
         session, clock = _start(
             config, pair, home, clock, broker, feed, generator, audit, summary, stopper
         )
+        stopper.interruptible = False  # from here a stop waits for the iteration to end
         _run(session, clock, stopper)
     except StopRequested:
         log.warning("%s received: the wait on the broker ended, stopping", stopper.reason)
@@ -902,6 +932,7 @@ def _start(
                 start = max(start, feed.bar_close_time(feed.row_of(last_bar)))
             clock = ReplayClock(start, config.speed)
     clocks[0] = clock
+    stopper.check()
     if default_feed and not config.replay:
         _refuse_an_old_feed(feed, pair, broker)
     first_row = 0
@@ -922,6 +953,7 @@ def _start(
     session.first_row = first_row
     if not isinstance(identity, BrokerError):
         session.unowned = identity[0].unowned
+    session.data = stopper.data
     state = session.state
     state.last_bar = last_bar
     state.pending = saved.pending_decision if saved else None
@@ -930,6 +962,7 @@ def _start(
         state.foreign = {s: p.qty for s, p in saved.foreign.items()}
         if saved.last_signal_bar:
             state.audited_signal_bar = pd.Timestamp(saved.last_signal_bar)
+    stopper.check()
     try:
         if isinstance(identity, BrokerError):  # the home's account could not be checked
             raise identity
@@ -1018,7 +1051,36 @@ def _live_feed(
                 raise
             log.error("market data unavailable at start-up: %s; retrying", exc)
             stopper.event.wait(config.interval_s)
-    return BarFeed(table, pair, refresh=None), lambda: psd.write_processed(table, processed)
+
+    def refresh() -> pd.DataFrame:  # the loop's daily look for new bars, under the same policy
+        fresh, summary = fetch()
+        psd.write_processed(fresh, summary)
+        return fresh
+
+    return BarFeed(table, pair, refresh=refresh), lambda: psd.write_processed(table, processed)
+
+
+def _data_failed_in_loop(session: _Session, exc: BaseException, now: pd.Timestamp) -> None:
+    """A market-data failure in the loop: audited and alerted; the loop goes on and tries at
+    its next interval. An open market-data breaker halts new entries with its cause, as an open
+    broker breaker does."""
+    cause = session.data.failure_cause()
+    session.audit.append(
+        "data_failure",
+        {"error": str(exc), "cause": cause, "at_start": False, "keys_rejected": False},
+    )
+    alert_dispatch.send(
+        "HIGH",
+        "market_data",
+        "Market data unavailable",
+        f"{C.data_source_name()} market data: {exc}; retried at the next interval",
+        {"error": str(exc), "source": C.data_source_name()},
+        home=session.home.home,
+    )
+    if cause is not None and not session.risk.halted:
+        reason = f"market data failing: {cause}"
+        session.risk.halt(reason, now)
+        session.audit.append("halt", {"reason": reason, "cause": cause})
 
 
 def _data_failed(
@@ -1072,6 +1134,7 @@ def _refuse_an_old_feed(feed: BarFeed, pair: C.Pair, broker: ta.Broker) -> None:
         return  # the start-up below meets the failure and halts on it
     last = feed.bar_close_time(len(feed.table) - 1)
     age_days = (now - last).total_seconds() / 86_400
+    feed.fresh_at(now)  # fetched just now: the first refresh is the next day's
     if age_days > OLD_FEED_DAYS:
         source = C.data_source_name()
         raise ConfigurationError(
@@ -1265,8 +1328,13 @@ def _run(session: _Session, clock: Any, stopper: _Stop) -> None:
             session.summary.errors += 1
             log.error("iteration failed: %s", exc)
             now = clock.now()
-            _broker_failed(session, exc, now)
-            write_heartbeat(home.heartbeat_file, _beat(now, session, None, "broker unavailable"))
+            data = isinstance(exc, DataSourceUnavailable) and session.data is not None
+            if data:
+                _data_failed_in_loop(session, exc, now)
+            else:
+                _broker_failed(session, exc, now)
+            down = "market data unavailable" if data else "broker unavailable"
+            write_heartbeat(home.heartbeat_file, _beat(now, session, None, down))
             if config.once:
                 alert_dispatch.send(
                     "HIGH",
@@ -1304,7 +1372,7 @@ def _iteration(session: _Session, now: pd.Timestamp) -> None:
     feed, pair, state = session.feed, session.pair, session.state
     if session.journal.open_ids():
         session.journal.poll(session.broker)
-    feed.refresh()
+    feed.refresh(now)
     rows = feed.closed_rows(now)
     if rows < 2:
         raise DataError(

@@ -40,7 +40,7 @@ import pandas as pd
 import pair_engine as pe
 from atomic_io import atomic_write_json
 from data_validation import NEW_YORK, MarketClock, market_clock
-from error_handling import BrokerError, CircuitBreaker, ConfigurationError, StopRequested
+from error_handling import BrokerError, CircuitBreaker, ConfigurationError
 from trading_execution import (
     ApprovedBasket,
     BarQuote,
@@ -754,8 +754,6 @@ class AlpacaBroker(Broker):
         error says how many attempts were made."""
         breaker = self.breakers[kind]
         for attempt in range(1, self.attempts + 1):
-            if self.stopping():  # no request, first or retried, after a stop
-                raise StopRequested(f"alpaca {what}: not sent, stopping")
             try:
                 # A read may be cut short by a stop; an order's POST is let finish (its answer
                 # tells whether it was placed), bounded by `timeout_s`.

@@ -345,3 +345,41 @@ def test_a_loop_keeps_running_through_a_market_data_outage_at_start_up(home, dat
     assert json.loads(home.heartbeat_file.read_text())["status"] in ("running", "stopped")
     assert events(home)[:2] == ["start", "data_failure"] and events(home)[-1] == "stop"
     assert data_alpaca.hits["GET", BARS] >= 6  # retried until the bars came
+
+
+def test_a_loop_fetches_the_next_days_bar_through_a_data_outage_and_trades_it(
+    home, data_alpaca, tmp_path
+):
+    """A loop started on 2022-12-28 (bars to 12-27) looks for new bars on each new day: on
+    12-29 the fetch first fails (an outage: audited, the loop goes on), then brings the 12-28
+    bar, whose instruction (appended to the signal file meanwhile) is traded."""
+    bars = data_alpaca.bars
+    data_alpaca.bars = bars.loc[:"2022-12-27"]
+    data_alpaca.clock_now = pd.Timestamp("2022-12-28 15:00", tz="UTC")
+    signals = tmp_path / "signals.csv"
+    signals.write_text("date,AAPL,MSFT\n2022-12-27,0,0\n")  # flat: nothing to do
+    environ = {k: v for k, v in os.environ.items() if k not in ("TICKER_LONG", "TICKER_SHORT")}
+    environ.update(data_env(home, data_alpaca))
+    args = ["live", "--broker", "alpaca", "--signals", str(signals), "--interval", "0.5"]
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", *args], cwd=ROOT, env=environ, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: home.heartbeat_file.exists())
+        assert data_alpaca.posted == []
+        signals.write_text("date,AAPL,MSFT\n2022-12-27,0,0\n2022-12-28,0.3,-0.3\n")
+        data_alpaca.fail("GET", BARS, *[503] * 3)  # the next look's three attempts
+        data_alpaca.bars = bars
+        data_alpaca.clock_now = OPEN_NOW  # 2022-12-29: a new day, the 12-28 bar has closed
+        wait_for(lambda: len(data_alpaca.posted) == 2 or proc.poll() is not None)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+    assert proc.returncode == 0, err
+    assert held(data_alpaca)["AAPL"] > 0 > held(data_alpaca)["MSFT"]  # before: never fetched
+    (failure,) = records(home, "data_failure")
+    assert failure.payload["at_start"] is False and "HTTP 503" in failure.payload["error"]
+    assert lt.read_positions(home.positions_file).last_processed_bar.startswith("2022-12-28")
