@@ -1,7 +1,7 @@
-"""SIGKILL chaos for the paper replay, shared by tests/test_live_trading.py (a CI-sized count) and
-bench/bench_chaos.py (50 kills and more): kill `python main.py live --replay` at random points
-inside its loop, resume it to the end, and measure what differs from an uninterrupted replay of
-the same window in a home with the same order tag."""
+"""SIGKILL chaos for the paper replay, shared by tests/test_live_trading.py (a CI-sized count, kills
+placed by audit records) and bench/bench_chaos.py (50 kills and more, placed by time): kill
+`python main.py live --replay` at random points inside its loop, resume it to the end, and measure
+what differs from an uninterrupted replay of the same window in a home with the same order tag."""
 
 from __future__ import annotations
 
@@ -71,10 +71,19 @@ def _last_equity(home: Any) -> float:
 
 
 def kill_and_resume(
-    home: Any, reference: Any, window: tuple[str, str], kills: int, seed: int
+    home: Any,
+    reference: Any,
+    window: tuple[str, str],
+    kills: int,
+    seed: int,
+    after_steps: int | None = None,
 ) -> ChaosReport:
-    """Kill the replay of `window` in `home` `kills` times (each after its `start` record, a
-    random 0-0.5 s later), run it to the end, and compare with `reference` (already replayed)."""
+    """Kill the replay of `window` in `home` `kills` times, run it to the end, and compare with
+    `reference` (already replayed). Each kill comes after the run's `start` record: a random
+    0-0.5 s later, or with `after_steps`, as soon as 1 to `after_steps` (at random) more audit
+    records are written, so that every kill lands inside the loop, next to an order, a fill or a
+    position change (not in the start-up a time-based kill often hits), and a short window takes
+    many kills."""
     import audit_logging
 
     rng = random.Random(seed)
@@ -92,7 +101,16 @@ def kill_and_resume(
             deadline = time.monotonic() + 60
             while _lines(home.audit_log) <= before and time.monotonic() < deadline:
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.5))
+            if after_steps is None:
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                target = before + 1 + rng.randint(1, after_steps)
+                while (
+                    _lines(home.audit_log) < target
+                    and proc.poll() is None
+                    and time.monotonic() < deadline
+                ):
+                    time.sleep(0.002)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)

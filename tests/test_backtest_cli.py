@@ -12,7 +12,7 @@ import pytest
 
 import constants as C
 import train_model as tm
-from tests.helpers import run
+from tests.helpers import run, trained_copy
 
 PAIR = C.Pair("AAPL", "MSFT")
 TINY = tm.TrainConfig(folds=2, epochs=2, lstm_units=4, xgb_trees=20, batch_size=256, patience=1)
@@ -281,9 +281,7 @@ def test_bad_backtest_input_is_one_line_and_writes_no_results(tmp_path, args, me
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     pytest.importorskip("tensorflow", reason="the lstm profile is not installed")
-    home = tmp_path_factory.mktemp("backtest-home")
-    tm.train(PAIR, TINY, home=C.paths(home))
-    return home
+    return trained_copy(tmp_path_factory, "backtest-home", TINY, PAIR)
 
 
 def test_default_backtest_is_out_of_sample_with_both_benchmarks(trained):

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import constants as C
-from tests.helpers import run
+from tests.helpers import built_once, run, trained_template
 
 PAIR = C.Pair("AAPL", "MSFT")
 PASSWORD = "correct horse battery staple"
@@ -924,17 +924,24 @@ def homes(tmp_path_factory) -> dict[str, Path]:
     """Template homes: empty; processed (bundled AAPL/MSFT features); trained (plus one XGBoost
     model); live (plus a week of paper replay: positions, heartbeat, risk state, broker, audit
     log, order tag); creds (an encrypted store holding one key)."""
-    import credential_manager as cm
-    import process_stock_data as psd
     import train_model as tm
 
-    root = tmp_path_factory.mktemp("bad_input_homes")
+    def build(root: Path) -> None:
+        _homes(root, trained_template(tmp_path_factory, tm.TrainConfig(models=("xgb",))))
+
+    root = built_once(tmp_path_factory, "test_bad_inputs homes", build)
+    return {path.name: path for path in root.iterdir()}
+
+
+def _homes(root: Path, trained: Path) -> None:
+    import credential_manager as cm
+    import process_stock_data as psd
+
     made = {name: root / name for name in ("empty", "processed", "trained", "live", "creds")}
     for path in made.values():
         path.mkdir()
     psd.process("bundled", PAIR, home=C.paths(made["processed"]))
-    shutil.copytree(made["processed"], made["trained"], dirs_exist_ok=True)
-    tm.train(PAIR, tm.TrainConfig(models=("xgb",)), home=C.paths(made["trained"]))
+    shutil.copytree(trained, made["trained"], dirs_exist_ok=True)
     shutil.copytree(made["trained"], made["live"], dirs_exist_ok=True)
     done = run(
         "main.py", "live", "--replay", "2022-01-03", "2022-01-07", home=made["live"],
@@ -944,7 +951,6 @@ def homes(tmp_path_factory) -> dict[str, Path]:
     assert (made["live"] / AUDIT).exists() and (made["live"] / "positions.json").exists()
     store = cm.CredentialStore(C.paths(made["creds"]).credentials_file, PASSWORD)
     store.set("ALPACA_API_KEY", "PKTEST1234567890")
-    return made
 
 
 def snapshot(folder: Path, home: Path) -> dict[str, str]:

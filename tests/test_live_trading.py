@@ -22,7 +22,7 @@ import live_trading as lt
 import process_stock_data as psd
 import train_model as tm
 from data_validation import market_clock
-from tests.helpers import ROOT, copy_home, replay_config, run
+from tests.helpers import ROOT, copy_home, replay_config, run, trained_copy
 
 PAIR = C.Pair("AAPL", "MSFT")
 NY = "America/New_York"
@@ -31,11 +31,7 @@ NY = "America/New_York"
 @pytest.fixture(scope="session")
 def trained_home(tmp_path_factory) -> Path:
     """A TRADING_HOME with the processed bundled pair and a tiny real XGBoost model."""
-    root = tmp_path_factory.mktemp("trained")
-    home = C.paths(root).ensure()
-    psd.process("bundled", PAIR, home=home)
-    tm.train(PAIR, tm.TrainConfig(models=("xgb",)), home=home)
-    return root
+    return trained_copy(tmp_path_factory, "trained", tm.TrainConfig(models=("xgb",)), PAIR)
 
 
 @pytest.fixture
@@ -207,20 +203,22 @@ def test_sigterm_stops_cleanly_and_a_second_instance_is_refused(home):
 def test_sigkill_at_random_points_never_loses_or_doubles_a_trade(
     home, trained_home, tmp_path_factory
 ):
-    """30 kills here (bench/bench_chaos.py runs 50 and more): the resumed replay ends with the
-    uninterrupted one's equity and cash to the cent, the same orders, and an audit that lists
-    every fill's shares exactly once."""
+    """12 kills here, each right after 1-16 more audit records (bench/bench_chaos.py runs 50 and
+    more, placed by time): the resumed replay ends with the uninterrupted one's equity and cash
+    to the cent, the same orders, and an audit that lists every fill's shares exactly once."""
     from tests.chaos import kill_and_resume
 
-    window = ("2022-01-03", "2022-12-28")  # long enough that 30 short-lived runs don't finish it
+    # A quarter: about 60 bars and 270 audit records (orders, fills, position changes), of
+    # which the 12 killed runs use about 100, so each kill lands inside the loop.
+    window = ("2022-01-03", "2022-03-31")
     reference = copy_home(trained_home, tmp_path_factory.mktemp("reference"))
     # The same order tag: client ids name their home, and the two must name theirs alike.
     reference.order_tag_file.write_text(home.order_tag() + "\n")
     lt.run_trading_loop(config=replay_config(*window), pair=PAIR, home=reference)
 
-    report = kill_and_resume(home, reference, window, kills=30, seed=20221)
+    report = kill_and_resume(home, reference, window, kills=12, seed=20221, after_steps=16)
 
-    assert report.kills == 30
+    assert report.kills == 12
     assert report.starts == report.kills + 1  # every killed run got as far as the loop
     assert report.final_returncode == 0
     assert report.positions_equal and report.ids_equal

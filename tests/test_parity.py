@@ -25,7 +25,7 @@ import constants as C
 import live_trading as lt
 import process_stock_data as psd
 import train_model as tm
-from tests.helpers import ROOT, copy_home, replay_config
+from tests.helpers import ROOT, copy_home, replay_config, trained_copy
 
 PAIR = C.Pair("AAPL", "MSFT")
 NY = "America/New_York"
@@ -36,11 +36,8 @@ COST_FIELDS = ("commission", "spread", "impact", "sec_fee", "finra_taf")
 @pytest.fixture(scope="module")
 def trained_home(tmp_path_factory) -> Path:
     """A TRADING_HOME with the processed bundled pair and a small real XGBoost model."""
-    root = tmp_path_factory.mktemp("parity")
-    home = C.paths(root).ensure()
-    psd.process("bundled", PAIR, home=home)
-    tm.train(PAIR, tm.TrainConfig(models=("xgb",), folds=2, xgb_trees=60), home=home)
-    return root
+    config = tm.TrainConfig(models=("xgb",), folds=2, xgb_trees=60)
+    return trained_copy(tmp_path_factory, "parity", config, PAIR)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import process_stock_data as psd
 import signals as S
 import train_model as tm
 from error_handling import ConfigurationError
+from tests.helpers import trained_copy
 
 PAIR = C.Pair("AAPL", "MSFT")
 TINY = tm.TrainConfig(folds=2, epochs=2, lstm_units=4, xgb_trees=20, batch_size=256, patience=1)
@@ -82,9 +83,7 @@ def test_tuning_prefers_the_informative_model():
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> C.Paths:
     pytest.importorskip("tensorflow", reason="the lstm profile is not installed")
-    home = C.paths(tmp_path_factory.mktemp("signals-home"))
-    tm.train(PAIR, TINY, home=home)
-    return home
+    return C.paths(trained_copy(tmp_path_factory, "signals-home", TINY, PAIR))
 
 
 @pytest.fixture(scope="module")
