@@ -899,6 +899,13 @@ def _home_broker(args: argparse.Namespace, home: Any) -> Any:
                 data_url=os.environ.get("ALPACA_DATA_URL") or None,
             )
         return ta.AlpacaBroker.from_environment(paper=True, home=home.home)
+    if not home.paper_broker_file.exists():
+        from error_handling import ConfigurationError
+
+        raise ConfigurationError(
+            f"{home.home} has no paper account yet ({home.paper_broker_file.name}): its first "
+            "`python main.py live` start creates it; use --broker alpaca for an Alpaca account"
+        )
     return ta.SimulatedBroker(home.paper_broker_file)
 
 

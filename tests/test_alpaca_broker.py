@@ -387,7 +387,7 @@ def test_an_id_alpaca_has_for_another_order_is_a_conflict_not_a_done_order(alpac
     broker(alpaca).submit_basket(approved(leg("AAPL", Side.SELL, 66)))
     mine = approved(leg("AAPL", Side.BUY, 33))  # the same id
 
-    with pytest.raises(OrderIdConflict, match="sell 66 AAPL, not this home.s buy 33 AAPL"):
+    with pytest.raises(OrderIdConflict, match="sell 66 AAPL, not this home's buy 33 AAPL"):
         broker(alpaca).submit_basket(mine)
     alpaca.fail("GET", BY_CLIENT_ID, 404)  # the look-up misses it: the POST is answered 422
     with pytest.raises(OrderIdConflict):

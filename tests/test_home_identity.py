@@ -76,6 +76,9 @@ def test_home_show_before_and_after_the_first_record(tmp_path):
     home = C.paths(tmp_path / "home").ensure()
     before = run("main.py", "home", home=home.home)
     assert before.returncode == 0 and "has not traded yet" in before.stdout
+    adopt = run("main.py", "positions", "adopt", home=home.home)  # no paper account to read
+    assert adopt.returncode == 2 and "has no paper account yet" in adopt.stderr
+    assert not home.paper_broker_file.exists() and not home.home_identity_file.exists()
     identity = recorded(home)
     after = run("main.py", "home", home=home.home)
     assert after.returncode == 0, after.stderr
