@@ -1053,8 +1053,8 @@ def _live_feed(
             stopper.event.wait(config.interval_s)
 
     def refresh() -> pd.DataFrame:  # the loop's daily look for new bars, under the same policy
-        fresh, summary = fetch()
-        psd.write_processed(fresh, summary)
+        fresh, meta = fetch()
+        psd.write_processed(fresh, meta)
         return fresh
 
     return BarFeed(table, pair, refresh=refresh), lambda: psd.write_processed(table, processed)

@@ -20,6 +20,7 @@ from error_handling import (
     ConfigurationError,
     DataError,
     DataSourceUnavailable,
+    KeysRejected,
     ModelIntegrityError,
     RiskStateError,
     RiskViolation,
@@ -123,6 +124,7 @@ def test_only_the_intended_subclasses_inherit_their_parents_exit_code():
     inheriting = {c for c in all_subclasses(TradingError) if "exit_code" not in vars(c)}
     assert inheriting == {
         DataSourceUnavailable,
+        KeysRejected,  # rejected API keys: a configuration error, exit 2
         CircuitOpenError,
         OrderRejected,
         BrokerUnavailable,
