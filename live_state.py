@@ -24,7 +24,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -360,14 +360,15 @@ def append_equity_row(path: Path, row: EquityRow, symbols: tuple[str, ...]) -> b
 def _equity_row_date(line: str, width: int) -> str | None:
     """The ISO date of an equity row with `width` fields (the date, then finite numbers)."""
     fields = line.split(",")
-    if len(fields) != width or len(fields[0]) != 10:
+    day = fields[0]
+    if len(fields) != width or len(day) != 10 or day[4] != "-" or day[7] != "-":
         return None
     try:
-        datetime.strptime(fields[0], "%Y-%m-%d")
+        date.fromisoformat(day)  # YYYY-MM-DD here (the dashes checked): a real calendar day
         numbers = [float(f) for f in fields[1:]]
     except ValueError:
         return None
-    return fields[0] if all(math.isfinite(x) for x in numbers) else None
+    return day if all(math.isfinite(x) for x in numbers) else None
 
 
 def _corrupt_equity_log(path: Path, what: str) -> ConfigurationError:

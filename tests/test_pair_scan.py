@@ -173,13 +173,31 @@ def test_scan_records_one_trial_per_pair_and_parameter_set(tmp_path, bundled):
         ("date,AAPL\n2020-01-02,1\n2020-01-03,2\n", "at least 2 tickers"),
         ("date,AAPL,MSFT\n2020-01-02,1,2\n2020-01-03,0,2\n", "prices must be positive"),
         ("date,AAPL,MSFT\n2020-01-02,1,x\n", "is not a number"),
+        ("date,A$PL,MSFT\n2020-01-02,1,2\n2020-01-03,1,2\n", "column 'A$PL'"),
+        ("date,AAPL,MSFT\n2020-01-02,1,2\n2020-01-03,1e308,2\n", "AAPL on 2020-01-03 is 1e+308"),
     ],
 )
 def test_bad_universe_file_is_refused_in_one_line(tmp_path, content, needle):
     path = tmp_path / "u.csv"
     path.write_text(content)
-    with pytest.raises(ConfigurationError, match=needle):
+    with pytest.raises(ConfigurationError) as info:
         ps.load_universe(f"csv:{path}")
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "needle"),
+    [
+        ("2030-01-02", None, "--start 2030-01-02 is after the last date of U (2022-12-28)"),
+        (None, "1985-01-02", "--end 1985-01-02 is before the first date of U (1990-01-02)"),
+    ],
+)
+def test_a_date_range_outside_the_data_is_named(bundled, start, end, needle):
+    """Not "too little data ... 0 bars": the date and the data's own bound."""
+    with pytest.raises(ConfigurationError) as info:
+        ps.requested_dates(bundled.close, start, end, "U")
+    assert needle in str(info.value)
+    assert len(ps.requested_dates(bundled.close, "2022-12-01", "2022-12-10", "U")) == 7
 
 
 def test_bad_settings_are_refused():
