@@ -18,6 +18,7 @@ pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest
 
 import constants as C
+from tests.helpers import built_once, trained_template
 from trial_ledger import deflated_over
 
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
@@ -33,7 +34,14 @@ ALERT_TITLES = {
 
 @pytest.fixture(scope="session")
 def built_home(tmp_path_factory) -> Path:
-    """A TRADING_HOME filled by the real pipeline once per session (about 5 s)."""
+    """A TRADING_HOME filled by the real pipeline once per test run (about 5 s) and shared by the
+    xdist workers; tests change only their copy (`home`)."""
+    return built_once(
+        tmp_path_factory, "test_dashboard home", lambda root: _build_home(root, tmp_path_factory)
+    )
+
+
+def _build_home(root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     import alert_dispatch
     import backtest_strategy as bs
     import live_trading as lt
@@ -41,7 +49,6 @@ def built_home(tmp_path_factory) -> Path:
     import process_stock_data as psd
     import train_model as tm
 
-    root = tmp_path_factory.mktemp("dashboard_home")
     universe = tmp_path_factory.mktemp("scan_universe") / "closes.csv"
     psd.load_bundled().close[list(SCAN_TICKERS)].loc["2017":"2019"].to_csv(
         universe, index_label="date"
@@ -50,9 +57,10 @@ def built_home(tmp_path_factory) -> Path:
         mp.setenv(C.ENV_TRADING_HOME, str(root))
         mp.setenv(C.ENV_TICKER_LONG, C.DEFAULT_TICKER_LONG)
         mp.setenv(C.ENV_TICKER_SHORT, C.DEFAULT_TICKER_SHORT)
-        home, pair = C.paths(root).ensure(), C.resolve_pair()
-        psd.process("bundled", pair, home=home)
-        tm.train(pair, tm.TrainConfig(models=("xgb",), folds=2, xgb_trees=60), home=home)
+        pair = C.resolve_pair()
+        config = tm.TrainConfig(models=("xgb",), folds=2, xgb_trees=60)  # test_parity's model
+        shutil.copytree(trained_template(tmp_path_factory, config, pair), root, dirs_exist_ok=True)
+        home = C.paths(root)
         config = lt.LiveConfig(
             replay_start=pd.Timestamp("2022-03-01", tz="America/New_York"),
             replay_end=pd.Timestamp("2022-03-15", tz="America/New_York"),
@@ -70,7 +78,6 @@ def built_home(tmp_path_factory) -> Path:
         (root / leftover).unlink(missing_ok=True)
     positions = json.loads((root / "positions.json").read_text())["positions"]
     assert positions, "the replay should leave an open position for the positions panel"
-    return root
 
 
 @pytest.fixture
