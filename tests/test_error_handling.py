@@ -119,7 +119,11 @@ def test_each_error_kind_has_its_own_nonzero_exit_code():
 
 def test_only_the_intended_subclasses_inherit_their_parents_exit_code():
     from credential_manager import _WrongPassword  # a wrong master password: exit 8
-    from trading_api import BrokerUnavailable, OrderRejected  # broker errors defined there
+    from trading_api import (  # broker errors defined there
+        BrokerUnavailable,
+        OrderIdConflict,
+        OrderRejected,
+    )
 
     inheriting = {c for c in all_subclasses(TradingError) if "exit_code" not in vars(c)}
     assert inheriting == {
@@ -127,6 +131,7 @@ def test_only_the_intended_subclasses_inherit_their_parents_exit_code():
         KeysRejected,  # rejected API keys: a configuration error, exit 2
         CircuitOpenError,
         OrderRejected,
+        OrderIdConflict,  # an order id found for another order: a broker error
         BrokerUnavailable,
         RiskStateError,
         _WrongPassword,

@@ -505,6 +505,7 @@ def test_a_drawdown_liquidation_goes_out_as_late_as_an_instruction_would(
     default delay of 1 the liquidation goes out in this session (as the bar's instruction
     would), with 2 it waits one bar, the breach's bar kept in risk_state.json. The halt starts
     now either way: the signal's flip is refused."""
+    own(home, alpaca)  # the account's -60/+30 are the home's (a fresh home holds them apart)
     rm.RiskManager(state_path=home.risk_state_file, home=home.home, alerts=False).raise_peak(
         200_000.0
     )
