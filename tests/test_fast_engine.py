@@ -49,6 +49,17 @@ def compiled() -> dict[str, object]:
     return {rule.__name__: numba.njit(rule) for rule in fast_engine.RULES}
 
 
+#: The two numba helpers each compiled once for the module (a fresh `numba.njit` per example
+#: compiles again: 50 examples cost 30 s of compilation and checked nothing more).
+JITTED: dict[str, object] = {}
+
+
+def jitted(fn):
+    if fn.__name__ not in JITTED:
+        JITTED[fn.__name__] = numba.njit(fn)
+    return JITTED[fn.__name__]
+
+
 def run_both(prices, weights, cfg, **kw) -> tuple[bs.BacktestResult, bs.BacktestResult]:
     fast = bs.run_backtest(prices, weights, cfg, log_rejections=False, engine="compiled", **kw)
     slow = bs.run_backtest(prices, weights, cfg, log_rejections=False, engine="interpreted", **kw)
@@ -207,7 +218,7 @@ def test_the_compiled_per_bar_state_equals_the_interpreted_one(seed, fractional)
     rates = rng.uniform(0, 0.3, 2)
     kind = np.float64 if fractional else np.int64
     outputs = []
-    for fn in (fast_engine.borrow_base, numba.njit(fast_engine.borrow_base)):
+    for fn in (fast_engine.borrow_base, jitted(fast_engine.borrow_base)):
         base = np.empty((n, 2))
         fn(close, day, base)
         outputs.append(base)
@@ -215,7 +226,7 @@ def test_the_compiled_per_bar_state_equals_the_interpreted_one(seed, fractional)
     want = np.vstack([np.zeros((1, 2)), np.cumsum(close[:-1] * np.diff(day)[:, None], axis=0)])
     assert np.array_equal(outputs[0], want)  # the numpy prefix sums it replaced
     results = []
-    for fn in (fast_engine.per_bar_state, numba.njit(fast_engine.per_bar_state)):
+    for fn in (fast_engine.per_bar_state, jitted(fast_engine.per_bar_state)):
         out, q0, q1 = np.empty((n, 3)), np.empty(n, dtype=kind), np.empty(n, dtype=kind)
         fn(records, close, base, rates, 360.0, out, q0, q1)
         results.append((out, q0, q1))
